@@ -1,0 +1,1 @@
+"""The gmkernels benchmark suite, installed as ``gmkernels.benchmarks``; ``gmk bench`` runs it."""

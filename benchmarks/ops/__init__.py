@@ -1,0 +1,1 @@
+"""One module per op family, each with ``cases(device, quick) -> list[Case]``; all run by ``gmk bench``."""

@@ -1,0 +1,119 @@
+// gmkernels::gated and gmkernels::gated_backward: argument checks, dtype and device, then the
+// CPU or CUDA kernel. Autograd and fake tensors are registered in gmkernels/ops/gated.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#if defined(GMK_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "gated/gated.h"
+
+namespace gmk::gated {
+namespace {
+
+DType to_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    default: TORCH_CHECK_TYPE(false, "gmkernels::gated: x must be floating point, got ", t.scalar_type());
+  }
+}
+
+bool parse_activation(c10::string_view activation) {
+  TORCH_CHECK_VALUE(activation == "tanh" || activation == "identity",
+                    "gmkernels::gated: activation must be 'tanh' or 'identity', got '", activation, "'");
+  return activation == "tanh";
+}
+
+Strides3 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+void check_like_x(const at::Tensor& x, const at::Tensor& other, const char* name, at::IntArrayRef sizes) {
+  TORCH_CHECK_VALUE(other.sizes() == sizes, "gmkernels::gated: ", name, " must have shape ", sizes, ", got ",
+                    other.sizes());
+  TORCH_CHECK_TYPE(other.scalar_type() == x.scalar_type(), "gmkernels::gated: ", name, " must have x's dtype ",
+                   x.scalar_type(), ", got ", other.scalar_type());
+  TORCH_CHECK_VALUE(other.device() == x.device(), "gmkernels::gated: ", name, " must be on x's device ", x.device(),
+                    ", got ", other.device());
+}
+
+Args make_args(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+  TORCH_CHECK_VALUE(x.dim() == 3, "gmkernels::gated: x must be (outer, 2C, inner), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) % 2 == 0, "gmkernels::gated: x.size(1) must be even, got ", x.size(1));
+  Args args;
+  args.dtype = to_dtype(x);
+  args.tanh = parse_activation(activation);
+  args.outer = x.size(0);
+  args.half = x.size(1) / 2;
+  args.inner = x.size(2);
+  args.x = x.data_ptr();
+  args.x_strides = strides_of(x);
+  if (cond.has_value()) {
+    check_like_x(x, *cond, "cond", x.sizes());
+    args.cond = cond->data_ptr();
+    args.cond_strides = strides_of(*cond);
+  }
+  return args;
+}
+
+template <typename CpuFn, typename CudaFn>
+void run(const at::Tensor& x, const Args& args, CpuFn cpu, CudaFn cuda) {
+  if (x.numel() == 0) return;
+  if (x.is_cpu()) return cpu(args);
+#if defined(GMK_WITH_CUDA)
+  if (x.is_cuda()) {
+    TORCH_CHECK_TYPE(args.dtype != DType::Float64, "gmkernels::gated: float64 is not supported on CUDA");
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "gmkernels::gated: CUDA kernel failed: ", cudaGetErrorString(err));
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "gmkernels::gated: no kernel for device ", x.device());
+}
+
+#if defined(GMK_WITH_CUDA)
+#define GMK_CUDA_FN(fn) fn
+#else
+#define GMK_CUDA_FN(fn) nullptr
+#endif
+
+at::Tensor gated(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+  Args args = make_args(x, cond, activation);
+  at::Tensor y = at::empty({args.outer, args.half, args.inner}, x.options());
+  args.out = y.data_ptr();
+  run(x, args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  return y;
+}
+
+at::Tensor gated_backward(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
+                          c10::string_view activation) {
+  Args args = make_args(x, cond, activation);
+  check_like_x(x, grad_y, "grad_y", {args.outer, args.half, args.inner});
+  const at::Tensor grad_y_dense = grad_y.contiguous();
+  at::Tensor grad_h = at::empty({args.outer, 2 * args.half, args.inner}, x.options());
+  args.grad_y = grad_y_dense.data_ptr();
+  args.out = grad_h.data_ptr();
+  run(x, args, backward_cpu, GMK_CUDA_FN(backward_cuda));
+  return grad_h;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("gated", &gated);
+  m.impl("gated_backward", &gated_backward);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("gated", &gated);
+  m.impl("gated_backward", &gated_backward);
+}
+#endif
+
+}  // namespace gmk::gated

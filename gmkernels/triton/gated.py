@@ -1,0 +1,156 @@
+"""Triton kernels of the gated activation, registered as the custom ops gmk_triton::gated{,_backward}.
+
+The tensors are (outer, 2C, inner) as for the C++ ops. Each program takes BLOCK elements of one
+row o of the output, m = c * inner + i in [0, C * inner): when each half of a row of x is
+contiguous ("rows" layout) its loads are contiguous runs; otherwise m is split into (c, i).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreted
+
+try:
+    from triton.language.extra.libdevice import tanh as _libdevice_tanh
+except ImportError:  # older Triton
+    from triton.language.extra.cuda.libdevice import tanh as _libdevice_tanh
+
+COND_NONE, COND_ROWS, COND_STRIDED = 0, 1, 2
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _halves_offsets(o, m, half, inner, s_outer, s_channel, s_inner, ROWS: tl.constexpr):
+    """Offsets of a (channel c) and b (channel c + half) at (o, m = c * inner + i)."""
+    if ROWS:
+        a_offset = o * s_outer + m
+        b_offset = a_offset + half * inner
+    else:
+        c = m // inner
+        i = m - c * inner
+        a_offset = o * s_outer + c * s_channel + i * s_inner
+        b_offset = a_offset + half * s_channel
+    return a_offset, b_offset
+
+
+@triton.jit
+def _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
+                 sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
+                 X_ROWS: tl.constexpr, COND: tl.constexpr):
+    a_offset, b_offset = _halves_offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, X_ROWS)
+    a = tl.load(x_ptr + a_offset, mask=mask).to(tl.float32)
+    b = tl.load(x_ptr + b_offset, mask=mask).to(tl.float32)
+    if COND != 0:
+        ca_offset, cb_offset = _halves_offsets(o, m, half, inner, sc_outer, sc_channel, sc_inner, COND == 1)
+        a += tl.load(cond_ptr + ca_offset, mask=mask).to(tl.float32)
+        b += tl.load(cond_ptr + cb_offset, mask=mask).to(tl.float32)
+    return a, b
+
+
+@triton.jit
+def _tanh(v, INTERPRETED: tl.constexpr):
+    if INTERPRETED:  # the interpreter has no libdevice; this form is exact enough in float32 there
+        return 2.0 * tl.sigmoid(2.0 * v) - 1.0
+    else:
+        return _libdevice_tanh(v)
+
+
+@triton.jit
+def _row_block(blocks_per_row, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    o = (pid // blocks_per_row).to(tl.int64)
+    m = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
+    return o, m
+
+
+@triton.jit
+def _gated_forward_kernel(x_ptr, cond_ptr, y_ptr, blocks_per_row, half, inner,
+                          sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
+                          TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
+                          INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+    o, m = _row_block(blocks_per_row, BLOCK)
+    half_len = half * inner
+    mask = m < half_len
+    a, b = _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
+                        sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND)
+    f = _tanh(a, INTERPRETED) if TANH else a
+    y = f * tl.sigmoid(b)
+    tl.store(y_ptr + o * half_len + m, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_backward_kernel(grad_y_ptr, x_ptr, cond_ptr, grad_h_ptr, blocks_per_row, half, inner,
+                           sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
+                           TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
+                           INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+    o, m = _row_block(blocks_per_row, BLOCK)
+    half_len = half * inner
+    mask = m < half_len
+    a, b = _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
+                        sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND)
+    grad_y = tl.load(grad_y_ptr + o * half_len + m, mask=mask).to(tl.float32)
+    s = tl.sigmoid(b)
+    if TANH:
+        f = _tanh(a, INTERPRETED)
+        df = 1.0 - f * f
+    else:
+        f = a
+        df = 1.0
+    grad_a = grad_y * df * s
+    grad_b = grad_y * f * s * (1.0 - s)
+    out_type = grad_h_ptr.dtype.element_ty
+    tl.store(grad_h_ptr + o * 2 * half_len + m, grad_a.to(out_type), mask=mask)
+    tl.store(grad_h_ptr + o * 2 * half_len + half_len + m, grad_b.to(out_type), mask=mask)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """Strides with those of size-1 dimensions normalised, so layout tests see through them."""
+    outer, channel, inner = t.stride()
+    return (0 if t.size(0) == 1 else outer, channel, 1 if t.size(2) == 1 else inner)
+
+
+def _is_rows(strides: tuple[int, int, int], inner: int) -> bool:
+    return strides[2] == 1 and strides[1] == inner
+
+
+def _launch(kernel, leading: tuple, x: torch.Tensor, cond: torch.Tensor | None, activation: str):
+    outer, channels, inner = x.shape
+    half = channels // 2
+    if x.numel() == 0:
+        return
+    x_strides = _strides(x)
+    cond_strides = (0, 0, 0) if cond is None else _strides(cond)
+    cond_mode = COND_NONE if cond is None else COND_ROWS if _is_rows(cond_strides, inner) else COND_STRIDED
+    blocks_per_row = triton.cdiv(half * inner, BLOCK)
+    with torch.cuda.device(x.device) if x.is_cuda else _no_context():
+        kernel[(outer * blocks_per_row,)](
+            *leading, blocks_per_row, half, inner, *x_strides, *cond_strides,
+            TANH=activation == "tanh", X_ROWS=_is_rows(x_strides, inner), COND=cond_mode,
+            INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+class _no_context:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@torch.library.custom_op("gmk_triton::gated", mutates_args=())
+def gated(x: torch.Tensor, cond: torch.Tensor | None, activation: str) -> torch.Tensor:
+    y = x.new_empty(x.shape[0], x.shape[1] // 2, x.shape[2])
+    _launch(_gated_forward_kernel, (x, x if cond is None else cond, y), x, cond, activation)
+    return y
+
+
+@torch.library.custom_op("gmk_triton::gated_backward", mutates_args=())
+def gated_backward(grad_y: torch.Tensor, x: torch.Tensor, cond: torch.Tensor | None,
+                   activation: str) -> torch.Tensor:
+    grad_h = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    grad_y = grad_y.contiguous()
+    _launch(_gated_backward_kernel, (grad_y, x, x if cond is None else cond, grad_h), x, cond, activation)
+    return grad_h

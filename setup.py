@@ -1,0 +1,99 @@
+"""Builds gmkernels._C with CMake.
+
+Environment:
+  GMK_BUILD_CUDA   auto (default): CUDA kernels when torch has CUDA and nvcc is found; 1: require; 0: skip.
+  GMK_CUDA_ARCHS   e.g. "8.0;9.0" or "9.0a"; default: the local GPU, else DEFAULT_CUDA_ARCHS.
+  GMK_BUILD_JOBS   parallel compile jobs (default: CPU count).
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+# Turing through Blackwell: what CUDA 13 still compiles for. The last entry also embeds PTX.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0"
+
+
+def find_nvcc():
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidate = Path(cuda_home) / "bin" / "nvcc"
+    return str(candidate) if candidate.exists() else shutil.which("nvcc")
+
+
+def want_cuda(torch):
+    mode = os.environ.get("GMK_BUILD_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        raise RuntimeError(f"GMK_BUILD_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return None
+    nvcc = find_nvcc()
+    if torch.version.cuda and nvcc:
+        return nvcc
+    if mode == "1":
+        raise RuntimeError(f"GMK_BUILD_CUDA=1 but torch.version.cuda={torch.version.cuda!r}, nvcc={nvcc!r}")
+    return None
+
+
+def cuda_archs(torch):
+    archs = os.environ.get("GMK_CUDA_ARCHS")
+    if not archs and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        archs = f"{major}.{minor}"
+    return archs or DEFAULT_CUDA_ARCHS
+
+
+def cmake_arch_list(archs):
+    """'8.0;9.0a' -> '80-real;90a': real machine code for each, PTX for the last."""
+    names = [a.strip().replace(".", "") for a in archs.replace(",", ";").split(";") if a.strip()]
+    return ";".join([f"{n}-real" for n in names[:-1]] + names[-1:])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        import pybind11
+        import torch
+        from torch.utils import cpp_extension
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('GMK_BUILD_TYPE', 'Release')}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DGMK_TORCH_INCLUDE_DIRS={';'.join(cpp_extension.include_paths())}",
+            f"-DGMK_TORCH_LIBRARY_DIR={cpp_extension.library_paths()[0]}",
+            f"-DGMK_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-DGMK_OUTPUT_DIR={out_dir}",
+            f"-DGMK_TORCH_VERSION={torch.__version__}",
+        ]
+        if shutil.which("ninja"):
+            args.append("-GNinja")
+        nvcc = want_cuda(torch)
+        if nvcc:
+            archs = cuda_archs(torch)
+            args += [
+                "-DGMK_WITH_CUDA=ON",
+                f"-DCMAKE_CUDA_COMPILER={nvcc}",
+                f"-DCMAKE_CUDA_ARCHITECTURES={cmake_arch_list(archs)}",
+            ]
+            print(f"gmkernels: building CUDA kernels for {archs} with {nvcc}")
+        else:
+            print("gmkernels: building CPU kernels only")
+        jobs = os.environ.get("GMK_BUILD_JOBS", str(os.cpu_count() or 1))
+        subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)
+        subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
+
+
+setup(
+    ext_modules=[Extension("gmkernels._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
+    packages=["gmkernels", "gmkernels.ops", "gmkernels.reference", "gmkernels.triton", "gmkernels.nn",
+              "gmkernels.models", "gmkernels.benchmarks", "gmkernels.benchmarks.ops"],
+    package_dir={"gmkernels": "gmkernels", "gmkernels.benchmarks": "benchmarks"},
+)
