@@ -17,7 +17,16 @@ def has_extension() -> bool:
 def _read_build_info() -> dict:
     if _C is None:
         return {"built": False, "error": LOAD_ERROR, "with_cuda": False, "cuda_version": None, "cuda_archs": []}
-    return {"built": True, **_C.build_info()}
+    info = _C.build_info()
+    info["cuda_archs"] = [_arch_name(arch) for arch in info["cuda_archs"]]
+    return {"built": True, **info}
+
+
+def _arch_name(cmake_arch: str) -> str:
+    """CMake's '90a-real' -> '9.0a' (sm code only); '90' -> '9.0+PTX'."""
+    digits = cmake_arch.removesuffix("-real")
+    name = f"{digits[:-1]}.{digits[-1]}" if digits[-1].isdigit() else f"{digits[:-2]}.{digits[-2:]}"
+    return name if cmake_arch.endswith("-real") else f"{name}+PTX"
 
 
 BUILD_INFO = _read_build_info()  # read once: torch.compile traces plain dict reads, not pybind calls
