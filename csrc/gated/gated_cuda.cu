@@ -55,10 +55,17 @@ struct RowUnit {
 template <int kVec>
 __device__ __forceinline__ bool row_unit(const Args& p, RowUnit& unit) {
   const int64_t per_row = p.half * p.inner / kVec;
+  const int64_t units = p.outer * per_row;
   const int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (u >= p.outer * per_row) return false;
-  unit.o = u / per_row;
-  unit.m = (u - unit.o * per_row) * kVec;
+  if (u >= units) return false;
+  if (units <= UINT32_MAX) {  // 32-bit division is several times cheaper than 64-bit
+    const uint32_t o = static_cast<uint32_t>(u) / static_cast<uint32_t>(per_row);
+    unit.o = o;
+    unit.m = (static_cast<uint32_t>(u) - o * static_cast<uint32_t>(per_row)) * static_cast<int64_t>(kVec);
+  } else {
+    unit.o = u / per_row;
+    unit.m = (u - unit.o * per_row) * kVec;
+  }
   return true;
 }
 
@@ -119,12 +126,21 @@ struct Element {
 };
 
 __device__ __forceinline__ bool element(const Args& p, Element& e) {
+  const int64_t elements = p.outer * p.half * p.inner;
   e.u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e.u >= p.outer * p.half * p.inner) return false;
-  e.i = e.u % p.inner;
-  const int64_t row = e.u / p.inner;
-  e.c = row % p.half;
-  e.o = row / p.half;
+  if (e.u >= elements) return false;
+  if (elements <= UINT32_MAX) {
+    const uint32_t u = e.u, inner = p.inner, half = p.half;
+    const uint32_t row = u / inner;
+    e.i = u - row * inner;
+    e.o = row / half;
+    e.c = row - static_cast<uint32_t>(e.o) * half;
+  } else {
+    const int64_t row = e.u / p.inner;
+    e.i = e.u - row * p.inner;
+    e.o = row / p.half;
+    e.c = row - e.o * p.half;
+  }
   return true;
 }
 

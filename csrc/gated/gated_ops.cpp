@@ -30,7 +30,10 @@ bool parse_activation(c10::string_view activation) {
   return activation == "tanh";
 }
 
-Strides3 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+// Strides of size-1 dimensions are arbitrary; normalised so the kernels' layout tests see through them.
+Strides3 strides_of(const at::Tensor& t) {
+  return {t.size(0) == 1 ? 0 : t.stride(0), t.stride(1), t.size(2) == 1 ? 1 : t.stride(2)};
+}
 
 void check_like_x(const at::Tensor& x, const at::Tensor& other, const char* name, at::IntArrayRef sizes) {
   TORCH_CHECK_VALUE(other.sizes() == sizes, "gmkernels::gated: ", name, " must have shape ", sizes, ", got ",
