@@ -6,9 +6,11 @@ callables, its peers, all doing the same work on the same inputs; the harness wa
 compiles what ``torch.compile`` has to compile), times it, and compares it with the case's baselines:
 the eager reference and ``torch.compile`` of the reference.
 
-Timing: on CUDA ``triton.testing.do_bench`` (CUDA events, L2 flushed before every call); on CPU
-``time.perf_counter`` around each call. Achieved bandwidth is set against a device-to-device ``copy_``
-timed the same way in the same run. Only GPU figures are performance; the CPU run exercises the suite.
+Timing: on CUDA, device time from CUDA events around each call, L2 flushed before each (as in
+``triton.testing.do_bench``), with the host queueing calls ahead of the device so that launch overhead
+is reported apart (``launch_ms``) rather than mixed into the device time; on CPU ``time.perf_counter``
+around each call. Achieved bandwidth is set against a device-to-device ``copy_`` timed the same way in
+the same run. Only GPU figures are performance; the CPU run exercises the suite.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ import datetime
 import functools
 import importlib
 import json
-import math
 import os
 import pkgutil
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +42,9 @@ COMPILED = "torch.compile(reference)"
 DIRECTIONS = ("forward", "forward+backward")
 DEFAULT_REPEATS = {"cpu": 20, "cuda": 100}
 COPY_MIB = {"cpu": 64, "cuda": 1024}  # size of the tensor copied to measure the copy bandwidth
-WARMUP_CALLS = 3  # after the first call, which compiles
+WARMUP_CALLS = 10  # after the first call, which compiles
+L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 cache; written before every timed call
+SLEEP_CYCLES_PER_MS = 2_000_000  # a ~2 GHz SM clock, to size the GPU sleep that precedes timed calls
 
 
 @dataclass
@@ -84,13 +88,28 @@ def reference_peers(reference: Callable) -> dict[str, Callable]:
     return {EAGER: reference, COMPILED: torch.compile(reference, dynamic=False)}
 
 
+class PeerSkipped(Exception):
+    """Raised by a peer that is listed in the record but deliberately not timed."""
+
+
+def skipped_peer(reason: str) -> Callable:
+    def skip(*args, **kwargs):
+        raise PeerSkipped(reason)
+    return skip
+
+
 def gmk_peers(op: Callable, device: str, **kwargs) -> dict[str, Callable]:
     """``op`` on every gmk backend that runs on ``device``, named ``gmk:<backend>``.
 
     The ``reference`` backend is left out: it is timed as the eager baseline.
     """
-    return {f"gmk:{backend}": functools.partial(op, backend=backend, **kwargs)
-            for backend in gmkernels.available_backends(device) if backend != "reference"}
+    peers = {}
+    for backend in gmkernels.available_backends(device):
+        if backend == "triton" and device == "cpu":
+            peers["gmk:triton"] = skipped_peer("on CPU Triton runs in its interpreter: for tests, not timing")
+        elif backend != "reference":
+            peers[f"gmk:{backend}"] = functools.partial(op, backend=backend, **kwargs)
+    return peers
 
 
 def direction_call(fn: Callable, inputs: tuple[torch.Tensor, ...], direction: str,
@@ -120,31 +139,51 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _warm_up(fn: Callable, device: str) -> float:
-    """Calls ``fn`` once (compiling what needs compiling), then a few times; returns ms per call."""
-    fn()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(WARMUP_CALLS):
-        fn()
-    _synchronize(device)
-    return (time.perf_counter() - start) * 1e3 / WARMUP_CALLS
-
-
-def _timings_ms(fn: Callable, device: str, repeats: int) -> list[float]:
-    """Warms ``fn`` up, then times about ``repeats`` calls; returns the time of every call in ms."""
-    ms_per_call = _warm_up(fn, device)
-    if device == "cuda":
-        from triton.testing import do_bench
-
-        # do_bench repeats for a time budget: ask for the budget of `repeats` calls.
-        return do_bench(fn, rep=math.ceil(repeats * ms_per_call), return_mode="all")
+def _host_times_ms(fn: Callable, calls: int) -> list[float]:
+    """Host time of each of ``calls`` calls: the time to launch it on CUDA, to run it on CPU."""
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return times
+
+
+def _warm_up(fn: Callable, device: str) -> float:
+    """Calls ``fn`` once (compiling what needs compiling), then a few times; returns the median host ms."""
+    fn()
+    _synchronize(device)
+    host_ms = statistics.median(_host_times_ms(fn, WARMUP_CALLS))
+    _synchronize(device)
+    return host_ms
+
+
+def _cuda_timings_ms(fn: Callable, repeats: int, launch_ms: float) -> list[float]:
+    """CUDA events around each call, L2 flushed before each one (as triton.testing.do_bench does).
+
+    A GPU sleep queued first keeps the device busy while the host queues the timed calls, so
+    that launch overhead is not timed as device time: do_bench alone times the host whenever it
+    is slower than the kernels (measured on an H100: torch.compile forward+backward of the gated
+    reference, 0.26 ms on the device, timed at 0.55-0.70 ms by do_bench).
+    """
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    events = [[torch.cuda.Event(enable_timing=True) for _ in range(2)] for _ in range(repeats)]
+    torch.cuda._sleep(int(2 * repeats * launch_ms * SLEEP_CYCLES_PER_MS))
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def _timings_ms(fn: Callable, device: str, repeats: int) -> tuple[list[float], float]:
+    """Warms ``fn`` up and times ``repeats`` calls; returns their times in ms and the host ms per call."""
+    host_ms = _warm_up(fn, device)
+    if device == "cuda":
+        return _cuda_timings_ms(fn, repeats, host_ms), host_ms
+    return _host_times_ms(fn, repeats), host_ms
 
 
 def _summary(times_ms: list[float]) -> dict:
@@ -171,7 +210,7 @@ def measure_copy_gbps(device: str, repeats: int) -> float:
     source = torch.randn(COPY_MIB[device] * 2**18, device=device)  # float32: 2**18 elements per MiB
     target = torch.empty_like(source)
     copy = functools.partial(target.copy_, source)
-    median_ms = _summary(_timings_ms(copy, device, repeats))["median_ms"]
+    median_ms = _summary(_timings_ms(copy, device, repeats)[0])["median_ms"]
     return 2 * source.nbytes / (median_ms * 1e6)
 
 
@@ -186,7 +225,8 @@ def _error_line(error: Exception) -> str:
 def _run_peer(name: str, fn: Callable, case: Case, device: str, repeats: int, copy_gbps: float) -> dict:
     """Times one peer; a peer that raises is recorded as skipped, with the error."""
     try:
-        stats = _summary(_timings_ms(fn, device, repeats))
+        times_ms, host_ms = _timings_ms(fn, device, repeats)
+        stats = _summary(times_ms)
         peak_mib = _peak_mib(fn, device)
     except Exception as error:  # a backend that cannot run here, a compile failure, out of memory, ...
         if device == "cuda":
@@ -194,7 +234,7 @@ def _run_peer(name: str, fn: Callable, case: Case, device: str, repeats: int, co
         return {"peer": name, "status": "skipped", "reason": _error_line(error)}
     gbps = case.bytes / (stats["median_ms"] * 1e6)
     return {"peer": name, "status": "ok", **stats, "gbps": gbps, "fraction_of_copy_bandwidth": gbps / copy_gbps,
-            "peak_mib": peak_mib}
+            "peak_mib": peak_mib, "launch_ms": host_ms if device == "cuda" else None}
 
 
 def _speedup(baseline: dict | None, result: dict) -> float | None:
@@ -208,7 +248,7 @@ def run_case(case: Case, device: str, repeats: int, copy_gbps: float) -> dict:
     results = []
     for name, fn in case.peers.items():
         result = _run_peer(name, fn, case, device, repeats, copy_gbps)
-        outcome = f"{result['median_ms']:.4g} ms" if result["status"] == "ok" else f"skipped: {result['reason']}"
+        outcome = f"{result['median_ms']:.4g} ms" if result["status"] == "ok" else result["reason"]
         print(f"{case.name} · {name}: {outcome}", file=sys.stderr)
         results.append(result)
     by_peer = {result["peer"]: result for result in results}
@@ -270,19 +310,27 @@ def _build_info() -> dict | None:
         return None
 
 
+def _commit() -> str | None:
+    """The commit of the checkout holding this file; None when it is not tracked (an installed copy)."""
+    tracked = _git("ls-files", "--error-unmatch", Path(__file__).name) is not None
+    return _git("rev-parse", "HEAD") if tracked else None
+
+
 def environment(device: str, copy_gbps: float) -> dict:
-    commit = _git("rev-parse", "HEAD") or "unknown"
+    commit = _commit()
+    dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "device_name": _device_name(device),
-        "git_commit": commit,
-        "git_dirty": None if commit == "unknown" else bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # A copy without .git (a GPU machine's) can be told its commit through $GMK_GIT_COMMIT.
+        "git_commit": commit or os.environ.get("GMK_GIT_COMMIT", "unknown"),
+        "git_dirty": dirty,
         "versions": _versions(),
         "build_info": _build_info(),
         "copy_bandwidth_gbps": copy_gbps,
         "copy_mib": COPY_MIB[device],
-        "timer": ("triton.testing.do_bench: CUDA events, L2 flushed before each call" if device == "cuda"
+        "timer": ("CUDA events around each call, L2 flushed, host queued ahead" if device == "cuda"
                   else "time.perf_counter around each call"),
     }
 
@@ -294,14 +342,18 @@ def _cell(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+COLUMNS = ("case", "peer", "median ms", "GB/s", "% copy BW", "× eager", "× compile", "peak MiB", "launch ms")
+
+
 def _row(case: dict, result: dict) -> str:
-    if result["status"] != "ok":
-        reason = result["reason"][:100].replace("|", "\\|")
-        return f"| {case['name']} | {result['peer']} | skipped: {reason} | | | | | |"
-    cells = [_cell(result["median_ms"], ".4g"), _cell(result["gbps"], ".1f"),
-             _cell(100 * result["fraction_of_copy_bandwidth"], ".0f"), _cell(result["speedup_vs_eager"], ".2f"),
-             _cell(result["speedup_vs_compiled"], ".2f"), _cell(result["peak_mib"], ".1f")]
-    return f"| {case['name']} | {result['peer']} | " + " | ".join(cells) + " |"
+    if result["status"] == "ok":
+        cells = [_cell(result["median_ms"], ".4g"), _cell(result["gbps"], ".1f"),
+                 _cell(100 * result["fraction_of_copy_bandwidth"], ".0f"),
+                 _cell(result["speedup_vs_eager"], ".2f"), _cell(result["speedup_vs_compiled"], ".2f"),
+                 _cell(result["peak_mib"], ".1f"), _cell(result["launch_ms"], ".3f")]
+    else:
+        cells = ["skipped: " + result["reason"][:100].replace("|", "\\|")] + [""] * (len(COLUMNS) - 3)
+    return "| " + " | ".join([case["name"], result["peer"], *cells]) + " |"
 
 
 def markdown_table(record: dict) -> str:
@@ -314,8 +366,8 @@ def markdown_table(record: dict) -> str:
         f" · triton {versions['triton']} · CUDA {versions['cuda']}",
         f"copy bandwidth {env['copy_bandwidth_gbps']:.1f} GB/s · {env['timer']}",
         "",
-        "| case | peer | median ms | GB/s | % copy BW | × eager | × compile | peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---:|" * (len(COLUMNS) - 2),
     ]
     lines += [_row(case, result) for case in record["cases"] for result in case["results"]]
     return "\n".join(lines) + "\n"
@@ -348,14 +400,15 @@ def default_out_dir() -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gmk bench", description="Time gmkernels ops against their peers.")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", type=lambda text: text.split(","), default=family_names(),
                         help=f"comma-separated op families (default: all of {','.join(family_names())})")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller cases")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the JSON record and table (default: benchmarks/results, else .)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed calls per peer (default: {DEFAULT_REPEATS})")
+                        help="timed calls per peer (default: {cpu} on CPU, {cuda} on CUDA)".format(**DEFAULT_REPEATS))
     args = parser.parse_args(argv)
     unknown = sorted(set(args.ops) - set(family_names()))
     if unknown:
@@ -372,12 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or DEFAULT_REPEATS[args.device]
     torch.manual_seed(0)
     copy_gbps = measure_copy_gbps(args.device, repeats)
-    cases = [case for family in args.ops for case in run_family(family, args.device, args.quick, repeats, copy_gbps)]
     record = {
         "schema": 1,
         "environment": environment(args.device, copy_gbps),
         "settings": {"ops": args.ops, "quick": args.quick, "repeats": repeats},
-        "cases": cases,
+        "cases": [case for family in args.ops
+                  for case in run_family(family, args.device, args.quick, repeats, copy_gbps)],
     }
     json_path = write_record(record, args.out or default_out_dir())
     print(markdown_table(record))

@@ -60,7 +60,11 @@ def _runs_on(backend: str, device_type: str) -> bool:
     if backend == "cuda":
         return device_type == "cuda" and BUILD_INFO["with_cuda"] and torch.cuda.is_available()
     if backend == "triton":
-        return TRITON_INSTALLED and (device_type == "cuda" or (device_type == "cpu" and triton_interpreted()))
+        if not TRITON_INSTALLED:
+            return False
+        if device_type == "cuda":
+            return torch.cuda.is_available()
+        return device_type == "cpu" and triton_interpreted()
     return False
 
 

@@ -32,8 +32,8 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("gated-pixelcnn", (32, 512, 64, 64), (8, 64, 32, 32), (torch.float32, torch.bfloat16), DIRECTIONS,
-             quick=True),
+    Workload("gated-pixelcnn", (32, 512, 64, 64), (8, 64, 32, 32), (torch.float32, torch.bfloat16),
+             DIRECTIONS, quick=True),
     Workload("wavenet", (16, 256, 16000), (4, 64, 4000), (torch.bfloat16,), ("forward+backward",),
              global_cond=True),
     # PixelCNN++ on CIFAR-10: 160 filters, so 2C = 320 channels at 32x32.

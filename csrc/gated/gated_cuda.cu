@@ -186,6 +186,7 @@ template <int kVec>
 bool rows_path(const Args& p, Cond& cond) {
   const bool x_rows = p.x_strides.inner == 1 && p.x_strides.channel == p.inner;
   if (!x_rows || (p.half * p.inner) % kVec || p.x_strides.outer % kVec || !aligned(p.x)) return false;
+  if (!aligned(p.out) || (p.grad_y && !aligned(p.grad_y))) return false;  // grad_y may be a view at any offset
   if (!p.cond) return cond = Cond::None, true;
   const Strides3& t = p.cond_strides;
   if (t.inner == 1 && t.channel == p.inner && t.outer % kVec == 0 && aligned(p.cond)) return cond = Cond::Row, true;

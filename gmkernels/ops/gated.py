@@ -84,6 +84,38 @@ def _setup_context(ctx, inputs, output):
     ctx.activation = activation
 
 
+def _setup_backward_context(ctx, inputs, output):
+    grad_y, x, cond, activation = inputs
+    ctx.save_for_backward(grad_y, x, cond)
+    ctx.activation = activation
+
+
+def _backward_of_backward(ctx, grad_grad_h):
+    """Differentiates grad_a = g f'(a) s(b), grad_b = g f(a) s'(b) (gradient penalties need it).
+
+    Written in torch ops, in float32 or wider, so that it is itself differentiable.
+    """
+    grad_y, x, cond = ctx.saved_tensors
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    h = (x if cond is None else x + cond).to(compute_dtype)
+    a, b = h.chunk(2, dim=1)
+    u_a, u_b = grad_grad_h.to(compute_dtype).chunk(2, dim=1)
+    g = grad_y.to(compute_dtype)
+    s = torch.sigmoid(b)
+    ds = s * (1 - s)
+    d2s = ds * (1 - 2 * s)
+    if ctx.activation == "tanh":
+        f = torch.tanh(a)
+        df = 1 - f * f
+        d2f = -2 * f * df
+    else:
+        f, df, d2f = a, torch.ones_like(a), torch.zeros_like(a)
+    grad_grad_y = u_a * df * s + u_b * f * ds
+    grad_x = torch.cat([g * (u_a * d2f * s + u_b * df * ds), g * (u_a * df * ds + u_b * f * d2s)], dim=1)
+    grad_grad_y, grad_x = grad_grad_y.to(grad_y.dtype), grad_x.to(x.dtype)
+    return grad_grad_y, grad_x, (grad_x if cond is not None else None), None
+
+
 def _register(forward_op, backward_op) -> None:
     def backward(ctx, grad_y):
         x, cond = ctx.saved_tensors
@@ -91,13 +123,14 @@ def _register(forward_op, backward_op) -> None:
         return grad_h, (grad_h if cond is not None else None), None
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+    torch.library.register_autograd(backward_op, _backward_of_backward, setup_context=_setup_backward_context)
 
 
 _FORWARD_OPS = {}
 if has_extension():
     torch.library.register_fake("gmkernels::gated")(_fake_forward)
     torch.library.register_fake("gmkernels::gated_backward")(_fake_backward)
-    _register("gmkernels::gated", torch.ops.gmkernels.gated_backward)
+    _register(torch.ops.gmkernels.gated.default, torch.ops.gmkernels.gated_backward.default)
     _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.gmkernels.gated
 if TRITON_INSTALLED:
     from ..triton import gated as triton_gated

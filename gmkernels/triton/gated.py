@@ -106,6 +106,34 @@ def _gated_backward_kernel(grad_y_ptr, x_ptr, cond_ptr, grad_h_ptr, blocks_per_r
     tl.store(grad_h_ptr + o * 2 * half_len + half_len + m, grad_b.to(out_type), mask=mask)
 
 
+def _check_tensor(name: str, t, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"gmk_triton::gated: {name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"gmk_triton::gated: {name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"gmk_triton::gated: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"gmk_triton::gated: {name} must be on x's device {x.device}, got {t.device}")
+
+
+def check_args(x: torch.Tensor, cond: torch.Tensor | None, activation: str,
+               grad_y: torch.Tensor | None = None) -> None:
+    """The checks of the C++ ops: x is (outer, 2C, inner), cond at x's shape, grad_y at y's."""
+    if x.dim() != 3:
+        raise ValueError(f"gmk_triton::gated: x must be (outer, 2C, inner), got shape {list(x.shape)}")
+    if x.shape[1] % 2:
+        raise ValueError(f"gmk_triton::gated: x.size(1) must be even, got {x.shape[1]}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"gmk_triton::gated: x must be float32, float16 or bfloat16, got {x.dtype}")
+    if activation not in ("tanh", "identity"):
+        raise ValueError(f"gmk_triton::gated: activation must be 'tanh' or 'identity', got {activation!r}")
+    if cond is not None:
+        _check_tensor("cond", cond, x, tuple(x.shape))
+    if grad_y is not None:
+        _check_tensor("grad_y", grad_y, x, (x.shape[0], x.shape[1] // 2, x.shape[2]))
+
+
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     """Strides with those of size-1 dimensions normalised, so layout tests see through them."""
     outer, channel, inner = t.stride()
@@ -142,6 +170,7 @@ class _no_context:
 
 @torch.library.custom_op("gmk_triton::gated", mutates_args=())
 def gated(x: torch.Tensor, cond: torch.Tensor | None, activation: str) -> torch.Tensor:
+    check_args(x, cond, activation)
     y = x.new_empty(x.shape[0], x.shape[1] // 2, x.shape[2])
     _launch(_gated_forward_kernel, (x, x if cond is None else cond, y), x, cond, activation)
     return y
@@ -150,6 +179,7 @@ def gated(x: torch.Tensor, cond: torch.Tensor | None, activation: str) -> torch.
 @torch.library.custom_op("gmk_triton::gated_backward", mutates_args=())
 def gated_backward(grad_y: torch.Tensor, x: torch.Tensor, cond: torch.Tensor | None,
                    activation: str) -> torch.Tensor:
+    check_args(x, cond, activation, grad_y)
     grad_h = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_y = grad_y.contiguous()
     _launch(_gated_backward_kernel, (grad_y, x, x if cond is None else cond, grad_h), x, cond, activation)
