@@ -168,6 +168,24 @@ def test_saturated_values(backend, dtype, activation):
     assert all(t.isfinite().all() for t in (y, *grads))
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_sweep_float32(backend, activation):
+    """a and b swept densely through every range of the kernels' tanh and exp approximations."""
+    a = torch.linspace(-12.0, 12.0, 4001)
+    b = torch.linspace(-95.0, 95.0, 4001)[torch.randperm(4001)]
+    x = torch.stack([a, b], dim=1).reshape(1, 2, -1)
+    check_backend(x, backend=backend, activation=activation)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates(backend):
+    x = torch.randn(2, 4, 9)
+    x[0, 0, 3] = x[1, 3, 5] = float("nan")
+    y = gmk.gated_activation(x, backend=backend)
+    assert torch.equal(y.isnan(), gmk.gated_activation(x, backend="reference").isnan())
+
+
 EMPTY_SHAPES = [((0, 6, 5, 7), 1), ((4, 6, 0), 1), ((2, 0, 3), 1), ((3, 4, 0), -1), ((0, 3), 0)]
 
 

@@ -23,31 +23,33 @@ struct Args {
   DType dtype = DType::Float32;
 };
 
-GMK_HOST_DEVICE float exp_(float v) { return expf(v); }
-GMK_HOST_DEVICE double exp_(double v) { return exp(v); }
-GMK_HOST_DEVICE float tanh_(float v) { return tanhf(v); }
-GMK_HOST_DEVICE double tanh_(double v) { return tanh(v); }
-
-// 1 / (1 + e^-v): e^-v overflows to inf for v < -88 (float), giving exactly 0, never NaN.
-template <typename T>
-GMK_HOST_DEVICE T sigmoid(T v) {
-  return T(1) / (T(1) + exp_(-v));
+// s = sigmoid(v) and 1 - s, each to full relative precision: e = e^-|v| <= 1 never overflows,
+// and 1 - s is never formed by a subtraction that cancels (it is tiny where s saturates).
+template <typename Math, typename T>
+GMK_HOST_DEVICE void sigmoid_pair(T v, T& s, T& one_minus_s) {
+  const T e = Math::exp(v < T(0) ? v : -v);
+  const T p = T(1) / (T(1) + e);
+  const T q = e * p;
+  s = v >= T(0) ? p : q;
+  one_minus_s = v >= T(0) ? q : p;
 }
 
-template <bool kTanh, typename T>
+template <bool kTanh, typename Math = LibMath, typename T>
 GMK_HOST_DEVICE T forward(T a, T b) {
-  const T f = kTanh ? tanh_(a) : a;
-  return f * sigmoid(b);
+  T s, one_minus_s;
+  sigmoid_pair<Math>(b, s, one_minus_s);
+  return (kTanh ? Math::tanh(a) : a) * s;
 }
 
 // dy/da = f'(a) s, dy/db = f(a) s (1 - s), with s = sigmoid(b) and tanh' = 1 - tanh^2.
-template <bool kTanh, typename T>
+template <bool kTanh, typename Math = LibMath, typename T>
 GMK_HOST_DEVICE void backward(T a, T b, T grad_y, T& grad_a, T& grad_b) {
-  const T s = sigmoid(b);
-  const T f = kTanh ? tanh_(a) : a;
+  T s, one_minus_s;
+  sigmoid_pair<Math>(b, s, one_minus_s);
+  const T f = kTanh ? Math::tanh(a) : a;
   const T df = kTanh ? T(1) - f * f : T(1);
   grad_a = grad_y * df * s;
-  grad_b = grad_y * f * s * (T(1) - s);
+  grad_b = grad_y * f * s * one_minus_s;
 }
 
 }  // namespace gmk::gated
