@@ -16,6 +16,30 @@ TORCH_LIBRARY(gmkernels, m) {
   m.def("gated(Tensor x, Tensor? cond, str activation) -> Tensor");
   // Gradient with respect to x + cond: (outer, 2C, inner).
   m.def("gated_backward(Tensor grad_y, Tensor x, Tensor? cond, str activation) -> Tensor");
+  // logistic_mixture (PixelCNN++ discretized logistic mixture): params (N, P, S), P = 10K for C = 3,
+  // 3K for C = 1, any strides; x (N, C, S) float32 (float64 iff params is). Returns nll (N, S) in nats.
+  m.def("logistic_mixture_nll(Tensor params, Tensor x, int num_bins, float log_scale_min) -> Tensor");
+  // grad_nll (N, S) -> gradient with respect to params (N, P, S), params' dtype; recomputes the forward.
+  m.def("logistic_mixture_nll_backward(Tensor grad_nll, Tensor params, Tensor x, int num_bins, "
+        "float log_scale_min) -> Tensor");
+  // Uniform noise gumbel_u (N, K, S), logistic_u (N, C, S) -> samples (N, C, S) on the bin grid.
+  m.def("logistic_mixture_sample(Tensor params, Tensor gumbel_u, Tensor logistic_u, int num_bins, "
+        "float log_scale_min) -> Tensor");
+  // masked_conv (PixelCNN masked and PixelCNN++ shifted convolutions, stride 1, output H x W, the zero
+  // padding implied): x (N, Cin, H, W) any strides, weight (Cout, Cin, kh, kw), bias None or (Cout).
+  // y and grad_x are channels_last when x is (dense channels_last and not NCHW), else contiguous.
+  // masked_conv2d: kh = kw = k odd; mask_type "A" | "B"; color_groups divides Cin and Cout (3: RGB).
+  // Masked weights are never read.
+  m.def("masked_conv2d(Tensor x, Tensor weight, Tensor? bias, str mask_type, int color_groups) -> Tensor");
+  // output_mask: which of (grad_x, grad_weight, grad_bias) to compute, the others are undefined;
+  // grad_weight is exactly zero at masked weights.
+  m.def("masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str mask_type, int color_groups, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // shifted_conv2d: shift "down" (kw odd; output (i, j) sees rows i-kh+1..i, columns j-(kw-1)/2..j+(kw-1)/2)
+  // or "down_right" (rows i-kh+1..i, columns j-kw+1..j).
+  m.def("shifted_conv2d(Tensor x, Tensor weight, Tensor? bias, str shift) -> Tensor");
+  m.def("shifted_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str shift, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -3,6 +3,8 @@
     import gmkernels as gmk
     y = gmk.gated_activation(x, cond, activation="tanh")      # any backend, with autograd
     with gmk.use_backend("triton"): ...                       # or backend= per call, or $GMK_BACKEND
+    nll = gmk.discretized_logistic_mixture_nll(params, x)     # PixelCNN++'s loss, fused
+    y = gmk.masked_conv2d(x, weight, bias, mask_type="A")    # PixelCNN's masked conv, live taps only
 """
 __version__ = "0.1.0"
 
@@ -10,8 +12,12 @@ from . import nn, reference
 from ._backend import BACKENDS, available_backends, use_backend
 from ._extension import build_info, has_extension
 from .ops.gated import gated_activation
+from .ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nll,
+                                   discretized_logistic_mixture_sample)
+from .ops.masked_conv import conv_mask, masked_conv2d, shifted_conv2d
 
 __all__ = [
-    "BACKENDS", "available_backends", "build_info", "gated_activation", "has_extension", "nn", "reference",
-    "use_backend",
+    "BACKENDS", "available_backends", "bits_per_dim", "build_info", "conv_mask", "discretized_logistic_mixture_nll",
+    "discretized_logistic_mixture_sample", "gated_activation", "has_extension", "masked_conv2d", "nn",
+    "reference", "shifted_conv2d", "use_backend",
 ]

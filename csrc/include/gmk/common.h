@@ -28,6 +28,12 @@ struct LibMath {
   static GMK_HOST_DEVICE double exp(double v) { return ::exp(v); }
   static GMK_HOST_DEVICE float tanh(float v) { return tanhf(v); }
   static GMK_HOST_DEVICE double tanh(double v) { return ::tanh(v); }
+  static GMK_HOST_DEVICE float expm1(float v) { return expm1f(v); }
+  static GMK_HOST_DEVICE double expm1(double v) { return ::expm1(v); }
+  static GMK_HOST_DEVICE float log(float v) { return logf(v); }
+  static GMK_HOST_DEVICE double log(double v) { return ::log(v); }
+  static GMK_HOST_DEVICE float log1p(float v) { return log1pf(v); }
+  static GMK_HOST_DEVICE double log1p(double v) { return ::log1p(v); }
 };
 
 }  // namespace gmk

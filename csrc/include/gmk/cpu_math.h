@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "gmk/common.h"
 
@@ -22,10 +23,16 @@
 
 namespace gmk::cpu {
 
-// e^v for float, within 2 ulp: v = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^7
-// (truncation < 1.5e-9 relative), 2^n put in the exponent bits. v is clamped to the normal range
-// first (e^v for v < -87.3 returns e^-87.3 ~ 1.2e-38, for v > 88.3 e^88.3 ~ 2.2e38); NaN stays NaN.
-GMK_CPU_INLINE float exp(float v) {
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// v = n ln2 + r with |r| <= ln2/2 and n an integer, for exp and expm1. v is clamped to the normal
+// range first, [-87.3, 88.3]; NaN stays NaN. scale = 2^n, put in the exponent bits.
+struct ExpReduction {
+  float r, scale;
+};
+
+GMK_CPU_INLINE ExpReduction reduce_exp(float v) {
   constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-06f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
   v = v < -87.3f ? -87.3f : v;
@@ -33,6 +40,28 @@ GMK_CPU_INLINE float exp(float v) {
   const float shifted = v * kLog2e + kRound;
   const float n = shifted - kRound;
   const float r = (v - n * kLn2Hi) - n * kLn2Lo;
+  const int32_t exponent = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kRound);
+  return {r, std::bit_cast<float>((exponent + 127) << 23)};
+}
+
+// e^r - 1 for |r| <= ln2/2 by its Taylor series to r^8 (truncation < 1e-9 relative).
+GMK_CPU_INLINE float expm1_series(float r) {
+  float p = 1.0f / 40320;
+  p = p * r + 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r;
+}
+
+// e^v for float, within 2 ulp: e^r by its Taylor series to r^7 (truncation < 1.5e-9 relative)
+// times 2^n (reduce_exp). e^v for v < -87.3 returns e^-87.3 ~ 1.2e-38, for v > 88.3 e^88.3 ~ 2.2e38;
+// NaN stays NaN.
+GMK_CPU_INLINE float exp(float v) {
+  const auto [r, scale] = reduce_exp(v);
   float p = 1.0f / 5040;
   p = p * r + 1.0f / 720;
   p = p * r + 1.0f / 120;
@@ -41,8 +70,7 @@ GMK_CPU_INLINE float exp(float v) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t exponent = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kRound);
-  return p * std::bit_cast<float>((exponent + 127) << 23);
+  return p * scale;
 }
 GMK_CPU_INLINE double exp(double v) { return std::exp(v); }
 
@@ -71,12 +99,61 @@ GMK_CPU_INLINE float tanh(float v) {
 }
 GMK_CPU_INLINE double tanh(double v) { return std::tanh(v); }
 
+// e^v - 1 for float, within 2.1 ulp: 2^n (e^r - 1) + (2^n - 1), exact in the second term and without
+// cancellation for n != 0 (|v| > ln2/2). Clamped as exp: -1 + 1.2e-38 below -87.3, 2.2e38 above 88.3.
+GMK_CPU_INLINE float expm1(float v) {
+  const auto [r, scale] = reduce_exp(v);
+  return scale * expm1_series(r) + (scale - 1.0f);
+}
+GMK_CPU_INLINE double expm1(double v) { return std::expm1(v); }
+
+// log v for float, within 1 ulp: v = 2^e m with m in [sqrt(1/2), sqrt(2)), log(m) = f - f^2/2 +
+// f^3 P(f), f = m - 1, with Cephes' logf polynomial, and e ln2 in two parts. Subnormal v are scaled
+// by 2^23 first. log(0) = -inf, log(inf) = inf, NaN for v < 0 and for NaN.
+GMK_CPU_INLINE float log(float v) {
+  constexpr int32_t kSqrtHalfBits = 0x3f3504f3;  // sqrt(1/2)
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  const bool subnormal = v < 1.17549435e-38f;
+  const int32_t bits = std::bit_cast<int32_t>(subnormal ? v * 8388608.0f : v) - kSqrtHalfBits;
+  const float e = static_cast<float>((bits >> 23) - (subnormal ? 23 : 0));
+  const float f = std::bit_cast<float>((bits & 0x007fffff) + kSqrtHalfBits) - 1.0f;
+  const float f2 = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float log_v = (f + (f * f2 * p + e * kLn2Lo - 0.5f * f2)) + e * kLn2Hi;
+  const float special = v == 0.0f ? -kInf : (v > 0.0f ? v : kNaN);  // 0, inf, < 0 and NaN
+  return v > 0.0f && v < kInf ? log_v : special;
+}
+GMK_CPU_INLINE double log(double v) { return std::log(v); }
+
+// log(1 + v) for float, within 2 ulp: u = 1 + v rounded, then log u + (v - (u - 1)) / u corrects
+// for the rounding (u - 1 is exact). log1p(-1) = -inf, log1p(inf) = inf, NaN below -1 and for NaN.
+GMK_CPU_INLINE float log1p(float v) {
+  const float u = 1.0f + v;
+  const float log_u = log(u);
+  return u == 0.0f || u == kInf ? log_u : log_u + (v - (u - 1.0f)) / u;
+}
+GMK_CPU_INLINE double log1p(double v) { return std::log1p(v); }
+
 // The shared math's elementary functions (see gmk::LibMath) for CPU kernels.
 struct Math {
   template <typename T>
   static GMK_CPU_INLINE T exp(T v) { return cpu::exp(v); }
   template <typename T>
   static GMK_CPU_INLINE T tanh(T v) { return cpu::tanh(v); }
+  template <typename T>
+  static GMK_CPU_INLINE T expm1(T v) { return cpu::expm1(v); }
+  template <typename T>
+  static GMK_CPU_INLINE T log(T v) { return cpu::log(v); }
+  template <typename T>
+  static GMK_CPU_INLINE T log1p(T v) { return cpu::log1p(v); }
 };
 
 }  // namespace gmk::cpu

@@ -1,0 +1,345 @@
+// Discretized logistic mixture likelihood and sampling (PixelCNN++, Salimans et al. 2017,
+// arXiv 1701.05517, section 2.1; MATH.md "Discretized logistic mixture"). Math shared by the CPU and
+// CUDA kernels, templated on the compute type T (float, or double for float64 parameters) and on the
+// elementary functions, `Math` (gmk::LibMath on CUDA, gmk::cpu::Math in the CPU likelihood kernels,
+// whose float functions vectorise). No branches on the data: the CPU kernels vectorise this code
+// across positions.
+//
+// One position holds K components. Component k of channel c is a logistic with mean mu_ck and
+// log-scale ls_ck = max(raw_ls_ck, log_scale_min), discretized to num_bins levels on [-1, 1]:
+// bin centres 2i/(num_bins-1) - 1, half-width d = 1/(num_bins-1). With z± = e^-ls (x - mu ± d),
+//   lowest bin  (x < -1 + d): L = log σ(z+)
+//   highest bin (x >  1 - d): L = log(1 - σ(z-)) = log σ(-z-)
+//   otherwise:                L = log(σ(z+) - σ(z-))       if σ(z+) - σ(z-) > 1e-5, else
+//                             L = log σ(z_mid) + log σ(-z_mid) - ls - log((num_bins-1)/2)
+//                                 (the density at the bin centre times the bin width),
+// and log p = logsumexp_k(log_softmax(logits)_k + Σ_c L_ck).
+#pragma once
+#include <cmath>
+#include <limits>
+
+#include "gmk/common.h"
+
+// Fully unrolls the loops over the C <= 3 channels: on the GPU the per-channel arrays stay in
+// registers; on the CPU the loops over positions around them vectorise (GCC vectorises no loop that
+// holds another loop).
+#if defined(__CUDACC__)
+#define GMK_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define GMK_UNROLL _Pragma("GCC unroll 3")
+#else
+#define GMK_UNROLL
+#endif
+
+namespace gmk::logistic_mixture {
+
+GMK_HOST_DEVICE float rint_(float v) { return rintf(v); }  // to nearest, ties to even (as torch.round)
+GMK_HOST_DEVICE double rint_(double v) { return rint(v); }
+GMK_HOST_DEVICE float abs_(float v) { return fabsf(v); }
+GMK_HOST_DEVICE double abs_(double v) { return fabs(v); }
+template <typename T>
+GMK_HOST_DEVICE T min_(T a, T b) {
+  return b < a ? b : a;
+}
+template <typename T>
+GMK_HOST_DEVICE T max_(T a, T b) {
+  return a < b ? b : a;
+}
+
+// The bin grid of one op call.
+template <typename T>
+struct Bins {
+  T intervals;           // num_bins - 1
+  T half_width;          // d = 1 / (num_bins - 1)
+  T log_half_intervals;  // log((num_bins - 1) / 2) = -log(bin width)
+};
+
+template <typename T>
+GMK_HOST_DEVICE Bins<T> make_bins(int64_t num_bins) {
+  const T intervals = static_cast<T>(num_bins - 1);
+  return {intervals, T(1) / intervals, LibMath::log(intervals / T(2))};
+}
+
+// Below this bin probability the bin-centre density replaces log(σ(z+) - σ(z-)) (PixelCNN++).
+constexpr double kMinBinMass = 1e-5;
+
+// L_ck of one (channel, component) and, when kGrad, its derivatives d_mean = dL/dmu and
+// d_log_scale = dL/d raw_ls (zero where raw_ls <= log_scale_min, as torch.clamp).
+template <typename T>
+struct ComponentLogProb {
+  T value = 0, d_mean = 0, d_log_scale = 0;
+};
+
+// One of the formulas for L, f(z+, z-), with its derivatives d_z = ∂f/∂z+ + ∂f/∂z- and d_log_scale =
+// dL/dls: as dz±/dmu = -e^-ls and dz±/dls = -z±, dL/dmu = -e^-ls d_z and dL/dls = -(z+ ∂f/∂z+ + z- ∂f/∂z-).
+template <typename T>
+struct Formula {
+  T value = 0, d_z = 0, d_log_scale = 0;
+};
+
+template <typename T>
+GMK_HOST_DEVICE Formula<T> select(bool condition, const Formula<T>& a, const Formula<T>& b) {
+  return {condition ? a.value : b.value, condition ? a.d_z : b.d_z, condition ? a.d_log_scale : b.d_log_scale};
+}
+
+// L = log(σ(a) - σ(b)) for a = z+ > b = z-, and the bin mass σ(a) - σ(b) itself. σ(a) - σ(b) =
+// σ(a) σ(-b) (1 - e^-(a-b)) is a product of positive factors, so the mass has no cancellation, and
+// a - b = w = 2 d e^-ls is exact. ∂L/∂a = σ(-a) + 1/(e^w - 1), ∂L/∂b = -σ(b) - 1/(e^w - 1): the
+// 1/(e^w - 1) terms cancel in d_z and leave w/(e^w - 1) in dL/dls. Used only where mass > 1e-5, which
+// bounds e^-a, e^b and 1/(1 - e^-w) by 1e5; elsewhere the derivatives may be NaN.
+template <bool kGrad, typename Math, typename T>
+GMK_HOST_DEVICE Formula<T> log_bin_mass(T a, T b, T w, T& mass) {
+  const T exp_neg_a = Math::exp(-a), exp_b = Math::exp(b);
+  const T sig_a = T(1) / (T(1) + exp_neg_a), sig_neg_b = T(1) / (T(1) + exp_b);
+  const T neg_expm1_w = -Math::expm1(-w);  // 1 - e^-w
+  mass = sig_a * sig_neg_b * neg_expm1_w;
+  Formula<T> out;
+  out.value = Math::log(mass);
+  if constexpr (kGrad) {
+    const T sig_neg_a = exp_neg_a * sig_a, sig_b = exp_b * sig_neg_b;
+    const T w_over_expm1_w = w * (T(1) - neg_expm1_w) / neg_expm1_w;
+    out.d_z = sig_neg_a - sig_b;
+    out.d_log_scale = -(a * sig_neg_a - b * sig_b + w_over_expm1_w);
+  }
+  return out;
+}
+
+// The formulas on log σ(t) = min(t, 0) - log1p(e^-|t|), sharing one e^-|t| and one log1p:
+//   edge = log σ(t) (the lowest bin with t = z+, the highest with t = -z-),
+//   density = log σ(t) + log σ(-t) - ls - log((num_bins-1)/2) (the bin centre, t = z_mid).
+// d_z here is d/dt, d_log_scale = -t d/dt (as t = ±z and dz/dls = -z), minus 1 for the density's -ls:
+// d/dt log σ(t) = σ(-t), d/dt (log σ(t) + log σ(-t)) = σ(-t) - σ(t) = -tanh(t/2).
+template <bool kGrad, typename Math, typename T>
+GMK_HOST_DEVICE void log_sigmoid_formulas(T t, T log_scale, const Bins<T>& bins, Formula<T>& edge,
+                                          Formula<T>& density) {
+  const T exp_neg_abs = Math::exp(-abs_(t));
+  const T log1p_exp = Math::log1p(exp_neg_abs);
+  edge.value = min_(t, T(0)) - log1p_exp;
+  density.value = -abs_(t) - T(2) * log1p_exp - log_scale - bins.log_half_intervals;
+  if constexpr (kGrad) {
+    edge.d_z = (t > T(0) ? exp_neg_abs : T(1)) / (T(1) + exp_neg_abs);
+    edge.d_log_scale = -t * edge.d_z;
+    density.d_z = -Math::tanh(t / T(2));
+    density.d_log_scale = -t * density.d_z - T(1);
+  }
+}
+
+// Every formula is evaluated and the one that applies selected (no branches: the CPU kernels vectorise
+// this across positions), so the others contribute nothing, not even a NaN; every result is finite
+// whenever z± are (|x - mu| e^-ls within the float range).
+template <bool kGrad, typename Math, typename T>
+GMK_HOST_DEVICE ComponentLogProb<T> component_log_prob(T x, T mu, T raw_log_scale, T log_scale_min,
+                                                       const Bins<T>& bins) {
+  const bool clamped = raw_log_scale <= log_scale_min;  // torch.clamp passes no gradient at equality
+  const T log_scale = clamped ? log_scale_min : raw_log_scale;
+  const T inv_scale = Math::exp(-log_scale);
+  const T centred = x - mu;
+  const T z_plus = inv_scale * (centred + bins.half_width), z_minus = inv_scale * (centred - bins.half_width);
+  const bool lowest = x < bins.half_width - T(1), highest = x > T(1) - bins.half_width;
+  T mass;
+  const Formula<T> in_bin =
+      log_bin_mass<kGrad, Math>(z_plus, z_minus, T(2) * bins.half_width * inv_scale, mass);
+  Formula<T> edge, density;
+  const T t = lowest ? z_plus : (highest ? -z_minus : inv_scale * centred);
+  log_sigmoid_formulas<kGrad, Math>(t, log_scale, bins, edge, density);
+  edge.d_z = highest ? -edge.d_z : edge.d_z;  // dt/dz- = -1
+  const Formula<T> f = select(lowest || highest, edge, select(mass > T(kMinBinMass), in_bin, density));
+  ComponentLogProb<T> out;
+  out.value = f.value;
+  if constexpr (kGrad) {
+    out.d_mean = -inv_scale * f.d_z;
+    out.d_log_scale = clamped ? T(0) : f.d_log_scale;
+  }
+  return out;
+}
+
+// Maps a uniform draw u in [0, 1) into [1e-5, 1 - 1e-5], away from the infinite tails.
+template <typename T>
+GMK_HOST_DEVICE T open_uniform(T u) {
+  return T(1e-5) + T(1 - 2e-5) * u;
+}
+
+// A draw from the logistic (mu, e^ls) by its inverse CDF, mu + e^ls (log u - log(1 - u)), clamped to
+// [-1, 1] and rounded to the nearest bin centre 2i/(num_bins-1) - 1.
+template <typename Math, typename T>
+GMK_HOST_DEVICE T sample_logistic(T mu, T log_scale, T uniform, const Bins<T>& bins) {
+  const T u = open_uniform(uniform);
+  const T v = min_(max_(mu + Math::exp(log_scale) * (Math::log(u) - Math::log1p(-u)), T(-1)), T(1));
+  const T bin = rint_((v + T(1)) * bins.intervals / T(2));
+  return T(2) * bin / bins.intervals - T(1);
+}
+
+// log Σ exp(v_i), one term at a time (online: a running maximum and the sum scaled by it); one
+// exponential per term, e^-|v - max|, which scales the new term or the old sum.
+template <typename Math, typename T>
+struct LogSumExp {
+  T max = -std::numeric_limits<T>::infinity();
+  T sum = 0;
+
+  GMK_HOST_DEVICE void add(T v) {
+    const T scale = Math::exp(-abs_(v - max));
+    sum = v > max ? sum * scale + T(1) : sum + scale;
+    max = max_(max, v);
+  }
+  GMK_HOST_DEVICE T value() const { return max + Math::log(sum); }
+};
+
+// Parameter indices of one position in the PixelCNN++ layout (MATH.md): K logits, then for each
+// channel c a block of K means, K log-scales and K coefficients (C = 1: no coefficients).
+struct Layout {
+  int64_t mixtures;  // K
+
+  GMK_HOST_DEVICE int64_t logit(int64_t k) const { return k; }
+  GMK_HOST_DEVICE int64_t mean(int c, int64_t k) const { return (1 + 3 * c) * mixtures + k; }
+  GMK_HOST_DEVICE int64_t log_scale(int c, int64_t k) const { return mean(c, k) + mixtures; }
+  GMK_HOST_DEVICE int64_t coef(int c, int64_t k) const { return mean(c, k) + 2 * mixtures; }
+};
+
+// The constants of one op call.
+template <typename T>
+struct Model {
+  Layout layout;
+  Bins<T> bins;
+  T log_scale_min;
+};
+
+// The per-position code below reads and writes through `at`, a view of one position (n, s):
+// at.param(j) -> T, at.x(c), at.grad_nll(), at.gumbel_u(k), at.logistic_u(c), and
+// at.set_nll(v), at.set_grad(j, v), at.set_sample(c, v). The CPU likelihood kernels run the steps
+// (mixture_term, set_component_grads) over runs of positions instead, with x, the normaliser and
+// log p passed in.
+
+// mu_c of a component: its mean plus the coupling with the sub-pixels before c (PixelCNN++):
+// mu_0 = mean_0, mu_1 = mean_1 + coef_0 x_0, mu_2 = mean_2 + coef_1 x_0 + coef_2 x_1.
+template <typename T>
+GMK_HOST_DEVICE T coupled_mean(int c, T mean, const T (&coef)[3], const T (&x)[3]) {
+  if (c == 1) return mean + coef[0] * x[0];
+  if (c == 2) return mean + coef[1] * x[0] + coef[2] * x[1];
+  return mean;
+}
+
+// coef[c] = tanh(raw coefficient of channel block c) of component k (C = 3 only).
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE void load_coefs(const Position& at, const Layout& layout, int64_t k, T (&coef)[3]) {
+  if constexpr (kChannels == 3) {
+    GMK_UNROLL
+    for (int c = 0; c < 3; ++c) coef[c] = Math::tanh(at.param(layout.coef(c, k)));
+  }
+}
+
+// The k-th term of log p = logsumexp_k(...): log_softmax(logits)_k + Σ_c L_ck at sub-pixels x, given
+// the normaliser of the logits; each channel's terms in `channel`, tanh(coefs) in `coef`.
+template <bool kGrad, int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3], T log_norm,
+                               T (&coef)[3], ComponentLogProb<T> (&channel)[kChannels]) {
+  load_coefs<kChannels, Math>(at, model.layout, k, coef);
+  T sum = 0;
+  GMK_UNROLL
+  for (int c = 0; c < kChannels; ++c) {
+    const T mu = coupled_mean(c, at.param(model.layout.mean(c, k)), coef, x);
+    channel[c] = component_log_prob<kGrad, Math>(x[c], mu, at.param(model.layout.log_scale(c, k)),
+                                                 model.log_scale_min, model.bins);
+    sum += channel[c].value;
+  }
+  return at.param(model.layout.logit(k)) - log_norm + sum;
+}
+
+// Gradient of nll = -log p with respect to the parameters of component k, given log p (recomputing
+// the term). With the responsibility r_k = exp(term_k - log p):
+//   dnll/dlogit_k = softmax(logits)_k - r_k,   dnll/dθ_ck = -r_k dL_ck/dθ_ck,
+// and through the coupling, with coef_j = tanh(raw_j) and dtanh = 1 - coef^2:
+//   dnll/draw_0 = -r dL_1/dmu_1 x_0 (1 - coef_0^2), dnll/draw_1 = -r dL_2/dmu_2 x_0 (1 - coef_1^2),
+//   dnll/draw_2 = -r dL_2/dmu_2 x_1 (1 - coef_2^2). Each times grad_nll.
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE void set_component_grads(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3],
+                                         T log_norm, T log_p, T grad_nll) {
+  const Layout& layout = model.layout;
+  T coef[3] = {};
+  ComponentLogProb<T> channel[kChannels];
+  const T term = mixture_term<true, kChannels, Math>(at, model, k, x, log_norm, coef, channel);
+  const T r = Math::exp(term - log_p);
+  const T grad_l = -grad_nll * r;  // dnll/dL_ck, the same for every channel c
+  at.set_grad(layout.logit(k), grad_nll * (Math::exp(at.param(layout.logit(k)) - log_norm) - r));
+  GMK_UNROLL
+  for (int c = 0; c < kChannels; ++c) {
+    at.set_grad(layout.mean(c, k), grad_l * channel[c].d_mean);
+    at.set_grad(layout.log_scale(c, k), grad_l * channel[c].d_log_scale);
+  }
+  if constexpr (kChannels == 3) {
+    at.set_grad(layout.coef(0, k), grad_l * channel[1].d_mean * x[0] * (T(1) - coef[0] * coef[0]));
+    at.set_grad(layout.coef(1, k), grad_l * channel[2].d_mean * x[0] * (T(1) - coef[1] * coef[1]));
+    at.set_grad(layout.coef(2, k), grad_l * channel[2].d_mean * x[1] * (T(1) - coef[2] * coef[2]));
+  }
+}
+
+// log Σ_k exp(logits_k), the normaliser of log_softmax.
+template <typename Math, typename T, typename Position>
+GMK_HOST_DEVICE T logit_normaliser(const Position& at, const Layout& layout) {
+  LogSumExp<Math, T> lse;
+  for (int64_t k = 0; k < layout.mixtures; ++k) lse.add(at.param(layout.logit(k)));
+  return lse.value();
+}
+
+template <int kChannels, typename T, typename Position>
+GMK_HOST_DEVICE void load_x(const Position& at, T (&x)[3]) {
+  GMK_UNROLL
+  for (int c = 0; c < kChannels; ++c) x[c] = at.x(c);
+}
+
+// log p = logsumexp_k(log_softmax(logits)_k + Σ_c L_ck), given the normaliser of the logits.
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE T log_prob(const Position& at, const Model<T>& model, const T (&x)[3], T log_norm) {
+  LogSumExp<Math, T> mixture;
+  for (int64_t k = 0; k < model.layout.mixtures; ++k) {
+    T coef[3] = {};
+    ComponentLogProb<T> channel[kChannels];
+    mixture.add(mixture_term<false, kChannels, Math>(at, model, k, x, log_norm, coef, channel));
+  }
+  return mixture.value();
+}
+
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE void nll_forward(const Position& at, const Model<T>& model) {
+  T x[3] = {};
+  load_x<kChannels>(at, x);
+  at.set_nll(-log_prob<kChannels, Math>(at, model, x, logit_normaliser<Math, T>(at, model.layout)));
+}
+
+// The gradient of nll: log p first (pass 1), then each component's gradient (pass 2).
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE void nll_backward(const Position& at, const Model<T>& model) {
+  T x[3] = {};
+  load_x<kChannels>(at, x);
+  const T log_norm = logit_normaliser<Math, T>(at, model.layout);
+  const T log_p = log_prob<kChannels, Math>(at, model, x, log_norm);
+  const T grad_nll = at.grad_nll();
+  for (int64_t k = 0; k < model.layout.mixtures; ++k) {
+    set_component_grads<kChannels, Math>(at, model, k, x, log_norm, log_p, grad_nll);
+  }
+}
+
+// A component by Gumbel-max, k* = argmax_k(logits_k - log(-log g_k)) (the first on ties, as
+// torch.argmax), then the sub-pixels in order, each coupled to the sampled ones before it.
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE void sample(const Position& at, const Model<T>& model) {
+  const Layout& layout = model.layout;
+  int64_t chosen = 0;
+  T best = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < layout.mixtures; ++k) {
+    const T score = at.param(layout.logit(k)) - Math::log(-Math::log(open_uniform(at.gumbel_u(k))));
+    if (score > best) {
+      best = score;
+      chosen = k;
+    }
+  }
+  T coef[3] = {}, x[3] = {};
+  load_coefs<kChannels, Math>(at, layout, chosen, coef);
+  for (int c = 0; c < kChannels; ++c) {
+    const T mu = coupled_mean(c, at.param(layout.mean(c, chosen)), coef, x);
+    const T log_scale = max_(at.param(layout.log_scale(c, chosen)), model.log_scale_min);
+    x[c] = sample_logistic<Math>(mu, log_scale, at.logistic_u(c), model.bins);
+    at.set_sample(c, x[c]);
+  }
+}
+
+}  // namespace gmk::logistic_mixture

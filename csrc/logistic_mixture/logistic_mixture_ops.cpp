@@ -1,0 +1,160 @@
+// gmkernels::logistic_mixture_nll, logistic_mixture_nll_backward and logistic_mixture_sample:
+// argument checks, dtypes and device, then the CPU or CUDA kernel. Autograd and fake tensors are
+// registered in gmkernels/ops/logistic_mixture.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#if defined(GMK_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "logistic_mixture/logistic_mixture.h"
+
+namespace gmk::logistic_mixture {
+namespace {
+
+constexpr const char* kNll = "gmkernels::logistic_mixture_nll";
+constexpr const char* kNllBackward = "gmkernels::logistic_mixture_nll_backward";
+constexpr const char* kSample = "gmkernels::logistic_mixture_sample";
+
+DType to_dtype(const char* op, const at::Tensor& params) {
+  switch (params.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, op, ": params must be float32, float16, bfloat16 or float64, got ",
+                       params.scalar_type());
+  }
+}
+
+// The dtype of x, the noise, nll and samples: float64 for float64 params, float32 otherwise.
+at::ScalarType data_dtype(const at::Tensor& params) {
+  return params.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+Strides3 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+// A tensor given with params: its shape, dtype and device.
+void check_like_params(const char* op, const char* name, const at::Tensor& t, const at::Tensor& params,
+                       at::IntArrayRef sizes, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, " for ", params.scalar_type(),
+                   " params, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == params.device(), op, ": ", name, " must be on params' device ", params.device(),
+                    ", got ", t.device());
+}
+
+// params (N, P, S) and `data` (N, C, S), the tensor that gives C (x or logistic_u).
+Args make_args(const char* op, const at::Tensor& params, const at::Tensor& data, const char* data_name,
+               int64_t num_bins, double log_scale_min) {
+  TORCH_CHECK_VALUE(params.dim() == 3, op, ": params must be (N, P, S), got shape ", params.sizes());
+  TORCH_CHECK_VALUE(data.dim() == 3, op, ": ", data_name, " must be (N, C, S), got shape ", data.sizes());
+  const int64_t channels = data.size(1), num_params = params.size(1);
+  TORCH_CHECK_VALUE(channels == 1 || channels == 3, op, ": ", data_name,
+                    ".size(1) (the channels C) must be 1 or 3, got ", channels);
+  const int64_t per_mixture = params_per_position(channels, 1);
+  TORCH_CHECK_VALUE(num_params > 0 && num_params % per_mixture == 0, op, ": params.size(1) must be ", per_mixture,
+                    "K for C = ", channels, " channels (K logits, then per channel K means, K log-scales",
+                    channels == 3 ? ", K coefficients" : "", "; K >= 1), got ", num_params);
+  TORCH_CHECK_VALUE(num_bins >= 2, op, ": num_bins must be >= 2, got ", num_bins);
+  TORCH_CHECK_VALUE(std::isfinite(log_scale_min), op, ": log_scale_min must be finite, got ", log_scale_min);
+  Args args;
+  args.dtype = to_dtype(op, params);
+  args.batch = params.size(0);
+  args.channels = channels;
+  args.mixtures = num_params / per_mixture;
+  args.positions = params.size(2);
+  args.num_bins = num_bins;
+  args.log_scale_min = log_scale_min;
+  check_like_params(op, data_name, data, params, {args.batch, channels, args.positions}, data_dtype(params));
+  args.params = params.data_ptr();
+  args.params_strides = strides_of(params);
+  return args;
+}
+
+template <typename CpuFn, typename CudaFn>
+void run(const char* op, const at::Tensor& params, const Args& args, CpuFn cpu, CudaFn cuda) {
+  if (args.batch * args.positions == 0) return;
+  if (params.is_cpu()) return cpu(args);
+#if defined(GMK_WITH_CUDA)
+  if (params.is_cuda()) {
+    TORCH_CHECK_TYPE(args.dtype != DType::Float64, op, ": float64 params are not supported on CUDA");
+    const c10::cuda::CUDAGuard guard(params.device());
+    const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
+    return;
+  }
+#endif
+  TORCH_CHECK(false, op, ": no kernel for device ", params.device());
+}
+
+#if defined(GMK_WITH_CUDA)
+#define GMK_CUDA_FN(fn) fn
+#else
+#define GMK_CUDA_FN(fn) nullptr
+#endif
+
+at::Tensor logistic_mixture_nll(const at::Tensor& params, const at::Tensor& x, int64_t num_bins,
+                                double log_scale_min) {
+  Args args = make_args(kNll, params, x, "x", num_bins, log_scale_min);
+  at::Tensor nll = at::empty({args.batch, args.positions}, params.options().dtype(data_dtype(params)));
+  args.x = x.data_ptr();
+  args.x_strides = strides_of(x);
+  args.out = nll.data_ptr();
+  run(kNll, params, args, nll_cpu, GMK_CUDA_FN(nll_cuda));
+  return nll;
+}
+
+at::Tensor logistic_mixture_nll_backward(const at::Tensor& grad_nll, const at::Tensor& params, const at::Tensor& x,
+                                         int64_t num_bins, double log_scale_min) {
+  Args args = make_args(kNllBackward, params, x, "x", num_bins, log_scale_min);
+  check_like_params(kNllBackward, "grad_nll", grad_nll, params, {args.batch, args.positions}, data_dtype(params));
+  at::Tensor grad_params = at::empty(params.sizes(), params.options());
+  args.x = x.data_ptr();
+  args.x_strides = strides_of(x);
+  args.grad_nll = grad_nll.data_ptr();
+  args.grad_nll_strides = {grad_nll.stride(0), 0, grad_nll.stride(1)};
+  args.out = grad_params.data_ptr();
+  run(kNllBackward, params, args, nll_backward_cpu, GMK_CUDA_FN(nll_backward_cuda));
+  return grad_params;
+}
+
+at::Tensor logistic_mixture_sample(const at::Tensor& params, const at::Tensor& gumbel_u, const at::Tensor& logistic_u,
+                                   int64_t num_bins, double log_scale_min) {
+  Args args = make_args(kSample, params, logistic_u, "logistic_u", num_bins, log_scale_min);
+  check_like_params(kSample, "gumbel_u", gumbel_u, params, {args.batch, args.mixtures, args.positions},
+                    data_dtype(params));
+  at::Tensor samples =
+      at::empty({args.batch, args.channels, args.positions}, params.options().dtype(data_dtype(params)));
+  args.gumbel_u = gumbel_u.data_ptr();
+  args.gumbel_u_strides = strides_of(gumbel_u);
+  args.logistic_u = logistic_u.data_ptr();
+  args.logistic_u_strides = strides_of(logistic_u);
+  args.out = samples.data_ptr();
+  run(kSample, params, args, sample_cpu, GMK_CUDA_FN(sample_cuda));
+  return samples;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("logistic_mixture_nll", &logistic_mixture_nll);
+  m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward);
+  m.impl("logistic_mixture_sample", &logistic_mixture_sample);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("logistic_mixture_nll", &logistic_mixture_nll);
+  m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward);
+  m.impl("logistic_mixture_sample", &logistic_mixture_sample);
+}
+#endif
+
+}  // namespace gmk::logistic_mixture

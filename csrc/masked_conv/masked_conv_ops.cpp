@@ -1,0 +1,176 @@
+// gmkernels::masked_conv2d, gmkernels::shifted_conv2d and their backward ops: argument checks, the
+// geometry of the convolution, layouts, then the kernel. Autograd and fake tensors are registered
+// in gmkernels/ops/masked_conv.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+
+#include "masked_conv/masked_conv.h"
+
+namespace gmk::masked_conv {
+namespace {
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+DType to_dtype(const char* op, const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    default: TORCH_CHECK_TYPE(false, op, ": x must be floating point, got ", t.scalar_type());
+  }
+}
+
+// The layout of y and grad_x: x's when x is dense channels_last (and not also NCHW), else NCHW.
+at::MemoryFormat layout_of(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                                                : at::MemoryFormat::Contiguous;
+}
+
+void check_like_x(const char* op, const at::Tensor& x, const at::Tensor& t, const char* name, at::IntArrayRef sizes) {
+  TORCH_CHECK_VALUE(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " must be on x's device ", x.device(), ", got ",
+                    t.device());
+}
+
+// Sizes of x (N, Cin, H, W) and weight (Cout, Cin, kh, kw); bias (Cout) if given.
+Geometry conv_geometry(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be (N, Cin, H, W), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == x.size(1), op, ": weight must be (Cout, Cin=", x.size(1),
+                    ", kh, kw), got shape ", weight.sizes());
+  check_like_x(op, x, weight, "weight", weight.sizes());
+  if (bias.has_value()) check_like_x(op, x, *bias, "bias", {weight.size(0)});
+  Geometry g;
+  g.batch = x.size(0);
+  g.in_channels = x.size(1);
+  g.height = x.size(2);
+  g.width = x.size(3);
+  g.out_channels = weight.size(0);
+  g.kernel_h = weight.size(2);
+  g.kernel_w = weight.size(3);
+  TORCH_CHECK_VALUE(g.kernel_h >= 1 && g.kernel_w >= 1, op, ": weight's kernel must not be empty, got ",
+                    weight.sizes());
+  return g;
+}
+
+Geometry masked_geometry(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, c10::string_view mask_type, int64_t color_groups) {
+  Geometry g = conv_geometry(op, x, weight, bias);
+  const int64_t k = g.kernel_h;
+  TORCH_CHECK_VALUE(g.kernel_w == k && k % 2 == 1, op, ": weight's kernel must be k x k with k odd, got ", g.kernel_h,
+                    " x ", g.kernel_w);
+  TORCH_CHECK_VALUE(mask_type == "A" || mask_type == "B", op, ": mask_type must be 'A' or 'B', got '", mask_type,
+                    "'");
+  TORCH_CHECK_VALUE(color_groups >= 1 && g.in_channels % color_groups == 0 && g.out_channels % color_groups == 0, op,
+                    ": color_groups must be a positive divisor of Cin=", g.in_channels, " and Cout=", g.out_channels,
+                    ", got ", color_groups);
+  g.mask = mask_type == "A" ? Mask::A : Mask::B;
+  g.color_groups = color_groups;
+  g.pad_top = g.pad_left = k / 2;
+  // The first tap in raster order is live unless every tap is masked.
+  TORCH_CHECK_VALUE(tap_is_live(g, 0, 0), op, ": mask_type 'A' with a 1x1 kernel and color_groups=1 masks every tap");
+  return g;
+}
+
+Geometry shifted_geometry(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, c10::string_view shift) {
+  Geometry g = conv_geometry(op, x, weight, bias);
+  TORCH_CHECK_VALUE(shift == "down" || shift == "down_right", op, ": shift must be 'down' or 'down_right', got '",
+                    shift, "'");
+  TORCH_CHECK_VALUE(shift != "down" || g.kernel_w % 2 == 1, op,
+                    ": shift 'down' needs weight's kernel width kw odd, got ", g.kernel_w);
+  g.pad_top = g.kernel_h - 1;
+  g.pad_left = shift == "down" ? (g.kernel_w - 1) / 2 : g.kernel_w - 1;
+  return g;
+}
+
+at::Tensor forward(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias) {
+  const DType dtype = to_dtype(op, x);
+  const at::MemoryFormat layout = layout_of(x);
+  const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
+  const at::Tensor bias_dense = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.batch, g.out_channels, g.height, g.width}, x.options().memory_format(layout));
+  Args args;
+  args.geometry = g;
+  args.dtype = dtype;
+  args.x_channels_last = layout == at::MemoryFormat::ChannelsLast;
+  args.x = x_dense.const_data_ptr();
+  args.weight = weight_dense.const_data_ptr();
+  args.bias = bias_dense.defined() ? bias_dense.const_data_ptr() : nullptr;
+  args.y = y.data_ptr();
+  if (y.numel() > 0) forward_cpu(args);
+  return y;
+}
+
+// output_mask: which of grad_x, grad_weight, grad_bias to compute; the others are undefined.
+Grads backward(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
+               const at::Tensor& weight, std::array<bool, 3> output_mask) {
+  const DType dtype = to_dtype(op, x);
+  check_like_x(op, x, grad_out, "grad_out", {g.batch, g.out_channels, g.height, g.width});
+  const at::MemoryFormat layout = layout_of(x), grad_out_layout = layout_of(grad_out);
+  const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
+  const at::Tensor grad_out_dense = grad_out.contiguous(grad_out_layout);
+  const auto [want_x, want_weight, want_bias] = output_mask;
+  at::Tensor grad_x = want_x ? at::empty(x.sizes(), x.options().memory_format(layout)) : at::Tensor();
+  at::Tensor grad_weight = want_weight ? at::empty(weight.sizes(), weight.options()) : at::Tensor();
+  at::Tensor grad_bias = want_bias ? at::empty({g.out_channels}, weight.options()) : at::Tensor();
+  Args args;
+  args.geometry = g;
+  args.dtype = dtype;
+  args.x_channels_last = layout == at::MemoryFormat::ChannelsLast;
+  args.grad_out_channels_last = grad_out_layout == at::MemoryFormat::ChannelsLast;
+  args.x = x_dense.const_data_ptr();
+  args.weight = weight_dense.const_data_ptr();
+  args.grad_out = grad_out_dense.const_data_ptr();
+  args.grad_x = want_x ? grad_x.data_ptr() : nullptr;
+  args.grad_weight = want_weight ? grad_weight.data_ptr() : nullptr;
+  args.grad_bias = want_bias ? grad_bias.data_ptr() : nullptr;
+  if (want_x || want_weight || want_bias) backward_cpu(args);
+  return {grad_x, grad_weight, grad_bias};
+}
+
+constexpr const char* kMasked = "gmkernels::masked_conv2d";
+constexpr const char* kMaskedBackward = "gmkernels::masked_conv2d_backward";
+constexpr const char* kShifted = "gmkernels::shifted_conv2d";
+constexpr const char* kShiftedBackward = "gmkernels::shifted_conv2d_backward";
+
+at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         c10::string_view mask_type, int64_t color_groups) {
+  return forward(kMasked, masked_geometry(kMasked, x, weight, bias, mask_type, color_groups), x, weight, bias);
+}
+
+Grads masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             c10::string_view mask_type, int64_t color_groups, std::array<bool, 3> output_mask) {
+  const Geometry g = masked_geometry(kMaskedBackward, x, weight, std::nullopt, mask_type, color_groups);
+  return backward(kMaskedBackward, g, grad_out, x, weight, output_mask);
+}
+
+at::Tensor shifted_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          c10::string_view shift) {
+  return forward(kShifted, shifted_geometry(kShifted, x, weight, bias, shift), x, weight, bias);
+}
+
+Grads shifted_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                              c10::string_view shift, std::array<bool, 3> output_mask) {
+  const Geometry g = shifted_geometry(kShiftedBackward, x, weight, std::nullopt, shift);
+  return backward(kShiftedBackward, g, grad_out, x, weight, output_mask);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("masked_conv2d", &masked_conv2d);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
+  m.impl("shifted_conv2d", &shifted_conv2d);
+  m.impl("shifted_conv2d_backward", &shifted_conv2d_backward);
+}
+
+}  // namespace gmk::masked_conv

@@ -1,0 +1,76 @@
+"""nn.Module drop-ins of the masked and shifted convolutions, state_dict-compatible with nn.Conv2d."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ops.gated import ACTIVATIONS
+from ..ops.masked_conv import SHIFTS, conv_mask, masked_conv2d, shifted_conv2d
+
+
+class _Conv2dParameters(torch.nn.Module):
+    """``weight`` (out, in, kh, kw) and ``bias`` (out) or None, named and initialised as nn.Conv2d's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], bias: bool):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
+        self.bias = torch.nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            torch.nn.init.uniform_(self.bias, -bound, bound)
+
+
+class MaskedConv2d(_Conv2dParameters):
+    """PixelCNN's masked k×k convolution (see gmk.masked_conv2d); loads an nn.Conv2d state dict.
+
+    With ``gate="tanh"`` or ``"identity"`` the out_channels = 2C outputs go through the gated
+    activation (``cond`` added first) and forward returns C channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str = "B",
+                 color_groups: int = 1, bias: bool = True, gate: str | None = None):
+        conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups)  # checks the arguments
+        if gate is not None and gate not in ACTIVATIONS:
+            raise ValueError(f"MaskedConv2d: gate must be None or one of {ACTIVATIONS}, got {gate!r}")
+        if gate is not None and out_channels % 2:
+            raise ValueError(f"MaskedConv2d: gate needs an even out_channels (2C), got {out_channels}")
+        super().__init__(in_channels, out_channels, (kernel_size, kernel_size), bias)
+        self.mask_type, self.color_groups, self.gate = mask_type, color_groups, gate
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_conv2d(x, self.weight, self.bias, mask_type=self.mask_type, color_groups=self.color_groups,
+                             gate=self.gate, cond=cond)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[0]}, "
+                f"mask_type={self.mask_type!r}, color_groups={self.color_groups}, bias={self.bias is not None}, "
+                f"gate={self.gate!r}")
+
+
+class ShiftedConv2d(_Conv2dParameters):
+    """PixelCNN++'s down- or down-right-shifted convolution (see gmk.shifted_conv2d); loads an
+    nn.Conv2d state dict. ``kernel_size``: an int k (k×k) or a pair (kh, kw)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 shift: str = "down", bias: bool = True):
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if shift not in SHIFTS:
+            raise ValueError(f"ShiftedConv2d: shift must be one of {SHIFTS}, got {shift!r}")
+        if shift == "down" and kw % 2 == 0:
+            raise ValueError(f"ShiftedConv2d: shift 'down' needs an odd kernel width, got kernel_size={(kh, kw)}")
+        super().__init__(in_channels, out_channels, (kh, kw), bias)
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shifted_conv2d(x, self.weight, self.bias, shift=self.shift)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, shift={self.shift!r}, "
+                f"bias={self.bias is not None}")

@@ -1,0 +1,181 @@
+"""gmk.discretized_logistic_mixture_{nll,sample}, gmk.bits_per_dim: validate, pick a backend, run its op;
+autograd and fakes of the ops."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._backend import TRITON_INSTALLED, OpBackends
+from .._extension import has_extension
+from ..reference import logistic_mixture as reference
+
+REDUCTIONS = ("none", "sum", "mean")
+NUM_CHANNELS = (1, 3)
+
+
+def _check_tensor(function: str, name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{function}: {name} must be a floating-point tensor, got {t.dtype}")
+    if t.dim() < 2:
+        raise ValueError(f"{function}: {name} must have at least 2 dimensions (N, channels, *S), "
+                         f"got shape {tuple(t.shape)}")
+
+
+def _check_params(function: str, params, num_channels: int) -> int:
+    """The number K of mixture components in params (N, P, *S) for ``num_channels`` channels."""
+    _check_tensor(function, "params", params)
+    per_component = reference.params_per_component(num_channels)
+    if params.shape[1] == 0 or params.shape[1] % per_component:
+        layout = ("K logits, then per channel K means, K log-scales, K coefficients" if num_channels == 3
+                  else "K logits, K means, K log-scales")
+        raise ValueError(f"{function}: params must have {per_component}K channels for C = {num_channels} "
+                         f"({layout}), got {params.shape[1]}")
+    return params.shape[1] // per_component
+
+
+def check_options(function: str, num_bins, log_scale_min, reduction: str = "none") -> None:
+    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
+        raise ValueError(f"{function}: num_bins must be an int >= 2, got {num_bins!r}")
+    if not isinstance(log_scale_min, (int, float)) or not math.isfinite(log_scale_min):
+        raise ValueError(f"{function}: log_scale_min must be a finite number, got {log_scale_min!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{function}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_nll_args(params, x, num_bins, log_scale_min, reduction: str) -> None:
+    function = "discretized_logistic_mixture_nll"
+    _check_tensor(function, "x", x)
+    if x.shape[1] not in NUM_CHANNELS:
+        raise ValueError(f"{function}: x must have C = 1 or 3 channels (dim 1), got shape {tuple(x.shape)}")
+    _check_params(function, params, x.shape[1])
+    if params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
+        raise ValueError(f"{function}: params (N, P, *S) and x (N, C, *S) must agree in N and S, got "
+                         f"params {tuple(params.shape)} and x {tuple(x.shape)}")
+    if params.device != x.device:
+        raise ValueError(f"{function}: x must be on params' device {params.device}, got {x.device}")
+    check_options(function, num_bins, log_scale_min, reduction)
+
+
+def discretized_logistic_mixture_nll(params: torch.Tensor, x: torch.Tensor, *, num_bins: int = 256,
+                                     log_scale_min: float = -7.0, reduction: str = "none",
+                                     check_inputs: bool = True, backend: str = "auto") -> torch.Tensor:
+    """-log P(x) in nats under PixelCNN++'s discretized logistic mixture (arXiv 1701.05517).
+
+    ``x`` (N, C, *S): C = 1 or 3 sub-pixels per position, on the grid of ``num_bins`` levels in
+    [-1, 1] (v -> 2v / (num_bins - 1) - 1); any number of spatial dims. ``params`` (N, P, *S):
+    P = 10K for C = 3 (K logits, then per channel K means, K log-scales, K coefficients), 3K for
+    C = 1 (K logits, K means, K log-scales). Log-scales are clamped below at ``log_scale_min``;
+    G and B means couple to the ground-truth R (and G) through tanh(coefficients).
+
+    Returns (N, *S) for ``reduction="none"`` (summed over the C sub-pixels), else the sum or the
+    mean over the N·S positions; float32 (float64 for float64 params). Differentiable in params.
+    ``check_inputs=True`` also checks that x lies in [-1, 1], which synchronises with the device;
+    ``check_inputs=False`` skips that check (training loops, benchmarks, torch.compile).
+    """
+    _check_nll_args(params, x, num_bins, log_scale_min, reduction)
+    if check_inputs and not bool(((x >= -1) & (x <= 1)).all()):
+        raise ValueError("discretized_logistic_mixture_nll: x must lie in [-1, 1] (data scaled from "
+                         f"{num_bins} levels), got values in [{x.min().item()}, {x.max().item()}]")
+    x = x.detach().to(reference.compute_dtype(params.dtype))
+    name = NLL.select(backend, params.device, params.dtype)
+    if name == "reference":
+        nll = reference.discretized_logistic_mixture_nll(params, x, num_bins, log_scale_min)
+    else:
+        n, spatial = x.shape[0], x.shape[2:]
+        s = math.prod(spatial)
+        nll = _NLL_OPS[name](params.reshape(n, params.shape[1], s), x.reshape(n, x.shape[1], s), num_bins,
+                             float(log_scale_min)).reshape(n, *spatial)
+    if reduction == "sum":
+        return nll.sum()
+    return nll.mean() if reduction == "mean" else nll
+
+
+def discretized_logistic_mixture_sample(params: torch.Tensor, *, num_channels: int, num_bins: int = 256,
+                                        log_scale_min: float = -7.0, generator: torch.Generator | None = None,
+                                        backend: str = "auto") -> torch.Tensor:
+    """A sample x (N, C, *S) on the grid of ``num_bins`` levels in [-1, 1] from params (N, P, *S).
+
+    Per position: a component by Gumbel-max on the logits, then R, G, B in turn by the logistic's
+    inverse CDF, the G and B means coupled to the sub-pixels already sampled. The uniform noise is
+    drawn here with ``generator``, so every backend gives the same sample for the same generator.
+    float32 (float64 for float64 params).
+    """
+    function = "discretized_logistic_mixture_sample"
+    if num_channels not in NUM_CHANNELS:
+        raise ValueError(f"{function}: num_channels must be 1 or 3, got {num_channels!r}")
+    k = _check_params(function, params, num_channels)
+    check_options(function, num_bins, log_scale_min)
+    name = SAMPLE.select(backend, params.device, params.dtype)
+    n, spatial = params.shape[0], params.shape[2:]
+    s = math.prod(spatial)
+    params3 = params.detach().reshape(n, params.shape[1], s)
+    noise = {"generator": generator, "device": params.device, "dtype": reference.compute_dtype(params.dtype)}
+    gumbel_u = torch.rand((n, k, s), **noise)
+    logistic_u = torch.rand((n, num_channels, s), **noise)
+    sample_op = reference.discretized_logistic_mixture_sample if name == "reference" else _SAMPLE_OPS[name]
+    return sample_op(params3, gumbel_u, logistic_u, num_bins, float(log_scale_min)).reshape(
+        n, num_channels, *spatial)
+
+
+def bits_per_dim(nll_nats, num_subpixels):
+    """A negative log-likelihood in nats as bits per sub-pixel: nll / (ln 2 · num_subpixels)."""
+    return nll_nats / (math.log(2) * num_subpixels)
+
+
+# --- autograd and fake tensors, the same for the C++ and the Triton ops -------------------------
+
+def _fake_nll(params, x, num_bins, log_scale_min):
+    return x.new_empty(x.shape[0], x.shape[2])
+
+
+def _fake_nll_backward(grad_nll, params, x, num_bins, log_scale_min):
+    return torch.empty_like(params, memory_format=torch.contiguous_format)
+
+
+def _fake_sample(params, gumbel_u, logistic_u, num_bins, log_scale_min):
+    return logistic_u.new_empty(logistic_u.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    params, x, num_bins, log_scale_min = inputs
+    ctx.save_for_backward(params, x)
+    ctx.num_bins, ctx.log_scale_min = num_bins, log_scale_min
+
+
+def _no_double_backward(ctx, grad_grad_params):
+    raise RuntimeError("double backward of the logistic mixture NLL is not supported")
+
+
+def _register(nll_op, nll_backward_op, sample_op) -> None:
+    def backward(ctx, grad_nll):
+        params, x = ctx.saved_tensors
+        return nll_backward_op(grad_nll, params, x, ctx.num_bins, ctx.log_scale_min), None, None, None
+
+    torch.library.register_fake(nll_op)(_fake_nll)
+    torch.library.register_fake(nll_backward_op)(_fake_nll_backward)
+    torch.library.register_fake(sample_op)(_fake_sample)
+    torch.library.register_autograd(nll_op, backward, setup_context=_setup_context)
+    torch.library.register_autograd(nll_backward_op, _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+NLL = OpBackends("gmk.discretized_logistic_mixture_nll")
+SAMPLE = OpBackends("gmk.discretized_logistic_mixture_sample")
+
+_NLL_OPS, _SAMPLE_OPS = {}, {}
+if has_extension():
+    _cpp = torch.ops.gmkernels
+    _register(_cpp.logistic_mixture_nll.default, _cpp.logistic_mixture_nll_backward.default,
+              _cpp.logistic_mixture_sample.default)
+    _NLL_OPS["cpu"] = _NLL_OPS["cuda"] = _cpp.logistic_mixture_nll
+    _SAMPLE_OPS["cpu"] = _SAMPLE_OPS["cuda"] = _cpp.logistic_mixture_sample
+if TRITON_INSTALLED:
+    from ..triton import logistic_mixture as _triton
+
+    _register(_triton.logistic_mixture_nll, _triton.logistic_mixture_nll_backward,
+              _triton.logistic_mixture_sample)
+    _NLL_OPS["triton"] = _triton.logistic_mixture_nll
+    _SAMPLE_OPS["triton"] = _triton.logistic_mixture_sample

@@ -1,0 +1,38 @@
+"""Masked and shifted 2D convolutions as users run them today (plain PyTorch, any dtype).
+
+PixelCNN (arXiv 1601.06759, §3.4): a k×k kernel, k odd, multiplied by a mask that keeps the taps
+before the centre in raster order (rows above, then the centre row to the left) and the centre tap
+for mask B only; with RGB channel groups (contiguous thirds of the channels), the centre tap joins
+output group g to input groups < g (mask A) or <= g (mask B).
+PixelCNN++ (arXiv 1701.05517): dense kh×kw convolutions of the input padded on top, and on both
+sides ("down") or on the left ("down_right"), so that output (i, j) sees no later row.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups=1):
+    """The (out_channels, in_channels, k, k) float mask: 1 where a weight is used, 0 where it is masked."""
+    centre = kernel_size // 2
+    mask = torch.zeros(out_channels, in_channels, kernel_size, kernel_size)
+    mask[:, :, :centre, :] = 1
+    mask[:, :, centre, :centre] = 1
+    out_group = torch.arange(out_channels) // (out_channels // color_groups)
+    in_group = torch.arange(in_channels) // (in_channels // color_groups)
+    if mask_type == "A":
+        mask[:, :, centre, centre] = (in_group[None, :] < out_group[:, None]).float()
+    else:
+        mask[:, :, centre, centre] = (in_group[None, :] <= out_group[:, None]).float()
+    return mask
+
+
+def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1):
+    k = weight.shape[-1]
+    mask = conv_mask(k, mask_type, weight.shape[1], weight.shape[0], color_groups).to(weight)
+    return F.conv2d(x, weight * mask, bias, padding=k // 2)
+
+
+def shifted_conv2d(x, weight, bias=None, shift="down"):
+    kh, kw = weight.shape[-2:]
+    left, right = ((kw - 1) // 2, (kw - 1) // 2) if shift == "down" else (kw - 1, 0)
+    return F.conv2d(F.pad(x, (left, right, kh - 1, 0)), weight, bias)

@@ -1,0 +1,477 @@
+"""gmk.masked_conv2d, gmk.shifted_conv2d, gmk.conv_mask: every backend against the float64 reference,
+forward and the three gradients; the masks, causality, the fused gate, the modules and the C++ ops."""
+import math
+
+import pytest
+import torch
+
+import gmkernels as gmk
+import gmkernels.ops.masked_conv as masked_conv_ops
+import gmkernels.reference.masked_conv as reference
+from conftest import backends_under_test, noncontiguous, supported_dtypes
+
+# The backends that run here and have these ops.
+BACKENDS = [name for name in backends_under_test("cpu") if name in masked_conv_ops._MASKED_OPS]
+MASK_TYPES = ("A", "B")
+SHIFTS = ("down", "down_right")
+
+# (atol per sqrt(term), rtol) of a convolution sum computed in a dtype against the float64 reference of
+# the same inputs. A sum of n products of unit-variance values is ~sqrt(n) in size; backends accumulate
+# in float32 (float64 for float64) and round once, so the error grows like sqrt(n).
+CONV_TOLERANCES = {
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (2e-6, 1e-5),
+    torch.float16: (1e-4, 2e-3),
+    torch.bfloat16: (1e-3, 1.6e-2),
+}
+
+
+def assert_close_sum(actual, expected, dtype, terms):
+    """``actual`` is a sum of ``terms`` products computed in ``dtype``; ``expected`` the float64 reference."""
+    atol, rtol = CONV_TOLERANCES[dtype]
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol * math.sqrt(max(terms, 1)), rtol=rtol)
+
+
+def channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+LAYOUTS = {"contiguous": None, "channels_last": channels_last, "noncontiguous": noncontiguous}
+
+
+def run(op, x, weight, bias, grad_y, **kwargs):
+    """op's y and the gradients of x, weight, bias (bias may be None)."""
+    leaves = [t.detach().requires_grad_() for t in (x, weight) + ((bias,) if bias is not None else ())]
+    y = op(*leaves[:2], leaves[2] if bias is not None else None, **kwargs)
+    return y, torch.autograd.grad(y, leaves, grad_y)
+
+
+def check_backend(op, x, weight, bias, *, backend, layout=None, grad_layout=None, **kwargs):
+    """``backend`` matches the reference run in float64 on the same values: y and the three gradients.
+
+    ``layout`` re-stores x and ``grad_layout`` grad_y before the backend sees them.
+    """
+    n, cin, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    grad_y = torch.randn(n, cout, h, w, dtype=x.dtype)
+    stored_x = x if layout is None else layout(x)
+    stored_grad_y = grad_y if grad_layout is None else grad_layout(grad_y)
+    y, grads = run(op, stored_x, weight, bias, stored_grad_y, backend=backend, **kwargs)
+    as64 = [None if t is None else t.double() for t in (x, weight, bias, grad_y)]
+    y64, grads64 = run(op, *as64, backend="reference", **kwargs)
+    assert (y.dtype, y.device) == (x.dtype, x.device)
+    assert_close_sum(y, y64, x.dtype, cin * kh * kw)
+    terms = (cout * kh * kw, n * h * w, n * h * w)[:len(grads)]  # x, weight, bias
+    for grad, grad64, terms in zip(grads, grads64, terms, strict=True):
+        assert grad.dtype == x.dtype
+        assert_close_sum(grad, grad64, x.dtype, terms)
+    return y, grads
+
+
+# --- the masks ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask_type", MASK_TYPES)
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_conv_mask_keeps_the_taps_before_the_centre(k, mask_type):
+    if (k, mask_type) == (1, "A"):
+        pytest.skip("rejected: every tap masked (see test_bad_input)")
+    mask = gmk.conv_mask(k, mask_type, 4, 2)
+    assert mask.shape == (2, 4, k, k) and mask.dtype == torch.float32
+    assert torch.equal(mask, mask[:1, :1].expand_as(mask))  # one pattern for every channel pair
+    taps = mask[0, 0]
+    assert int(taps.sum()) == (k * k - 1) // 2 + (mask_type == "B")
+    raster = torch.arange(k * k).view(k, k)
+    centre = k * k // 2
+    assert torch.equal(taps.bool(), raster < centre if mask_type == "A" else raster <= centre)
+
+
+# Which input colour group output group g sees at the centre tap: row g, column h.
+CENTRE_GROUPS = {"A": [[0, 0, 0], [1, 0, 0], [1, 1, 0]], "B": [[1, 0, 0], [1, 1, 0], [1, 1, 1]]}
+
+
+@pytest.mark.parametrize("mask_type", MASK_TYPES)
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_conv_mask_colour_groups(k, mask_type):
+    mask = gmk.conv_mask(k, mask_type, in_channels=6, out_channels=9, color_groups=3)
+    c = k // 2
+    groups = torch.tensor(CENTRE_GROUPS[mask_type], dtype=torch.float32)
+    assert torch.equal(mask[:, :, c, c], groups.repeat_interleave(3, 0).repeat_interleave(2, 1))
+    off_centre = gmk.conv_mask(k, "B", 6, 9)
+    off_centre[:, :, c, c] = 0
+    centre_free = mask.clone()
+    centre_free[:, :, c, c] = 0
+    assert torch.equal(centre_free, off_centre)  # off-centre taps see every group
+
+
+# --- every backend against the reference ----------------------------------------------------------
+
+# (mask_type, color_groups, k, Cin, Cout, H, W): every k, odd sizes, channel counts not multiples of 8.
+MASKED_CASES = [
+    ("B", 1, 1, 3, 6, 5, 7), ("A", 3, 1, 6, 9, 3, 5), ("B", 3, 1, 9, 3, 4, 3),
+    ("A", 1, 3, 3, 15, 5, 7), ("B", 3, 3, 15, 6, 7, 5), ("A", 3, 3, 3, 9, 1, 9),
+    ("B", 1, 5, 9, 6, 7, 9), ("A", 3, 5, 6, 15, 5, 3),
+    ("A", 1, 7, 15, 9, 9, 7), ("B", 3, 7, 9, 9, 3, 11),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize(("mask_type", "groups", "k", "cin", "cout", "h", "w"), MASKED_CASES)
+@pytest.mark.parametrize(("backend", "dtype"), [(b, d) for b in BACKENDS for d in supported_dtypes(b)])
+def test_masked_conv_matches_reference(backend, dtype, mask_type, groups, k, cin, cout, h, w, layout):
+    x = torch.randn(2, cin, h, w, dtype=dtype)
+    weight, bias = torch.randn(cout, cin, k, k, dtype=dtype), torch.randn(cout, dtype=dtype)
+    y, _ = check_backend(gmk.masked_conv2d, x, weight, bias, backend=backend, layout=layout, mask_type=mask_type,
+                         color_groups=groups)
+    if layout is channels_last and min(cin, cout, h * w) > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+# (shift, kh, kw, Cin, Cout, H, W)
+SHIFTED_CASES = [("down", 2, 3, 3, 6, 5, 7), ("down", 1, 1, 6, 9, 3, 4), ("down", 3, 5, 9, 15, 7, 3),
+                 ("down_right", 2, 2, 6, 3, 5, 7), ("down_right", 1, 3, 15, 6, 4, 5), ("down_right", 3, 1, 3, 9, 7, 2)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize(("shift", "kh", "kw", "cin", "cout", "h", "w"), SHIFTED_CASES)
+@pytest.mark.parametrize(("backend", "dtype"), [(b, d) for b in BACKENDS for d in supported_dtypes(b)])
+def test_shifted_conv_matches_reference(backend, dtype, shift, kh, kw, cin, cout, h, w, layout):
+    x = torch.randn(2, cin, h, w, dtype=dtype)
+    weight, bias = torch.randn(cout, cin, kh, kw, dtype=dtype), torch.randn(cout, dtype=dtype)
+    check_backend(gmk.shifted_conv2d, x, weight, bias, backend=backend, layout=layout, shift=shift)
+
+
+GRAD_LAYOUTS = {"x-nchw-grad-nhwc": (None, channels_last), "x-nhwc-grad-nchw": (channels_last, None),
+                "x-nhwc-grad-noncontiguous": (channels_last, noncontiguous)}
+
+
+@pytest.mark.parametrize(("layout", "grad_layout"), GRAD_LAYOUTS.values(), ids=GRAD_LAYOUTS.keys())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_layouts(backend, layout, grad_layout):
+    x, weight = torch.randn(2, 6, 5, 7), torch.randn(9, 6, 3, 3)
+    check_backend(gmk.masked_conv2d, x, weight, None, backend=backend, layout=layout, grad_layout=grad_layout,
+                  mask_type="A", color_groups=3)
+    check_backend(gmk.shifted_conv2d, x, weight[:, :, :2], None, backend=backend, layout=layout,
+                  grad_layout=grad_layout)
+
+
+# (x's shape, weight's shape): no samples, no rows, no input channels (y = bias), no output channels.
+EMPTY_SHAPES = [((0, 3, 5, 5), (6, 3, 3, 3)), ((2, 3, 0, 4), (6, 3, 3, 3)), ((2, 0, 4, 5), (6, 0, 3, 3)),
+                ((2, 3, 4, 5), (0, 3, 3, 3))]
+
+
+@pytest.mark.parametrize(("x_shape", "weight_shape"), EMPTY_SHAPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty(backend, x_shape, weight_shape):
+    x, weight = torch.randn(x_shape), torch.randn(weight_shape)
+    check_backend(gmk.masked_conv2d, x, weight, torch.randn(weight_shape[0]), backend=backend, mask_type="B")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_image_runs_in_bands(backend):
+    """Columns over the band budget (T * Cin * W values a row) are built a few rows at a time."""
+    x, weight = torch.randn(1, 64, 80, 70), torch.randn(4, 64, 7, 7)
+    check_backend(gmk.masked_conv2d, x, weight, None, backend=backend, mask_type="B")
+
+
+# --- the masked weights ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("mask_type", "groups"), [("A", 1), ("B", 3), ("A", 3)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_weights_are_never_read_and_get_zero_gradient(backend, mask_type, groups):
+    """NaN in every masked weight: a backend that multiplied by them would return NaN."""
+    x, weight, bias = torch.randn(2, 6, 5, 7), torch.randn(9, 6, 5, 5), torch.randn(9)
+    mask = gmk.conv_mask(5, mask_type, 6, 9, groups).bool()
+    poisoned = weight.masked_fill(~mask, float("nan"))
+    kwargs = {"mask_type": mask_type, "color_groups": groups}
+    grad_y = torch.randn(2, 9, 5, 7)
+    y, (_, grad_weight, _) = run(gmk.masked_conv2d, x, poisoned, bias, grad_y, backend=backend, **kwargs)
+    y_ref, (_, grad_ref, _) = run(gmk.masked_conv2d, x, weight, bias, grad_y, backend="reference", **kwargs)
+    assert y.isfinite().all()
+    assert_close_sum(y, y_ref, torch.float32, 6 * 25)
+    assert torch.equal(grad_weight[~mask], torch.zeros((~mask).sum().item()))
+    assert torch.equal(grad_ref[~mask], torch.zeros((~mask).sum().item()))
+
+
+# --- causality, through autograd on random inputs --------------------------------------------------
+
+def receptive_field(mask, pad_top, pad_left, out_channels, h, w, i, j):
+    """Which x[c, i', j'] output (i, j) of the channels ``out_channels`` reads through a nonzero mask entry."""
+    cout, cin, kh, kw = mask.shape
+    field = torch.zeros(cin, h, w, dtype=torch.bool)
+    for r in range(kh):
+        for s in range(kw):
+            ii, jj = i + r - pad_top, j + s - pad_left
+            if 0 <= ii < h and 0 <= jj < w:
+                field[:, ii, jj] |= mask[out_channels, :, r, s].bool().any(0)
+    return field
+
+
+def dependence(op, x, weight, out_channels, i, j, **kwargs):
+    """Where the output at (i, j), channels ``out_channels``, depends on x: its gradient is nonzero."""
+    x = x.detach().requires_grad_()
+    y = op(x, weight, **kwargs)
+    (grad,) = torch.autograd.grad(y[0, out_channels, i, j].sum(), x)
+    return grad[0] != 0
+
+
+OUT_GROUPS = {"R": slice(0, 3), "G": slice(3, 6), "B": slice(6, 9), "all": slice(0, 9)}
+
+
+@pytest.mark.parametrize("position", [(0, 0), (2, 3), (4, 6)])
+@pytest.mark.parametrize("out_group", OUT_GROUPS.values(), ids=OUT_GROUPS.keys())
+@pytest.mark.parametrize(("mask_type", "groups"), [("A", 1), ("B", 1), ("A", 3), ("B", 3)])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_masked_conv_is_causal(backend, mask_type, groups, out_group, position):
+    """Exactly the taps before the pixel in raster order, the pixel itself for mask B, and at the pixel
+    only the earlier colour groups (and the output's own for mask B)."""
+    x, weight = torch.randn(2, 6, 5, 7), torch.randn(9, 6, 5, 5)
+    seen = dependence(gmk.masked_conv2d, x, weight, out_group, *position, mask_type=mask_type, color_groups=groups,
+                      backend=backend)
+    mask = reference.conv_mask(5, mask_type, 6, 9, groups)
+    assert torch.equal(seen, receptive_field(mask, 2, 2, out_group, 5, 7, *position))
+    i, j = position
+    later = torch.arange(5 * 7).view(5, 7) > i * 7 + j
+    assert not seen[:, later].any()
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_stacked_masks_keep_colour_causality(backend):
+    """Mask A then two mask B layers (PixelCNN): output group g at a pixel sees that pixel's input groups < g."""
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    weights = [torch.randn(6, 3, 3, 3), torch.randn(6, 6, 3, 3), torch.randn(3, 6, 3, 3)]
+    h = x
+    for weight, mask_type in zip(weights, "ABB"):
+        h = torch.tanh(gmk.masked_conv2d(h, weight, mask_type=mask_type, color_groups=3, backend=backend))
+    for g in range(3):
+        (grad,) = torch.autograd.grad(h[0, g, 3, 2], x, retain_graph=True)
+        assert torch.equal(grad[0, :, 3, 2] != 0, torch.arange(3) < g)
+        assert not grad[0, :, 3, 3:].any() and not grad[0, :, 4:].any()
+
+
+@pytest.mark.parametrize("position", [(0, 0), (3, 2), (4, 6)])
+@pytest.mark.parametrize(("shift", "kh", "kw"), [("down", 2, 3), ("down", 3, 5), ("down_right", 2, 2),
+                                                 ("down_right", 3, 4)])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_shifted_conv_sees_no_later_row_or_column(backend, shift, kh, kw, position):
+    x, weight = torch.randn(2, 3, 5, 7), torch.randn(4, 3, kh, kw)
+    seen = dependence(gmk.shifted_conv2d, x, weight, slice(None), *position, shift=shift, backend=backend)
+    left = (kw - 1) // 2 if shift == "down" else kw - 1
+    assert torch.equal(seen, receptive_field(torch.ones(4, 3, kh, kw), kh - 1, left, slice(None), 5, 7, *position))
+    i, j = position
+    assert not seen[:, i + 1:].any()
+    if shift == "down_right":
+        assert not seen[:, :, j + 1:].any()
+
+
+# --- the fused gate -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cond_kind", [None, "global", "local"])
+@pytest.mark.parametrize("gate", ["tanh", "identity"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_gate_equals_conv_then_gated_activation(backend, gate, cond_kind):
+    x, weight, bias = torch.randn(2, 6, 5, 7), torch.randn(12, 6, 3, 3), torch.randn(12)
+    cond = {None: None, "global": torch.randn(2, 12, 1, 1), "local": torch.randn(2, 12, 5, 7)}[cond_kind]
+    kwargs = {"mask_type": "B", "color_groups": 3, "backend": backend}
+
+    def fused(*leaves):
+        return gmk.masked_conv2d(*leaves[:3], gate=gate, cond=leaves[3] if cond is not None else None, **kwargs)
+
+    def unfused(*leaves):
+        y = gmk.masked_conv2d(*leaves[:3], **kwargs)
+        return gmk.gated_activation(y, leaves[3] if cond is not None else None, activation=gate, backend=backend)
+
+    leaves = [x, weight, bias] + ([cond] if cond is not None else [])
+    grad_y = torch.randn(2, 6, 5, 7)
+    results = []
+    for function in (fused, unfused):
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        y = function(*inputs)
+        results.append((y, *torch.autograd.grad(y, inputs, grad_y)))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert results[0][0].shape == (2, 6, 5, 7)
+
+
+# --- modules --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_masked_conv_module_loads_a_conv2d_state_dict(bias):
+    conv = torch.nn.Conv2d(6, 12, 5, padding=2, bias=bias)
+    module = gmk.nn.MaskedConv2d(6, 12, 5, mask_type="A", color_groups=3, bias=bias, gate="tanh")
+    assert {k: v.shape for k, v in module.state_dict().items()} == {k: v.shape for k, v in conv.state_dict().items()}
+    module.load_state_dict(conv.state_dict())
+    x, cond = torch.randn(2, 6, 5, 7), torch.randn(2, 12, 1, 1)
+    expected = gmk.gated_activation(reference.masked_conv2d(x, conv.weight, conv.bias, "A", 3), cond)
+    torch.testing.assert_close(module(x, cond), expected)
+    assert "mask_type='A'" in repr(module)
+
+
+def test_shifted_conv_module_loads_a_conv2d_state_dict():
+    conv = torch.nn.Conv2d(6, 4, (2, 3))
+    module = gmk.nn.ShiftedConv2d(6, 4, (2, 3), shift="down")
+    module.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(module(x), reference.shifted_conv2d(x, conv.weight, conv.bias, "down"))
+    assert gmk.nn.ShiftedConv2d(3, 3, 2, shift="down_right").weight.shape == (3, 3, 2, 2)
+
+
+def test_modules_initialise_like_conv2d():
+    """kaiming_uniform(a=sqrt(5)): weights and bias uniform in ±1/sqrt(fan_in)."""
+    for module in (gmk.nn.MaskedConv2d(16, 32, 5), gmk.nn.ShiftedConv2d(16, 32, (2, 3))):
+        bound = 1 / math.sqrt(module.weight[0].numel())
+        for parameter in (module.weight, module.bias):
+            assert parameter.abs().max() <= bound and parameter.abs().max() > 0.9 * bound
+
+
+# --- the C++ ops ----------------------------------------------------------------------------------
+
+def test_opcheck():
+    ops = torch.ops.gmkernels
+    x, weight, bias = torch.randn(2, 6, 5, 7), torch.randn(9, 6, 3, 3), torch.randn(9)
+    grad_y = torch.randn(2, 9, 5, 7)
+    for x_layout in (x, channels_last(x)):
+        torch.library.opcheck(ops.masked_conv2d, (x_layout.requires_grad_(), weight.requires_grad_(),
+                                                  bias.requires_grad_(), "A", 3))
+        torch.library.opcheck(ops.masked_conv2d, (x_layout, weight, None, "B", 1))
+        torch.library.opcheck(ops.shifted_conv2d, (x_layout, weight[:, :, :2].detach().requires_grad_(),
+                                                   bias, "down"))
+        for output_mask in ([True, True, True], [True, False, False], [False, True, True]):
+            torch.library.opcheck(ops.masked_conv2d_backward, (grad_y, x_layout.detach(), weight.detach(), "B", 3,
+                                                               output_mask))
+            torch.library.opcheck(ops.shifted_conv2d_backward, (grad_y, x_layout.detach(),
+                                                                weight[:, :, :2, :2].detach(), "down_right",
+                                                                output_mask))
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_gradcheck(backend):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *args: gmk.masked_conv2d(*args, mask_type="A", color_groups=3, backend=backend), (x, weight, bias))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: gmk.shifted_conv2d(x, w[:, :, :2], b, shift="down", backend=backend), (x, weight, bias))
+
+
+def test_auto_picks_cpu_and_named_gpu_backends_raise():
+    x, weight = torch.randn(1, 3, 4, 4), torch.randn(3, 3, 3, 3)
+    if gmk.has_extension():
+        assert masked_conv_ops.MASKED_CONV.select("auto", x.device, x.dtype) == "cpu"
+    for backend in ("cuda", "triton"):
+        with pytest.raises(ValueError, match=f"backend '{backend}'"):
+            gmk.masked_conv2d(x, weight, backend=backend)
+        with pytest.raises(ValueError, match=f"backend '{backend}'"):
+            gmk.shifted_conv2d(x, weight, backend=backend)
+
+
+@pytest.mark.skipif(not gmk.has_extension(), reason="the cpu backend needs gmkernels._C")
+def test_torch_compile_keeps_the_ops_in_one_graph():
+    from torch._inductor.utils import run_and_get_code
+
+    def loss(x, weight, bias):
+        h = gmk.masked_conv2d(x, weight, bias, mask_type="A", color_groups=3, backend="cpu")
+        return gmk.shifted_conv2d(h, weight[:, :, :2], bias, backend="cpu").square().sum()
+
+    def loss_and_grads(function, *inputs):
+        inputs = [t.detach().requires_grad_() for t in inputs]
+        value = function(*inputs)
+        return value, *torch.autograd.grad(value, inputs)
+
+    inputs = (torch.randn(2, 6, 5, 5), torch.randn(6, 6, 3, 3), torch.randn(6))
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="inductor")
+    results, code = run_and_get_code(loss_and_grads, compiled, *inputs)
+    for result, expected in zip(results, loss_and_grads(loss, *inputs), strict=True):
+        torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
+    code = "".join(code)
+    assert "gmkernels.masked_conv2d_backward.default" in code and "gmkernels.shifted_conv2d.default" in code
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def _masked(x_shape=(2, 6, 5, 5), w_shape=(9, 6, 3, 3), **kwargs):
+    return lambda: gmk.masked_conv2d(torch.randn(x_shape), torch.randn(w_shape), **kwargs)
+
+
+def _shifted(x_shape=(2, 6, 5, 5), w_shape=(9, 6, 2, 3), **kwargs):
+    return lambda: gmk.shifted_conv2d(torch.randn(x_shape), torch.randn(w_shape), **kwargs)
+
+
+# (the call, the exception, what its message names)
+BAD_INPUTS = {
+    "even-k": (_masked(w_shape=(9, 6, 4, 4)), ValueError, "weight"),
+    "not-square": (_masked(w_shape=(9, 6, 3, 5)), ValueError, "weight"),
+    "weight-cin": (_masked(w_shape=(9, 5, 3, 3)), ValueError, "weight"),
+    "weight-3d": (_masked(w_shape=(9, 6, 3)), ValueError, "weight"),
+    "x-3d": (_masked(x_shape=(6, 5, 5)), ValueError, r"\bx\b"),
+    "x-integer": (lambda: gmk.masked_conv2d(torch.ones(2, 6, 5, 5, dtype=torch.int64), torch.randn(9, 6, 3, 3)),
+                  TypeError, r"\bx\b"),
+    "x-not-tensor": (lambda: gmk.masked_conv2d([[1.0]], torch.randn(9, 6, 3, 3)), TypeError, r"\bx\b"),
+    "weight-dtype": (lambda: gmk.masked_conv2d(torch.randn(2, 6, 5, 5), torch.randn(9, 6, 3, 3).double()),
+                     TypeError, "weight"),
+    "weight-device": (lambda: gmk.masked_conv2d(torch.randn(2, 6, 5, 5), torch.empty(9, 6, 3, 3, device="meta")),
+                      ValueError, "weight"),
+    "bias-shape": (_masked(bias=torch.randn(8)), ValueError, "bias"),
+    "bias-device": (_masked(bias=torch.empty(9, device="meta")), ValueError, "bias"),
+    "groups-cin": (_masked(x_shape=(2, 4, 5, 5), w_shape=(9, 4, 3, 3), color_groups=3), ValueError, "color_groups"),
+    "groups-cout": (_masked(w_shape=(8, 6, 3, 3), color_groups=3), ValueError, "color_groups"),
+    "groups-zero": (_masked(color_groups=0), ValueError, "color_groups"),
+    "groups-float": (_masked(color_groups=3.0), TypeError, "color_groups"),
+    "mask-type": (_masked(mask_type="C"), ValueError, "mask_type"),
+    "mask-a-1x1": (_masked(w_shape=(9, 6, 1, 1), mask_type="A"), ValueError, "mask_type 'A'"),
+    "gate": (_masked(gate="relu"), ValueError, "gate"),
+    "gate-odd-cout": (_masked(gate="tanh"), ValueError, "gate"),
+    "cond-without-gate": (_masked(cond=torch.randn(2, 9, 1, 1)), ValueError, "cond"),
+    "cond-shape": (_masked(w_shape=(8, 6, 3, 3), gate="tanh", cond=torch.randn(2, 4, 1, 1)), ValueError, "cond"),
+    "backend": (_masked(backend="fastest"), ValueError, "backend"),
+    "shift": (_shifted(shift="up"), ValueError, "shift"),
+    "shift-down-even-kw": (_shifted(w_shape=(9, 6, 2, 2)), ValueError, "shift 'down'"),
+    "shift-weight-cin": (_shifted(w_shape=(9, 3, 2, 3)), ValueError, "weight"),
+    "conv-mask-even": (lambda: gmk.conv_mask(4, "A", 3, 3), ValueError, "kernel_size"),
+    "conv-mask-groups": (lambda: gmk.conv_mask(3, "A", 4, 3, color_groups=3), ValueError, "color_groups"),
+    "conv-mask-type": (lambda: gmk.conv_mask(3, "b", 3, 3), ValueError, "mask_type"),
+    "module-gate": (lambda: gmk.nn.MaskedConv2d(3, 6, 3, gate="sigmoid"), ValueError, "gate"),
+    "module-even-k": (lambda: gmk.nn.MaskedConv2d(3, 6, 4), ValueError, "kernel_size"),
+    "module-shift": (lambda: gmk.nn.ShiftedConv2d(3, 6, 2, shift="left"), ValueError, "shift"),
+}
+
+
+@pytest.mark.parametrize(("call", "error", "pattern"), BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_naming_the_argument(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+# Malformed arguments to the C++ ops, which check them too: (the call, the exception, what it names).
+def _low_level(op, *args):
+    return lambda: getattr(torch.ops.gmkernels, op)(*args)
+
+
+X, W, G = torch.randn(2, 6, 5, 5), torch.randn(9, 6, 3, 3), torch.randn(2, 9, 5, 5)
+LOW_LEVEL_BAD_ARGS = {
+    "even-k": (_low_level("masked_conv2d", X, torch.randn(9, 6, 2, 2), None, "B", 1), ValueError, "weight"),
+    "mask-type": (_low_level("masked_conv2d", X, W, None, "C", 1), ValueError, "mask_type"),
+    "groups": (_low_level("masked_conv2d", X, W, None, "B", 4), ValueError, "color_groups"),
+    "mask-a-1x1": (_low_level("masked_conv2d", X, W[:, :, :1, :1], None, "A", 1), ValueError, "mask_type 'A'"),
+    "bias-shape": (_low_level("masked_conv2d", X, W, torch.randn(3), "B", 1), ValueError, "bias"),
+    "weight-dtype": (_low_level("masked_conv2d", X, W.double(), None, "B", 1), TypeError, "weight"),
+    "x-integer": (_low_level("masked_conv2d", X.long(), W.long(), None, "B", 1), TypeError, r"\bx\b"),
+    "x-3d": (_low_level("masked_conv2d", X[0], W, None, "B", 1), ValueError, r"\bx\b"),
+    "grad-out-shape": (_low_level("masked_conv2d_backward", G[:, :3], X, W, "B", 1, [True] * 3), ValueError,
+                       "grad_out"),
+    "grad-out-dtype": (_low_level("masked_conv2d_backward", G.double(), X, W, "B", 1, [True] * 3), TypeError,
+                       "grad_out"),
+    "shift": (_low_level("shifted_conv2d", X, W, None, "up"), ValueError, "shift"),
+    "shift-down-even-kw": (_low_level("shifted_conv2d", X, W[:, :, :, :2], None, "down"), ValueError, "shift 'down'"),
+    "shift-backward-weight": (_low_level("shifted_conv2d_backward", G, X, W[:, :3], "down", [True] * 3), ValueError,
+                              "weight"),
+}
+
+
+@pytest.mark.skipif(not gmk.has_extension(), reason="the C++ ops need gmkernels._C")
+@pytest.mark.parametrize(("call", "error", "pattern"), LOW_LEVEL_BAD_ARGS.values(), ids=LOW_LEVEL_BAD_ARGS.keys())
+def test_low_level_bad_args_raise_naming_the_argument(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
