@@ -4,12 +4,11 @@
 // and the results are converted into the output row.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 
 #include "gated/gated.h"
+#include "gmk/aten.h"
 #include "gmk/cpu_math.h"
 
 namespace gmk::gated {
@@ -124,17 +123,6 @@ void backward_typed(const Args& args) {
     store(a, r.n, grad_a);
     store(b, r.n, grad_a + args.half * args.inner);
   });
-}
-
-// Calls fn with a value of the C++ type of dtype.
-template <typename Fn>
-void with_scalar_type(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(float{});
-    case DType::Float64: return fn(double{});
-    case DType::Float16: return fn(c10::Half{});
-    case DType::BFloat16: return fn(c10::BFloat16{});
-  }
 }
 
 }  // namespace

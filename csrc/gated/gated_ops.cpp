@@ -10,19 +10,10 @@
 #endif
 
 #include "gated/gated.h"
+#include "gmk/aten.h"
 
 namespace gmk::gated {
 namespace {
-
-DType to_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "gmkernels::gated: x must be floating point, got ", t.scalar_type());
-  }
-}
 
 bool parse_activation(c10::string_view activation) {
   TORCH_CHECK_VALUE(activation == "tanh" || activation == "identity",
@@ -48,7 +39,7 @@ Args make_args(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::
   TORCH_CHECK_VALUE(x.dim() == 3, "gmkernels::gated: x must be (outer, 2C, inner), got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.size(1) % 2 == 0, "gmkernels::gated: x.size(1) must be even, got ", x.size(1));
   Args args;
-  args.dtype = to_dtype(x);
+  args.dtype = to_dtype("gmkernels::gated", "x", x);
   args.tanh = parse_activation(activation);
   args.outer = x.size(0);
   args.half = x.size(1) / 2;

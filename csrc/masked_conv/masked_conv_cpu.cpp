@@ -20,13 +20,12 @@
 #include <ATen/ops/mkldnn_convolution.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "masked_conv/masked_conv.h"
+#include "gmk/aten.h"
 
 namespace gmk::masked_conv {
 namespace {
@@ -255,17 +254,6 @@ void backward_typed(const Args& args) {
   if (args.grad_bias) {
     at::from_blob(args.grad_bias, {g.out_channels}, at::TensorOptions(type))
         .copy_(grad_out.sum({0, 2, 3}, false, math));
-  }
-}
-
-// Calls fn with a value of the C++ type of dtype.
-template <typename Fn>
-void with_scalar_type(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(float{});
-    case DType::Float64: return fn(double{});
-    case DType::Float16: return fn(c10::Half{});
-    case DType::BFloat16: return fn(c10::BFloat16{});
   }
 }
 

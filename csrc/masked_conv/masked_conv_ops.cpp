@@ -8,22 +8,13 @@
 #include <array>
 #include <tuple>
 
+#include "gmk/aten.h"
 #include "masked_conv/masked_conv.h"
 
 namespace gmk::masked_conv {
 namespace {
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
-DType to_dtype(const char* op, const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, op, ": x must be floating point, got ", t.scalar_type());
-  }
-}
 
 // The layout of y and grad_x: x's when x is dense channels_last (and not also NCHW), else NCHW.
 at::MemoryFormat layout_of(const at::Tensor& t) {
@@ -93,7 +84,7 @@ Geometry shifted_geometry(const char* op, const at::Tensor& x, const at::Tensor&
 
 at::Tensor forward(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias) {
-  const DType dtype = to_dtype(op, x);
+  const DType dtype = to_dtype(op, "x", x);
   const at::MemoryFormat layout = layout_of(x);
   const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
   const at::Tensor bias_dense = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -113,7 +104,7 @@ at::Tensor forward(const char* op, const Geometry& g, const at::Tensor& x, const
 // output_mask: which of grad_x, grad_weight, grad_bias to compute; the others are undefined.
 Grads backward(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
                const at::Tensor& weight, std::array<bool, 3> output_mask) {
-  const DType dtype = to_dtype(op, x);
+  const DType dtype = to_dtype(op, "x", x);
   check_like_x(op, x, grad_out, "grad_out", {g.batch, g.out_channels, g.height, g.width});
   const at::MemoryFormat layout = layout_of(x), grad_out_layout = layout_of(grad_out);
   const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
