@@ -1,6 +1,6 @@
 // Entry points of the discretized logistic mixture kernels, called by logistic_mixture_ops.cpp, and
-// the view of one position through which the CPU and CUDA kernels run the same per-position code of
-// gmk/logistic_mixture.h.
+// the view of one position through which the CUDA kernels (and CPU sampling) run the per-position code
+// of gmk/logistic_mixture.h. (The CPU likelihood runs the same steps over runs of positions.)
 #pragma once
 #include "gmk/logistic_mixture.h"
 

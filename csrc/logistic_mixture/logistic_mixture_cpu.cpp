@@ -2,8 +2,8 @@
 // runs of up to kRun: a run's parameters, x and grad_nll are gathered into buffers in the compute type
 // (a copy when the positions are contiguous), and the per-position steps of gmk/logistic_mixture.h that
 // the CUDA threads run go as loops over the run's positions, one component at a time, which the
-// compiler vectorises (gmk/cpu_math.h). The backward recomputes log p over the run (pass 1), then each
-// component's gradient (pass 2), into a buffer converted into the output. Sampling runs per position.
+// compiler vectorises (gmk/cpu_math.h). The gradient goes to a buffer converted into the output.
+// Sampling runs per position.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -30,6 +30,7 @@ struct RunPosition {
   int64_t j;
 
   GMK_CPU_INLINE T param(int64_t i) const { return params[i * kRun + j]; }
+  GMK_CPU_INLINE T kept(int64_t i) const { return grad[i * kRun + j]; }
   GMK_CPU_INLINE void set_grad(int64_t i, T v) const { grad[i * kRun + j] = v; }
 };
 
@@ -49,6 +50,34 @@ GMK_CPU_INLINE void load_x(const RunInputs<T>& in, int64_t j, T (&x)[3]) {
   for (int c = 0; c < kChannels; ++c) x[c] = in.x[c * kRun + j];
 }
 
+// The gradient takes two passes over the components: the first keeps each component's term, tanh'(coefs)
+// and channel derivatives in the gradient buffer, each in the slot of the parameter it belongs to (the
+// term in the logit's); the second, once log p is known, reads them back and overwrites them with the
+// gradient. (The CUDA kernel, which has no such buffer, computes the term again.)
+template <int kChannels, typename T>
+GMK_CPU_INLINE void keep_term(const RunPosition<T>& at, const Layout& layout, int64_t k, T term,
+                              const T (&coef_derivative)[3], const ComponentLogProb<T> (&channel)[kChannels]) {
+  at.set_grad(layout.logit(k), term);
+  GMK_UNROLL
+  for (int c = 0; c < kChannels; ++c) {
+    at.set_grad(layout.mean(c, k), channel[c].d_mean);
+    at.set_grad(layout.log_scale(c, k), channel[c].d_log_scale);
+    if constexpr (kChannels == 3) at.set_grad(layout.coef(c, k), coef_derivative[c]);
+  }
+}
+
+template <int kChannels, typename T>
+GMK_CPU_INLINE T kept_term(const RunPosition<T>& at, const Layout& layout, int64_t k, T (&coef_derivative)[3],
+                           ComponentLogProb<T> (&channel)[kChannels]) {
+  GMK_UNROLL
+  for (int c = 0; c < kChannels; ++c) {
+    channel[c].d_mean = at.kept(layout.mean(c, k));
+    channel[c].d_log_scale = at.kept(layout.log_scale(c, k));
+    if constexpr (kChannels == 3) coef_derivative[c] = at.kept(layout.coef(c, k));
+  }
+  return at.kept(layout.logit(k));
+}
+
 // log Σ_k exp(logits_k) of each position.
 template <typename T>
 GMK_CPU_INLINE void log_norms(const Model<T>& model, const RunInputs<T>& in, T* log_norm) {
@@ -59,17 +88,25 @@ GMK_CPU_INLINE void log_norms(const Model<T>& model, const RunInputs<T>& in, T* 
   for (int64_t j = 0; j < in.length; ++j) log_norm[j] = lse[j].value();
 }
 
-// log p of each position.
-template <int kChannels, typename T>
-GMK_CPU_INLINE void log_probs(const Model<T>& model, const RunInputs<T>& in, const T* log_norm, T* log_p) {
+// log p of each position; with kGrad, also the first pass of the gradient (keep_term).
+//
+// Position j reads and writes only its own column of the buffers: there is no dependence between the
+// iterations of the loops over j, which GCC cannot prove for the many rows written without more
+// run-time alias checks than it makes (hence ivdep).
+template <bool kGrad, int kChannels, typename T>
+GMK_CPU_INLINE void log_probs(const Model<T>& model, const RunInputs<T>& in, const T* log_norm, T* log_p, T* grad) {
   LogSumExp<cpu::Math, T> lse[kRun];
   for (int64_t k = 0; k < model.layout.mixtures; ++k) {
+#pragma GCC ivdep
     for (int64_t j = 0; j < in.length; ++j) {
-      T x[3] = {}, coef[3] = {};
+      const RunPosition<T> at{in.params, grad, j};
+      T x[3] = {}, coef_derivative[3] = {};
       ComponentLogProb<T> channel[kChannels];
       load_x<kChannels>(in, j, x);
-      lse[j].add(mixture_term<false, kChannels, cpu::Math>(RunPosition<T>{in.params, nullptr, j}, model, k, x,
-                                                            log_norm[j], coef, channel));
+      const T term =
+          mixture_term<kGrad, kChannels, cpu::Math>(at, model, k, x, log_norm[j], coef_derivative, channel);
+      if constexpr (kGrad) keep_term(at, model.layout, k, term, coef_derivative, channel);
+      lse[j].add(term);
     }
   }
   for (int64_t j = 0; j < in.length; ++j) log_p[j] = lse[j].value();
@@ -79,21 +116,27 @@ template <int kChannels, typename T>
 GMK_CPU_INLINE void nll_math(const Model<T>& model, const RunInputs<T>& in, T* nll) {
   T log_norm[kRun], log_p[kRun];
   log_norms(model, in, log_norm);
-  log_probs<kChannels>(model, in, log_norm, log_p);
+  log_probs<false, kChannels>(model, in, log_norm, log_p, static_cast<T*>(nullptr));
   for (int64_t j = 0; j < in.length; ++j) nll[j] = -log_p[j];
 }
 
 template <int kChannels, typename T>
 GMK_CPU_INLINE void grad_math(const Model<T>& model, const RunInputs<T>& in, T* grad) {
+  const Layout& layout = model.layout;
   T log_norm[kRun], log_p[kRun];
   log_norms(model, in, log_norm);
-  log_probs<kChannels>(model, in, log_norm, log_p);
-  for (int64_t k = 0; k < model.layout.mixtures; ++k) {
+  log_probs<true, kChannels>(model, in, log_norm, log_p, grad);
+  for (int64_t k = 0; k < layout.mixtures; ++k) {
+#pragma GCC ivdep
     for (int64_t j = 0; j < in.length; ++j) {
-      T x[3] = {};
+      const RunPosition<T> at{in.params, grad, j};
+      T x[3] = {}, coef_derivative[3] = {};
+      ComponentLogProb<T> channel[kChannels];
       load_x<kChannels>(in, j, x);
-      set_component_grads<kChannels, cpu::Math>(RunPosition<T>{in.params, grad, j}, model, k, x, log_norm[j],
-                                                log_p[j], in.grad_nll[j]);
+      const T term = kept_term(at, layout, k, coef_derivative, channel);
+      const T weight = cpu::Math::exp(at.param(layout.logit(k)) - log_norm[j]);
+      set_component_grads<kChannels>(at, layout, k, x, coef_derivative, channel, weight,
+                                     cpu::Math::exp(term - log_p[j]), in.grad_nll[j]);
     }
   }
 }

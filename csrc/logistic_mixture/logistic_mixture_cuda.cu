@@ -2,8 +2,9 @@
 // pointers, sizes and strides in, cudaError_t out. One thread per position (n, s), consecutive
 // threads on consecutive s (coalesced when the positions are the innermost dimension); each thread
 // loops over the K components and C channels in registers, running the per-position code of
-// gmk/logistic_mixture.h that the CPU kernels run. The backward recomputes the forward: pass 1
-// gives log p, pass 2 the responsibilities and the gradient.
+// gmk/logistic_mixture.h on CUDA's elementary functions (gmk::LibMath), whose steps the CPU kernels
+// run too. The backward recomputes the forward: pass 1 gives log p, pass 2 the responsibilities and
+// the gradient.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -2,8 +2,8 @@
 // arXiv 1701.05517, section 2.1; MATH.md "Discretized logistic mixture"). Math shared by the CPU and
 // CUDA kernels, templated on the compute type T (float, or double for float64 parameters) and on the
 // elementary functions, `Math` (gmk::LibMath on CUDA, gmk::cpu::Math in the CPU likelihood kernels,
-// whose float functions vectorise). No branches on the data: the CPU kernels vectorise this code
-// across positions.
+// whose float functions vectorise). The likelihood has no branches on the data: the CPU kernels
+// vectorise it across positions.
 //
 // One position holds K components. Component k of channel c is a logistic with mean mu_ck and
 // log-scale ls_ck = max(raw_ls_ck, log_scale_min), discretized to num_bins levels on [-1, 1]:
@@ -23,9 +23,9 @@
 // Fully unrolls the loops over the C <= 3 channels: on the GPU the per-channel arrays stay in
 // registers; on the CPU the loops over positions around them vectorise (GCC vectorises no loop that
 // holds another loop).
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #define GMK_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
+#elif defined(__GNUC__) && !defined(__CUDACC__)
 #define GMK_UNROLL _Pragma("GCC unroll 3")
 #else
 #define GMK_UNROLL
@@ -70,63 +70,56 @@ struct ComponentLogProb {
   T value = 0, d_mean = 0, d_log_scale = 0;
 };
 
-// One of the formulas for L, f(z+, z-), with its derivatives d_z = ∂f/∂z+ + ∂f/∂z- and d_log_scale =
-// dL/dls: as dz±/dmu = -e^-ls and dz±/dls = -z±, dL/dmu = -e^-ls d_z and dL/dls = -(z+ ∂f/∂z+ + z- ∂f/∂z-).
+// The derivatives of one formula for L = f(z+, z-): d_z = ∂f/∂z+ + ∂f/∂z- and d_log_scale = dL/dls.
+// As dz±/dmu = -e^-ls and dz±/dls = -z±, dL/dmu = -e^-ls d_z and dL/dls = -(z+ ∂f/∂z+ + z- ∂f/∂z-).
 template <typename T>
-struct Formula {
-  T value = 0, d_z = 0, d_log_scale = 0;
+struct Partials {
+  T d_z, d_log_scale;
 };
 
+// The mass of the bin, σ(a) - σ(b) for a = z+ > b = z-, as σ(a) σ(-b) (1 - e^-w) with
+// w = a - b = 2 d e^-ls: a product of positive factors, so with no cancellation.
 template <typename T>
-GMK_HOST_DEVICE Formula<T> select(bool condition, const Formula<T>& a, const Formula<T>& b) {
-  return {condition ? a.value : b.value, condition ? a.d_z : b.d_z, condition ? a.d_log_scale : b.d_log_scale};
-}
+struct BinMass {
+  T a, b, w, exp_neg_a, exp_b, sig_a_sig_neg_b, neg_expm1_w;  // neg_expm1_w = 1 - e^-w
 
-// L = log(σ(a) - σ(b)) for a = z+ > b = z-, and the bin mass σ(a) - σ(b) itself. σ(a) - σ(b) =
-// σ(a) σ(-b) (1 - e^-(a-b)) is a product of positive factors, so the mass has no cancellation, and
-// a - b = w = 2 d e^-ls is exact. ∂L/∂a = σ(-a) + 1/(e^w - 1), ∂L/∂b = -σ(b) - 1/(e^w - 1): the
-// 1/(e^w - 1) terms cancel in d_z and leave w/(e^w - 1) in dL/dls. Used only where mass > 1e-5, which
-// bounds e^-a, e^b and 1/(1 - e^-w) by 1e5; elsewhere the derivatives may be NaN.
-template <bool kGrad, typename Math, typename T>
-GMK_HOST_DEVICE Formula<T> log_bin_mass(T a, T b, T w, T& mass) {
-  const T exp_neg_a = Math::exp(-a), exp_b = Math::exp(b);
-  const T sig_a = T(1) / (T(1) + exp_neg_a), sig_neg_b = T(1) / (T(1) + exp_b);
-  const T neg_expm1_w = -Math::expm1(-w);  // 1 - e^-w
-  mass = sig_a * sig_neg_b * neg_expm1_w;
-  Formula<T> out;
-  out.value = Math::log(mass);
-  if constexpr (kGrad) {
-    const T sig_neg_a = exp_neg_a * sig_a, sig_b = exp_b * sig_neg_b;
+  GMK_HOST_DEVICE T value() const { return sig_a_sig_neg_b * neg_expm1_w; }
+
+  // Of L = log(mass): ∂L/∂a = σ(-a) + 1/(e^w - 1), ∂L/∂b = -σ(b) - 1/(e^w - 1); the 1/(e^w - 1)
+  // terms cancel in d_z and leave w/(e^w - 1) in dL/dls. For mass > 1e-5, which bounds e^-a, e^b
+  // and 1/(1 - e^-w) by 1e5; elsewhere they may be NaN.
+  GMK_HOST_DEVICE Partials<T> partials() const {
+    const T sig_neg_a = exp_neg_a * (T(1) + exp_b) * sig_a_sig_neg_b;  // e^-a σ(a)
+    const T sig_b = exp_b * (T(1) + exp_neg_a) * sig_a_sig_neg_b;      // e^b σ(-b)
     const T w_over_expm1_w = w * (T(1) - neg_expm1_w) / neg_expm1_w;
-    out.d_z = sig_neg_a - sig_b;
-    out.d_log_scale = -(a * sig_neg_a - b * sig_b + w_over_expm1_w);
+    return {sig_neg_a - sig_b, -(a * sig_neg_a - b * sig_b + w_over_expm1_w)};
   }
-  return out;
+};
+
+template <typename Math, typename T>
+GMK_HOST_DEVICE BinMass<T> bin_mass(T a, T b, T w) {
+  const T exp_neg_a = Math::exp(-a), exp_b = Math::exp(b);
+  return {a, b, w, exp_neg_a, exp_b, T(1) / ((T(1) + exp_neg_a) * (T(1) + exp_b)), -Math::expm1(-w)};
 }
 
-// The formulas on log σ(t) = min(t, 0) - log1p(e^-|t|), sharing one e^-|t| and one log1p:
-//   edge = log σ(t) (the lowest bin with t = z+, the highest with t = -z-),
-//   density = log σ(t) + log σ(-t) - ls - log((num_bins-1)/2) (the bin centre, t = z_mid).
-// d_z here is d/dt, d_log_scale = -t d/dt (as t = ±z and dz/dls = -z), minus 1 for the density's -ls:
-// d/dt log σ(t) = σ(-t), d/dt (log σ(t) + log σ(-t)) = σ(-t) - σ(t) = -tanh(t/2).
-template <bool kGrad, typename Math, typename T>
-GMK_HOST_DEVICE void log_sigmoid_formulas(T t, T log_scale, const Bins<T>& bins, Formula<T>& edge,
-                                          Formula<T>& density) {
-  const T exp_neg_abs = Math::exp(-abs_(t));
-  const T log1p_exp = Math::log1p(exp_neg_abs);
-  edge.value = min_(t, T(0)) - log1p_exp;
-  density.value = -abs_(t) - T(2) * log1p_exp - log_scale - bins.log_half_intervals;
-  if constexpr (kGrad) {
-    edge.d_z = (t > T(0) ? exp_neg_abs : T(1)) / (T(1) + exp_neg_abs);
-    edge.d_log_scale = -t * edge.d_z;
-    density.d_z = -Math::tanh(t / T(2));
-    density.d_log_scale = -t * density.d_z - T(1);
-  }
+// Of the formulas on log σ(t) (see component_log_prob), given e^-|t|: d/dt log σ(t) = σ(-t) in the
+// edge bins (and dt/dz- = -1 in the highest), d/dt (log σ(t) + log σ(-t)) = -tanh(t/2) =
+// -sign(t) (1 - e^-|t|) / (1 + e^-|t|) for the density. dL/dls = -t d/dt (t = ±z and dz/dls = -z),
+// and -1 more for the density's -ls.
+template <typename Math, typename T>
+GMK_HOST_DEVICE Partials<T> log_sigmoid_partials(T t, T exp_neg_abs_t, bool edge, bool highest) {
+  const T inv_one_plus = T(1) / (T(1) + exp_neg_abs_t);
+  const T sig_neg_t = (t > T(0) ? exp_neg_abs_t : T(1)) * inv_one_plus;
+  const T tanh_abs_half = -Math::expm1(-abs_(t)) * inv_one_plus;
+  const T d_t = edge ? sig_neg_t : (t > T(0) ? -tanh_abs_half : tanh_abs_half);
+  return {highest ? -d_t : d_t, -t * d_t - (edge ? T(0) : T(1))};
 }
 
-// Every formula is evaluated and the one that applies selected (no branches: the CPU kernels vectorise
-// this across positions), so the others contribute nothing, not even a NaN; every result is finite
-// whenever z± are (|x - mu| e^-ls within the float range).
+// Every formula is evaluated and the one that applies selected, so the others contribute nothing, not
+// even a NaN (they are never multiplied by zero); every result is finite
+// whenever z± are (|x - mu| e^-ls within the float range). Outside the bin mass, L is written on
+// log σ(t) = min(t, 0) - log(1 + e^-|t|): in the edge bins L = log σ(t), t = z+ (lowest) or -z-
+// (highest); the density is log σ(t) + log σ(-t) - ls - log((num_bins-1)/2) with t = z_mid.
 template <bool kGrad, typename Math, typename T>
 GMK_HOST_DEVICE ComponentLogProb<T> component_log_prob(T x, T mu, T raw_log_scale, T log_scale_min,
                                                        const Bins<T>& bins) {
@@ -135,20 +128,23 @@ GMK_HOST_DEVICE ComponentLogProb<T> component_log_prob(T x, T mu, T raw_log_scal
   const T inv_scale = Math::exp(-log_scale);
   const T centred = x - mu;
   const T z_plus = inv_scale * (centred + bins.half_width), z_minus = inv_scale * (centred - bins.half_width);
-  const bool lowest = x < bins.half_width - T(1), highest = x > T(1) - bins.half_width;
-  T mass;
-  const Formula<T> in_bin =
-      log_bin_mass<kGrad, Math>(z_plus, z_minus, T(2) * bins.half_width * inv_scale, mass);
-  Formula<T> edge, density;
-  const T t = lowest ? z_plus : (highest ? -z_minus : inv_scale * centred);
-  log_sigmoid_formulas<kGrad, Math>(t, log_scale, bins, edge, density);
-  edge.d_z = highest ? -edge.d_z : edge.d_z;  // dt/dz- = -1
-  const Formula<T> f = select(lowest || highest, edge, select(mass > T(kMinBinMass), in_bin, density));
+  const bool edge = abs_(x) > T(1) - bins.half_width, highest = x > T(1) - bins.half_width;
+  const BinMass<T> bin = bin_mass<Math>(z_plus, z_minus, T(2) * bins.half_width * inv_scale);
+  const bool in_bin = (edge ? T(0) : bin.value()) > T(kMinBinMass);  // a select: GCC 12 vectorises no && here
+  const T t = edge ? (highest ? -z_minus : z_plus) : inv_scale * centred;
+  const T exp_neg_abs_t = Math::exp(-abs_(t));
+  // One logarithm, for the formula that applies. log(1 + e^-|t|) is within 2^-24 of log1p: an
+  // absolute error, which is all that matters in a term of log p.
+  const T log_v = Math::log(in_bin ? bin.value() : T(1) + exp_neg_abs_t);
+  const T log_sigmoid_value =
+      edge ? min_(t, T(0)) - log_v : -abs_(t) - T(2) * log_v - log_scale - bins.log_half_intervals;
   ComponentLogProb<T> out;
-  out.value = f.value;
+  out.value = in_bin ? log_v : log_sigmoid_value;
   if constexpr (kGrad) {
-    out.d_mean = -inv_scale * f.d_z;
-    out.d_log_scale = clamped ? T(0) : f.d_log_scale;
+    const Partials<T> bin_partials = bin.partials();
+    const Partials<T> other = log_sigmoid_partials<Math>(t, exp_neg_abs_t, edge, highest);
+    out.d_mean = -inv_scale * (in_bin ? bin_partials.d_z : other.d_z);
+    out.d_log_scale = clamped ? T(0) : (in_bin ? bin_partials.d_log_scale : other.d_log_scale);
   }
   return out;
 }
@@ -206,8 +202,7 @@ struct Model {
 // The per-position code below reads and writes through `at`, a view of one position (n, s):
 // at.param(j) -> T, at.x(c), at.grad_nll(), at.gumbel_u(k), at.logistic_u(c), and
 // at.set_nll(v), at.set_grad(j, v), at.set_sample(c, v). The CPU likelihood kernels run the steps
-// (mixture_term, set_component_grads) over runs of positions instead, with x, the normaliser and
-// log p passed in.
+// (mixture_term, set_component_grads) over runs of positions instead.
 
 // mu_c of a component: its mean plus the coupling with the sub-pixels before c (PixelCNN++):
 // mu_0 = mean_0, mu_1 = mean_1 + coef_0 x_0, mu_2 = mean_2 + coef_1 x_0 + coef_2 x_1.
@@ -218,21 +213,37 @@ GMK_HOST_DEVICE T coupled_mean(int c, T mean, const T (&coef)[3], const T (&x)[3
   return mean;
 }
 
-// coef[c] = tanh(raw coefficient of channel block c) of component k (C = 3 only).
+// tanh(v), and its derivative 1 - tanh(v)^2 in `derivative`. For |v| >= 0.55 both come from
+// s = σ(-2|v|) = 1 / (1 + e^2|v|) < 1/4: tanh|v| = 1 - 2s, 1 - tanh^2 = 4s (1 - s), with no
+// cancellation where tanh is near ±1 (within 1.6 ulp on the CPU); below, Math::tanh and 1 - tanh^2.
+template <typename Math, typename T>
+GMK_HOST_DEVICE T tanh_with_derivative(T v, T& derivative) {
+  const T s = T(1) / (T(1) + Math::exp(T(2) * abs_(v)));
+  const T near_zero = Math::tanh(v), outer = T(1) - T(2) * s;
+  const bool small = abs_(v) < T(0.55);
+  derivative = small ? T(1) - near_zero * near_zero : T(4) * s * (T(1) - s);
+  return small ? near_zero : (v < T(0) ? -outer : outer);
+}
+
+// coef[c] = tanh(raw coefficient of channel block c) of component k and its derivative in
+// coef_derivative[c] (C = 3 only).
 template <int kChannels, typename Math, typename T, typename Position>
-GMK_HOST_DEVICE void load_coefs(const Position& at, const Layout& layout, int64_t k, T (&coef)[3]) {
+GMK_HOST_DEVICE void load_coefs(const Position& at, const Layout& layout, int64_t k, T (&coef)[3],
+                                T (&coef_derivative)[3]) {
   if constexpr (kChannels == 3) {
     GMK_UNROLL
-    for (int c = 0; c < 3; ++c) coef[c] = Math::tanh(at.param(layout.coef(c, k)));
+    for (int c = 0; c < 3; ++c) coef[c] = tanh_with_derivative<Math>(at.param(layout.coef(c, k)), coef_derivative[c]);
   }
 }
 
 // The k-th term of log p = logsumexp_k(...): log_softmax(logits)_k + Σ_c L_ck at sub-pixels x, given
-// the normaliser of the logits; each channel's terms in `channel`, tanh(coefs) in `coef`.
+// the normaliser of the logits; each channel's terms in `channel`, the derivatives of tanh(coefs) in
+// `coef_derivative`.
 template <bool kGrad, int kChannels, typename Math, typename T, typename Position>
 GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3], T log_norm,
-                               T (&coef)[3], ComponentLogProb<T> (&channel)[kChannels]) {
-  load_coefs<kChannels, Math>(at, model.layout, k, coef);
+                               T (&coef_derivative)[3], ComponentLogProb<T> (&channel)[kChannels]) {
+  T coef[3] = {};
+  load_coefs<kChannels, Math>(at, model.layout, k, coef, coef_derivative);
   T sum = 0;
   GMK_UNROLL
   for (int c = 0; c < kChannels; ++c) {
@@ -244,31 +255,29 @@ GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_
   return at.param(model.layout.logit(k)) - log_norm + sum;
 }
 
-// Gradient of nll = -log p with respect to the parameters of component k, given log p (recomputing
-// the term). With the responsibility r_k = exp(term_k - log p):
+// Gradient of nll = -log p with respect to the parameters of component k, from its term's tanh'(coefs)
+// and channels (mixture_term<true>), its weight softmax(logits)_k and its responsibility
+// r_k = exp(term_k - log p):
 //   dnll/dlogit_k = softmax(logits)_k - r_k,   dnll/dθ_ck = -r_k dL_ck/dθ_ck,
-// and through the coupling, with coef_j = tanh(raw_j) and dtanh = 1 - coef^2:
-//   dnll/draw_0 = -r dL_1/dmu_1 x_0 (1 - coef_0^2), dnll/draw_1 = -r dL_2/dmu_2 x_0 (1 - coef_1^2),
-//   dnll/draw_2 = -r dL_2/dmu_2 x_1 (1 - coef_2^2). Each times grad_nll.
-template <int kChannels, typename Math, typename T, typename Position>
-GMK_HOST_DEVICE void set_component_grads(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3],
-                                         T log_norm, T log_p, T grad_nll) {
-  const Layout& layout = model.layout;
-  T coef[3] = {};
-  ComponentLogProb<T> channel[kChannels];
-  const T term = mixture_term<true, kChannels, Math>(at, model, k, x, log_norm, coef, channel);
-  const T r = Math::exp(term - log_p);
+// and through the coupling, with coef_j = tanh(raw_j):
+//   dnll/draw_0 = -r dL_1/dmu_1 x_0 tanh'(raw_0), dnll/draw_1 = -r dL_2/dmu_2 x_0 tanh'(raw_1),
+//   dnll/draw_2 = -r dL_2/dmu_2 x_1 tanh'(raw_2). Each times grad_nll.
+template <int kChannels, typename T, typename Position>
+GMK_HOST_DEVICE void set_component_grads(const Position& at, const Layout& layout, int64_t k, const T (&x)[3],
+                                         const T (&coef_derivative)[3],
+                                         const ComponentLogProb<T> (&channel)[kChannels], T weight, T r,
+                                         T grad_nll) {
   const T grad_l = -grad_nll * r;  // dnll/dL_ck, the same for every channel c
-  at.set_grad(layout.logit(k), grad_nll * (Math::exp(at.param(layout.logit(k)) - log_norm) - r));
+  at.set_grad(layout.logit(k), grad_nll * (weight - r));
   GMK_UNROLL
   for (int c = 0; c < kChannels; ++c) {
     at.set_grad(layout.mean(c, k), grad_l * channel[c].d_mean);
     at.set_grad(layout.log_scale(c, k), grad_l * channel[c].d_log_scale);
   }
   if constexpr (kChannels == 3) {
-    at.set_grad(layout.coef(0, k), grad_l * channel[1].d_mean * x[0] * (T(1) - coef[0] * coef[0]));
-    at.set_grad(layout.coef(1, k), grad_l * channel[2].d_mean * x[0] * (T(1) - coef[1] * coef[1]));
-    at.set_grad(layout.coef(2, k), grad_l * channel[2].d_mean * x[1] * (T(1) - coef[2] * coef[2]));
+    at.set_grad(layout.coef(0, k), grad_l * channel[1].d_mean * x[0] * coef_derivative[0]);
+    at.set_grad(layout.coef(1, k), grad_l * channel[2].d_mean * x[0] * coef_derivative[1]);
+    at.set_grad(layout.coef(2, k), grad_l * channel[2].d_mean * x[1] * coef_derivative[2]);
   }
 }
 
@@ -291,9 +300,9 @@ template <int kChannels, typename Math, typename T, typename Position>
 GMK_HOST_DEVICE T log_prob(const Position& at, const Model<T>& model, const T (&x)[3], T log_norm) {
   LogSumExp<Math, T> mixture;
   for (int64_t k = 0; k < model.layout.mixtures; ++k) {
-    T coef[3] = {};
+    T coef_derivative[3] = {};
     ComponentLogProb<T> channel[kChannels];
-    mixture.add(mixture_term<false, kChannels, Math>(at, model, k, x, log_norm, coef, channel));
+    mixture.add(mixture_term<false, kChannels, Math>(at, model, k, x, log_norm, coef_derivative, channel));
   }
   return mixture.value();
 }
@@ -305,16 +314,22 @@ GMK_HOST_DEVICE void nll_forward(const Position& at, const Model<T>& model) {
   at.set_nll(-log_prob<kChannels, Math>(at, model, x, logit_normaliser<Math, T>(at, model.layout)));
 }
 
-// The gradient of nll: log p first (pass 1), then each component's gradient (pass 2).
+// The gradient of nll: log p first (pass 1), then each component's term again, and its gradient (pass 2).
 template <int kChannels, typename Math, typename T, typename Position>
 GMK_HOST_DEVICE void nll_backward(const Position& at, const Model<T>& model) {
+  const Layout& layout = model.layout;
   T x[3] = {};
   load_x<kChannels>(at, x);
-  const T log_norm = logit_normaliser<Math, T>(at, model.layout);
+  const T log_norm = logit_normaliser<Math, T>(at, layout);
   const T log_p = log_prob<kChannels, Math>(at, model, x, log_norm);
   const T grad_nll = at.grad_nll();
-  for (int64_t k = 0; k < model.layout.mixtures; ++k) {
-    set_component_grads<kChannels, Math>(at, model, k, x, log_norm, log_p, grad_nll);
+  for (int64_t k = 0; k < layout.mixtures; ++k) {
+    T coef_derivative[3] = {};
+    ComponentLogProb<T> channel[kChannels];
+    const T term = mixture_term<true, kChannels, Math>(at, model, k, x, log_norm, coef_derivative, channel);
+    const T weight = Math::exp(at.param(layout.logit(k)) - log_norm);
+    set_component_grads<kChannels>(at, layout, k, x, coef_derivative, channel, weight, Math::exp(term - log_p),
+                                   grad_nll);
   }
 }
 
@@ -332,8 +347,8 @@ GMK_HOST_DEVICE void sample(const Position& at, const Model<T>& model) {
       chosen = k;
     }
   }
-  T coef[3] = {}, x[3] = {};
-  load_coefs<kChannels, Math>(at, layout, chosen, coef);
+  T coef[3] = {}, coef_derivative[3] = {}, x[3] = {};
+  load_coefs<kChannels, Math>(at, layout, chosen, coef, coef_derivative);
   for (int c = 0; c < kChannels; ++c) {
     const T mu = coupled_mean(c, at.param(layout.mean(c, chosen)), coef, x);
     const T log_scale = max_(at.param(layout.log_scale(c, chosen)), model.log_scale_min);
