@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include "gmk/aten.h"
 #include "logistic_mixture/logistic_mixture.h"
 
 namespace gmk::logistic_mixture {
@@ -20,18 +21,6 @@ namespace {
 constexpr const char* kNll = "gmkernels::logistic_mixture_nll";
 constexpr const char* kNllBackward = "gmkernels::logistic_mixture_nll_backward";
 constexpr const char* kSample = "gmkernels::logistic_mixture_sample";
-
-DType to_dtype(const char* op, const at::Tensor& params) {
-  switch (params.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, op, ": params must be float32, float16, bfloat16 or float64, got ",
-                       params.scalar_type());
-  }
-}
 
 // The dtype of x, the noise, nll and samples: float64 for float64 params, float32 otherwise.
 at::ScalarType data_dtype(const at::Tensor& params) {
@@ -65,7 +54,7 @@ Args make_args(const char* op, const at::Tensor& params, const at::Tensor& data,
   TORCH_CHECK_VALUE(num_bins >= 2, op, ": num_bins must be >= 2, got ", num_bins);
   TORCH_CHECK_VALUE(std::isfinite(log_scale_min), op, ": log_scale_min must be finite, got ", log_scale_min);
   Args args;
-  args.dtype = to_dtype(op, params);
+  args.dtype = to_dtype(op, "params", params);
   args.batch = params.size(0);
   args.channels = channels;
   args.mixtures = num_params / per_mixture;
