@@ -52,8 +52,11 @@ class Case:
     """One op, shape, dtype and direction, and the peers timed on it.
 
     ``bytes`` is counted by hand: every input read once and every output written once, for the
-    direction timed. ``peers`` maps a name (``gmk:<backend>``, ``reference``, ...) to a zero-argument
-    callable doing the work.
+    direction timed; ``flops``, where the op does arithmetic worth counting, likewise (reported as
+    TFLOP/s). ``peers`` maps a name (``gmk:<backend>``, ``reference``, ...) to a zero-argument
+    callable doing the work. ``baseline`` (``compiled_baseline``) names the eager (compiled) peer that
+    speedups are against, or a tuple of such peers (the same work in different layouts, say), of
+    which the fastest counts.
     """
 
     name: str
@@ -62,8 +65,8 @@ class Case:
     bytes: int
     peers: dict[str, Callable[[], object]]
     flops: int | None = None
-    baseline: str = EAGER
-    compiled_baseline: str = COMPILED
+    baseline: str | tuple[str, ...] = EAGER
+    compiled_baseline: str | tuple[str, ...] = COMPILED
 
 
 # --- helpers for the op families ---------------------------------------------------------------
@@ -233,12 +236,20 @@ def _run_peer(name: str, fn: Callable, case: Case, device: str, repeats: int, co
             torch.cuda.empty_cache()
         return {"peer": name, "status": "skipped", "reason": _error_line(error)}
     gbps = case.bytes / (stats["median_ms"] * 1e6)
+    tflops = case.flops / (stats["median_ms"] * 1e9) if case.flops else None
     return {"peer": name, "status": "ok", **stats, "gbps": gbps, "fraction_of_copy_bandwidth": gbps / copy_gbps,
-            "peak_mib": peak_mib, "launch_ms": host_ms if device == "cuda" else None}
+            "tflops": tflops, "peak_mib": peak_mib, "launch_ms": host_ms if device == "cuda" else None}
+
+
+def _fastest(by_peer: dict, names: str | tuple[str, ...]) -> dict | None:
+    """The fastest of the peers ``names`` that ran, or None."""
+    ran = [by_peer[name] for name in ((names,) if isinstance(names, str) else names)
+           if name in by_peer and by_peer[name]["status"] == "ok"]
+    return min(ran, key=lambda result: result["median_ms"], default=None)
 
 
 def _speedup(baseline: dict | None, result: dict) -> float | None:
-    if baseline is None or baseline["status"] != "ok":
+    if baseline is None:
         return None
     return baseline["median_ms"] / result["median_ms"]
 
@@ -252,10 +263,11 @@ def run_case(case: Case, device: str, repeats: int, copy_gbps: float) -> dict:
         print(f"{case.name} · {name}: {outcome}", file=sys.stderr)
         results.append(result)
     by_peer = {result["peer"]: result for result in results}
+    baseline, compiled_baseline = _fastest(by_peer, case.baseline), _fastest(by_peer, case.compiled_baseline)
     for result in results:
         if result["status"] == "ok":
-            result["speedup_vs_eager"] = _speedup(by_peer.get(case.baseline), result)
-            result["speedup_vs_compiled"] = _speedup(by_peer.get(case.compiled_baseline), result)
+            result["speedup_vs_eager"] = _speedup(baseline, result)
+            result["speedup_vs_compiled"] = _speedup(compiled_baseline, result)
     return {"name": case.name, "family": case.family, "params": case.params, "bytes": case.bytes,
             "flops": case.flops, "baseline": case.baseline, "compiled_baseline": case.compiled_baseline,
             "results": results}
@@ -342,13 +354,14 @@ def _cell(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-COLUMNS = ("case", "peer", "median ms", "GB/s", "% copy BW", "× eager", "× compile", "peak MiB", "launch ms")
+COLUMNS = ("case", "peer", "median ms", "GB/s", "% copy BW", "TFLOP/s", "× eager", "× compile", "peak MiB",
+           "launch ms")
 
 
 def _row(case: dict, result: dict) -> str:
     if result["status"] == "ok":
         cells = [_cell(result["median_ms"], ".4g"), _cell(result["gbps"], ".1f"),
-                 _cell(100 * result["fraction_of_copy_bandwidth"], ".0f"),
+                 _cell(100 * result["fraction_of_copy_bandwidth"], ".0f"), _cell(result.get("tflops"), ".2f"),
                  _cell(result["speedup_vs_eager"], ".2f"), _cell(result["speedup_vs_compiled"], ".2f"),
                  _cell(result["peak_mib"], ".1f"), _cell(result["launch_ms"], ".3f")]
     else:

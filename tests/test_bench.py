@@ -45,3 +45,31 @@ def test_cpu_quick_run_writes_record_and_table(tmp_path, capsys):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == sum(len(case["results"]) for case in record["cases"])
     assert table in capsys.readouterr().out
+
+
+def test_flops_and_the_fastest_of_several_baselines():
+    """A case with flops reports TFLOP/s; a tuple baseline counts its fastest peer that ran."""
+    import time
+
+    from gmkernels.benchmarks.harness import Case, markdown_table, run_case, skipped_peer
+
+    def sleeper(ms):
+        return lambda: time.sleep(ms / 1e3)
+
+    peers = {"gmk:fast": sleeper(1), "slow layout": sleeper(4), "fast layout": sleeper(2),
+             "broken layout": skipped_peer("not here"), COMPILED: sleeper(3)}
+    case = Case(name="sleeps", family="test", params={}, bytes=10**6, flops=10**9, peers=peers,
+                baseline=("slow layout", "fast layout", "broken layout"))
+    result = run_case(case, "cpu", repeats=3, copy_gbps=1.0)
+    by_peer = {r["peer"]: r for r in result["results"]}
+    fast = by_peer["gmk:fast"]
+    assert fast["tflops"] == pytest.approx(1e9 / (fast["median_ms"] * 1e9))
+    assert fast["speedup_vs_eager"] == pytest.approx(by_peer["fast layout"]["median_ms"] / fast["median_ms"])
+    assert by_peer["fast layout"]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert by_peer["broken layout"]["status"] == "skipped"
+    record = {"environment": {"device": "cpu", "device_name": "test", "date": "", "git_commit": "unknown",
+                              "git_dirty": None, "copy_bandwidth_gbps": 1.0, "timer": "",
+                              "versions": {"gmkernels": "", "torch": "", "triton": "", "cuda": ""}},
+              "cases": [result]}
+    table = markdown_table(record)
+    assert "TFLOP/s" in table and f"{fast['tflops']:.2f}" in table

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import OpBackends
+from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
 from ..reference import masked_conv as reference
 from .gated import ACTIVATIONS, gated_activation
 
 MASK_TYPES = ("A", "B")
 SHIFTS = ("down", "down_right")
-# No CUDA or Triton kernels yet: "auto" runs the reference on CUDA tensors.
+# No CUDA kernels yet: "auto" runs Triton on CUDA tensors.
 _FLOAT_TYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
-_CPU_ONLY = {"reference": _FLOAT_TYPES, "cpu": _FLOAT_TYPES, "cuda": frozenset(), "triton": frozenset()}
-MASKED_CONV = OpBackends("gmk.masked_conv2d", dtypes=_CPU_ONLY)
-SHIFTED_CONV = OpBackends("gmk.shifted_conv2d", dtypes=_CPU_ONLY)
+_DTYPES = {"reference": _FLOAT_TYPES, "cpu": _FLOAT_TYPES, "triton": _FLOAT_TYPES - {torch.float64}}
+MASKED_CONV = OpBackends("gmk.masked_conv2d", dtypes=_DTYPES)
+SHIFTED_CONV = OpBackends("gmk.shifted_conv2d", dtypes=_DTYPES)
 
 
 def _check_positive_int(op: str, name: str, value) -> None:
@@ -31,11 +31,22 @@ def _check_mask(op: str, kernel_size: int, mask_type: str, in_channels: int, out
         raise ValueError(f"{op}: mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
     _check_positive_int(op, "color_groups", color_groups)
     if in_channels % color_groups or out_channels % color_groups:
-        raise ValueError(f"{op}: color_groups={color_groups} must divide the input and output channel counts, "
-                         f"got {in_channels} and {out_channels}")
+        raise ValueError(f"{op}: color_groups={color_groups} must divide the input and output channel "
+                         f"counts, got {in_channels} and {out_channels}")
     if kernel_size == 1 and mask_type == "A" and color_groups == 1:
         raise ValueError(f"{op}: mask_type 'A' with kernel_size 1 and color_groups=1 masks every tap "
                          "(the output would be the bias alone)")
+
+
+def check_mask_arguments(op: str, kernel_size: int, mask_type: str, in_channels: int, out_channels: int,
+                         color_groups: int) -> None:
+    """Raises unless the arguments describe a PixelCNN mask (see :func:`conv_mask`) with a live tap."""
+    sizes = {"kernel_size": kernel_size, "in_channels": in_channels, "out_channels": out_channels}
+    for name, value in sizes.items():
+        _check_positive_int(op, name, value)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"{op}: kernel_size must be odd, got {kernel_size}")
+    _check_mask(op, kernel_size, mask_type, in_channels, out_channels, color_groups)
 
 
 def conv_mask(kernel_size: int, mask_type: str, in_channels: int, out_channels: int,
@@ -44,15 +55,10 @@ def conv_mask(kernel_size: int, mask_type: str, in_channels: int, out_channels: 
 
     Raster order: the rows above the centre and the taps left of it in its row are kept; the centre
     tap only for mask ``"B"``. With ``color_groups=3`` the channels are R, G, B thirds and, at the
-    centre tap, output group g sees input groups < g (``"A"``) or <= g (``"B"``). A k×k mask keeps
-    (k²-1)/2 (A) or (k²+1)/2 (B) taps per channel pair of one group.
+    centre tap, output group g sees input groups < g (``"A"``) or <= g (``"B"``). With one colour group
+    a k×k mask keeps (k²-1)/2 taps (A) or (k²+1)/2 (B).
     """
-    op = "conv_mask"
-    for name, value in (("kernel_size", kernel_size), ("in_channels", in_channels), ("out_channels", out_channels)):
-        _check_positive_int(op, name, value)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"{op}: kernel_size must be odd, got {kernel_size}")
-    _check_mask(op, kernel_size, mask_type, in_channels, out_channels, color_groups)
+    check_mask_arguments("conv_mask", kernel_size, mask_type, in_channels, out_channels, color_groups)
     return reference.conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups)
 
 
@@ -66,7 +72,8 @@ def _check_conv(op: str, x, weight, bias) -> None:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{op}: weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 4 or weight.shape[1] != x.shape[1] or 0 in weight.shape[2:]:
-        raise ValueError(f"{op}: weight must be (Cout, Cin={x.shape[1]}, kh, kw), got shape {tuple(weight.shape)}")
+        raise ValueError(f"{op}: weight must be (Cout, Cin={x.shape[1]}, kh, kw), "
+                         f"got shape {tuple(weight.shape)}")
     _check_like_x(op, "weight", x, weight)
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
@@ -116,7 +123,8 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ``weight`` is (Cout, Cin, k, k), k odd; the mask is implied by ``mask_type`` and
     ``color_groups`` (see :func:`conv_mask`): masked weights are never read and get zero gradient.
     ``gate="tanh"`` or ``"identity"`` applies :func:`gmk.gated_activation` to the Cout = 2C output
-    channels, ``cond`` (broadcast to the output) added first, and returns C channels.
+    channels, ``cond`` (broadcast to the output) added first, and returns C channels. On CUDA tensors
+    float32 multiplies in TF32 when ``torch.backends.cudnn.allow_tf32`` is set, as F.conv2d does.
     """
     op = "masked_conv2d"
     _check_conv(op, x, weight, bias)
@@ -146,7 +154,8 @@ def shifted_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if shift not in SHIFTS:
         raise ValueError(f"{op}: shift must be one of {SHIFTS}, got {shift!r}")
     if shift == "down" and weight.shape[3] % 2 == 0:
-        raise ValueError(f"{op}: shift 'down' needs an odd kernel width (weight.shape[3]), got {weight.shape[3]}")
+        raise ValueError(f"{op}: shift 'down' needs an odd kernel width (weight.shape[3]), "
+                         f"got {weight.shape[3]}")
     name = SHIFTED_CONV.select(backend, x.device, x.dtype)
     if name == "reference":
         return reference.shifted_conv2d(x, weight, bias, shift)
@@ -202,3 +211,10 @@ if has_extension():
     _register(torch.ops.gmkernels.shifted_conv2d.default, torch.ops.gmkernels.shifted_conv2d_backward.default)
     _MASKED_OPS["cpu"] = torch.ops.gmkernels.masked_conv2d
     _SHIFTED_OPS["cpu"] = torch.ops.gmkernels.shifted_conv2d
+if TRITON_INSTALLED:
+    from ..triton import masked_conv as _triton
+
+    _register(_triton.masked_conv2d, _triton.masked_conv2d_backward)
+    _register(_triton.shifted_conv2d, _triton.shifted_conv2d_backward)
+    _MASKED_OPS["triton"] = _triton.masked_conv2d
+    _SHIFTED_OPS["triton"] = _triton.shifted_conv2d

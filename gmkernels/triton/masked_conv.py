@@ -1,0 +1,466 @@
+"""Triton kernels of the masked (PixelCNN) and shifted (PixelCNN++) convolutions, registered as the
+custom ops gmk_triton::{masked,shifted}_conv2d{,_backward} with the signatures of the C++ ops.
+
+Every one of these convolutions is stride 1 with output H × W: output (h, w) reads input
+(h + r - pad_top, w + s - pad_left) through tap (r, s), zero outside the image (masked loads: the
+padding is never stored). The live taps are the first ``taps`` in raster order: all kh·kw of a
+shifted kernel; for a k×k mask the k²//2 taps before the centre, then the centre tap itself when
+some channel pair passes through it (mask B, or colour groups), which joins forward input channel i
+to output channel o only when i < (o // (Cout/G) + [mask B]) · (Cin/G) (MATH.md, "Masked convolution").
+
+Implicit GEMMs, accumulated in float32 with ``tl.dot``:
+  forward  y[p, o]  = Σ_taps Σ_i x[p + tap, i] W[o, i, tap]      (M = N·H·W pixels, N = Cout, K = Cin)
+  grad_x   gx[p, i] = Σ_taps Σ_o gy[p - tap, o] W[o, i, tap]     (the mirrored taps, N = Cin, K = Cout)
+  grad_W   gW[o, i, tap] = Σ_p gy[p, o] x[p + tap, i]            (one GEMM per live tap, K = pixels)
+  grad_b   gb[o] = Σ_p gy[p, o]
+The first two are one kernel, ``_conv_kernel``: its main loop runs over (off-centre tap, K block)
+pairs; the centre tap is a second loop whose K range covers only the channels some output of the tile
+may see, with the others masked off as the weights load. The weights of the live taps are packed
+once per call as (taps, K, N), so masked taps are never read. x, y and the gradients keep their
+strides (contiguous, channels_last or any other).
+
+Precision: float16 and bfloat16 multiply on tensor cores in their own type; float32 multiplies in TF32
+when ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default for convolutions: F.conv2d does the
+same), else in full float32 ("ieee"). Under the interpreter (CPU tests) every tile is cast to float32.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreted
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --- kernels -------------------------------------------------------------------------------------
+
+@triton.jit
+def _mma(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    if INTERPRETED:  # the interpreter's half-precision matmul gives NaN: multiply in float32 there
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _pixels(m, HW, W):
+    """(n, h, w) of the pixel indices m = (n·H + h)·W + w."""
+    n = m // HW
+    rest = m - n * HW
+    h = rest // W
+    return n, h, rest - h * W
+
+
+@triton.jit
+def _tile(M, C_out, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (pixel tile, channel tile), GROUP_M pixel tiles to a column for L2 reuse."""
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(C_out, BN)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+
+@triton.jit
+def _conv_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, M, H, W, C_red, C_out,
+                 sa_n, sa_c, sa_h, sa_w, so_n, so_c, so_h, so_w,
+                 pad_top, pad_left, taps, group_in, group_out,
+                 KW: tl.constexpr, TRANSPOSED: tl.constexpr, CENTRE: tl.constexpr, MASK_B: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """out[p, j] = Σ_t Σ_k a[p ± tap t, k] w[t, k, j] (+ bias[j]).
+
+    Forward: a = x, k = input channel, j = output channel, a read at p + tap. TRANSPOSED (grad_x):
+    a = grad_y, k = output channel, j = input channel, a read at p - tap. The main loop takes the
+    first ``taps`` taps in raster order; with CENTRE, tap ``taps`` is the centre, which joins input i
+    to output o when i < (o // group_out + MASK_B) * group_in.
+    """
+    pid_m, pid_n = _tile(M, C_out, BM, BN, GROUP_M)
+    m = pid_m * BM + tl.arange(0, BM)
+    j = pid_n * BN + tl.arange(0, BN)
+    m_ok, j_ok = m < M, j < C_out
+    n, h, w = _pixels(m, H * W, W)
+    a_base = n.to(tl.int64) * sa_n + h.to(tl.int64) * sa_h + w.to(tl.int64) * sa_w
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    k_blocks = tl.cdiv(C_red, BK)
+    for step in range(taps * k_blocks):
+        t = step // k_blocks
+        k = (step - t * k_blocks) * BK + tl.arange(0, BK)
+        k_ok = k < C_red
+        r = t // KW
+        dh, dw = r - pad_top, t - r * KW - pad_left
+        if TRANSPOSED:  # grad_x reads grad_y through the mirrored taps
+            dh, dw = -dh, -dw
+        ih, iw = h + dh, w + dw
+        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        row = a_base + (dh.to(tl.int64) * sa_h + dw.to(tl.int64) * sa_w)
+        a = tl.load(a_ptr + row[:, None] + k.to(tl.int64)[None, :] * sa_c,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + tl.cast(t, tl.int64) * C_red * C_out + k[:, None] * C_out + j[None, :],
+                    mask=k_ok[:, None] & j_ok[None, :], other=0.0)
+        acc = _mma(a, b, acc, PRECISION, INTERPRETED)
+    if CENTRE:
+        if not TRANSPOSED:  # k = i, j = o: the inputs below the bound of the tile's last output
+            last_o = tl.minimum((pid_n + 1) * BN, C_out) - 1
+            k_lo, k_hi = 0, tl.minimum((last_o // group_out + MASK_B) * group_in, C_red)
+        else:  # k = o, j = i: outputs from the first group that the tile's first input reaches
+            k_lo = (((pid_n * BN) // group_in) + 1 - MASK_B) * group_out
+            k_hi = C_red
+        w_centre = w_ptr + tl.cast(taps, tl.int64) * C_red * C_out
+        for k0 in range(k_lo, k_hi, BK):
+            k = k0 + tl.arange(0, BK)
+            k_ok = k < k_hi
+            if not TRANSPOSED:
+                live = k[:, None] < (j[None, :] // group_out + MASK_B) * group_in
+            else:
+                live = j[None, :] < (k[:, None] // group_out + MASK_B) * group_in
+            a = tl.load(a_ptr + a_base[:, None] + k.to(tl.int64)[None, :] * sa_c,
+                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_centre + k[:, None] * C_out + j[None, :],
+                        mask=k_ok[:, None] & j_ok[None, :] & live, other=0.0)
+            acc = _mma(a, b, acc, PRECISION, INTERPRETED)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+    out = n.to(tl.int64) * so_n + h.to(tl.int64) * so_h + w.to(tl.int64) * so_w
+    tl.store(out_ptr + out[:, None] + j.to(tl.int64)[None, :] * so_c, acc.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & j_ok[None, :])
+
+
+@triton.jit
+def _weight_grad_kernel(g_ptr, x_ptr, out_ptr, M, H, W, C_out, C_in,
+                        sg_n, sg_c, sg_h, sg_w, sx_n, sx_c, sx_h, sx_w, so_split, so_t, so_o, so_i,
+                        pad_top, pad_left, centre, group_in, group_out, blocks_per_split,
+                        KW: tl.constexpr, CENTRE: tl.constexpr, MASK_B: tl.constexpr,
+                        PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """out[split, t, o, i] = Σ_p gy[p, o] x[p + tap t, i] over this split's pixel blocks.
+
+    Grid: (output × input channel tiles, live taps, splits of the pixels). With CENTRE, tap ``centre``
+    keeps only the live channel pairs (zeros elsewhere) and skips tiles that have none.
+    """
+    num_i = tl.cdiv(C_in, BN)
+    pid_o, pid_i = tl.program_id(0) // num_i, tl.program_id(0) % num_i
+    t, split = tl.program_id(1), tl.program_id(2)
+    o = pid_o * BM + tl.arange(0, BM)
+    i = pid_i * BN + tl.arange(0, BN)
+    o_ok, i_ok = o < C_out, i < C_in
+    r = t // KW
+    dh, dw = r - pad_top, t - r * KW - pad_left
+    x_shift = dh.to(tl.int64) * sx_h + dw.to(tl.int64) * sx_w
+    first = split * blocks_per_split
+    last = tl.minimum(first + blocks_per_split, tl.cdiv(M, BK))
+    if CENTRE:
+        is_centre = t == centre
+        o_last = tl.minimum((pid_o + 1) * BM, C_out) - 1
+        if is_centre & (pid_i * BN >= (o_last // group_out + MASK_B) * group_in):
+            last = first  # no live pair in this tile
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for block in range(first, last):
+        p = block * BK + tl.arange(0, BK)
+        n, h, w = _pixels(p, H * W, W)
+        ih, iw = h + dh, w + dw
+        p_ok = p < M
+        x_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        g_row = n.to(tl.int64) * sg_n + h.to(tl.int64) * sg_h + w.to(tl.int64) * sg_w
+        x_row = n.to(tl.int64) * sx_n + h.to(tl.int64) * sx_h + w.to(tl.int64) * sx_w + x_shift
+        g = tl.load(g_ptr + o.to(tl.int64)[:, None] * sg_c + g_row[None, :],
+                    mask=o_ok[:, None] & p_ok[None, :], other=0.0)
+        x = tl.load(x_ptr + x_row[:, None] + i.to(tl.int64)[None, :] * sx_c,
+                    mask=x_ok[:, None] & i_ok[None, :], other=0.0)
+        acc = _mma(g, x, acc, PRECISION, INTERPRETED)
+    if CENTRE:  # zeros at the centre tap's masked pairs
+        live = (t != centre) | (i[None, :] < (o[:, None] // group_out + MASK_B) * group_in)
+        acc = tl.where(live, acc, 0.0)
+    out = out_ptr + tl.cast(split, tl.int64) * so_split + tl.cast(t, tl.int64) * so_t
+    tl.store(out + o[:, None] * so_o + i[None, :] * so_i, acc.to(out_ptr.dtype.element_ty),
+             mask=o_ok[:, None] & i_ok[None, :])
+
+
+@triton.jit
+def _channel_sum_kernel(g_ptr, out_ptr, M, H, W, C, sg_n, sg_c, sg_h, sg_w, blocks_per_split,
+                        BP: tl.constexpr, BC: tl.constexpr):
+    """out[split, c] = Σ_p gy[p, c] over this split's pixel blocks (the bias gradient)."""
+    c = tl.program_id(0) * BC + tl.arange(0, BC)
+    c_ok = c < C
+    split = tl.program_id(1)
+    first = split * blocks_per_split
+    last = tl.minimum(first + blocks_per_split, tl.cdiv(M, BP))
+    acc = tl.zeros((BC,), dtype=tl.float32)
+    for block in range(first, last):
+        p = block * BP + tl.arange(0, BP)
+        n, h, w = _pixels(p, H * W, W)
+        row = n.to(tl.int64) * sg_n + h.to(tl.int64) * sg_h + w.to(tl.int64) * sg_w
+        g = tl.load(g_ptr + row[:, None] + c.to(tl.int64)[None, :] * sg_c,
+                    mask=(p < M)[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.sum(g.to(tl.float32), axis=0)
+    tl.store(out_ptr + split * C + c, acc, mask=c_ok)
+
+
+# --- tile sizes ----------------------------------------------------------------------------------
+
+def _conv_configs() -> list[triton.Config]:
+    if triton_interpreted():  # one config; small tiles, so that the CPU tests cross tile edges
+        return [triton.Config({"BM": 32, "BN": 16, "BK": 16, "GROUP_M": 4})]
+    return [
+        triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 128, "BK": 32, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BM": 128, "BN": 64, "BK": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 64, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BM": 64, "BN": 64, "BK": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ]
+
+
+_CONV_KEY = ["M", "H", "W", "C_red", "C_out", "taps", "KW", "TRANSPOSED", "CENTRE"]
+_conv_tuned = triton.autotune(_conv_configs(), key=_CONV_KEY)(_conv_kernel)
+
+# The weight gradient: (BM, BN) tiles of (output, input) channels, BK pixels a step.
+WEIGHT_TILES_INTERPRETED = {"BM": 16, "BN": 16, "BK": 32}
+WEIGHT_WARPS, WEIGHT_STAGES = 8, 3
+SUM_BLOCK_PIXELS, SUM_BLOCK_CHANNELS = 64, 32
+MIN_BLOCKS_PER_SPLIT = 8  # pixel blocks a split runs at least, so that splitting pays for its sum
+
+
+def _weight_tiles(dtype: torch.dtype, out_channels: int, in_channels: int, taps: int) -> dict:
+    """Tiles of 128 × 128 channels when there are enough of them to fill the GPU, else 64 × 64."""
+    if triton_interpreted():
+        return WEIGHT_TILES_INTERPRETED
+    programs = triton.cdiv(out_channels, 128) * triton.cdiv(in_channels, 128) * taps
+    size = 128 if programs >= _parallelism() else 64
+    return {"BM": size, "BN": size, "BK": 32 if dtype == torch.float32 else 64}
+
+
+def _parallelism() -> int:
+    """Programs that fill the device: two per SM on a GPU; a few under the interpreter (so that the CPU
+    tests exercise the split reductions)."""
+    if triton_interpreted() or not torch.cuda.is_available():
+        return 4
+    return 2 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+
+def _splits(programs: int, blocks: int) -> tuple[int, int]:
+    """(splits, blocks per split) of ``blocks`` pixel blocks, so that programs × splits fills the device."""
+    wanted = max(1, min(triton.cdiv(_parallelism(), max(programs, 1)), blocks // MIN_BLOCKS_PER_SPLIT))
+    per_split = triton.cdiv(blocks, wanted) if blocks else 1
+    return (triton.cdiv(blocks, per_split) if blocks else 1), per_split
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+# --- geometry and argument checks ----------------------------------------------------------------
+
+class _Geometry:
+    """The convolution of x (N, Cin, H, W) with weight (Cout, Cin, kh, kw): padding, live taps, mask."""
+
+    def __init__(self, x, weight, pad_top, pad_left, taps, centre, mask_b=False, color_groups=1):
+        self.batch, self.in_channels, self.height, self.width = x.shape
+        self.out_channels, _, self.kernel_h, self.kernel_w = weight.shape
+        self.pad_top, self.pad_left = pad_top, pad_left
+        self.taps, self.centre, self.mask_b = taps, centre, mask_b  # off-centre live taps; centre live
+        self.group_in = max(self.in_channels // color_groups, 1)
+        self.group_out = max(self.out_channels // color_groups, 1)
+        self.pixels = self.batch * self.height * self.width
+
+    @property
+    def live_taps(self) -> int:
+        return self.taps + self.centre
+
+
+def _fail(op: str, error: type, message: str):
+    raise error(f"gmk_triton::{op}: {message}")
+
+
+def _check_like_x(op, name, x, t, shape) -> None:
+    if not isinstance(t, torch.Tensor):
+        _fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        _fail(op, ValueError, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != x.dtype:
+        _fail(op, TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        _fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
+
+
+def _check_conv(op, x, weight, bias, grad_out) -> None:
+    """The checks of the C++ ops common to both convolutions."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        _fail(op, ValueError, f"x must be (N, Cin, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype not in DTYPES:
+        _fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[1] != x.shape[1]:
+        _fail(op, ValueError, f"weight must be (Cout, Cin={x.shape[1]}, kh, kw), "
+                              f"got shape {list(getattr(weight, 'shape', []))}")
+    _check_like_x(op, "weight", x, weight, weight.shape)
+    if 0 in weight.shape[2:]:
+        _fail(op, ValueError, f"weight's kernel must not be empty, got {list(weight.shape)}")
+    if bias is not None:
+        _check_like_x(op, "bias", x, bias, weight.shape[:1])
+    if grad_out is not None:
+        _check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], *x.shape[2:]))
+    if x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:
+        _fail(op, ValueError, f"N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
+
+
+def check_masked_args(op: str, x, weight, bias, mask_type, color_groups, grad_out=None) -> _Geometry:
+    """The checks of the C++ op ``op`` (gmkernels::masked_conv2d*); returns the geometry."""
+    _check_conv(op, x, weight, bias, grad_out)
+    k = weight.shape[2]
+    if weight.shape[3] != k or k % 2 == 0:
+        _fail(op, ValueError, f"weight's kernel must be k x k with k odd, got {k} x {weight.shape[3]}")
+    if mask_type not in ("A", "B"):
+        _fail(op, ValueError, f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    cin, cout = x.shape[1], weight.shape[0]
+    if isinstance(color_groups, bool) or not isinstance(color_groups, int) or color_groups < 1 \
+            or cin % color_groups or cout % color_groups:
+        _fail(op, ValueError, f"color_groups must be a positive divisor of Cin={cin} and Cout={cout}, "
+                              f"got {color_groups!r}")
+    centre = mask_type == "B" or color_groups > 1
+    if k == 1 and not centre:
+        _fail(op, ValueError, "mask_type 'A' with a 1x1 kernel and color_groups=1 masks every tap")
+    return _Geometry(x, weight, k // 2, k // 2, k * k // 2, centre, mask_type == "B", color_groups)
+
+
+def check_shifted_args(op: str, x, weight, bias, shift, grad_out=None) -> _Geometry:
+    """The checks of the C++ op ``op`` (gmkernels::shifted_conv2d*); returns the geometry."""
+    _check_conv(op, x, weight, bias, grad_out)
+    if shift not in ("down", "down_right"):
+        _fail(op, ValueError, f"shift must be 'down' or 'down_right', got {shift!r}")
+    kh, kw = weight.shape[2:]
+    if shift == "down" and kw % 2 == 0:
+        _fail(op, ValueError, f"shift 'down' needs weight's kernel width kw odd, got {kw}")
+    return _Geometry(x, weight, kh - 1, (kw - 1) // 2 if shift == "down" else kw - 1, kh * kw, False)
+
+
+# --- launchers -----------------------------------------------------------------------------------
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout of y and grad_x (the C++ ops' rule): x's when x is dense channels_last and not NCHW."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _device(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _packed_weight(weight: torch.Tensor, g: _Geometry, transposed: bool) -> torch.Tensor:
+    """The live taps of weight as (taps, K, N): (taps, Cin, Cout) forward, (taps, Cout, Cin) for grad_x.
+
+    Live taps are the first ones in raster order, so the slice copies them and nothing else.
+    """
+    order = (2, 3, 0, 1) if transposed else (2, 3, 1, 0)
+    return weight.permute(order).flatten(0, 1)[:g.live_taps].contiguous()
+
+
+def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+          g: _Geometry, transposed: bool) -> None:
+    """out (N, C_out, H, W) = the implicit GEMM of a with the packed weights; see _conv_kernel."""
+    c_red, c_out = a.shape[1], out.shape[1]
+    if out.numel() == 0:
+        return
+    packed = _packed_weight(weight, g, transposed)
+
+    def grid(meta):
+        return (triton.cdiv(g.pixels, meta["BM"]) * triton.cdiv(c_out, meta["BN"]),)
+
+    with _device(a):
+        _conv_tuned[grid](
+            a, packed, a if bias is None else bias, out, g.pixels, g.height, g.width, c_red, c_out,
+            *a.stride(), *out.stride(), g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out,
+            KW=g.kernel_w, TRANSPOSED=transposed, CENTRE=g.centre, MASK_B=int(g.mask_b),
+            HAS_BIAS=bias is not None, PRECISION=_precision(a.dtype), INTERPRETED=triton_interpreted())
+
+
+def _weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, g: _Geometry) -> torch.Tensor:
+    """The weight gradient, zero at masked weights; split over the pixels (and summed) when the live
+    taps alone give too few programs."""
+    grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
+    cout, cin = g.out_channels, g.in_channels
+    if grad_weight.numel() == 0 or g.pixels == 0:
+        return grad_weight
+    by_tap = grad_weight.permute(2, 3, 0, 1).flatten(0, 1)  # a view: (kh·kw, Cout, Cin)
+    tiles = _weight_tiles(x.dtype, cout, cin, g.live_taps)
+    tile_count = triton.cdiv(cout, tiles["BM"]) * triton.cdiv(cin, tiles["BN"])
+    splits, per_split = _splits(tile_count * g.live_taps, triton.cdiv(g.pixels, tiles["BK"]))
+    out = by_tap if splits == 1 else torch.empty(splits, g.live_taps, cout, cin, dtype=torch.float32,
+                                                 device=x.device)
+    out_strides = (0, *by_tap.stride()) if splits == 1 else out.stride()
+    with _device(x):
+        _weight_grad_kernel[(tile_count, g.live_taps, splits)](
+            grad_out, x, out, g.pixels, g.height, g.width, cout, cin, *grad_out.stride(), *x.stride(),
+            *out_strides, g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out, per_split,
+            KW=g.kernel_w, CENTRE=g.centre, MASK_B=int(g.mask_b), PRECISION=_precision(x.dtype),
+            INTERPRETED=triton_interpreted(), **tiles,
+            **({} if triton_interpreted() else {"num_warps": WEIGHT_WARPS, "num_stages": WEIGHT_STAGES}))
+    if splits > 1:
+        by_tap[:g.live_taps] = out.sum(0)
+    return grad_weight
+
+
+def _bias_grad(grad_out: torch.Tensor, g: _Geometry) -> torch.Tensor:
+    cout = g.out_channels
+    channel_blocks = triton.cdiv(cout, SUM_BLOCK_CHANNELS)
+    splits, per_split = _splits(channel_blocks, triton.cdiv(g.pixels, SUM_BLOCK_PIXELS))
+    partial = torch.zeros(splits, cout, dtype=torch.float32, device=grad_out.device)
+    if cout and g.pixels:
+        with _device(grad_out):
+            _channel_sum_kernel[(channel_blocks, splits)](
+                grad_out, partial, g.pixels, g.height, g.width, cout, *grad_out.stride(), per_split,
+                BP=SUM_BLOCK_PIXELS, BC=SUM_BLOCK_CHANNELS)
+    return partial.sum(0).to(grad_out.dtype)
+
+
+def _forward(x, weight, bias, g: _Geometry) -> torch.Tensor:
+    y = torch.empty((g.batch, g.out_channels, g.height, g.width), dtype=x.dtype, device=x.device,
+                    memory_format=_layout(x))
+    _conv(x, weight, bias, y, g, transposed=False)
+    return y
+
+
+def _backward(grad_out, x, weight, g: _Geometry, output_mask):
+    want_x, want_weight, want_bias = output_mask
+    grad_x = None
+    if want_x:
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_layout(x))
+        _conv(grad_out, weight, None, grad_x, g, transposed=True)
+    grad_weight = _weight_grad(grad_out, x, weight, g) if want_weight else None
+    grad_bias = _bias_grad(grad_out, g) if want_bias else None
+    return grad_x, grad_weight, grad_bias
+
+
+# --- the ops (autograd and fakes: gmkernels/ops/masked_conv.py) -----------------------------------
+
+@torch.library.custom_op("gmk_triton::masked_conv2d", mutates_args=())
+def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask_type: str,
+                  color_groups: int) -> torch.Tensor:
+    g = check_masked_args("masked_conv2d", x, weight, bias, mask_type, color_groups)
+    return _forward(x, weight, bias, g)
+
+
+@torch.library.custom_op("gmk_triton::masked_conv2d_backward", mutates_args=())
+def masked_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask_type: str,
+                           color_groups: int, output_mask: list[bool]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = check_masked_args("masked_conv2d_backward", x, weight, None, mask_type, color_groups, grad_out)
+    return _backward(grad_out, x, weight, g, output_mask)
+
+
+@torch.library.custom_op("gmk_triton::shifted_conv2d", mutates_args=())
+def shifted_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   shift: str) -> torch.Tensor:
+    g = check_shifted_args("shifted_conv2d", x, weight, bias, shift)
+    return _forward(x, weight, bias, g)
+
+
+@torch.library.custom_op("gmk_triton::shifted_conv2d_backward", mutates_args=())
+def shifted_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: str,
+                            output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = check_shifted_args("shifted_conv2d_backward", x, weight, None, shift, grad_out)
+    return _backward(grad_out, x, weight, g, output_mask)
