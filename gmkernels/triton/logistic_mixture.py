@@ -182,15 +182,24 @@ def _log_normalisers(row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_
 # --- kernels -------------------------------------------------------------------------------------
 
 @triton.jit
-def _nll_kernel(params_ptr, x_ptr, nll_ptr, sp_n, sp_p, sp_s, sx_n, sx_c, sx_s, S, K, blocks_per_sample,
-                half_bin, log_half_bins, log_scale_min,
-                C: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+def _load_positions(params_ptr, x_ptr, sp_n, sp_s, sx_n, sx_c, sx_s, S, blocks_per_sample,
+                    C: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's positions: n, s, mask, the params row and offsets, and the sub-pixels x0..x2."""
     n, s, mask = _positions(S, blocks_per_sample, BLOCK)
     row, offset = params_ptr + n * sp_n, s.to(tl.int64) * sp_s
     x_row, x_offset = x_ptr + n * sx_n, s.to(tl.int64) * sx_s
     x0 = _load_x(x_row, 0, sx_c, x_offset, mask, C)
     x1 = _load_x(x_row, 1, sx_c, x_offset, mask, C)
     x2 = _load_x(x_row, 2, sx_c, x_offset, mask, C)
+    return n, s, mask, row, offset, x0, x1, x2
+
+
+@triton.jit
+def _nll_kernel(params_ptr, x_ptr, nll_ptr, sp_n, sp_p, sp_s, sx_n, sx_c, sx_s, S, K, blocks_per_sample,
+                half_bin, log_half_bins, log_scale_min,
+                C: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+    n, s, mask, row, offset, x0, x1, x2 = _load_positions(params_ptr, x_ptr, sp_n, sp_s, sx_n, sx_c, sx_s, S,
+                                                          blocks_per_sample, C, BLOCK)
     _, log_norm_logits, log_norm_joints = _log_normalisers(
         row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_bins, log_scale_min, C, INTERPRETED)
     tl.store(nll_ptr + n * S + s, log_norm_logits - log_norm_joints, mask=mask)
@@ -209,12 +218,8 @@ def _nll_backward_kernel(grad_nll_ptr, params_ptr, x_ptr, grad_params_ptr, sg_n,
 
     d nll / d logit_k = softmax(logits)_k - r_k,   d nll / dθ_ck = -r_k dL_ck / dθ_ck.
     """
-    n, s, mask = _positions(S, blocks_per_sample, BLOCK)
-    row, offset = params_ptr + n * sp_n, s.to(tl.int64) * sp_s
-    x_row, x_offset = x_ptr + n * sx_n, s.to(tl.int64) * sx_s
-    x0 = _load_x(x_row, 0, sx_c, x_offset, mask, C)
-    x1 = _load_x(x_row, 1, sx_c, x_offset, mask, C)
-    x2 = _load_x(x_row, 2, sx_c, x_offset, mask, C)
+    n, s, mask, row, offset, x0, x1, x2 = _load_positions(params_ptr, x_ptr, sp_n, sp_s, sx_n, sx_c, sx_s, S,
+                                                          blocks_per_sample, C, BLOCK)
     grad_nll = tl.load(grad_nll_ptr + n * sg_n + s.to(tl.int64) * sg_s, mask=mask, other=0.0).to(tl.float32)
     logit_max, log_norm_logits, log_norm_joints = _log_normalisers(
         row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_bins, log_scale_min, C, INTERPRETED)
