@@ -66,6 +66,11 @@ pybind11::dict build_info() {
   info["cuda_version"] = pybind11::none();
   info["cuda_archs"] = std::vector<std::string>{};
 #endif
+#if defined(_OPENMP)
+  info["openmp"] = true;  // at::parallel_for runs the CPU kernels on torch's threads
+#else
+  info["openmp"] = false;
+#endif
   info["torch_version"] = GMK_TORCH_VERSION;
   info["compiler"] = __VERSION__;
   return info;

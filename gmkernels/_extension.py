@@ -16,7 +16,8 @@ def has_extension() -> bool:
 
 def _read_build_info() -> dict:
     if _C is None:
-        return {"built": False, "error": LOAD_ERROR, "with_cuda": False, "cuda_version": None, "cuda_archs": []}
+        return {"built": False, "error": LOAD_ERROR, "with_cuda": False, "cuda_version": None, "cuda_archs": [],
+                "openmp": False}
     info = _C.build_info()
     info["cuda_archs"] = [_arch_name(arch) for arch in info["cuda_archs"]]
     return {"built": True, **info}
@@ -33,5 +34,5 @@ BUILD_INFO = _read_build_info()  # read once: torch.compile traces plain dict re
 
 
 def build_info() -> dict:
-    """How gmkernels._C was built: built, with_cuda, cuda_version, cuda_archs, torch_version, compiler."""
+    """How gmkernels._C was built: built, with_cuda, cuda_version, cuda_archs, openmp, torch_version, compiler."""
     return dict(BUILD_INFO)

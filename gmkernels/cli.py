@@ -34,7 +34,8 @@ def info_lines() -> list[str]:
     lines = [f"{name:<14}{value}" for name, value in _versions().items()]
     if build["built"]:
         cuda = f"with CUDA {build['cuda_version']}" if build["with_cuda"] else "without CUDA"
-        lines.append(f"{'_C':<14}built {cuda}, against torch {build['torch_version']}")
+        threads = "CPU kernels multi-threaded (OpenMP)" if build.get("openmp") else "CPU kernels single-threaded"
+        lines.append(f"{'_C':<14}built {cuda}, against torch {build['torch_version']}; {threads}")
         lines.append(f"{'CUDA archs':<14}{', '.join(build['cuda_archs']) or '-'}")
     else:
         lines.append(f"{'_C':<14}not built ({build['error']})")

@@ -23,6 +23,7 @@ def test_build_info():
     info = gmk.build_info()
     assert {"built", "with_cuda", "cuda_version", "cuda_archs"} <= info.keys()
     assert info["built"] is True and gmk.has_extension(), info.get("error")
+    assert info["openmp"] is True, "without OpenMP at::parallel_for runs every CPU kernel on one thread"
     assert info["torch_version"] == torch.__version__
     if info["with_cuda"]:
         assert re.fullmatch(r"\d+\.\d+", info["cuda_version"])
