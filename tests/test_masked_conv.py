@@ -1,5 +1,6 @@
 """gmk.masked_conv2d, gmk.shifted_conv2d, gmk.conv_mask: every backend against the float64 reference,
 forward and the three gradients; the masks, causality, the fused gate, the modules and the C++ ops."""
+import functools
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import gmkernels as gmk
 import gmkernels.ops.masked_conv as masked_conv_ops
 import gmkernels.reference.masked_conv as reference
-from conftest import backends_under_test, noncontiguous, supported_dtypes
+from conftest import assert_close, backends_under_test, noncontiguous, supported_dtypes
 
 
 @pytest.fixture(autouse=True)
@@ -333,6 +334,115 @@ def test_gate_equals_conv_then_gated_activation(backend, gate, cond_kind):
     for got, expected in zip(*results, strict=True):
         torch.testing.assert_close(got, expected)
     assert results[0][0].shape == (2, 6, 5, 7)
+
+
+# The fused Triton op against the float64 reference: (mask_type, color_groups, k, Cin, 2C, H, W). The last
+# case has C = 18 gated channels, two of the interpreter's 16-wide channel tiles, cut by groups of 12.
+FUSED_CASES = [("A", 1, 3, 3, 8, 5, 7), ("B", 3, 3, 6, 6, 4, 5), ("A", 3, 1, 3, 12, 3, 5),
+               ("B", 1, 5, 5, 4, 5, 3), ("B", 3, 3, 6, 36, 3, 4)]
+COND_KINDS = ("none", "global", "local")
+
+
+def fused_cases():
+    """Every case in float32; bfloat16 for two of them (the interpreter is slow)."""
+    return [pytest.param(*case, dtype, id=f"{case[0]}{case[1]}-k{case[2]}-{case[4]}-{str(dtype)[6:]}")
+            for i, case in enumerate(FUSED_CASES) for dtype in (torch.float32, torch.bfloat16)
+            if dtype == torch.float32 or i in (1, 4)]
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")
+@pytest.mark.parametrize("cond_kind", COND_KINDS)
+@pytest.mark.parametrize("gate", ["tanh", "identity"])
+@pytest.mark.parametrize(("mask_type", "groups", "k", "cin", "cout", "h", "w", "dtype"), fused_cases())
+def test_fused_triton_gate_matches_reference(mask_type, groups, k, cin, cout, h, w, dtype, gate, cond_kind):
+    """The Triton backend's fused gate (gmk_triton::masked_conv2d_gated) against the reference conv then
+    gated_activation in float64: y and the gradients of x, weight, bias and cond."""
+    n = 2
+    x = torch.randn(n, cin, h, w, dtype=dtype)
+    weight = (torch.randn(cout, cin, k, k) / math.sqrt(cin * k * k / 2)).to(dtype)  # h of unit size
+    bias = torch.randn(cout, dtype=dtype)
+    cond = {"none": None, "global": torch.randn(n, cout, 1, 1, dtype=dtype),
+            "local": torch.randn(n, cout, h, w, dtype=dtype)}[cond_kind]
+    grad_y = torch.randn(n, cout // 2, h, w, dtype=dtype)
+
+    def run_gated(backend, tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors if t is not None]
+        x, weight, bias, *rest = leaves
+        y = gmk.masked_conv2d(x, weight, bias, mask_type=mask_type, color_groups=groups, gate=gate,
+                              cond=rest[0] if rest else None, backend=backend)
+        return y, torch.autograd.grad(y, leaves, grad_y.to(y.dtype))
+
+    y, grads = run_gated("triton", (x, weight, bias, cond))
+    as64 = [None if t is None else t.double() for t in (x, weight, bias, cond)]
+    y64, grads64 = run_gated("reference", as64)
+    assert y.dtype == dtype and y.shape == (n, cout // 2, h, w)
+    assert_close(y, y64, dtype)  # computed in float32, rounded once
+    # grad_h, rounded to dtype, is summed by the convolution's backward (and into cond's gradient): the
+    # gated activation's gradient tolerance, growing like sqrt(terms).
+    cond_terms = 0 if cond is None else h * w // cond[0, 0].numel()  # a global cond sums H·W per element
+    terms = (cout * k * k, n * h * w, n * h * w, cond_terms)
+    for grad, grad64, terms in zip(grads, grads64, terms[:len(grads)], strict=True):
+        assert grad.dtype == dtype
+        assert_close(grad, grad64, dtype, "grad", terms=terms)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")
+def test_triton_gate_runs_the_fused_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    x, weight, cond = torch.randn(2, 6, 4, 5), torch.randn(12, 6, 3, 3), torch.randn(2, 12, 1, 1)
+    with Ops() as ops:
+        y = gmk.masked_conv2d(x, weight, mask_type="B", gate="tanh", cond=cond, backend="triton")
+    assert "gmk_triton.masked_conv2d_gated" in ops.names
+    assert not ops.names & {"gmk_triton.masked_conv2d", "gmk_triton.gated"}
+    assert y.shape == (2, 6, 4, 5)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")
+def test_fused_triton_gate_opcheck():
+    x = channels_last(torch.randn(2, 6, 4, 5)).requires_grad_()
+    weight, bias = torch.randn(12, 6, 3, 3, requires_grad=True), torch.randn(12, requires_grad=True)
+    op = torch.ops.gmk_triton.masked_conv2d_gated
+    torch.library.opcheck(op, (x, weight, bias, torch.randn(2, 12, 1, 1, requires_grad=True), "A", 3, "tanh"))
+    torch.library.opcheck(op, (x.detach(), weight, None, None, "B", 1, "identity"))
+
+
+# Malformed arguments to the fused op: (x, weight, bias, cond, mask_type, color_groups, activation), the
+# exception, what it names.
+_X, _W = torch.randn(2, 6, 5, 5), torch.randn(8, 6, 3, 3)
+GATED_BAD_ARGS = {
+    "activation": ((_X, _W, None, None, "B", 1, "relu"), ValueError, "activation"),
+    "odd-cout": ((_X, _W[:7], None, None, "B", 1, "tanh"), ValueError, "output channels"),
+    "cond-shape": ((_X, _W, None, torch.randn(2, 4, 1, 1), "B", 1, "tanh"), ValueError, "cond"),
+    "cond-dtype": ((_X, _W, None, torch.randn(2, 8, 1, 1).double(), "B", 1, "tanh"), TypeError, "cond"),
+    "cond-device": ((_X, _W, None, torch.empty(2, 8, 1, 1, device="meta"), "B", 1, "tanh"), ValueError,
+                    "cond"),
+    "mask-type": ((_X, _W, None, None, "C", 1, "tanh"), ValueError, "mask_type"),
+    "groups": ((_X, _W, None, None, "B", 4, "tanh"), ValueError, "color_groups"),
+}
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")
+@pytest.mark.parametrize(("args", "error", "pattern"), GATED_BAD_ARGS.values(), ids=GATED_BAD_ARGS.keys())
+def test_fused_triton_gate_bad_args(args, error, pattern):
+    from gmkernels.triton.masked_conv import check_gated_args
+
+    cond = args[3]
+    if cond is not None and cond.device != args[0].device:  # the dispatcher sends a meta cond to the fake
+        call = functools.partial(check_gated_args, "masked_conv2d_gated", *args)
+    else:
+        call = functools.partial(torch.ops.gmk_triton.masked_conv2d_gated, *args)
+    with pytest.raises(error, match=pattern):
+        call()
 
 
 # --- modules --------------------------------------------------------------------------------------

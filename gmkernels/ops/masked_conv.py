@@ -123,7 +123,8 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ``weight`` is (Cout, Cin, k, k), k odd; the mask is implied by ``mask_type`` and
     ``color_groups`` (see :func:`conv_mask`): masked weights are never read and get zero gradient.
     ``gate="tanh"`` or ``"identity"`` applies :func:`gmk.gated_activation` to the Cout = 2C output
-    channels, ``cond`` (broadcast to the output) added first, and returns C channels. On CUDA tensors
+    channels, ``cond`` (broadcast to the output) added first, and returns C channels (the Triton
+    backend fuses it into the convolution and never stores the 2C channels). On CUDA tensors
     float32 multiplies in TF32 when ``torch.backends.cudnn.allow_tf32`` is set, as F.conv2d does.
     """
     op = "masked_conv2d"
@@ -133,11 +134,13 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _check_mask(op, weight.shape[2], mask_type, x.shape[1], weight.shape[0], color_groups)
     _check_gate(op, x, weight, gate, cond)
     name = MASKED_CONV.select(backend, x.device, x.dtype)
+    if gate is not None and name in _GATED_OPS:  # the gate fused into the convolution's epilogue
+        return _GATED_OPS[name](x, weight, bias, cond, mask_type, color_groups, gate)
     if name == "reference":
         y = reference.masked_conv2d(x, weight, bias, mask_type, color_groups)
     else:
         y = _MASKED_OPS[name](x, weight, bias, mask_type, color_groups)
-    # No backend fuses the gate yet: the gated activation runs on the same backend.
+    # Backends without a fused gate run the gated activation after the convolution, on the same backend.
     return y if gate is None else gated_activation(y, cond, activation=gate, backend=name)
 
 
@@ -205,7 +208,42 @@ def _register(forward_op, backward_op) -> None:
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
 
 
-_MASKED_OPS, _SHIFTED_OPS = {}, {}
+def _register_gated(forward_op, conv_op, conv_backward_op, gated_backward_op) -> None:
+    """Fake and autograd of a fused op (x, weight, bias, cond, mask_type, color_groups, activation).
+
+    The backward recomputes the convolution h (2C channels), takes grad_h from the gated activation's
+    backward op and the convolution's gradients from its backward op; cond's gradient is grad_h summed
+    to cond's shape.
+    """
+    def fake(x, weight, bias, cond, mask_type, color_groups, activation):
+        shape = (x.shape[0], weight.shape[0] // 2, x.shape[2], x.shape[3])
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_layout(x))
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, cond, mask_type, color_groups, activation = inputs
+        ctx.save_for_backward(x, weight, bias, cond)
+        ctx.geometry, ctx.activation = (mask_type, color_groups), activation
+
+    def backward(ctx, grad_y):
+        x, weight, bias, cond = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias, needs_cond = ctx.needs_input_grad[:4]
+        h = conv_op(x, weight, bias, *ctx.geometry)
+        n, channels, height, width = h.shape
+        as3 = (n, channels, height * width)
+        cond3 = None if cond is None else cond.expand(h.shape).reshape(as3)
+        grad_h = gated_backward_op(grad_y.reshape(n, channels // 2, height * width), h.reshape(as3), cond3,
+                                   ctx.activation).view(h.shape)
+        output_mask = [needs_x, needs_weight, bias is not None and needs_bias]
+        grads = conv_backward_op(grad_h, x, weight, *ctx.geometry, output_mask) if any(output_mask) \
+            else (None, None, None)
+        grad_cond = grad_h.sum_to_size(cond.shape) if cond is not None and needs_cond else None
+        return *grads, grad_cond, None, None, None
+
+    torch.library.register_fake(forward_op)(fake)
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+
+
+_MASKED_OPS, _SHIFTED_OPS, _GATED_OPS = {}, {}, {}
 if has_extension():
     _register(torch.ops.gmkernels.masked_conv2d.default, torch.ops.gmkernels.masked_conv2d_backward.default)
     _register(torch.ops.gmkernels.shifted_conv2d.default, torch.ops.gmkernels.shifted_conv2d_backward.default)
@@ -217,4 +255,9 @@ if TRITON_INSTALLED:
     _register(_triton.masked_conv2d, _triton.masked_conv2d_backward)
     _register(_triton.shifted_conv2d, _triton.shifted_conv2d_backward)
     _MASKED_OPS["triton"] = _triton.masked_conv2d
+    from ..triton.gated import gated_backward as _triton_gated_backward
+
+    _register_gated(_triton.masked_conv2d_gated, _triton.masked_conv2d, _triton.masked_conv2d_backward,
+                    _triton_gated_backward)
+    _GATED_OPS["triton"] = _triton.masked_conv2d_gated
     _SHIFTED_OPS["triton"] = _triton.shifted_conv2d

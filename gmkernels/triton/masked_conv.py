@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
+from .gated import _tanh
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -67,18 +68,24 @@ def _tile(M, C_out, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _conv_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, M, H, W, C_red, C_out,
-                 sa_n, sa_c, sa_h, sa_w, so_n, so_c, so_h, so_w,
+def _conv_kernel(a_ptr, w_ptr, bias_ptr, cond_ptr, out_ptr, M, H, W, C_red, C_out, w_cols,
+                 sa_n, sa_c, sa_h, sa_w, sc_n, sc_c, sc_h, sc_w, so_n, so_c, so_h, so_w,
                  pad_top, pad_left, taps, group_in, group_out,
                  KW: tl.constexpr, TRANSPOSED: tl.constexpr, CENTRE: tl.constexpr, MASK_B: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, GATE: tl.constexpr, HAS_COND: tl.constexpr,
+                 PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    """out[p, j] = Σ_t Σ_k a[p ± tap t, k] w[t, k, j] (+ bias[j]).
+    """out[p, j] = Σ_t Σ_k a[p ± tap t, k] w[t, k, j] (+ bias[j]); w is (taps, C_red, w_cols).
 
     Forward: a = x, k = input channel, j = output channel, a read at p + tap. TRANSPOSED (grad_x):
     a = grad_y, k = output channel, j = input channel, a read at p - tap. The main loop takes the
     first ``taps`` taps in raster order; with CENTRE, tap ``taps`` is the centre, which joins input i
     to output o when i < (o // group_out + MASK_B) * group_in.
+
+    GATE (forward only; 0: none, 1: tanh, 2: identity): the convolution has w_cols = 2 C_out outputs
+    and each tile keeps two accumulators, a at outputs j and b at j + C_out (each plus bias and, with
+    HAS_COND, cond, read through its strides sc_*, 0 where it broadcasts); out[p, j] = f(a) sigmoid(b)
+    with f = tanh or the identity. The 2 C_out pre-activations are never stored.
     """
     pid_m, pid_n = _tile(M, C_out, BM, BN, GROUP_M)
     m = pid_m * BM + tl.arange(0, BM)
@@ -87,6 +94,7 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, M, H, W, C_red, C_out,
     n, h, w = _pixels(m, H * W, W)
     a_base = n.to(tl.int64) * sa_n + h.to(tl.int64) * sa_h + w.to(tl.int64) * sa_w
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_b = tl.zeros((BM, BN), dtype=tl.float32)  # the gate's second half (unused without GATE)
     k_blocks = tl.cdiv(C_red, BK)
     for step in range(taps * k_blocks):
         t = step // k_blocks
@@ -101,17 +109,22 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, M, H, W, C_red, C_out,
         row = a_base + (dh.to(tl.int64) * sa_h + dw.to(tl.int64) * sa_w)
         a = tl.load(a_ptr + row[:, None] + k.to(tl.int64)[None, :] * sa_c,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + tl.cast(t, tl.int64) * C_red * C_out + k[:, None] * C_out + j[None, :],
-                    mask=k_ok[:, None] & j_ok[None, :], other=0.0)
+        w_rows = w_ptr + tl.cast(t, tl.int64) * C_red * w_cols + k[:, None] * w_cols
+        b = tl.load(w_rows + j[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
         acc = _mma(a, b, acc, PRECISION, INTERPRETED)
+        if GATE != 0:
+            b = tl.load(w_rows + (j + C_out)[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
+            acc_b = _mma(a, b, acc_b, PRECISION, INTERPRETED)
     if CENTRE:
         if not TRANSPOSED:  # k = i, j = o: the inputs below the bound of the tile's last output
             last_o = tl.minimum((pid_n + 1) * BN, C_out) - 1
+            if GATE != 0:  # the tile's last output is in the second half
+                last_o += C_out
             k_lo, k_hi = 0, tl.minimum((last_o // group_out + MASK_B) * group_in, C_red)
         else:  # k = o, j = i: outputs from the first group that the tile's first input reaches
             k_lo = (((pid_n * BN) // group_in) + 1 - MASK_B) * group_out
             k_hi = C_red
-        w_centre = w_ptr + tl.cast(taps, tl.int64) * C_red * C_out
+        w_centre = w_ptr + tl.cast(taps, tl.int64) * C_red * w_cols
         for k0 in range(k_lo, k_hi, BK):
             k = k0 + tl.arange(0, BK)
             k_ok = k < k_hi
@@ -121,11 +134,29 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, M, H, W, C_red, C_out,
                 live = j[None, :] < (k[:, None] // group_out + MASK_B) * group_in
             a = tl.load(a_ptr + a_base[:, None] + k.to(tl.int64)[None, :] * sa_c,
                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_centre + k[:, None] * C_out + j[None, :],
+            b = tl.load(w_centre + k[:, None] * w_cols + j[None, :],
                         mask=k_ok[:, None] & j_ok[None, :] & live, other=0.0)
             acc = _mma(a, b, acc, PRECISION, INTERPRETED)
+            if GATE != 0:
+                live = k[:, None] < ((j[None, :] + C_out) // group_out + MASK_B) * group_in
+                b = tl.load(w_centre + k[:, None] * w_cols + (j + C_out)[None, :],
+                            mask=k_ok[:, None] & j_ok[None, :] & live, other=0.0)
+                acc_b = _mma(a, b, acc_b, PRECISION, INTERPRETED)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        if GATE != 0:
+            acc_b += tl.load(bias_ptr + C_out + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+    if GATE != 0:
+        if HAS_COND:
+            cond_at = (n.to(tl.int64) * sc_n + h.to(tl.int64) * sc_h + w.to(tl.int64) * sc_w)[:, None] \
+                + j.to(tl.int64)[None, :] * sc_c
+            cond_ok = m_ok[:, None] & j_ok[None, :]
+            acc += tl.load(cond_ptr + cond_at, mask=cond_ok, other=0.0).to(tl.float32)
+            acc_b += tl.load(cond_ptr + cond_at + tl.cast(C_out, tl.int64) * sc_c, mask=cond_ok,
+                             other=0.0).to(tl.float32)
+        if GATE == 1:
+            acc = _tanh(acc, INTERPRETED)
+        acc = acc * tl.sigmoid(acc_b)
     out = n.to(tl.int64) * so_n + h.to(tl.int64) * so_h + w.to(tl.int64) * so_w
     tl.store(out_ptr + out[:, None] + j.to(tl.int64)[None, :] * so_c, acc.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & j_ok[None, :])
@@ -215,8 +246,23 @@ def _conv_configs() -> list[triton.Config]:
     ]
 
 
+def _gated_configs() -> list[triton.Config]:
+    """The fused gate keeps two (BM, BN) accumulators: half the columns of the plain tiles."""
+    if triton_interpreted():
+        return _conv_configs()
+    return [
+        triton.Config({"BM": 128, "BN": 64, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 128, "BN": 64, "BK": 32, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BM": 128, "BN": 128, "BK": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 64, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BM": 64, "BN": 64, "BK": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ]
+
+
 _CONV_KEY = ["M", "H", "W", "C_red", "C_out", "taps", "KW", "TRANSPOSED", "CENTRE"]
 _conv_tuned = triton.autotune(_conv_configs(), key=_CONV_KEY)(_conv_kernel)
+_gated_tuned = triton.autotune(_gated_configs(), key=[*_CONV_KEY, "GATE", "HAS_COND"])(_conv_kernel)
+GATES = {"tanh": 1, "identity": 2}
 
 # The weight gradient: (BM, BN) tiles of (output, input) channels, BK pixels a step.
 WEIGHT_TILES_INTERPRETED = {"BM": 16, "BN": 16, "BK": 32}
@@ -326,6 +372,30 @@ def check_masked_args(op: str, x, weight, bias, mask_type, color_groups, grad_ou
     return _Geometry(x, weight, k // 2, k // 2, k * k // 2, centre, mask_type == "B", color_groups)
 
 
+def check_gated_args(op: str, x, weight, bias, cond, mask_type, color_groups, activation) -> _Geometry:
+    """The checks of the fused op: check_masked_args's, an even Cout = 2C, the activation, and cond
+    (None, or a tensor of x's dtype and device that broadcasts to the convolution's output)."""
+    g = check_masked_args(op, x, weight, bias, mask_type, color_groups)
+    if activation not in GATES:
+        _fail(op, ValueError, f"activation must be 'tanh' or 'identity', got {activation!r}")
+    if weight.shape[0] % 2:
+        _fail(op, ValueError, f"the gate needs an even number of output channels (weight.shape[0]), "
+                              f"got {weight.shape[0]}")
+    if cond is not None:
+        out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
+        if not isinstance(cond, torch.Tensor):
+            _fail(op, TypeError, f"cond must be a tensor or None, got {type(cond).__name__}")
+        try:
+            broadcast = torch.broadcast_shapes(cond.shape, out_shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != out_shape:
+            _fail(op, ValueError, f"cond of shape {list(cond.shape)} does not broadcast to the "
+                                  f"convolution's output shape {list(out_shape)}")
+        _check_like_x(op, "cond", x, cond, cond.shape)
+    return g
+
+
 def check_shifted_args(op: str, x, weight, bias, shift, grad_out=None) -> _Geometry:
     """The checks of the C++ op ``op`` (gmkernels::shifted_conv2d*); returns the geometry."""
     _check_conv(op, x, weight, bias, grad_out)
@@ -360,8 +430,11 @@ def _packed_weight(weight: torch.Tensor, g: _Geometry, transposed: bool) -> torc
 
 
 def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
-          g: _Geometry, transposed: bool) -> None:
-    """out (N, C_out, H, W) = the implicit GEMM of a with the packed weights; see _conv_kernel."""
+          g: _Geometry, transposed: bool, gate: int = 0, cond: torch.Tensor | None = None) -> None:
+    """out (N, C_out, H, W) = the implicit GEMM of a with the packed weights; see _conv_kernel.
+
+    With ``gate`` (GATES), out has half the convolution's channels and ``cond`` is None or
+    (N, 2 C_out, H, W), any strides (an expanded view)."""
     c_red, c_out = a.shape[1], out.shape[1]
     if out.numel() == 0:
         return
@@ -371,11 +444,14 @@ def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out:
         return (triton.cdiv(g.pixels, meta["BM"]) * triton.cdiv(c_out, meta["BN"]),)
 
     with _device(a):
-        _conv_tuned[grid](
-            a, packed, a if bias is None else bias, out, g.pixels, g.height, g.width, c_red, c_out,
-            *a.stride(), *out.stride(), g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out,
+        (_gated_tuned if gate else _conv_tuned)[grid](
+            a, packed, a if bias is None else bias, a if cond is None else cond, out,
+            g.pixels, g.height, g.width, c_red, c_out, packed.shape[2],
+            *a.stride(), *((0,) * 4 if cond is None else cond.stride()), *out.stride(),
+            g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out,
             KW=g.kernel_w, TRANSPOSED=transposed, CENTRE=g.centre, MASK_B=int(g.mask_b),
-            HAS_BIAS=bias is not None, PRECISION=_precision(a.dtype), INTERPRETED=triton_interpreted())
+            HAS_BIAS=bias is not None, GATE=gate, HAS_COND=cond is not None,
+            PRECISION=_precision(a.dtype), INTERPRETED=triton_interpreted())
 
 
 def _weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, g: _Geometry) -> torch.Tensor:
@@ -450,6 +526,21 @@ def masked_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torc
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = check_masked_args("masked_conv2d_backward", x, weight, None, mask_type, color_groups, grad_out)
     return _backward(grad_out, x, weight, g, output_mask)
+
+
+@torch.library.custom_op("gmk_triton::masked_conv2d_gated", mutates_args=())
+def masked_conv2d_gated(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        cond: torch.Tensor | None, mask_type: str, color_groups: int,
+                        activation: str) -> torch.Tensor:
+    """The masked convolution to Cout = 2C channels h, then f(a) sigmoid(b) of the halves of h + cond
+    (cond broadcast to h), fused: returns (N, C, H, W); h is never stored."""
+    g = check_gated_args("masked_conv2d_gated", x, weight, bias, cond, mask_type, color_groups, activation)
+    y = torch.empty((g.batch, g.out_channels // 2, g.height, g.width), dtype=x.dtype, device=x.device,
+                    memory_format=_layout(x))
+    full = (g.batch, g.out_channels, g.height, g.width)
+    _conv(x, weight, bias, y, g, transposed=False, gate=GATES[activation],
+          cond=None if cond is None else cond.expand(full))
+    return y
 
 
 @torch.library.custom_op("gmk_triton::shifted_conv2d", mutates_args=())
