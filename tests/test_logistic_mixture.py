@@ -173,7 +173,8 @@ def _tiny_probabilities(n, c, k, spatial):
 
 
 def _clamped_scales(n, c, k, spatial):
-    """Raw log-scales at the clamp (-7: no gradient, as torch.clamp), below it (none), just above it."""
+    """Raw log-scales at the clamp (-7: no gradient, see reference.clamp_log_scales), below it (none), just
+    above it."""
     params, x = make_params(n, c, k, spatial, means=(-1.05, 1.05)), make_x(n, c, spatial)
     log_scale = blocks(params, c)[2]
     choices = torch.tensor([-7.0, -7.0, -7.5, -30.0, -1e3, -6.9, -2.0])

@@ -78,6 +78,13 @@ def log_prob_in_bin(x, mu, log_scales, num_bins):
                        torch.where(x > 1 - half_bin, log_one_minus_cdf_minus, interior))
 
 
+def clamp_log_scales(raw_log_scales, log_scale_min):
+    """max(raw, log_scale_min), with no gradient where raw == log_scale_min: the convention of torch
+    2.14's ``clamp(min=...)``, written out because torch 2.13's clamp passes the gradient there."""
+    return torch.where(raw_log_scales > log_scale_min, raw_log_scales,
+                       raw_log_scales.new_full((), log_scale_min))
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays; every other floating type is computed in float32."""
     return torch.promote_types(dtype, torch.float32)
@@ -90,7 +97,7 @@ def discretized_logistic_mixture_nll(params, x, num_bins=256, log_scale_min=-7.0
     logits, means, raw_log_scales, coeffs = split_params(params.to(dtype), num_channels)
     x = x.to(dtype).reshape(n, num_channels, math.prod(spatial))
     mu = coupled_means(means, coeffs, x)
-    log_scales = raw_log_scales.clamp(min=log_scale_min)
+    log_scales = clamp_log_scales(raw_log_scales, log_scale_min)
     log_prob_of_x = log_prob_in_bin(x.unsqueeze(2), mu, log_scales, num_bins).sum(dim=1)  # (N, K, S)
     log_probs = F.log_softmax(logits, dim=1) + log_prob_of_x
     return -torch.logsumexp(log_probs, dim=1).reshape(n, *spatial)
