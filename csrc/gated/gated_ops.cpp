@@ -4,11 +4,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#if defined(GMK_WITH_CUDA)
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 #include "gated/gated.h"
 #include "gmk/aten.h"
 
@@ -54,33 +49,11 @@ Args make_args(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::
   return args;
 }
 
-template <typename CpuFn, typename CudaFn>
-void run(const at::Tensor& x, const Args& args, CpuFn cpu, CudaFn cuda) {
-  if (x.numel() == 0) return;
-  if (x.is_cpu()) return cpu(args);
-#if defined(GMK_WITH_CUDA)
-  if (x.is_cuda()) {
-    TORCH_CHECK_TYPE(args.dtype != DType::Float64, "gmkernels::gated: float64 is not supported on CUDA");
-    const c10::cuda::CUDAGuard guard(x.device());
-    const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == cudaSuccess, "gmkernels::gated: CUDA kernel failed: ", cudaGetErrorString(err));
-    return;
-  }
-#endif
-  TORCH_CHECK(false, "gmkernels::gated: no kernel for device ", x.device());
-}
-
-#if defined(GMK_WITH_CUDA)
-#define GMK_CUDA_FN(fn) fn
-#else
-#define GMK_CUDA_FN(fn) nullptr
-#endif
-
 at::Tensor gated(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
   Args args = make_args(x, cond, activation);
   at::Tensor y = at::empty({args.outer, args.half, args.inner}, x.options());
   args.out = y.data_ptr();
-  run(x, args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  run_on_device("gmkernels::gated", x, x.numel(), args, forward_cpu, GMK_CUDA_FN(forward_cuda));
   return y;
 }
 
@@ -92,7 +65,8 @@ at::Tensor gated_backward(const at::Tensor& grad_y, const at::Tensor& x, const s
   at::Tensor grad_h = at::empty({args.outer, 2 * args.half, args.inner}, x.options());
   args.grad_y = grad_y_dense.data_ptr();
   args.out = grad_h.data_ptr();
-  run(x, args, backward_cpu, GMK_CUDA_FN(backward_cuda));
+  run_on_device("gmkernels::gated_backward", x, x.numel(), args, backward_cpu,
+                GMK_CUDA_FN(backward_cuda));
   return grad_h;
 }
 

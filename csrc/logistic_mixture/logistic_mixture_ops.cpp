@@ -7,11 +7,6 @@
 
 #include <cmath>
 
-#if defined(GMK_WITH_CUDA)
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 #include "gmk/aten.h"
 #include "logistic_mixture/logistic_mixture.h"
 
@@ -67,28 +62,6 @@ Args make_args(const char* op, const at::Tensor& params, const at::Tensor& data,
   return args;
 }
 
-template <typename CpuFn, typename CudaFn>
-void run(const char* op, const at::Tensor& params, const Args& args, CpuFn cpu, CudaFn cuda) {
-  if (args.batch * args.positions == 0) return;
-  if (params.is_cpu()) return cpu(args);
-#if defined(GMK_WITH_CUDA)
-  if (params.is_cuda()) {
-    TORCH_CHECK_TYPE(args.dtype != DType::Float64, op, ": float64 params are not supported on CUDA");
-    const c10::cuda::CUDAGuard guard(params.device());
-    const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-    return;
-  }
-#endif
-  TORCH_CHECK(false, op, ": no kernel for device ", params.device());
-}
-
-#if defined(GMK_WITH_CUDA)
-#define GMK_CUDA_FN(fn) fn
-#else
-#define GMK_CUDA_FN(fn) nullptr
-#endif
-
 at::Tensor logistic_mixture_nll(const at::Tensor& params, const at::Tensor& x, int64_t num_bins,
                                 double log_scale_min) {
   Args args = make_args(kNll, params, x, "x", num_bins, log_scale_min);
@@ -96,7 +69,7 @@ at::Tensor logistic_mixture_nll(const at::Tensor& params, const at::Tensor& x, i
   args.x = x.data_ptr();
   args.x_strides = strides_of(x);
   args.out = nll.data_ptr();
-  run(kNll, params, args, nll_cpu, GMK_CUDA_FN(nll_cuda));
+  run_on_device(kNll, params, args.batch * args.positions, args, nll_cpu, GMK_CUDA_FN(nll_cuda));
   return nll;
 }
 
@@ -110,7 +83,8 @@ at::Tensor logistic_mixture_nll_backward(const at::Tensor& grad_nll, const at::T
   args.grad_nll = grad_nll.data_ptr();
   args.grad_nll_strides = {grad_nll.stride(0), 0, grad_nll.stride(1)};
   args.out = grad_params.data_ptr();
-  run(kNllBackward, params, args, nll_backward_cpu, GMK_CUDA_FN(nll_backward_cuda));
+  run_on_device(kNllBackward, params, args.batch * args.positions, args, nll_backward_cpu,
+                GMK_CUDA_FN(nll_backward_cuda));
   return grad_params;
 }
 
@@ -126,7 +100,7 @@ at::Tensor logistic_mixture_sample(const at::Tensor& params, const at::Tensor& g
   args.logistic_u = logistic_u.data_ptr();
   args.logistic_u_strides = strides_of(logistic_u);
   args.out = samples.data_ptr();
-  run(kSample, params, args, sample_cpu, GMK_CUDA_FN(sample_cuda));
+  run_on_device(kSample, params, args.batch * args.positions, args, sample_cpu, GMK_CUDA_FN(sample_cuda));
   return samples;
 }
 

@@ -5,6 +5,12 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#if defined(GMK_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
 #include "gmk/common.h"
 
 namespace gmk {
@@ -33,4 +39,29 @@ void with_scalar_type(DType dtype, Fn fn) {
   }
 }
 
+// Runs the CPU or the CUDA kernel on args, for tensors on t's device: nothing when there is no work;
+// on CUDA under a device guard, on the current stream, with the launch error raised as op's.
+template <typename Args, typename CpuFn, typename CudaFn>
+void run_on_device(const char* op, const at::Tensor& t, int64_t work, const Args& args, CpuFn cpu, CudaFn cuda) {
+  if (work == 0) return;
+  if (t.is_cpu()) return cpu(args);
+#if defined(GMK_WITH_CUDA)
+  if (t.is_cuda()) {
+    TORCH_CHECK_TYPE(args.dtype != DType::Float64, op, ": float64 is not supported on CUDA");
+    const c10::cuda::CUDAGuard guard(t.device());
+    const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
+    return;
+  }
+#endif
+  TORCH_CHECK(false, op, ": no kernel for device ", t.device());
+}
+
 }  // namespace gmk
+
+// The CUDA entry point fn where CUDA is built, else nullptr (run_on_device never calls it then).
+#if defined(GMK_WITH_CUDA)
+#define GMK_CUDA_FN(fn) fn
+#else
+#define GMK_CUDA_FN(fn) nullptr
+#endif
