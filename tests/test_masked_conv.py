@@ -9,7 +9,7 @@ import torch
 import gmkernels as gmk
 import gmkernels.ops.masked_conv as masked_conv_ops
 import gmkernels.reference.masked_conv as reference
-from conftest import assert_close, backends_under_test, noncontiguous, supported_dtypes
+from conftest import assert_close, backends_under_test, misaligned, noncontiguous, supported_dtypes
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def check_backend(op, x, weight, bias, *, backend, layout=None, grad_layout=None
     """
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
-    grad_y = torch.randn(n, cout, h, w, dtype=x.dtype)
+    grad_y = torch.randn(n, cout, h, w, dtype=x.dtype, device=x.device)
     stored_x = x if layout is None else layout(x)
     stored_grad_y = grad_y if grad_layout is None else grad_layout(grad_y)
     y, grads = run(op, stored_x, weight, bias, stored_grad_y, backend=backend, **kwargs)
@@ -643,3 +643,136 @@ LOW_LEVEL_BAD_ARGS = {
 def test_low_level_bad_args_raise_naming_the_argument(namespace, call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(namespace)
+
+
+# --- on a GPU: the CUDA and Triton kernels on CUDA tensors ---------------------------------------
+
+GPU_BACKENDS = ("cuda", "triton")
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Larger cases than MASKED_CASES: several position tiles (not a multiple of 128), channel counts
+# that are multiples of 8 (the 16-byte loads) and not multiples of the 64-wide channel tiles.
+GPU_MASKED_CASES = MASKED_CASES + [("A", 1, 7, 64, 72, 17, 19), ("B", 3, 5, 96, 120, 9, 31),
+                                   ("B", 1, 3, 130, 66, 8, 8)]
+
+
+def gpu_inputs(shape_x, shape_w, dtype, bias=True):
+    x = torch.randn(shape_x, dtype=dtype, device="cuda")
+    weight = torch.randn(shape_w, dtype=dtype, device="cuda")
+    return x, weight, torch.randn(shape_w[0], dtype=dtype, device="cuda") if bias else None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize(("mask_type", "groups", "k", "cin", "cout", "h", "w"), GPU_MASKED_CASES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_masked_conv_matches_reference(backend, dtype, mask_type, groups, k, cin, cout, h, w, layout):
+    x, weight, bias = gpu_inputs((3, cin, h, w), (cout, cin, k, k), dtype)
+    check_backend(gmk.masked_conv2d, x, weight, bias, backend=backend, layout=layout, mask_type=mask_type,
+                  color_groups=groups)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize(("shift", "kh", "kw", "cin", "cout", "h", "w"),
+                         SHIFTED_CASES + [("down", 2, 3, 80, 160, 16, 16), ("down_right", 2, 2, 160, 80, 15, 17)])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_shifted_conv_matches_reference(backend, dtype, shift, kh, kw, cin, cout, h, w, layout):
+    x, weight, bias = gpu_inputs((2, cin, h, w), (cout, cin, kh, kw), dtype)
+    check_backend(gmk.shifted_conv2d, x, weight, bias, backend=backend, layout=layout, shift=shift)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_misaligned_and_bias_free(backend):
+    """Inputs one element past an aligned address: the kernels must not take their 16-byte loads."""
+    x, weight, _ = gpu_inputs((2, 64, 9, 11), (64, 64, 3, 3), torch.bfloat16, bias=False)
+    check_backend(gmk.masked_conv2d, misaligned(channels_last(x)), misaligned(weight), None, backend=backend,
+                  mask_type="B", color_groups=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_weight_gradient_over_many_positions(backend):
+    """32k positions: the weight gradient is split over the positions and the parts summed."""
+    x, weight, bias = gpu_inputs((32, 64, 32, 32), (64, 64, 5, 5), torch.float32)
+    check_backend(gmk.masked_conv2d, x, weight, bias, backend=backend, mask_type="A", color_groups=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_tf32_when_allowed(backend):
+    """With TF32 allowed (as for cuDNN), float32 runs on tensor cores: TF32's 10-bit mantissa."""
+    torch.backends.cudnn.allow_tf32 = True
+    x, weight, bias = gpu_inputs((4, 64, 16, 16), (128, 64, 5, 5), torch.float32)
+    y = gmk.masked_conv2d(x, weight, bias, mask_type="B", backend=backend)
+    expected = gmk.masked_conv2d(x.double(), weight.double(), bias.double(), mask_type="B", backend="reference")
+    assert_close_sum(y.to(torch.bfloat16), expected, torch.bfloat16, 64 * 13)  # bf16 has TF32's precision
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_masked_weights_are_never_read(backend):
+    x, weight, bias = gpu_inputs((2, 6, 5, 7), (9, 6, 5, 5), torch.float32)
+    mask = gmk.conv_mask(5, "A", 6, 9, 3).bool().cuda()
+    kwargs = {"mask_type": "A", "color_groups": 3}
+    grad_y = torch.randn(2, 9, 5, 7, device="cuda")
+    y, (_, grad_weight, _) = run(gmk.masked_conv2d, x, weight.masked_fill(~mask, float("nan")), bias, grad_y,
+                                 backend=backend, **kwargs)
+    assert y.isfinite().all() and torch.equal(grad_weight[~mask], torch.zeros_like(grad_weight[~mask]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [None, channels_last], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("namespace", ["gmkernels", "gmk_triton"])
+def test_gpu_opcheck(namespace, layout):
+    ops = getattr(torch.ops, namespace)
+    x, weight, bias = gpu_inputs((2, 6, 5, 7), (9, 6, 3, 3), torch.float32)
+    x = x if layout is None else layout(x)
+    grad_y = torch.randn(2, 9, 5, 7, device="cuda")
+    torch.library.opcheck(ops.masked_conv2d, (x.requires_grad_(), weight.requires_grad_(), bias, "A", 3))
+    torch.library.opcheck(ops.shifted_conv2d, (x, weight[:, :, :2].detach().requires_grad_(), bias, "down"))
+    torch.library.opcheck(ops.masked_conv2d_backward, (grad_y, x.detach(), weight.detach(), "B", 3,
+                                                       [True, True, True]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_no_host_sync(backend):
+    x, weight, bias = gpu_inputs((2, 16, 8, 8), (32, 16, 3, 3), torch.bfloat16)
+    weight_2x3 = torch.randn(8, 32, 2, 3, dtype=torch.bfloat16, device="cuda", requires_grad=True)
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = gmk.masked_conv2d(*leaves, mask_type="A", color_groups=1, backend=backend)
+        y = gmk.shifted_conv2d(y, weight_2x3, None, shift="down", backend=backend)
+        y.float().square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cond_kind", ["none", "global", "local"])
+@pytest.mark.parametrize("gate", ["tanh", "identity"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_gate_matches_reference(backend, gate, cond_kind):
+    """The fused gate (Triton) and conv-then-gate (CUDA) against the float64 reference."""
+    x, weight, bias = gpu_inputs((2, 48, 9, 13), (96, 48, 5, 5), torch.float32)
+    cond = {"none": None, "global": torch.randn(2, 96, 1, 1, device="cuda"),
+            "local": torch.randn(2, 96, 9, 13, device="cuda")}[cond_kind]
+    grad_y = torch.randn(2, 48, 9, 13, device="cuda")
+
+    def forward_backward(*tensors, **kwargs):
+        leaves = [t.detach().requires_grad_() for t in tensors if t is not None]
+        it = iter(leaves)
+        args = [None if t is None else next(it) for t in tensors]
+        y = gmk.masked_conv2d(*args[:3], mask_type="A", color_groups=3, gate=gate, cond=args[3], **kwargs)
+        return y, torch.autograd.grad(y, leaves, grad_y.to(y.dtype))
+
+    y, grads = forward_backward(x, weight, bias, cond, backend=backend)
+    y64, grads64 = forward_backward(*(None if t is None else t.double() for t in (x, weight, bias, cond)),
+                                    backend="reference")
+    assert_close_sum(y, y64, torch.float32, 48 * 12)
+    for grad, grad64 in zip(grads, grads64, strict=True):
+        assert_close_sum(grad, grad64, torch.float32, 2 * 9 * 13 * 96)

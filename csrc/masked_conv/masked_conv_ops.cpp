@@ -1,10 +1,13 @@
 // gmkernels::masked_conv2d, gmkernels::shifted_conv2d and their backward ops: argument checks, the
 // geometry of the convolution, layouts, then the kernel. Autograd and fake tensors are registered
 // in gmkernels/ops/masked_conv.py.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <tuple>
 
@@ -82,8 +85,111 @@ Geometry shifted_geometry(const char* op, const at::Tensor& x, const at::Tensor&
   return g;
 }
 
+#if defined(GMK_WITH_CUDA)
+// --- CUDA: channels_last activations, weights packed per live tap (a prefix in raster order) ------
+
+int64_t live_taps(const Geometry& g) {
+  int64_t taps = 0;
+  while (taps < g.kernel_h * g.kernel_w && tap_is_live(g, taps / g.kernel_w, taps % g.kernel_w)) ++taps;
+  return taps;
+}
+
+// weight (Cout, Cin, kh, kw) -> (taps, Cin, Cout), or (taps, Cout, Cin) when transposed.
+at::Tensor pack_weight(const at::Tensor& weight, int64_t taps, bool transposed) {
+  const at::Tensor live = weight.flatten(2).narrow(2, 0, taps);
+  return (transposed ? live.permute({2, 0, 1}) : live.permute({2, 1, 0})).contiguous();
+}
+
+TapGemmArgs tap_gemm_args(const Geometry& g, DType dtype, int64_t taps, bool reflect) {
+  TapGemmArgs args;
+  args.geometry = g;
+  args.dtype = dtype;
+  args.allow_tf32 = at::globalContext().allowTF32CuDNN();
+  args.reflect = reflect;
+  args.live_taps = taps;
+  args.reduce_channels = reflect ? g.out_channels : g.in_channels;
+  args.out_channels = reflect ? g.in_channels : g.out_channels;
+  return args;
+}
+
+at::Tensor forward_cuda(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
+  const int64_t taps = live_taps(g);
+  const at::MemoryFormat layout = layout_of(x);
+  const at::Tensor a = x.contiguous(at::MemoryFormat::ChannelsLast), b = pack_weight(weight, taps, false);
+  const at::Tensor bias_dense = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.batch, g.out_channels, g.height, g.width}, x.options().memory_format(layout));
+  TapGemmArgs args = tap_gemm_args(g, to_dtype(op, "x", x), taps, false);
+  args.out_channels_last = layout == at::MemoryFormat::ChannelsLast;
+  args.a = a.const_data_ptr();
+  args.b = b.const_data_ptr();
+  args.bias = bias_dense.defined() ? bias_dense.const_data_ptr() : nullptr;
+  args.out = y.data_ptr();
+  if (y.numel() > 0) run_cuda(op, x, args, tap_gemm_cuda);
+  return y;
+}
+
+// Splits of the positions for the weight gradient: about four blocks per multiprocessor, each
+// split at least 256 positions long.
+int64_t weight_grad_splits(const Geometry& g, int64_t taps) {
+  int device = 0, multiprocessors = 1;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    multiprocessors = 1;
+  const int64_t tiles = ((g.in_channels + 63) / 64) * ((g.out_channels + 63) / 64) * taps;
+  const int64_t positions = g.batch * g.height * g.width;
+  const int64_t wanted = (4 * int64_t(multiprocessors) + tiles - 1) / tiles;
+  return std::max<int64_t>(1, std::min({wanted, (positions + 255) / 256, int64_t(65535) / taps}));
+}
+
+Grads backward_cuda(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
+                    const at::Tensor& weight, std::array<bool, 3> output_mask) {
+  const DType dtype = to_dtype(op, "x", x);
+  const auto [want_x, want_weight, want_bias] = output_mask;
+  const int64_t taps = live_taps(g), positions = g.batch * g.height * g.width;
+  const at::Tensor go = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor grad_x, grad_weight, grad_bias;
+  if (want_x) {
+    const at::MemoryFormat layout = layout_of(x);
+    const at::Tensor b = pack_weight(weight, taps, true);
+    grad_x = at::empty(x.sizes(), x.options().memory_format(layout));
+    TapGemmArgs args = tap_gemm_args(g, dtype, taps, true);
+    args.out_channels_last = layout == at::MemoryFormat::ChannelsLast;
+    args.a = go.const_data_ptr();
+    args.b = b.const_data_ptr();
+    args.out = grad_x.data_ptr();
+    if (grad_x.numel() > 0) run_cuda(op, x, args, tap_gemm_cuda);
+  }
+  if (want_weight) {
+    const at::Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t splits = weight_grad_splits(g, taps);
+    const auto float_options = weight.options().dtype(at::kFloat);
+    at::Tensor partial = positions > 0 ? at::empty({splits, taps, g.in_channels, g.out_channels}, float_options)
+                                       : at::zeros({splits, taps, g.in_channels, g.out_channels}, float_options);
+    WeightGradArgs args;
+    args.geometry = g;
+    args.dtype = dtype;
+    args.allow_tf32 = at::globalContext().allowTF32CuDNN();
+    args.live_taps = taps;
+    args.splits = splits;
+    args.positions_per_split = (positions + splits - 1) / splits;
+    args.x = x_cl.const_data_ptr();
+    args.grad_out = go.const_data_ptr();
+    args.partial = partial.data_ptr<float>();
+    if (positions > 0 && partial.numel() > 0) run_cuda(op, x, args, weight_grad_cuda);
+    grad_weight = at::zeros(weight.sizes(), weight.options());
+    grad_weight.flatten(2).narrow(2, 0, taps).copy_(partial.sum(0).permute({2, 1, 0}));
+  }
+  if (want_bias) grad_bias = grad_out.sum({0, 2, 3}, false, at::kFloat).to(weight.scalar_type());
+  return {grad_x, grad_weight, grad_bias};
+}
+#endif
+
 at::Tensor forward(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
                    const std::optional<at::Tensor>& bias) {
+#if defined(GMK_WITH_CUDA)
+  if (x.is_cuda()) return forward_cuda(op, g, x, weight, bias);
+#endif
   const DType dtype = to_dtype(op, "x", x);
   const at::MemoryFormat layout = layout_of(x);
   const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
@@ -104,8 +210,11 @@ at::Tensor forward(const char* op, const Geometry& g, const at::Tensor& x, const
 // output_mask: which of grad_x, grad_weight, grad_bias to compute; the others are undefined.
 Grads backward(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
                const at::Tensor& weight, std::array<bool, 3> output_mask) {
-  const DType dtype = to_dtype(op, "x", x);
   check_like_x(op, x, grad_out, "grad_out", {g.batch, g.out_channels, g.height, g.width});
+#if defined(GMK_WITH_CUDA)
+  if (x.is_cuda()) return backward_cuda(op, g, grad_out, x, weight, output_mask);
+#endif
+  const DType dtype = to_dtype(op, "x", x);
   const at::MemoryFormat layout = layout_of(x), grad_out_layout = layout_of(grad_out);
   const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
   const at::Tensor grad_out_dense = grad_out.contiguous(grad_out_layout);
@@ -163,5 +272,14 @@ TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("shifted_conv2d", &shifted_conv2d);
   m.impl("shifted_conv2d_backward", &shifted_conv2d_backward);
 }
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("masked_conv2d", &masked_conv2d);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
+  m.impl("shifted_conv2d", &shifted_conv2d);
+  m.impl("shifted_conv2d_backward", &shifted_conv2d_backward);
+}
+#endif
 
 }  // namespace gmk::masked_conv

@@ -41,18 +41,24 @@ void with_scalar_type(DType dtype, Fn fn) {
 
 // Runs the CPU or the CUDA kernel on args, for tensors on t's device: nothing when there is no work;
 // on CUDA under a device guard, on the current stream, with the launch error raised as op's.
+#if defined(GMK_WITH_CUDA)
+// Runs the CUDA kernel on args for CUDA tensor t: under a device guard, on the current stream, with
+// the launch error raised as op's.
+template <typename Args, typename CudaFn>
+void run_cuda(const char* op, const at::Tensor& t, const Args& args, CudaFn cuda) {
+  TORCH_CHECK_TYPE(args.dtype != DType::Float64, op, ": float64 is not supported on CUDA");
+  const c10::cuda::CUDAGuard guard(t.device());
+  const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
+}
+#endif
+
 template <typename Args, typename CpuFn, typename CudaFn>
 void run_on_device(const char* op, const at::Tensor& t, int64_t work, const Args& args, CpuFn cpu, CudaFn cuda) {
   if (work == 0) return;
   if (t.is_cpu()) return cpu(args);
 #if defined(GMK_WITH_CUDA)
-  if (t.is_cuda()) {
-    TORCH_CHECK_TYPE(args.dtype != DType::Float64, op, ": float64 is not supported on CUDA");
-    const c10::cuda::CUDAGuard guard(t.device());
-    const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-    return;
-  }
+  if (t.is_cuda()) return run_cuda(op, t, args, cuda);
 #endif
   TORCH_CHECK(false, op, ": no kernel for device ", t.device());
 }
