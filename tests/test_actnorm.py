@@ -139,6 +139,16 @@ def test_gradcheck(backend, reverse):
     assert torch.autograd.gradcheck(fn, (x, bias, log_scale), fast_mode=True)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("backend", [b for b in ("reference", "cpu") if b in gmk.available_backends()])
+def test_gradgradcheck(backend, reverse):
+    """Double backward (gradient penalties): the backward op is differentiable too."""
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    bias, log_scale = (t.requires_grad_() for t in make_parameters(3, torch.float64))
+    fn = functools.partial(gmk.actnorm, reverse=reverse, backend=backend)
+    assert torch.autograd.gradgradcheck(fn, (x, bias, log_scale), fast_mode=True)
+
+
 def test_empty_batch_and_positions():
     for backend in BACKENDS:
         for shape in ((0, 3, 4), (2, 3, 0)):
@@ -214,6 +224,15 @@ def test_module_initialises_from_the_first_batch():
     torch.testing.assert_close(module.bias.data, before)
     torch.testing.assert_close(module.reverse(y), x, atol=1e-5, rtol=1e-5)
     assert module.bias.grad is None
+
+
+def test_module_initialisation_is_accurate_for_a_large_mean():
+    """Statistics in two passes: E[x²] - E[x]² would cancel (1e8 against a variance of 1e-6)."""
+    x = 1e4 + 1e-3 * torch.randn(8, 3, 5, 5, dtype=torch.float64)
+    module = gmk.nn.ActNorm(3).double()
+    module(x)
+    _, log_scale = reference.actnorm_init(x)
+    torch.testing.assert_close(module.log_scale.data, log_scale)
 
 
 def test_module_gradients_and_state_dict():

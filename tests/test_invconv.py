@@ -184,6 +184,18 @@ def test_many_channels(backend, reverse):
     check_backend("actnorm-dense", torch.randn(2, 70, 3), backend=backend, reverse=reverse)
 
 
+@pytest.mark.parametrize("op", ["dense", "actnorm-lu"])
+@pytest.mark.parametrize("backend", CPU_EXACT)
+def test_gradgradcheck(backend, op):
+    """Double backward (gradient penalties): the backward op is differentiable too."""
+    fn, make, trainable = OPS[op]
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = [p.requires_grad_(t) for p, t in zip(make(3, dtype=torch.float64), trainable, strict=True)]
+    for reverse in (False, True):
+        call = functools.partial(fn, reverse=reverse, backend=backend)
+        assert torch.autograd.gradgradcheck(call, (x, *params), fast_mode=True)
+
+
 def test_lu_reads_only_the_strict_triangles():
     lower, upper, log_s, sign_s, perm = lu_parameters(5)
     x = torch.randn(2, 5, 3, 3)

@@ -38,10 +38,13 @@ GMK_CPU_INLINE void affine_loop(T* v, int64_t n, T scale, T shift) {
 GMK_CPU_CLONES void affine(float* v, int64_t n, float scale, float shift) { affine_loop(v, n, scale, shift); }
 void affine(double* v, int64_t n, double scale, double shift) { affine_loop(v, n, scale, shift); }
 
-// grad_in = g * scale into v's buffer; returns the run's sums of g and g * v in gsum, hsum.
+// grad_in = g * scale into v's buffer; returns the run's sums of g and g * v in gsum, hsum. The
+// simd reduction lets the compiler reorder the sums into vector lanes (measured here: 5x faster than
+// 16 explicit lanes, which GCC kept on the stack).
 template <typename T>
 GMK_CPU_INLINE void backward_loop(const T* g, T* v, int64_t n, T scale, T& gsum, T& hsum) {
   T gs = 0, hs = 0;
+#pragma omp simd reduction(+ : gs, hs)
   for (int64_t j = 0; j < n; ++j) {
     gs += g[j];
     hs += g[j] * v[j];

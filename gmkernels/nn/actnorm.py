@@ -9,6 +9,13 @@ import torch.distributed as dist
 from ..ops.actnorm import actnorm
 
 
+def _global_sum(t: torch.Tensor) -> torch.Tensor:
+    """t summed over the processes when torch.distributed is initialised, else t."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
 class ActNorm(torch.nn.Module):
     """``y = (x + bias) · exp(log_scale)`` per channel (see gmk.actnorm); x is (N, C, *S).
 
@@ -33,16 +40,19 @@ class ActNorm(torch.nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Sets bias and log_scale from the batch x (all-reduced across processes when distributed)."""
+        """Sets bias and log_scale from the batch x (all-reduced across processes when distributed).
+
+        Two passes in float64, the mean first, then the squared deviations from it (no cancellation
+        when the mean is large next to the deviation).
+        """
         dims = [0, *range(2, x.dim())]
         x64 = x.detach().double()
-        stats = torch.stack([x64.sum(dims), x64.square().sum(dims)])
         count = torch.tensor(float(x.shape[0] * math.prod(x.shape[2:])), dtype=torch.float64, device=x.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
-            dist.all_reduce(count)
-        mean = stats[0] / count
-        std = (stats[1] / count - mean.square()).clamp_min(0).sqrt()
+        mean = _global_sum(torch.cat([x64.sum(dims), count[None]]))
+        mean = mean[:-1] / mean[-1]
+        variance = _global_sum(torch.cat([(x64 - mean.view(1, -1, *([1] * (x.dim() - 2)))).square().sum(dims),
+                                          count[None]]))
+        std = (variance[:-1] / variance[-1]).sqrt()
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)

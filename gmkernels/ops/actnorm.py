@@ -54,7 +54,8 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, *, rev
     ``x`` is (N, C, *S) (any number of spatial dimensions); ``bias`` and ``log_scale`` are (C,).
     Returns ``(y, logdet)`` with logdet (N,) = |S| · Σ log_scale, summed in float64, float32 (float64
     for float64 x). ``reverse=True`` maps y back to x, ``x = y · exp(-log_scale) - bias``, and returns
-    the negated log-determinant.
+    the negated log-determinant. The parameters may have any float dtype (the kernels compute in
+    float32, float64 for float64 x). Differentiable in x and both parameters, twice.
     """
     op = "actnorm"
     check_x(op, x)
@@ -81,6 +82,42 @@ def _fake_backward(grad_out, x, bias, log_scale, reverse):
     return grad_x, torch.empty_like(bias), torch.empty_like(log_scale)
 
 
+def differentiable_backward(backward_op, formula, tensor_args: int) -> None:
+    """Makes ``backward_op`` differentiable (double backward: gradient penalties, Hessian-vector products).
+
+    ``formula`` computes the same outputs as ``backward_op`` from the same arguments, in torch ops; the
+    backward of the backward differentiates it (recomputing, as the kernels' backward does).
+    ``tensor_args``: how many leading arguments are tensors; the rest are passed through.
+    """
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:tensor_args])
+        ctx.rest = inputs[tensor_args:]
+
+    def backward(ctx, *grads):
+        inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            outputs = formula(*inputs, *ctx.rest)
+        pairs = [(out, grad) for out, grad in zip(outputs, grads) if out is not None and grad is not None]
+        if not pairs:
+            return *(None for _ in inputs), *(None for _ in ctx.rest)
+        result = torch.autograd.grad([out for out, _ in pairs], inputs, [grad for _, grad in pairs],
+                                     allow_unused=True, create_graph=torch.is_grad_enabled())
+        return *result, *(None for _ in ctx.rest)
+
+    torch.library.register_autograd(backward_op, backward, setup_context=setup_context)
+
+
+def _backward_math(grad_out, x, bias, log_scale, reverse):
+    """What actnorm_backward computes, in torch ops: the gradients of in, bias and log_scale."""
+    g = grad_out.to(bias.dtype)
+    g_sum, gx_sum = g.sum((0, 2)), (g * x.to(bias.dtype)).sum((0, 2))
+    scale = torch.exp(-log_scale if reverse else log_scale)
+    grad_x = (g * scale[:, None]).to(x.dtype)
+    if reverse:
+        return grad_x, -g_sum, -scale * gx_sum
+    return grad_x, scale * g_sum, scale * (gx_sum + bias * g_sum)
+
+
 def _setup_context(ctx, inputs, output):
     x, bias, log_scale, reverse = inputs
     ctx.save_for_backward(x, bias, log_scale)
@@ -96,6 +133,7 @@ def _register(forward_op, backward_op) -> None:
     torch.library.register_fake(forward_op)(_fake_forward)
     torch.library.register_fake(backward_op)(_fake_backward)
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+    differentiable_backward(backward_op, _backward_math, tensor_args=4)
 
 
 _OPS = {}

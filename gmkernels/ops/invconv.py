@@ -13,6 +13,10 @@ and without host synchronisation:
 - actnorm fused in front: forward M = W diag(e^s), c = M b (so y = W ((x + b) e^s)); reverse
   M = diag(e^-s) W⁻¹, c = -b (so x = e^-s (W⁻¹ y) - b).
 
+Parameters may have any float dtype; the data pass computes in float32 (float64 for float64 x).
+Every op is differentiable in x and every trainable parameter, twice (conv1x1's backward op has its
+own autograd).
+
 A singular dense weight in reverse: on CPU tensors the LU factorisation's info is read and a
 ValueError raised; on CUDA reading it would synchronise, so the inverse is made all NaN instead (the
 output is NaN, visibly) and no error is raised.
@@ -25,7 +29,7 @@ from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
 from ..reference import actnorm as reference_actnorm
 from ..reference import invconv as reference
-from .actnorm import as_3d, check_parameter, check_x, compute_dtype
+from .actnorm import as_3d, check_parameter, check_x, compute_dtype, differentiable_backward
 
 # The four ops run the same kernels: one backend table each, so that errors name the op called.
 BACKENDS = {op: OpBackends(f"gmk.{op}") for op in
@@ -216,6 +220,15 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def _backward_math(grad_y, x, weight, output_mask):
+    """What conv1x1_backward computes, in torch ops: grad_x = Wᵀ grad_y, grad_W = Σ grad_y xᵀ, Σ grad_y."""
+    g = grad_y.to(weight.dtype)
+    want_x, want_weight, want_bias = output_mask
+    return ((weight.t() @ g).to(x.dtype) if want_x else None,
+            (g @ x.to(weight.dtype).transpose(1, 2)).sum(0) if want_weight else None,
+            g.sum((0, 2)) if want_bias else None)
+
+
 def _register(forward_op, backward_op) -> None:
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
@@ -228,6 +241,7 @@ def _register(forward_op, backward_op) -> None:
     torch.library.register_fake(forward_op)(_fake_forward)
     torch.library.register_fake(backward_op)(_fake_backward)
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+    differentiable_backward(backward_op, _backward_math, tensor_args=3)
 
 
 _OPS = {}
