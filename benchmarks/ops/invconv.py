@@ -10,9 +10,9 @@ has ``gmk:<backend> unfused``: gmk.actnorm then gmk.invertible_conv1x1 (two pass
 
 Bytes (by hand, the work): forward and reverse read x and write y; forward+backward also reads grad_y
 and x and writes grad_x (``harness.elementwise_bytes``); W, its gradient and the (N,) logdet are
-negligible. (gmk's backward reads grad_y twice: once for grad_x = Wᵀ grad_y, once for the GEMM
-grad_W = Σ grad_y xᵀ.) FLOPs: 2·C² per position and pass; forward+backward makes three passes
-(y, grad_x, grad_W).
+negligible. (The Triton backward, up to 64 channels, moves exactly that; the CUDA and CPU backward
+read grad_y once more for the GEMM grad_W = Σ grad_y xᵀ, and once more for the fused op's bias.)
+FLOPs: 2·C² per position and pass; forward+backward makes three passes (y, grad_x, grad_W).
 
 Performance targets (issue #5, on a GPU): ≥ 70 % of the measured copy bandwidth on (64, 48, 32, 32);
 no host synchronisation (the eager reference's slogdet/inverse synchronise).
