@@ -40,6 +40,27 @@ TORCH_LIBRARY(gmkernels, m) {
   m.def("shifted_conv2d(Tensor x, Tensor weight, Tensor? bias, str shift) -> Tensor");
   m.def("shifted_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str shift, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
+  // actnorm (Glow): x (N, C, positions) any strides; bias, log_scale (C) float (float64 for float64 x).
+  // Returns (x + bias)·exp(log_scale), or x·exp(-log_scale) - bias when reverse, contiguous.
+  m.def("actnorm(Tensor x, Tensor bias, Tensor log_scale, bool reverse) -> Tensor");
+  // Gradients with respect to x (contiguous), bias and log_scale (the log-determinant's are not included).
+  m.def("actnorm_backward(Tensor grad_out, Tensor x, Tensor bias, Tensor log_scale, bool reverse) "
+        "-> (Tensor, Tensor, Tensor)");
+  // conv1x1 (the invertible 1x1 convolution, and actnorm folded into it): x (N, C, positions) any strides;
+  // weight (Cout, C), bias None or (Cout), float (float64 for float64 x). Returns weight·x + bias at every
+  // position, (N, Cout, positions) contiguous.
+  m.def("conv1x1(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // (grad_x, grad_weight, grad_bias), each undefined where output_mask is False.
+  m.def("conv1x1_backward(Tensor grad_y, Tensor x, Tensor weight, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // coupling (NICE / RealNVP / Glow affine and additive coupling): x (outer, C, inner), C even, any
+  // strides; h (outer, C, inner) holding r and t ((outer, C/2, inner), t only, for "additive");
+  // transform "glow" | "realnvp" | "additive"; layout "halves" | "interleaved". Returns y (x's shape,
+  // contiguous, x_a passed through) and logdet (outer) = ±Σ log s, float32 (float64 for float64 x).
+  m.def("coupling(Tensor x, Tensor h, str transform, str layout, bool reverse) -> (Tensor, Tensor)");
+  // Gradients with respect to x and h (contiguous), recomputing the forward from x and h.
+  m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, str transform, str layout, "
+        "bool reverse) -> (Tensor, Tensor)");
 }
 
 namespace {

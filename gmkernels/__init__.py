@@ -5,18 +5,24 @@
     with gmk.use_backend("triton"): ...                       # or backend= per call, or $GMK_BACKEND
     nll = gmk.discretized_logistic_mixture_nll(params, x)     # PixelCNN++'s loss, fused
     y = gmk.masked_conv2d(x, weight, bias, mask_type="A")    # PixelCNN's masked conv, live taps only
+    y, logdet = gmk.affine_coupling(x, h, transform="glow")  # Glow/RealNVP coupling, one pass
 """
 __version__ = "0.1.0"
 
 from . import nn, reference
 from ._backend import BACKENDS, available_backends, use_backend
 from ._extension import build_info, has_extension
+from .ops.actnorm import actnorm
+from .ops.coupling import affine_coupling
 from .ops.gated import gated_activation
+from .ops.invconv import actnorm_conv1x1, actnorm_conv1x1_lu, invertible_conv1x1, invertible_conv1x1_lu
 from .ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nll,
                                    discretized_logistic_mixture_sample)
 from .ops.masked_conv import conv_mask, masked_conv2d, shifted_conv2d
 
 __all__ = [
+    "actnorm", "actnorm_conv1x1", "actnorm_conv1x1_lu", "invertible_conv1x1", "invertible_conv1x1_lu",
+    "affine_coupling",
     "BACKENDS", "available_backends", "bits_per_dim", "build_info", "conv_mask",
     "discretized_logistic_mixture_nll", "discretized_logistic_mixture_sample", "gated_activation", "has_extension",
     "masked_conv2d", "nn", "reference", "shifted_conv2d", "use_backend",

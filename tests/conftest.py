@@ -70,6 +70,30 @@ def misaligned(t: torch.Tensor) -> torch.Tensor:
     return buffer[1:].view(t.shape).copy_(t)
 
 
+def compile_triton_for_sm90(module: str, kernels: list[tuple[str, dict, dict]]) -> None:
+    """Compiles Triton kernels for sm_90 without a GPU, in a fresh process without TRITON_INTERPRET
+    (whose kernels cannot be compiled): what the interpreter cannot check, types and lowering.
+
+    ``kernels``: (kernel name in ``module``, signature, constexprs), as ``triton.compiler.ASTSource``
+    takes them.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, triton, importlib\n"
+        "from triton.backends.compiler import GPUTarget\n"
+        "from triton.compiler import ASTSource\n"
+        f"module = importlib.import_module({module!r})\n"
+        f"for name, signature, constexprs in {kernels!r}:\n"
+        "    source = ASTSource(fn=getattr(module, name), signature=signature, constexprs=constexprs)\n"
+        "    assert triton.compile(source, target=GPUTarget('cuda', 90, 32)).asm['cubin'], name\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def pytest_make_parametrize_id(config, val, argname):
     """Readable test ids: float32, 3x6x5, noncontiguous (not dtype0, shape3, layout1)."""
     if isinstance(val, torch.dtype):

@@ -1,4 +1,4 @@
 """Plain-PyTorch ground truth of every op: the tests' reference and the benchmarks' eager baseline."""
-from . import gated, logistic_mixture, masked_conv
+from . import actnorm, coupling, gated, invconv, logistic_mixture, masked_conv
 
-__all__ = ["gated", "logistic_mixture", "masked_conv"]
+__all__ = ["actnorm", "coupling", "gated", "invconv", "logistic_mixture", "masked_conv"]

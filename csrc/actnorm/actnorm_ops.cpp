@@ -1,0 +1,118 @@
+// gmkernels::actnorm and gmkernels::actnorm_backward: argument checks, dtype and device, then the
+// CPU or CUDA kernel. The log-determinant, autograd and fake tensors are in gmkernels/ops/actnorm.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "actnorm/actnorm.h"
+#include "gmk/aten.h"
+
+namespace gmk::actnorm {
+namespace {
+
+constexpr const char* kOp = "gmkernels::actnorm";
+
+Strides3 strides_of(const at::Tensor& t) {
+  return {t.size(0) == 1 ? 0 : t.stride(0), t.stride(1), t.size(2) == 1 ? 1 : t.stride(2)};
+}
+
+// The parameters' dtype: float for float32/16 and bfloat16 tensors, double for float64.
+at::ScalarType compute_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_parameter(const at::Tensor& x, const at::Tensor& p, const char* name) {
+  TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == x.size(1), kOp, ": ", name, " must have shape (",
+                    x.size(1), "), got ", p.sizes());
+  TORCH_CHECK_TYPE(p.scalar_type() == compute_type(x), kOp, ": ", name, " must be ", compute_type(x),
+                   " for x of dtype ", x.scalar_type(), ", got ", p.scalar_type());
+  TORCH_CHECK_VALUE(p.device() == x.device(), kOp, ": ", name, " must be on x's device ", x.device(), ", got ",
+                    p.device());
+}
+
+Args make_args(const at::Tensor& in, const at::Tensor& bias, const at::Tensor& log_scale, bool reverse,
+               at::Tensor& bias_dense, at::Tensor& log_scale_dense) {
+  TORCH_CHECK_VALUE(in.dim() == 3, kOp, ": x must be (N, C, positions), got shape ", in.sizes());
+  Args args;
+  args.dtype = to_dtype(kOp, "x", in);
+  check_parameter(in, bias, "bias");
+  check_parameter(in, log_scale, "log_scale");
+  bias_dense = bias.contiguous();
+  log_scale_dense = log_scale.contiguous();
+  args.outer = in.size(0);
+  args.channels = in.size(1);
+  args.inner = in.size(2);
+  args.in = in.data_ptr();
+  args.in_strides = strides_of(in);
+  args.bias = bias_dense.data_ptr();
+  args.log_scale = log_scale_dense.data_ptr();
+  args.reverse = reverse;
+  return args;
+}
+
+at::Tensor actnorm(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale, bool reverse) {
+  at::Tensor bias_dense, log_scale_dense;
+  Args args = make_args(x, bias, log_scale, reverse, bias_dense, log_scale_dense);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  args.out = out.data_ptr();
+  run_on_device(kOp, x, x.numel(), args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  return out;
+}
+
+// Gradients with respect to in, bias and log_scale of out = in * scale + shift (gmk/actnorm.h), from
+// G = sum(grad_out) and H = sum(grad_out * in) per channel: forward d/db = e^s G,
+// d/dlog_s = e^s (H + b G); reverse d/db = -G, d/dlog_s = -e^{-s} H.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                const at::Tensor& bias,
+                                                                const at::Tensor& log_scale, bool reverse) {
+  at::Tensor bias_dense, log_scale_dense;
+  Args args = make_args(x, bias, log_scale, reverse, bias_dense, log_scale_dense);
+  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), kOp, ": grad_out must have x's shape ", x.sizes(), ", got ",
+                    grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), kOp, ": grad_out must have x's dtype ",
+                   x.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == x.device(), kOp, ": grad_out must be on x's device ", x.device(),
+                    ", got ", grad_out.device());
+  const at::Tensor grad_dense = grad_out.contiguous();
+  at::Tensor grad_in = at::empty(x.sizes(), x.options());
+  args.grad_out = grad_dense.data_ptr();
+  args.out = grad_in.data_ptr();
+  at::ScalarType sum_type = at::kDouble;
+#if defined(GMK_WITH_CUDA)
+  if (x.is_cuda()) {
+    sum_type = at::kFloat;
+    args.parts = backward_parts_cuda(args.outer, args.channels, args.inner);
+  }
+#endif
+  at::Tensor sums = at::zeros({args.channels, args.parts, 2}, x.options().dtype(sum_type));
+  args.sums = sums.data_ptr();
+  run_on_device("gmkernels::actnorm_backward", x, x.numel(), args, backward_cpu, GMK_CUDA_FN(backward_cuda));
+  const at::Tensor totals = sums.sum(1).to(compute_type(x));
+  const at::Tensor g = totals.select(1, 0), h = totals.select(1, 1);
+  if (reverse) {
+    return {grad_in, -g, -at::exp(-log_scale_dense) * h};
+  }
+  const at::Tensor scale = at::exp(log_scale_dense);
+  return {grad_in, scale * g, scale * (h + bias_dense * g)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("actnorm", &actnorm);
+  m.impl("actnorm_backward", &actnorm_backward);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("actnorm", &actnorm);
+  m.impl("actnorm_backward", &actnorm_backward);
+}
+#endif
+
+}  // namespace gmk::actnorm

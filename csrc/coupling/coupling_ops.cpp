@@ -1,0 +1,122 @@
+// gmkernels::coupling and gmkernels::coupling_backward: argument checks, dtype and device, then the
+// CPU or CUDA kernel. Autograd and fake tensors are registered in gmkernels/ops/coupling.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "coupling/coupling.h"
+#include "gmk/aten.h"
+
+namespace gmk::coupling {
+namespace {
+
+constexpr const char* kOp = "gmkernels::coupling";
+
+Transform parse_transform(c10::string_view transform) {
+  if (transform == "glow") return Transform::Glow;
+  if (transform == "realnvp") return Transform::RealNVP;
+  TORCH_CHECK_VALUE(transform == "additive", kOp, ": transform must be 'glow', 'realnvp' or 'additive', got '",
+                    transform, "'");
+  return Transform::Additive;
+}
+
+Layout parse_layout(c10::string_view layout) {
+  if (layout == "halves") return Layout::Halves;
+  TORCH_CHECK_VALUE(layout == "interleaved", kOp, ": layout must be 'halves' or 'interleaved', got '", layout, "'");
+  return Layout::Interleaved;
+}
+
+// Strides of size-1 dimensions are arbitrary; normalised so the kernels' layout tests see through them.
+Strides3 strides_of(const at::Tensor& t) {
+  return {t.size(0) == 1 ? 0 : t.stride(0), t.size(1) == 1 ? 0 : t.stride(1), t.size(2) == 1 ? 1 : t.stride(2)};
+}
+
+void check_tensor(const at::Tensor& x, const at::Tensor& t, const char* name, at::IntArrayRef sizes,
+                  at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(t.sizes() == sizes, kOp, ": ", name, " must have shape ", sizes, ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, kOp, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), kOp, ": ", name, " must be on x's device ", x.device(), ", got ",
+                    t.device());
+}
+
+at::ScalarType logdet_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+Args make_args(const at::Tensor& x, const at::Tensor& h, c10::string_view transform, c10::string_view layout,
+               bool reverse) {
+  TORCH_CHECK_VALUE(x.dim() == 3, kOp, ": x must be (outer, C, inner), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) % 2 == 0, kOp, ": x.size(1) must be even (C = 2 * half), got ", x.size(1));
+  Args args;
+  args.dtype = to_dtype(kOp, "x", x);
+  args.transform = parse_transform(transform);
+  args.layout = parse_layout(layout);
+  args.reverse = reverse;
+  args.outer = x.size(0);
+  args.half = x.size(1) / 2;
+  args.inner = x.size(2);
+  const int64_t h_channels = args.transform == Transform::Additive ? args.half : 2 * args.half;
+  check_tensor(x, h, "h", {args.outer, h_channels, args.inner}, x.scalar_type());
+  args.x = x.data_ptr();
+  args.x_strides = strides_of(x);
+  args.h = h.data_ptr();
+  args.h_strides = strides_of(h);
+  return args;
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling(const at::Tensor& x, const at::Tensor& h, c10::string_view transform,
+                                            c10::string_view layout, bool reverse) {
+  Args args = make_args(x, h, transform, layout, reverse);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto logdet_options = x.options().dtype(logdet_type(x));
+  const bool sums = args.transform != Transform::Additive && x.numel() > 0;
+  at::Tensor logdet = sums ? at::empty({args.outer}, logdet_options) : at::zeros({args.outer}, logdet_options);
+  at::Tensor workspace;
+  if (x.is_cuda()) {
+    workspace = at::empty({cuda_workspace_floats(args)}, x.options().dtype(at::kFloat));
+    args.workspace = workspace.data_ptr();
+  }
+  args.out = y.data_ptr();
+  args.logdet = logdet.data_ptr();
+  run_on_device(kOp, x, x.numel(), args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  return {y, logdet};
+}
+
+std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
+                                                     const at::Tensor& x, const at::Tensor& h,
+                                                     c10::string_view transform, c10::string_view layout,
+                                                     bool reverse) {
+  Args args = make_args(x, h, transform, layout, reverse);
+  check_tensor(x, grad_y, "grad_y", x.sizes(), x.scalar_type());
+  check_tensor(x, grad_logdet, "grad_logdet", {args.outer}, logdet_type(x));
+  const at::Tensor grad_y_dense = grad_y.contiguous();
+  const at::Tensor grad_logdet_dense = grad_logdet.contiguous();
+  const auto dense = at::MemoryFormat::Contiguous;
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(dense));
+  at::Tensor grad_h = at::empty(h.sizes(), h.options().memory_format(dense));
+  args.grad_y = grad_y_dense.data_ptr();
+  args.grad_logdet = grad_logdet_dense.data_ptr();
+  args.out = grad_x.data_ptr();
+  args.grad_h = grad_h.data_ptr();
+  run_on_device("gmkernels::coupling_backward", x, x.numel(), args, backward_cpu, GMK_CUDA_FN(backward_cuda));
+  return {grad_x, grad_h};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("coupling", &coupling);
+  m.impl("coupling_backward", &coupling_backward);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("coupling", &coupling);
+  m.impl("coupling_backward", &coupling_backward);
+}
+#endif
+
+}  // namespace gmk::coupling

@@ -1,0 +1,35 @@
+// Actnorm (Glow arXiv 1807.03039, table 1): y = (x + b) exp(log_s) per channel; reverse
+// x = y exp(-log_s) - b. Per-channel math shared by the CPU and CUDA kernels.
+#pragma once
+#include "gmk/common.h"
+
+namespace gmk::actnorm {
+
+// in (outer, channels, inner), any strides: x forward, y in reverse. bias and log_scale (channels)
+// contiguous in the compute type (float; double for float64 tensors). Forward writes out, contiguous
+// (outer, channels, inner). Backward reads grad_out (contiguous, the gradient of out), writes out =
+// the gradient of in, and the per-channel sums of grad_out and grad_out * in into sums (channels,
+// parts, 2): double on the CPU, float on CUDA, one partial sum per part of a channel's elements.
+struct Args {
+  int64_t outer = 0, channels = 0, inner = 0;
+  const void* in = nullptr;
+  Strides3 in_strides;
+  const void* bias = nullptr;
+  const void* log_scale = nullptr;
+  const void* grad_out = nullptr;
+  void* out = nullptr;
+  void* sums = nullptr;
+  int64_t parts = 1;
+  bool reverse = false;
+  DType dtype = DType::Float32;
+};
+
+// out = in * scale + shift: forward scale = e^{log_s}, shift = b e^{log_s}; reverse scale =
+// e^{-log_s}, shift = -b. d out / d in = scale in both directions.
+template <typename T>
+GMK_HOST_DEVICE void coefficients(T bias, T log_scale, bool reverse, T& scale, T& shift) {
+  scale = LibMath::exp(reverse ? -log_scale : log_scale);
+  shift = reverse ? -bias : bias * scale;
+}
+
+}  // namespace gmk::actnorm

@@ -1,0 +1,83 @@
+"""nn.Module of the affine / additive coupling layer with Glow's coupling network."""
+from __future__ import annotations
+
+import torch
+
+from ..ops.coupling import affine_coupling, h_channels
+from ..reference.coupling import LAYOUTS, TRANSFORMS
+
+
+class ZeroConv2d(torch.nn.Module):
+    """Glow's ``Conv2dZeros``: a 3×3 convolution with zero weight and bias, its output scaled per channel
+    by ``exp(logscale_factor · logs)`` with ``logs`` zero too, so a fresh coupling layer is the identity
+    (additive) or a constant scale (affine)."""
+
+    def __init__(self, in_channels: int, out_channels: int, logscale_factor: float = 3.0):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        torch.nn.init.zeros_(self.conv.weight)
+        torch.nn.init.zeros_(self.conv.bias)
+        self.logs = torch.nn.Parameter(torch.zeros(out_channels, 1, 1))
+        self.logscale_factor = logscale_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.exp(self.logs * self.logscale_factor)
+
+
+class AffineCoupling(torch.nn.Module):
+    """Glow's affine coupling layer (see gmk.affine_coupling) on x (N, C, H, W), C even.
+
+    The coupling network (Glow, arXiv 1807.03039 §3.3): 3×3 conv to ``hidden_channels``, ReLU, 1×1
+    conv, ReLU, zero-initialised 3×3 conv (:class:`ZeroConv2d`) to C channels (r and t; C/2, t only,
+    for ``transform="additive"``), read as ``layout`` says. The convolutions are cuDNN's
+    (``torch.nn.Conv2d``); the first two are initialised N(0, 0.05²) with zero bias, as in the popular
+    PyTorch port. ``forward(x) -> (y, logdet)``, ``reverse(y) -> x``.
+    """
+
+    def __init__(self, num_channels: int, hidden_channels: int = 512, transform: str = "glow",
+                 layout: str = "halves"):
+        super().__init__()
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 2 \
+                or num_channels % 2:
+            raise ValueError(f"AffineCoupling: num_channels must be a positive even int, "
+                             f"got {num_channels!r}")
+        if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int) or hidden_channels < 1:
+            raise ValueError(f"AffineCoupling: hidden_channels must be a positive int, "
+                             f"got {hidden_channels!r}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"AffineCoupling: transform must be one of {TRANSFORMS}, got {transform!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"AffineCoupling: layout must be one of {LAYOUTS}, got {layout!r}")
+        self.num_channels, self.hidden_channels = num_channels, hidden_channels
+        self.transform, self.layout = transform, layout
+        half = num_channels // 2
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(half, hidden_channels, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(hidden_channels, hidden_channels, 1),
+            torch.nn.ReLU(),
+            ZeroConv2d(hidden_channels, h_channels(num_channels, transform)),
+        )
+        for conv in (self.net[0], self.net[2]):
+            torch.nn.init.normal_(conv.weight, 0.0, 0.05)
+            torch.nn.init.zeros_(conv.bias)
+
+    def _h(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"AffineCoupling: input must be (N, {self.num_channels}, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        return self.net(x[:, : self.num_channels // 2])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return affine_coupling(x, self._h(x), transform=self.transform, layout=self.layout)
+
+    def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        # y_a = x_a: the network sees the same input in both directions.
+        return affine_coupling(y, self._h(y), transform=self.transform, layout=self.layout, reverse=True)[0]
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_channels}, hidden_channels={self.hidden_channels}, transform={self.transform!r}, "
+                f"layout={self.layout!r}")
+
+
+__all__ = ["AffineCoupling", "ZeroConv2d"]

@@ -1,0 +1,120 @@
+"""gmk.affine_coupling: validate, pick a backend, run its op; autograd and fakes of the ops."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._backend import TRITON_INSTALLED, OpBackends
+from .._extension import has_extension
+from ..reference import coupling as reference
+from ..reference.coupling import LAYOUTS, TRANSFORMS
+
+COUPLING = OpBackends("gmk.affine_coupling")
+
+
+def h_channels(channels: int, transform: str) -> int:
+    """Channels of the coupling network's output for x with ``channels`` channels."""
+    return channels // 2 if transform == "additive" else channels
+
+
+def _check_inputs(x, h, transform: str, layout: str, reverse) -> None:
+    for name, t in (("x", x), ("h", h)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"affine_coupling: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"affine_coupling: {name} must be a floating-point tensor, got {t.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"affine_coupling: x must be (N, C, *spatial), got shape {tuple(x.shape)}")
+    if x.shape[1] % 2:
+        raise ValueError(f"affine_coupling: x must have an even number of channels C (x_a, x_b halves), "
+                         f"got C = {x.shape[1]}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"affine_coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"affine_coupling: layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"affine_coupling: reverse must be a bool, got {type(reverse).__name__}")
+    expected = (x.shape[0], h_channels(x.shape[1], transform), *x.shape[2:])
+    if tuple(h.shape) != expected:
+        what = "t" if transform == "additive" else "r and t"
+        raise ValueError(f"affine_coupling: h must have shape {expected} ({what} for x of shape "
+                         f"{tuple(x.shape)}, transform={transform!r}), got {tuple(h.shape)}")
+    if h.dtype != x.dtype:
+        raise TypeError(f"affine_coupling: h must have x's dtype {x.dtype}, got {h.dtype}")
+    if h.device != x.device:
+        raise ValueError(f"affine_coupling: h must be on x's device {x.device}, got {h.device}")
+
+
+def affine_coupling(x: torch.Tensor, h: torch.Tensor, *, transform: str = "glow", layout: str = "halves",
+                    reverse: bool = False, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The coupling layer of NICE, RealNVP and Glow: ``(y, logdet)``.
+
+    ``x`` (N, C, *spatial), C even, is split into halves ``x_a, x_b``; ``h`` is the coupling
+    network's output on ``x_a``: raw scale ``r`` and shift ``t`` (C channels; C/2 channels, t
+    only, for ``"additive"``), as its first and second half (``layout="halves"``) or as
+    ``t = h[:, 0::2], r = h[:, 1::2]`` (``"interleaved"``, Glow's TF code). ``y`` is x with
+    ``x_b`` replaced by ``(x_b + t)·σ(r + 2)`` (``"glow"``), ``x_b·exp(r) + t`` (``"realnvp"``) or
+    ``x_b + t`` (``"additive"``), and ``logdet`` (N,) is Σ log s over the channels and positions
+    of each sample (float32; float64 for float64 x). ``reverse=True`` maps y back to x and
+    returns the negated log-determinant. Differentiable in x and h, in both directions.
+    """
+    _check_inputs(x, h, transform, layout, reverse)
+    name = COUPLING.select(backend, x.device, x.dtype)
+    if name == "reference":
+        return reference.affine_coupling(x, h, transform, layout, reverse)
+    n, channels = x.shape[:2]
+    inner = math.prod(x.shape[2:])
+    y3, logdet = _FORWARD_OPS[name](x.reshape(n, channels, inner), h.reshape(n, h.shape[1], inner),
+                                    transform, layout, reverse)
+    return y3.view(x.shape), logdet
+
+
+# --- autograd and fake tensors, the same for the C++ and the Triton ops -------------------------
+
+def _fake_forward(x, h, transform, layout, reverse):
+    logdet = x.new_empty(x.shape[0], dtype=reference.logdet_dtype(x.dtype))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), logdet
+
+
+def _fake_backward(grad_y, grad_logdet, x, h, transform, layout, reverse):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(h, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    x, h, transform, layout, reverse = inputs
+    ctx.save_for_backward(x, h)
+    ctx.options = (transform, layout, reverse)
+
+
+def _no_double_backward(ctx, grad_grad_x, grad_grad_h):
+    raise RuntimeError("affine_coupling: double backward is not supported")
+
+
+def _register(forward_op, backward_op) -> None:
+    def backward(ctx, grad_y, grad_logdet):
+        x, h = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
+        if grad_logdet is None:
+            grad_logdet = x.new_zeros(x.shape[0], dtype=reference.logdet_dtype(x.dtype))
+        grad_x, grad_h = backward_op(grad_y, grad_logdet, x, h, *ctx.options)
+        return grad_x, grad_h, None, None, None
+
+    torch.library.register_fake(forward_op)(_fake_forward)
+    torch.library.register_fake(backward_op)(_fake_backward)
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+    torch.library.register_autograd(backward_op, _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+_FORWARD_OPS = {}
+if has_extension():
+    _register(torch.ops.gmkernels.coupling.default, torch.ops.gmkernels.coupling_backward.default)
+    _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.gmkernels.coupling
+if TRITON_INSTALLED:
+    from ..triton import coupling as _triton
+
+    _register(_triton.coupling, _triton.coupling_backward)
+    _FORWARD_OPS["triton"] = _triton.coupling

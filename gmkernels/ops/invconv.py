@@ -1,0 +1,255 @@
+"""gmk.invertible_conv1x1, gmk.invertible_conv1x1_lu, gmk.actnorm_conv1x1, gmk.actnorm_conv1x1_lu:
+validate, build the (C, C) matrix and bias the data pass applies, pick a backend, run its op.
+
+Every one of them is one pass over the data, y = M x + c at every position (op ``conv1x1``), with M
+and c computed from the parameters by tiny (C × C) torch ops in float64, differentiable, on x's device
+and without host synchronisation:
+
+- dense forward: M = W, log|det W| from W's LU factorisation (``lu_factor_ex``); dense reverse:
+  M = W⁻¹ (``inv_ex``). Neither synchronises (documented, with check_errors=False). The gradient of
+  log|det W| is W⁻ᵀ (``inv_ex`` again, in the backward only).
+- LU forward: M = P L U; LU reverse: M = U⁻¹ L⁻¹ Pᵀ by two triangular solves (no general inverse);
+  log|det| = Σ log_s.
+- actnorm fused in front: forward M = W diag(e^s), c = M b (so y = W ((x + b) e^s)); reverse
+  M = diag(e^-s) W⁻¹, c = -b (so x = e^-s (W⁻¹ y) - b).
+
+Parameters may have any float dtype; the data pass computes in float32 (float64 for float64 x).
+Every op is differentiable in x and every trainable parameter, twice (conv1x1's backward op has its
+own autograd).
+
+A singular dense weight in reverse: on CPU tensors the LU factorisation's info is read and a
+ValueError raised; on CUDA reading it would synchronise, so the inverse is made all NaN instead (the
+output is NaN, visibly) and no error is raised.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._backend import TRITON_INSTALLED, OpBackends
+from .._extension import has_extension
+from ..reference import actnorm as reference_actnorm
+from ..reference import invconv as reference
+from .actnorm import as_3d, check_parameter, check_x, compute_dtype, differentiable_backward
+
+# The four ops run the same kernels: one backend table each, so that errors name the op called.
+BACKENDS = {op: OpBackends(f"gmk.{op}") for op in
+            ("invertible_conv1x1", "invertible_conv1x1_lu", "actnorm_conv1x1", "actnorm_conv1x1_lu")}
+
+
+class _LogAbsDet(torch.autograd.Function):
+    """(log|det W|, info of W's LU factorisation) of a float64 (C, C) W; backward d/dW = W⁻ᵀ."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        lu, _, info = torch.linalg.lu_factor_ex(weight)
+        ctx.save_for_backward(weight)
+        ctx.mark_non_differentiable(info)
+        return lu.diagonal().abs().log().sum(), info
+
+    @staticmethod
+    def backward(ctx, grad_logabsdet, _):
+        (weight,) = ctx.saved_tensors
+        return grad_logabsdet * torch.linalg.inv_ex(weight).inverse.mT
+
+
+def _dense(op: str, weight: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, or W⁻¹ in reverse; log|det W|), float64, without host synchronisation on CUDA.
+
+    lu_factor_ex and inv_ex are documented not to synchronise (check_errors=False); inv_ex's
+    gradient is -W⁻ᵀ (·) W⁻ᵀ, matrix products only.
+    """
+    weight = weight.double()
+    logabsdet, info = _LogAbsDet.apply(weight)
+    if not reverse:
+        return weight, logabsdet
+    inverse = torch.linalg.inv_ex(weight).inverse
+    if weight.device.type == "cpu":
+        if info.item() != 0:
+            raise ValueError(f"{op}: weight is singular (exactly zero pivot {info.item()} in its LU "
+                             "factorisation): the reverse needs its inverse")
+    else:  # reading info would synchronise: a singular weight makes the output NaN instead
+        inverse = torch.where(info == 0, inverse, torch.full_like(inverse, float("nan")))
+    return inverse, logabsdet
+
+
+def _lu(lower, upper, log_s, sign_s, perm, reverse: bool) -> torch.Tensor:
+    """W = P L U, or in reverse W⁻¹ = U⁻¹ L⁻¹ Pᵀ by two triangular solves, float64."""
+    lower, upper, log_s, sign_s, perm = (t.double() for t in (lower, upper, log_s, sign_s, perm))
+    eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
+    unit_lower = torch.tril(lower, -1) + eye
+    upper = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
+    if not reverse:
+        return perm @ unit_lower @ upper
+    z = torch.linalg.solve_triangular(unit_lower, perm.mT, upper=False, unitriangular=True)
+    return torch.linalg.solve_triangular(upper, z, upper=True)
+
+
+def _fold_actnorm(matrix, bias, log_scale, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) of actnorm then ``matrix`` (forward) or ``matrix`` then inverse actnorm (reverse)."""
+    bias, log_scale = bias.double(), log_scale.double()
+    if reverse:
+        return torch.exp(-log_scale)[:, None] * matrix, -bias
+    fused = matrix * torch.exp(log_scale)[None, :]
+    return fused, fused @ bias
+
+
+def _check_square(op: str, name: str, t, x: torch.Tensor) -> None:
+    channels = x.shape[1]
+    if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] != t.shape[1]:
+        raise ValueError(f"{op}: {name} must be square ({channels}, {channels}), got {tuple(t.shape)}")
+    check_parameter(op, name, t, x, (channels, channels))
+
+
+def _check_lu(op: str, x, lower, upper, log_s, sign_s, perm) -> None:
+    for name, t in (("lower", lower), ("upper", upper), ("perm", perm)):
+        _check_square(op, name, t, x)
+    for name, t in (("log_s", log_s), ("sign_s", sign_s)):
+        check_parameter(op, name, t, x, (x.shape[1],))
+
+
+def _check_actnorm(op: str, x, bias, log_scale) -> None:
+    for name, t in (("bias", bias), ("log_scale", log_scale)):
+        check_parameter(op, name, t, x, (x.shape[1],))
+
+
+def _run(op: str, x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor | None, logdet: torch.Tensor,
+         reverse: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = matrix · x + shift at every position on the backend's op; logdet (float64, 0-d) per sample."""
+    name = BACKENDS[op].select(backend, x.device, x.dtype)
+    dtype = compute_dtype(x.dtype)
+    shift = None if shift is None else shift.to(dtype)
+    y = _OPS[name](as_3d(x), matrix.to(dtype), shift).view(x.shape)
+    return y, reference_actnorm.per_sample(reference_actnorm.positions(x) * logdet, x, reverse)
+
+
+def _is_reference(op: str, backend: str, x: torch.Tensor) -> bool:
+    return BACKENDS[op].select(backend, x.device, x.dtype) == "reference"
+
+
+def invertible_conv1x1(x: torch.Tensor, weight: torch.Tensor, *, reverse: bool = False,
+                       backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Glow's invertible 1x1 convolution ``y = W x`` at every position, and its log-determinant.
+
+    ``x`` is (N, C, *S), ``weight`` (C, C). Returns ``(y, logdet)``, logdet (N,) = |S| · log|det W|
+    computed in float64 (float32, or float64 for float64 x). ``reverse=True`` applies W⁻¹ and returns
+    the negated log-determinant. No host synchronisation on CUDA; a singular weight in reverse raises
+    on CPU tensors and gives NaN on CUDA ones (see the module's docstring).
+    """
+    op = "invertible_conv1x1"
+    check_x(op, x)
+    _check_square(op, "weight", weight, x)
+    if _is_reference(op, backend, x):
+        if reverse and x.device.type == "cpu":
+            _dense(op, weight.detach(), reverse)  # the same singularity check as the kernels' path
+        return reference.invertible_conv1x1(x, weight, reverse)
+    matrix, logabsdet = _dense(op, weight, reverse)
+    return _run(op, x, matrix, None, logabsdet, reverse, backend)
+
+
+def invertible_conv1x1_lu(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, log_s: torch.Tensor,
+                          sign_s: torch.Tensor, perm: torch.Tensor, *, reverse: bool = False,
+                          backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """The invertible 1x1 convolution with Glow's LU-decomposed weight.
+
+    ``W = perm · (L ⊙ strict_lower + I) · (U ⊙ strict_upper + diag(sign_s · exp(log_s)))``: only the
+    strict triangles of ``lower`` and ``upper`` (C, C) are read; ``log_s``, ``sign_s`` are (C,),
+    ``perm`` a (C, C) permutation matrix. logdet (N,) = |S| · Σ log_s. The reverse applies
+    U⁻¹ L⁻¹ Pᵀ, built by two triangular solves (never a general inverse).
+    """
+    op = "invertible_conv1x1_lu"
+    check_x(op, x)
+    _check_lu(op, x, lower, upper, log_s, sign_s, perm)
+    if _is_reference(op, backend, x):
+        return reference.invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse)
+    matrix = _lu(lower, upper, log_s, sign_s, perm, reverse)
+    return _run(op, x, matrix, None, log_s.double().sum(), reverse, backend)
+
+
+def actnorm_conv1x1(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, weight: torch.Tensor, *,
+                    reverse: bool = False, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Actnorm then the invertible 1x1 convolution, in one pass over the data.
+
+    Forward ``y = W ((x + bias) · exp(log_scale))``; reverse ``x = W⁻¹ y · exp(-log_scale) - bias``.
+    Returns ``(y, logdet)`` with logdet (N,) = |S| · (Σ log_scale + log|det W|), negated in reverse.
+    """
+    op = "actnorm_conv1x1"
+    check_x(op, x)
+    _check_actnorm(op, x, bias, log_scale)
+    _check_square(op, "weight", weight, x)
+    if _is_reference(op, backend, x):
+        if reverse and x.device.type == "cpu":
+            _dense(op, weight.detach(), reverse)
+        return reference.actnorm_conv1x1(x, bias, log_scale, weight, reverse)
+    matrix, logabsdet = _dense(op, weight, reverse)
+    matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse)
+    return _run(op, x, matrix, shift, log_scale.double().sum() + logabsdet, reverse, backend)
+
+
+def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, lower: torch.Tensor,
+                       upper: torch.Tensor, log_s: torch.Tensor, sign_s: torch.Tensor, perm: torch.Tensor, *,
+                       reverse: bool = False, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Actnorm then the LU-decomposed invertible 1x1 convolution, in one pass over the data
+    (see :func:`actnorm_conv1x1` and :func:`invertible_conv1x1_lu`)."""
+    op = "actnorm_conv1x1_lu"
+    check_x(op, x)
+    _check_actnorm(op, x, bias, log_scale)
+    _check_lu(op, x, lower, upper, log_s, sign_s, perm)
+    if _is_reference(op, backend, x):
+        return reference.actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse)
+    matrix = _lu(lower, upper, log_s, sign_s, perm, reverse)
+    matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse)
+    return _run(op, x, matrix, shift, log_scale.double().sum() + log_s.double().sum(), reverse, backend)
+
+
+# --- autograd and fake tensors of conv1x1, the same for the C++ and the Triton ops ---------------
+
+def _fake_forward(x, weight, bias):
+    return torch.empty(x.shape[0], weight.shape[0], x.shape[2], dtype=x.dtype, device=x.device)
+
+
+def _fake_backward(grad_y, x, weight, output_mask):
+    want_x, want_weight, want_bias = output_mask
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_x else None,
+            torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if want_weight else None,
+            weight.new_empty(weight.shape[0]) if want_bias else None)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward_math(grad_y, x, weight, output_mask):
+    """What conv1x1_backward computes, in torch ops: grad_x = Wᵀ grad_y, grad_W = Σ grad_y xᵀ, Σ grad_y."""
+    g = grad_y.to(weight.dtype)
+    want_x, want_weight, want_bias = output_mask
+    return ((weight.t() @ g).to(x.dtype) if want_x else None,
+            (g @ x.to(weight.dtype).transpose(1, 2)).sum(0) if want_weight else None,
+            g.sum((0, 2)) if want_bias else None)
+
+
+def _register(forward_op, backward_op) -> None:
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        output_mask = [needs_x, needs_weight, ctx.has_bias and needs_bias]
+        if not any(output_mask):
+            return None, None, None
+        return backward_op(grad_y, x, weight, output_mask)
+
+    torch.library.register_fake(forward_op)(_fake_forward)
+    torch.library.register_fake(backward_op)(_fake_backward)
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+    differentiable_backward(backward_op, _backward_math, tensor_args=3)
+
+
+_OPS = {}
+if has_extension():
+    _register(torch.ops.gmkernels.conv1x1.default, torch.ops.gmkernels.conv1x1_backward.default)
+    _OPS["cpu"] = _OPS["cuda"] = torch.ops.gmkernels.conv1x1
+if TRITON_INSTALLED:
+    from ..triton import invconv as _triton
+
+    _register(_triton.conv1x1, _triton.conv1x1_backward)
+    _OPS["triton"] = _triton.conv1x1

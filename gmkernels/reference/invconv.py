@@ -1,0 +1,64 @@
+"""Invertible 1x1 convolution (Glow, arXiv 1807.03039, section 3.2 and table 1), dense and LU, and
+actnorm followed by it, as the reference implementations write them (plain PyTorch).
+
+    y_{n,:,i} = W x_{n,:,i}                    at every position i, x (N, C, *S)
+    log|det J| = |S| · log|det W|              slogdet in float64, as the reference code does
+    LU: W = P (L ⊙ strict_lower + I)(U ⊙ strict_upper + diag(sign_s · exp(log_s))),
+        log|det J| = |S| · Σ log_s
+The reverse uses W's inverse (computed in float64) and returns the negated log-determinant.
+"""
+import torch
+import torch.nn.functional as F
+
+from .actnorm import actnorm, per_sample, positions
+
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
+def conv1x1(x, weight):
+    """W x at every position: F.conv{1,2,3}d with a 1x1 kernel, an einsum for other ranks."""
+    weight = weight.to(x.dtype)
+    conv = _CONV.get(x.dim())
+    if conv is not None:
+        return conv(x, weight.reshape(*weight.shape, *([1] * (x.dim() - 2))))
+    return torch.einsum("oc,nc...->no...", weight, x)
+
+
+def _apply(x, weight, logabsdet, reverse):
+    if reverse:
+        weight = torch.linalg.inv(weight.double())
+    return conv1x1(x, weight), per_sample(positions(x) * logabsdet, x, reverse)
+
+
+def invertible_conv1x1(x, weight, reverse=False):
+    return _apply(x, weight, torch.linalg.slogdet(weight.double()).logabsdet, reverse)
+
+
+def lu_weight(lower, upper, log_s, sign_s, perm):
+    """W = P (L ⊙ strict_lower + I)(U ⊙ strict_upper + diag(sign_s · exp(log_s)))."""
+    eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
+    lower = torch.tril(lower, -1) + eye
+    upper = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
+    return perm @ lower @ upper
+
+
+def invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse=False):
+    return _apply(x, lu_weight(lower, upper, log_s, sign_s, perm), log_s.double().sum(), reverse)
+
+
+def actnorm_conv1x1(x, bias, log_scale, weight, reverse=False):
+    """Actnorm, then the 1x1 convolution; the reverse undoes the convolution, then the actnorm."""
+    if reverse:
+        h, logdet_conv = invertible_conv1x1(x, weight, reverse=True)
+        y, logdet_norm = actnorm(h, bias, log_scale, reverse=True)
+    else:
+        h, logdet_norm = actnorm(x, bias, log_scale)
+        y, logdet_conv = invertible_conv1x1(h, weight)
+    return y, logdet_norm + logdet_conv
+
+
+def actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse=False):
+    weight = lu_weight(lower, upper, log_s, sign_s, perm)
+    y, _ = actnorm_conv1x1(x, bias, log_scale, weight, reverse)
+    logdet = positions(x) * (log_scale.double().sum() + log_s.double().sum())
+    return y, per_sample(logdet, x, reverse)

@@ -1,0 +1,149 @@
+"""Triton kernels of actnorm, registered as the custom ops gmk_triton::actnorm{,_backward}.
+
+The tensors are (N, C, positions) as for the C++ ops, parameters float32. Forward: one program per
+BLOCK elements of the contiguous output. Backward: program b works on channel b // parts and the part
+b % parts of its N · positions elements, writes the gradient of the input there and one partial sum of
+grad_out and of grad_out · in; the partial sums are added here (deterministic, no atomics).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+NUM_WARPS = 4
+ELEMENTS_PER_PART = 2048
+MAX_PROGRAMS = 65536
+
+
+@triton.jit
+def _coefficients(bias_ptr, log_scale_ptr, c, REVERSE: tl.constexpr):
+    """out = in · scale + shift: forward e^s and b e^s; reverse e^-s and -b."""
+    b = tl.load(bias_ptr + c)
+    log_s = tl.load(log_scale_ptr + c)
+    if REVERSE:
+        scale = tl.exp(-log_s)
+        shift = -b
+    else:
+        scale = tl.exp(log_s)
+        shift = b * scale
+    return scale, shift
+
+
+@triton.jit
+def _forward_kernel(in_ptr, bias_ptr, log_scale_ptr, out_ptr, total, channels, inner,
+                    s_outer, s_channel, s_inner, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < total
+    i = e % inner
+    row = e // inner
+    c = row % channels
+    o = row // channels
+    scale, shift = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
+    v = tl.load(in_ptr + o * s_outer + c * s_channel + i * s_inner, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + e, (v * scale + shift).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_kernel(grad_out_ptr, in_ptr, bias_ptr, log_scale_ptr, grad_in_ptr, sums_ptr, parts, per_part,
+                     count, channels, inner, s_outer, s_channel, s_inner,
+                     REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    c = pid // parts
+    begin = (pid % parts).to(tl.int64) * per_part
+    scale, shift = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
+    g_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    h_acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, per_part, BLOCK):
+        e = begin + start + tl.arange(0, BLOCK)
+        mask = (e < count) & (start + tl.arange(0, BLOCK) < per_part)
+        o = e // inner
+        i = e % inner
+        dense = (o * channels + c) * inner + i
+        g = tl.load(grad_out_ptr + dense, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(in_ptr + o * s_outer + c * s_channel + i * s_inner, mask=mask, other=0.0).to(tl.float32)
+        g_acc += g
+        h_acc += g * v
+        tl.store(grad_in_ptr + dense, (g * scale).to(grad_in_ptr.dtype.element_ty), mask=mask)
+    tl.store(sums_ptr + 2 * pid, tl.sum(g_acc, axis=0))
+    tl.store(sums_ptr + 2 * pid + 1, tl.sum(h_acc, axis=0))
+
+
+def check_args(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor,
+               grad_out: torch.Tensor | None = None) -> None:
+    """The checks of the C++ ops: x (N, C, positions), parameters (C,) float32 on x's device."""
+    op = "gmk_triton::actnorm"
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be (N, C, positions), got shape {list(x.shape)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
+    for name, p in (("bias", bias), ("log_scale", log_scale)):
+        if tuple(p.shape) != (x.shape[1],):
+            raise ValueError(f"{op}: {name} must have shape ({x.shape[1]}), got {list(p.shape)}")
+        if p.dtype != torch.float32:
+            raise TypeError(f"{op}: {name} must be float32 for x of dtype {x.dtype}, got {p.dtype}")
+        if p.device != x.device:
+            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {p.device}")
+    if grad_out is not None:
+        if grad_out.shape != x.shape:
+            raise ValueError(f"{op}: grad_out must have x's shape {list(x.shape)}, "
+                             f"got {list(grad_out.shape)}")
+        if grad_out.dtype != x.dtype:
+            raise TypeError(f"{op}: grad_out must have x's dtype {x.dtype}, got {grad_out.dtype}")
+        if grad_out.device != x.device:
+            raise ValueError(f"{op}: grad_out must be on x's device {x.device}, got {grad_out.device}")
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    outer, channel, inner = t.stride()
+    return (0 if t.size(0) == 1 else outer, channel, 1 if t.size(2) == 1 else inner)
+
+
+def _device(x: torch.Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else _NoContext()
+
+
+class _NoContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@torch.library.custom_op("gmk_triton::actnorm", mutates_args=())
+def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, reverse: bool) -> torch.Tensor:
+    check_args(x, bias, log_scale)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel():
+        bias, log_scale = bias.contiguous(), log_scale.contiguous()
+        with _device(x):
+            _forward_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+                x, bias, log_scale, out, x.numel(), x.shape[1], x.shape[2], *_strides(x),
+                REVERSE=reverse, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return out
+
+
+@torch.library.custom_op("gmk_triton::actnorm_backward", mutates_args=())
+def actnorm_backward(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor,
+                     reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of in, bias, log_scale from G = Σ grad_out, H = Σ grad_out · in per channel:
+    forward d/db = e^s G, d/dlog_s = e^s (H + b G); reverse d/db = -G, d/dlog_s = -e^-s H."""
+    check_args(x, bias, log_scale, grad_out)
+    n, channels, inner = x.shape
+    grad_in = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    count = n * inner
+    parts = max(1, min(triton.cdiv(count, ELEMENTS_PER_PART), MAX_PROGRAMS // max(channels, 1)))
+    sums = torch.zeros(channels, parts, 2, dtype=torch.float32, device=x.device)
+    bias, log_scale = bias.contiguous(), log_scale.contiguous()
+    if x.numel():
+        with _device(x):
+            _backward_kernel[(channels * parts,)](
+                grad_out.contiguous(), x, bias, log_scale, grad_in, sums, parts, triton.cdiv(count, parts),
+                count, channels, inner, *_strides(x), REVERSE=reverse, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    g, h = sums.sum(1).unbind(1)
+    if reverse:
+        return grad_in, -g, -torch.exp(-log_scale) * h
+    scale = torch.exp(log_scale)
+    return grad_in, scale * g, scale * (h + bias * g)

@@ -1,0 +1,277 @@
+"""Triton kernels of the coupling layer, registered as the custom ops gmk_triton::coupling{,_backward}.
+
+The tensors are those of the C++ ops: x (N, C, S) and h (N, C or C/2, S), any strides. Each program
+takes BLOCK elements m = c * S + s of one sample's x_b: it reads x_a, x_b, r and t once, writes
+y_a = x_a and y_b into the contiguous y (no concatenation), and its partial sum of log s into one
+slot per program; the slots of a sample are then added by ``sum`` (a fixed-order reduction, so the
+result is the same on every run, with no atomics and no host synchronisation).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference.coupling import LAYOUTS, TRANSFORMS, logdet_dtype
+
+GLOW, REALNVP, ADDITIVE = 0, 1, 2
+BLOCK = 1024
+NUM_WARPS = 4
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _log1p_unit(e):
+    """log(1 + e) for e in [0, 1], accurate where e is below an ulp of 1 (Goldberg's correction)."""
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _glow_scale(r):
+    """s = σ(v), 1 - s, log s and (1 - s)/s = e^-v at v = r + 2, without cancellation (gmk/coupling.h)."""
+    v = r + 2.0
+    positive = v >= 0.0
+    e = tl.exp(-tl.abs(v))
+    p = 1.0 / (1.0 + e)
+    q = e * p
+    s = tl.where(positive, p, q)
+    one_minus_s = tl.where(positive, q, p)
+    log_s = tl.minimum(v, 0.0) - _log1p_unit(e)
+    ratio = tl.where(positive, e, 1.0 / e)
+    return s, one_minus_s, log_s, ratio
+
+
+@triton.jit
+def _offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+             TRANSFORM: tl.constexpr, INTERLEAVED: tl.constexpr, ROWS: tl.constexpr):
+    """Offsets of x_a, x_b, r, t (strided), of y_a/y_b (contiguous x shape) and of r, t in a contiguous h.
+
+    m = c * inner + i is int32 (the launcher checks half * inner < 2^31); the offsets are int64. ROWS:
+    x and h have rows of contiguous channels (unit inner stride, channel stride inner) and r, t are
+    whole halves of h (or t is h), so every offset is a row start plus m, with no division.
+    """
+    if TRANSFORM == 2:
+        h_channels = half
+    else:
+        h_channels = 2 * half
+    if ROWS:
+        xa = o * sx_outer + m
+        xb = xa + half * inner
+        r = o * sh_outer + m
+        ya = o * 2 * half * inner + m
+        gr = o * h_channels * inner + m
+        if TRANSFORM == 2:
+            t = r
+            gt = gr
+        else:
+            t = r + half * inner
+            gt = gr + half * inner
+    else:
+        c = m // inner
+        i = (m - c * inner).to(tl.int64)
+        c = c.to(tl.int64)
+        if TRANSFORM == 2:
+            r_c = c  # unused
+            t_c = c
+        elif INTERLEAVED:
+            r_c = 2 * c + 1
+            t_c = 2 * c
+        else:
+            r_c = c
+            t_c = half + c
+        xa = o * sx_outer + c * sx_channel + i * sx_inner
+        xb = xa + half * sx_channel
+        r = o * sh_outer + r_c * sh_channel + i * sh_inner
+        t = o * sh_outer + t_c * sh_channel + i * sh_inner
+        ya = (o * 2 * half + c) * inner + i
+        gr = (o * h_channels + r_c) * inner + i
+        gt = (o * h_channels + t_c) * inner + i
+    yb = ya + half * inner
+    return xa, xb, r, t, ya, yb, gr, gt
+
+
+@triton.jit
+def _program_elements(blocks_per_sample, half, inner, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    o = (pid // blocks_per_sample).to(tl.int64)
+    m = (pid % blocks_per_sample) * BLOCK + tl.arange(0, BLOCK)
+    return pid, o, m, m < half * inner
+
+
+@triton.jit
+def _coupling_forward_kernel(x_ptr, h_ptr, y_ptr, sums_ptr, blocks_per_sample, half, inner,
+                             sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+                             TRANSFORM: tl.constexpr, INTERLEAVED: tl.constexpr, REVERSE: tl.constexpr,
+                             ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    pid, o, m, mask = _program_elements(blocks_per_sample, half, inner, BLOCK)
+    xa, xb, r_off, t_off, ya, yb, _, _ = _offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, sh_outer,
+                                                  sh_channel, sh_inner, TRANSFORM, INTERLEAVED, ROWS)
+    tl.store(y_ptr + ya, tl.load(x_ptr + xa, mask=mask), mask=mask)
+    z = tl.load(x_ptr + xb, mask=mask, other=0.0).to(tl.float32)
+    t = tl.load(h_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
+    if TRANSFORM == 2:
+        if REVERSE:
+            out = z - t
+        else:
+            out = z + t
+    else:
+        r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+        if TRANSFORM == 0:
+            s, one_minus_s, log_s, ratio = _glow_scale(r)
+            if REVERSE:
+                out = z * (1.0 + ratio) - t
+            else:
+                out = (z + t) * s
+        else:
+            log_s = r
+            if REVERSE:
+                out = (z - t) * tl.exp(-r)
+            else:
+                out = z * tl.exp(r) + t
+        tl.store(sums_ptr + pid, tl.sum(tl.where(mask, log_s, 0.0), axis=0))
+    tl.store(y_ptr + yb, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _coupling_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, grad_x_ptr, grad_h_ptr,
+                              blocks_per_sample, half, inner,
+                              sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+                              TRANSFORM: tl.constexpr, INTERLEAVED: tl.constexpr, REVERSE: tl.constexpr,
+                              ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """The gradients of gmk::coupling::backward (gmk/coupling.h), written out per transform."""
+    pid, o, m, mask = _program_elements(blocks_per_sample, half, inner, BLOCK)
+    xa, xb, r_off, t_off, ya, yb, gr, gt = _offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner,
+                                                    sh_outer, sh_channel, sh_inner, TRANSFORM, INTERLEAVED,
+                                                    ROWS)
+    tl.store(grad_x_ptr + ya, tl.load(grad_y_ptr + ya, mask=mask), mask=mask)
+    g = tl.load(grad_y_ptr + yb, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(x_ptr + xb, mask=mask, other=0.0).to(tl.float32)
+    t = tl.load(h_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
+    gl = tl.load(grad_logdet_ptr + o).to(tl.float32)
+    out_type = grad_x_ptr.dtype.element_ty
+    if TRANSFORM == 2:
+        grad_z = g
+        if REVERSE:
+            grad_t = -g
+        else:
+            grad_t = g
+    else:
+        r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+        if TRANSFORM == 0:
+            s, one_minus_s, log_s, ratio = _glow_scale(r)
+            if REVERSE:
+                grad_z = g * (1.0 + ratio)
+                grad_t = -g
+                grad_r = -(g * z * ratio + gl * one_minus_s)
+            else:
+                grad_z = g * s
+                grad_t = grad_z
+                grad_r = (g * (z + t) * s + gl) * one_minus_s
+        else:
+            if REVERSE:
+                grad_z = g * tl.exp(-r)
+                grad_t = -grad_z
+                grad_r = -(grad_z * (z - t) + gl)
+            else:
+                grad_z = g * tl.exp(r)
+                grad_t = g
+                grad_r = grad_z * z + gl
+        tl.store(grad_h_ptr + gr, grad_r.to(out_type), mask=mask)
+    tl.store(grad_x_ptr + yb, grad_z.to(out_type), mask=mask)
+    tl.store(grad_h_ptr + gt, grad_t.to(out_type), mask=mask)
+
+
+def _check_tensor(name: str, t, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"gmk_triton::coupling: {name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"gmk_triton::coupling: {name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"gmk_triton::coupling: {name} must be {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"gmk_triton::coupling: {name} must be on x's device {device}, got {t.device}")
+
+
+def check_args(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str, grad_y=None,
+               grad_logdet=None) -> None:
+    """The checks of the C++ ops: x (outer, C, inner) with C even, h (outer, C or C/2, inner)."""
+    if x.dim() != 3:
+        raise ValueError(f"gmk_triton::coupling: x must be (outer, C, inner), got shape {list(x.shape)}")
+    if x.shape[1] % 2:
+        raise ValueError(f"gmk_triton::coupling: x.size(1) must be even (C = 2 * half), got {x.shape[1]}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"gmk_triton::coupling: x must be float32, float16 or bfloat16, got {x.dtype}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"gmk_triton::coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"gmk_triton::coupling: layout must be one of {LAYOUTS}, got {layout!r}")
+    outer, channels, inner = x.shape
+    h_channels = channels // 2 if transform == "additive" else channels
+    _check_tensor("h", h, (outer, h_channels, inner), x.dtype, x.device)
+    if grad_y is not None:
+        _check_tensor("grad_y", grad_y, tuple(x.shape), x.dtype, x.device)
+    if grad_logdet is not None:
+        _check_tensor("grad_logdet", grad_logdet, (outer,), logdet_dtype(x.dtype), x.device)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """Strides with those of size-1 dimensions normalised (a size-1 dimension is never stepped)."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
+def _is_rows(strides: tuple[int, int, int], inner: int) -> bool:
+    """Element (o, c, i) at o * outer_stride + c * inner + i (normalised strides: see _strides)."""
+    _, channel, inner_stride = strides
+    if inner == 1:
+        return channel in (0, 1)
+    return inner_stride == 1 and channel == inner
+
+
+def _launch(kernel, leading: tuple, x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
+            reverse: bool) -> None:
+    outer, channels, inner = x.shape
+    half = channels // 2
+    if half * inner >= 2**31:
+        raise ValueError(f"gmk_triton::coupling: C/2 * positions must be below 2^31, got {half * inner}")
+    x_strides, h_strides = _strides(x), _strides(h)
+    rows = (_is_rows(x_strides, inner) and _is_rows(h_strides, inner)
+            and (transform == "additive" or layout == "halves"))
+    blocks_per_sample = triton.cdiv(half * inner, BLOCK)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernel[(outer * blocks_per_sample,)](
+            *leading, blocks_per_sample, half, inner, *x_strides, *h_strides,
+            TRANSFORM=TRANSFORMS.index(transform), INTERLEAVED=layout == "interleaved", REVERSE=reverse,
+            ROWS=rows, BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+@torch.library.custom_op("gmk_triton::coupling", mutates_args=())
+def coupling(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
+             reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    check_args(x, h, transform, layout)
+    outer, channels, inner = x.shape
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    blocks_per_sample = triton.cdiv(channels // 2 * inner, BLOCK)
+    if transform == "additive" or x.numel() == 0:
+        sums = torch.zeros(outer, 1, dtype=torch.float32, device=x.device)
+    else:
+        sums = torch.empty(outer, blocks_per_sample, dtype=torch.float32, device=x.device)
+    if x.numel() > 0:
+        _launch(_coupling_forward_kernel, (x, h, y, sums), x, h, transform, layout, reverse)
+    logdet = sums.sum(dim=1)
+    return y, -logdet if reverse else logdet
+
+
+@torch.library.custom_op("gmk_triton::coupling_backward", mutates_args=())
+def coupling_backward(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+                      transform: str, layout: str, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    check_args(x, h, transform, layout, grad_y, grad_logdet)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    if x.numel() > 0:
+        leading = (grad_y.contiguous(), grad_logdet.contiguous(), x, h, grad_x, grad_h)
+        _launch(_coupling_backward_kernel, leading, x, h, transform, layout, reverse)
+    return grad_x, grad_h
