@@ -15,13 +15,10 @@ t = h[:, 0::2], r = h[:, 1::2] (``"interleaved"``, the Glow TF code); for ``"add
 import torch
 import torch.nn.functional as F
 
+from .actnorm import logdet_dtype  # one convention for every flow op
+
 TRANSFORMS = ("glow", "realnvp", "additive")
 LAYOUTS = ("halves", "interleaved")
-
-
-def logdet_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the log-determinant: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def split_h(h, transform="glow", layout="halves"):
