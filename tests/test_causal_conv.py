@@ -89,7 +89,8 @@ def check_conv(backend, x, weight, bias, dilation, layout=None):
 # (k, dilation, Cin, Cout, T): odd channel counts; T shorter than the receptive field (k-1)·d + 1.
 CONV_SHAPES = [(2, 1, 3, 5, 17), (3, 2, 5, 7, 19), (2, 4, 6, 3, 9), (3, 7, 4, 6, 23), (1, 1, 5, 4, 8),
                (2, 7, 3, 3, 6), (3, 4, 17, 19, 40)]
-TRITON_CONV_SHAPES = [(2, 1, 3, 5, 17), (3, 7, 4, 6, 23), (1, 2, 5, 3, 8), (3, 4, 2, 3, 5)]
+# The Triton interpreter's tiles are 16 channels x 32 steps: the last shape crosses their edges.
+TRITON_CONV_SHAPES = [(2, 1, 3, 5, 17), (3, 7, 4, 6, 23), (1, 2, 5, 3, 8), (3, 4, 2, 3, 5), (2, 3, 19, 17, 70)]
 
 
 @pytest.mark.parametrize(("backend", "k", "dilation", "cin", "cout", "t"), [
@@ -174,12 +175,13 @@ def check_layer(backend, inputs, dilation, residual_scale, layout=None):
 
 
 # (R, S, k, dilation, T)
-LAYER_SHAPES = [(3, 5, 2, 1, 13), (4, 7, 2, 4, 17), (5, 4, 3, 2, 11), (6, 9, 2, 7, 6), (3, 2, 1, 1, 9)]
+LAYER_SHAPES = [(3, 5, 2, 1, 13), (4, 7, 2, 4, 17), (5, 4, 3, 2, 11), (6, 9, 2, 7, 6), (3, 2, 1, 1, 9),
+                (17, 18, 2, 5, 70)]
 
 
 @pytest.mark.parametrize(("backend", "r", "s", "k", "dilation", "t"), [
     *[(b, *shape) for b in FAST_BACKENDS for shape in LAYER_SHAPES],
-    *[("triton", *shape) for shape in LAYER_SHAPES[:3] if "triton" in BACKENDS]])
+    *[("triton", *shape) for shape in (*LAYER_SHAPES[:3], LAYER_SHAPES[-1]) if "triton" in BACKENDS]])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cond_kind", ["local", "global"])
 def test_wavenet_layer_matches_reference(backend, dtype, cond_kind, r, s, k, dilation, t):
@@ -206,6 +208,21 @@ def test_wavenet_layer_noncontiguous_inputs(backend, cond_kind):
 def test_wavenet_layer_long_sequence(backend):
     """More time steps than one CPU block (512) and a dilation beyond T of the first blocks."""
     check_layer(backend, layer_inputs(2, 8, 6, 2, 1300, torch.float32, "global"), 600, SQRT_HALF)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wanted", [(0,), (1, 3, 5), (2, 4, 6, 7), (7,)])
+def test_wavenet_layer_gradients_of_some_inputs(backend, wanted):
+    """Only the inputs that require grad get one (the backward op's output_mask), and those are right."""
+    inputs = layer_inputs(2, 3, 4, 2, 9, torch.float32, "local")
+    leaves = [t.detach().requires_grad_(i in wanted) for i, t in enumerate(inputs)]
+    grad_out = (torch.randn(2, 3, 9), torch.randn(2, 4, 9))
+    outputs = gmk.wavenet_layer(*leaves, dilation=2, residual_scale=SQRT_HALF, backend=backend)
+    grads = torch.autograd.grad(outputs, [leaves[i] for i in wanted], grad_out)
+    expected = gmk.wavenet_layer(*leaves, dilation=2, residual_scale=SQRT_HALF, backend="reference")
+    expected_grads = torch.autograd.grad(expected, [leaves[i] for i in wanted], grad_out)
+    for grad, grad_ref in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_wavenet_layer_reference_is_the_paper():

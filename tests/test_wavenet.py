@@ -9,7 +9,7 @@ import torch
 import gmkernels as gmk
 import gmkernels.ops.wavenet_generate as generate_ops
 import gmkernels.reference.wavenet_generate as reference
-from conftest import backends_under_test
+from conftest import backends_under_test, noncontiguous
 from gmkernels.models import WaveNet, WaveNetConfig
 
 BACKENDS = [name for name in backends_under_test("cpu") if name in generate_ops._OPS]
@@ -17,20 +17,24 @@ HEADS = ("softmax", "logistic_mixture")
 
 
 def small_config(head="softmax", kernel_size=2, cond=True, **overrides):
-    """L = 6 (dilations 1, 2, 4 twice), small R, S, H, A: every path of the network, quick to run."""
+    """L = 6 (dilations 1, 2, 4 twice), small R, S, H, A: every path of the network, quick to run.
+    ``cond``: True (local and global conditioning), False, or one of "local+global", "global", "none"."""
+    cond = {True: "local+global", False: "none"}.get(cond, cond)
     options = dict(layers=6, stacks=2, kernel_size=kernel_size, residual_channels=8, skip_channels=12,
                    num_classes=16, head_channels=10, head=head, mixture_components=3,
-                   cond_channels=3 if cond else 0, global_cond_channels=2 if cond else 0, residual_scale=0.7)
+                   cond_channels=3 if cond == "local+global" else 0,
+                   global_cond_channels=0 if cond == "none" else 2, residual_scale=0.7)
     return WaveNetConfig(**{**options, **overrides})
 
 
 def generation_inputs(model, batch, steps, dtype=torch.float64):
     """The generation op's inputs for ``model``: weights, per-layer conditioning, uniform noise."""
     c = model.config
-    cond = torch.randn(batch, c.cond_channels, steps, dtype=dtype) if c.cond_channels else None
-    global_cond = torch.randn(batch, c.global_cond_channels, dtype=dtype) if c.global_cond_channels else None
-    noise_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    uniform = torch.rand(batch, steps, reference.uniforms_per_sample(c.head), dtype=noise_dtype)
+    like = {"dtype": dtype, "device": model.embedding.weight.device}
+    cond = torch.randn(batch, c.cond_channels, steps, **like) if c.cond_channels else None
+    global_cond = torch.randn(batch, c.global_cond_channels, **like) if c.global_cond_channels else None
+    noise = {**like, "dtype": torch.float64 if dtype == torch.float64 else torch.float32}
+    uniform = torch.rand(batch, steps, reference.uniforms_per_sample(c.head), **noise)
     return model.generation_weights(), model.layer_cond(cond, global_cond), uniform
 
 
@@ -125,10 +129,13 @@ def test_forward_and_gradients_on_every_backend(backend):
     x = torch.randint(0, config.num_classes, (2, 25))
     cond, global_cond = torch.randn(2, 3, 25, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
     results = {}
+    parameters = list(model.parameters())
     for name in ("reference", backend):
         with gmk.use_backend(name):
             loss = model(x, cond, global_cond)["loss"]
-        results[name] = (loss, torch.autograd.grad(loss, list(model.parameters())))
+        # The last layer's residual 1x1 feeds nothing (as in nv-wavenet): no gradient, or zero.
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+        results[name] = (loss, [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads)])
     torch.testing.assert_close(results[backend][0], results["reference"][0], rtol=1e-10, atol=1e-12)
     for actual, expected in zip(results[backend][1], results["reference"][1]):
         torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
@@ -167,10 +174,10 @@ def test_forward_bad_inputs():
 
 @pytest.mark.parametrize("kernel_size", [1, 2, 3])
 @pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("cond", ["none", "local+global"])
+@pytest.mark.parametrize("cond", ["none", "global", "local+global"])
 def test_cached_loop_matches_recompute(head, kernel_size, cond):
     """O(L) per sample with ring buffers = the whole network run on all samples so far, at every step."""
-    config = small_config(head, kernel_size, cond=cond != "none")
+    config = small_config(head, kernel_size, cond=cond)
     model = WaveNet(config).double()
     weights, layer_cond, uniform = generation_inputs(model, batch=2, steps=40)
     args = (weights, config.dilations, layer_cond, uniform, config.start_class, config.residual_scale, 0.8,
@@ -196,24 +203,39 @@ def test_sampling_rule_is_the_inverse_cdf():
 
 @pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "triton"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("head, kernel_size", [("softmax", 2), ("logistic_mixture", 3)])
-def test_backend_matches_cached_loop(backend, dtype, head, kernel_size):
+@pytest.mark.parametrize("head, kernel_size, cond", [("softmax", 2, "local+global"),
+                                                     ("logistic_mixture", 3, "global"), ("softmax", 1, "none")])
+def test_backend_matches_cached_loop(backend, dtype, head, kernel_size, cond):
     """Same noise, same samples. Backends compute in float32 (float64) from weights stored in ``dtype``:
     the reference runs on those weights converted to the compute type."""
-    config = small_config(head, kernel_size)
+    config = small_config(head, kernel_size, cond)
     model = WaveNet(config).to(dtype)
     weights, layer_cond, uniform = generation_inputs(model, batch=3, steps=40, dtype=dtype)
     samples = generate_ops.wavenet_generate(weights, config.dilations, uniform, layer_cond, backend=backend,
                                             temperature=0.9, **options(config))
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    expected = cached_loop(config, [w.to(compute) for w in weights], layer_cond.to(compute), uniform, 0.9)
+    expected = cached_loop(config, [w.to(compute) for w in weights],
+                           None if layer_cond is None else layer_cond.to(compute), uniform, 0.9)
+    assert torch.equal(samples, expected)
+
+
+@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "triton"])
+def test_backend_takes_any_strides(backend):
+    """Weights, conditioning and noise stored transposed with gaps (NaN in the gaps) give the same samples."""
+    config = small_config("logistic_mixture", 2)
+    weights, layer_cond, uniform = generation_inputs(WaveNet(config).double(), batch=2, steps=30)
+    expected = cached_loop(config, weights, layer_cond, uniform)
+    strided = [noncontiguous(w) for w in weights]
+    samples = generate_ops.wavenet_generate(strided, config.dilations, noncontiguous(uniform),
+                                            noncontiguous(layer_cond), backend=backend, **options(config))
     assert torch.equal(samples, expected)
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="Triton is not installed")
-@pytest.mark.parametrize("head, kernel_size, steps", [("softmax", 2, 40), ("logistic_mixture", 3, 12)])
-def test_triton_matches_cached_loop(head, kernel_size, steps):
-    config = small_config(head, kernel_size)
+@pytest.mark.parametrize("head, kernel_size, cond, steps", [("softmax", 2, "local+global", 40),
+                                                            ("logistic_mixture", 3, "global", 12)])
+def test_triton_matches_cached_loop(head, kernel_size, cond, steps):
+    config = small_config(head, kernel_size, cond)
     model = WaveNet(config)
     weights, layer_cond, uniform = generation_inputs(model, batch=2, steps=steps, dtype=torch.float32)
     samples = generate_ops.wavenet_generate(weights, config.dilations, uniform, layer_cond, backend="triton",
@@ -328,12 +350,14 @@ def nv_wavenet_plan(**overrides):
     return generate_ops.cuda_plan(**{**sizes, **overrides})
 
 
+NV_WAVENET_WEIGHTS = 16 * (2 * 64 * 64 * 2 + 128 + 64 * 64 + 64 + 256 * 64 + 256) + 2 * (256 * 256 + 256)
+
+
 @needs_extension
-def test_cuda_plan_of_nv_wavenet_default():
-    plan = nv_wavenet_plan()
-    assert plan["batch_per_block"] == 1 and not plan["weights_in_shared"]
-    per_layer = 2 * 64 * 64 * 2 + 128 + 64 * 64 + 64 + 256 * 64 + 256
-    assert plan["weight_bytes"] == 4 * (16 * per_layer + 256 * 256 + 256 + 256 * 256 + 256)
+def test_cuda_plan_of_nv_wavenet_default_on_the_block_kernel():
+    plan = nv_wavenet_plan(compute_capability=80)  # no clusters before Hopper
+    assert plan["cluster_size"] == 0 and plan["batch_per_block"] == 1 and not plan["weights_in_shared"]
+    assert plan["weight_bytes"] == 4 * NV_WAVENET_WEIGHTS  # 2.4 MB: streamed from L2 at every step
     assert plan["shared_bytes"] == 4 * (4 * 64 + 256 + 256 + 256 + 1)
     assert nv_wavenet_plan(batch=64)["batch_per_block"] == 1  # 64 elements: one per block, on 64 SMs
     assert nv_wavenet_plan(batch=132 * 8)["batch_per_block"] == 8
@@ -341,9 +365,27 @@ def test_cuda_plan_of_nv_wavenet_default():
 
 
 @needs_extension
+def test_cuda_plan_keeps_nv_wavenet_on_chip_in_a_cluster():
+    """Batch 1 on Hopper: 16 blocks hold 1/16 of every weight each (float32), 8 in float16."""
+    plan = nv_wavenet_plan()
+    assert plan["cluster_size"] == 16 and plan["weights_in_shared"]
+    share = 16 * (2 * 64 * 8 + 8 + 64 * 4 + 4 + 64 * 16 + 16) + 2 * (256 * 16 + 16)
+    activations = 2 * 64 + 3 * 256 + 8 + 16
+    assert plan["shared_bytes"] == 4 * activations + 4 * share and 16 * 4 * share == 4 * NV_WAVENET_WEIGHTS
+    assert nv_wavenet_plan(element_size=2)["cluster_size"] == 8
+    assert nv_wavenet_plan(batch=8)["cluster_size"] == 16  # 8 clusters of 16 on 132 SMs
+    assert nv_wavenet_plan(batch=9)["cluster_size"] == 0  # not all resident at once: the block kernel
+    assert nv_wavenet_plan(residual_channels=128)["cluster_size"] == 0  # 7.3 MB: no cluster holds it
+    assert nv_wavenet_plan(skip_channels=250)["cluster_size"] == 0  # only C = 2 divides: 1.2 MB per block
+    # The tests' small network: C = 2 is the only size dividing R, S, H, P = 8, 12, 10, 16.
+    assert nv_wavenet_plan(residual_channels=8, skip_channels=12, hidden_channels=10, outputs=16,
+                           layers=6)["cluster_size"] == 2
+
+
+@needs_extension
 def test_cuda_plan_stages_small_weights_in_shared_memory():
     plan = nv_wavenet_plan(residual_channels=16, skip_channels=32, hidden_channels=32, outputs=256, layers=8,
-                           element_size=2)
+                           element_size=2, compute_capability=80)
     assert plan["weights_in_shared"]
     assert plan["shared_bytes"] >= plan["weight_bytes"] > 0
 
@@ -385,15 +427,44 @@ def test_gpu_backend_matches_cached_loop(backend, head, kernel_size, batch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("batch", [2, 9])
+def test_gpu_nv_wavenet_default_matches_cached_loop(batch):
+    """nv-wavenet's network: batch 2 runs the cluster kernel (16 blocks per element on Hopper), batch 9
+    the block kernel with the weights streamed from L2."""
+    if "cuda" not in gmk.available_backends("cuda"):
+        pytest.skip("cuda cannot run here")
+    config = WaveNetConfig()
+    model = WaveNet(config)
+    weights, layer_cond, uniform = generation_inputs(model, batch=batch, steps=40, dtype=torch.float32)
+    expected = cached_loop(config, weights, layer_cond, uniform)
+    samples = generate_ops.wavenet_generate([w.cuda() for w in weights], config.dilations, uniform.cuda(),
+                                            backend="cuda", **options(config))
+    assert (samples.cpu() != expected).any(dim=1).float().mean().item() <= 0.2  # a rare float32 boundary
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_half_generation(backend, dtype):
-    """Half weights: samples are valid classes and follow the float32 ones at low temperature."""
+    """Half weights (computed in float32): the kernels run and draw valid classes."""
     config = small_config()
     model = WaveNet(config).cuda().to(dtype)
     first = model.generate(200, torch.randn(4, 3, 200, device="cuda"), torch.randn(4, 2, device="cuda"),
                            batch_size=4, backend=backend)
     assert first.shape == (4, 200) and first.min() >= 0 and first.max() < config.num_classes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("namespace, cond", [("gmkernels", "local+global"), ("gmkernels", "none"),
+                                             ("gmk_triton", "global")])
+def test_opcheck_gpu(namespace, cond):
+    if namespace == "gmkernels" and "cuda" not in gmk.available_backends("cuda"):
+        pytest.skip("the CUDA kernels are not built")
+    config = small_config("softmax", 2, cond)
+    weights, layer_cond, uniform = generation_inputs(WaveNet(config).cuda(), batch=2, steps=5, dtype=torch.float32)
+    torch.library.opcheck(getattr(torch.ops, namespace).wavenet_generate,
+                          (*weights, layer_cond, uniform.cuda(), list(config.dilations), config.start_class, 0.7,
+                           1.0, "softmax", -7.0))
 
 
 @pytest.mark.gpu
@@ -470,8 +541,11 @@ def test_benchmark_cases_run_on_cpu():
             eager = case.peers[harness.EAGER]()
             for name, peer in case.peers.items():
                 if name.startswith("gmk:") and name != "gmk:triton":
-                    for actual, expected in zip(peer(), eager):
-                        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+                    for actual, expected in zip(peer(), eager):  # None: a gradient of zero
+                        if actual is not None or expected is not None:
+                            reference_grad = torch.zeros_like(actual) if expected is None else expected
+                            actual = torch.zeros_like(expected) if actual is None else actual
+                            torch.testing.assert_close(actual, reference_grad, rtol=1e-4, atol=1e-5)
             continue
         outputs = {name: peer() for name, peer in case.peers.items()
                    if name in (harness.EAGER, "gmk:cpu")}

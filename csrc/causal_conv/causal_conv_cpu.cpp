@@ -92,7 +92,8 @@ Grads conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const a
     for (int64_t j = 0; j < k; ++j) {
       const int64_t shift = tap_shift(j, k, dilation);
       if (shift >= t) continue;
-      grad_x.narrow(2, 0, t - shift).baddbmm_(wt[j].expand({n, in_channels, out_channels}), g.narrow(2, shift, t - shift));
+      grad_x.narrow(2, 0, t - shift)
+          .baddbmm_(wt[j].expand({n, in_channels, out_channels}), g.narrow(2, shift, t - shift));
     }
     grad_x = grad_x.to(x.scalar_type());
   }

@@ -195,7 +195,8 @@ void check_layer(const char* op, const at::Tensor& x, const at::Tensor& conv_wei
 
 std::tuple<at::Tensor, at::Tensor> wavenet_layer(const at::Tensor& x, const at::Tensor& conv_weight,
                                                  const std::optional<at::Tensor>& conv_bias,
-                                                 const at::Tensor& res_weight, const std::optional<at::Tensor>& res_bias,
+                                                 const at::Tensor& res_weight,
+                                                 const std::optional<at::Tensor>& res_bias,
                                                  const at::Tensor& skip_weight,
                                                  const std::optional<at::Tensor>& skip_bias,
                                                  const std::optional<at::Tensor>& cond, int64_t dilation,

@@ -12,7 +12,10 @@ Conditioning: local features (N, C, T) at the audio rate (upsample them first) t
 added before the gate. ``forward`` returns the training loss; ``generate`` samples with a per-layer
 cache (O(L) per sample) on the backend chosen as for every op (reference: the eager cached loop;
 cpu: a C++ loop; triton: one fused kernel per step; cuda: one persistent kernel for all steps).
-All layers' parameters are stacked along a leading L dimension (``conv_weight`` (L, 2R, R, k), …).
+Parameters: gmk.nn.WaveNetLayer per layer (nn.Conv1d conv / res / skip) and nn.Conv1d 1x1s, so a
+WaveNet's state dict reads like the usual PyTorch ports'; ``generation_weights`` stacks them per layer.
+The last layer's residual output feeds nothing (nv-wavenet has no such 1x1): its ``res`` gets no
+gradient (DistributedDataParallel needs ``find_unused_parameters=True``).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mu_law import mu_law_decode
-from ..ops.causal_conv import wavenet_layer
+from ..nn.causal_conv import WaveNetLayer
 from ..ops.logistic_mixture import discretized_logistic_mixture_nll
 from ..ops.wavenet_generate import wavenet_generate
 from ..reference.wavenet_generate import HEADS, GenerationWeights, uniforms_per_sample
@@ -99,34 +102,24 @@ class WaveNetConfig:
         return self.num_classes // 2
 
 
-def _uniform_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
-    """nn.Conv1d's default initialisation, U(-1/√fan_in, 1/√fan_in)."""
-    bound = 1 / math.sqrt(fan_in)
-    return torch.nn.init.uniform_(t, -bound, bound)
-
-
 class WaveNet(torch.nn.Module):
+    """nv-wavenet's network on gmk.nn.WaveNetLayer (``layers[l].conv``, ``.res``, ``.skip``: nn.Conv1d
+    parameters); the head is ``head1`` (S -> H) and ``head2`` (H -> P), 1x1 nn.Conv1d; conditioning
+    ``cond`` (a 1x1 C -> L·2R, rows l·2R … (l+1)·2R - 1 for layer l) and ``global_cond`` (G -> L·2R)."""
+
     def __init__(self, config: WaveNetConfig | None = None):
         super().__init__()
         self.config = config = config or WaveNetConfig()
-        a, r, s, h, k, n_layers = (config.num_classes, config.residual_channels, config.skip_channels,
-                                   config.hidden_channels, config.kernel_size, config.layers)
-        p = torch.nn.Parameter
-        self.embedding = p(torch.randn(a, r))
-        self.conv_weight = p(_uniform_(torch.empty(n_layers, 2 * r, r, k), r * k))
-        self.conv_bias = p(_uniform_(torch.empty(n_layers, 2 * r), r * k))
-        self.res_weight = p(_uniform_(torch.empty(n_layers, r, r), r))
-        self.res_bias = p(_uniform_(torch.empty(n_layers, r), r))
-        self.skip_weight = p(_uniform_(torch.empty(n_layers, s, r), r))
-        self.skip_bias = p(_uniform_(torch.empty(n_layers, s), r))
-        self.head_weight1 = p(_uniform_(torch.empty(h, s), s))
-        self.head_bias1 = p(_uniform_(torch.empty(h), s))
-        self.head_weight2 = p(_uniform_(torch.empty(config.outputs, h), h))
-        self.head_bias2 = p(_uniform_(torch.empty(config.outputs), h))
-        # Conditioning of every layer in one matrix: rows l·2R … (l+1)·2R - 1 are layer l's 1x1.
+        r, two_r = config.residual_channels, 2 * config.residual_channels
+        self.embedding = torch.nn.Embedding(config.num_classes, r)
+        self.layers = torch.nn.ModuleList(
+            WaveNetLayer(r, config.skip_channels, config.kernel_size, dilation, config.residual_scale)
+            for dilation in config.dilations)
+        self.head1 = torch.nn.Conv1d(config.skip_channels, config.hidden_channels, 1)
+        self.head2 = torch.nn.Conv1d(config.hidden_channels, config.outputs, 1)
         c, g = config.cond_channels, config.global_cond_channels
-        self.cond_weight = p(_uniform_(torch.empty(n_layers * 2 * r, c), c)) if c else None
-        self.global_cond_weight = p(_uniform_(torch.empty(n_layers * 2 * r, g), g)) if g else None
+        self.cond = torch.nn.Conv1d(c, config.layers * two_r, 1, bias=False) if c else None
+        self.global_cond = torch.nn.Linear(g, config.layers * two_r, bias=False) if g else None
 
     # --- conditioning ------------------------------------------------------------------------
 
@@ -160,10 +153,10 @@ class WaveNet(torch.nn.Module):
         c = self.config
         projected = None
         if cond is not None:
-            local = torch.einsum("oc,nct->not", self.cond_weight, cond.to(self.cond_weight.dtype))
+            local = self.cond(cond.to(self.cond.weight.dtype))
             projected = local.view(cond.shape[0], c.layers, 2 * c.residual_channels, -1).transpose(0, 1)
         if global_cond is not None:
-            glob = global_cond.to(self.global_cond_weight.dtype) @ self.global_cond_weight.T
+            glob = self.global_cond(global_cond.to(self.global_cond.weight.dtype))
             glob = glob.view(global_cond.shape[0], c.layers, 2 * c.residual_channels, 1).transpose(0, 1)
             projected = glob if projected is None else projected + glob
         return projected
@@ -174,17 +167,12 @@ class WaveNet(torch.nn.Module):
                global_cond: torch.Tensor | None = None) -> torch.Tensor:
         """The head's output (N, P, T) for the input classes (N, T): step t sees inputs[:, :t+1]."""
         layer_cond = self.layer_cond(cond, global_cond)
-        x = F.embedding(inputs, self.embedding).transpose(1, 2)
+        x = self.embedding(inputs).transpose(1, 2)
         skip = 0
-        for layer, dilation in enumerate(self.config.dilations):
-            x, layer_skip = wavenet_layer(
-                x, self.conv_weight[layer], self.conv_bias[layer], self.res_weight[layer],
-                self.res_bias[layer], self.skip_weight[layer], self.skip_bias[layer],
-                None if layer_cond is None else layer_cond[layer], dilation=dilation,
-                residual_scale=self.config.residual_scale)
+        for index, layer in enumerate(self.layers):
+            x, layer_skip = layer(x, None if layer_cond is None else layer_cond[index])
             skip = skip + layer_skip
-        hidden = F.relu(F.conv1d(F.relu(skip), self.head_weight1[:, :, None], self.head_bias1))
-        return F.conv1d(hidden, self.head_weight2[:, :, None], self.head_bias2)
+        return self.head2(F.relu(self.head1(F.relu(skip))))
 
     def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None,
             global_cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,10 +207,16 @@ class WaveNet(torch.nn.Module):
     # --- generation --------------------------------------------------------------------------
 
     def generation_weights(self) -> GenerationWeights:
-        return GenerationWeights(*(t.detach() for t in (
-            self.embedding, self.conv_weight, self.conv_bias, self.res_weight, self.res_bias,
-            self.skip_weight, self.skip_bias, self.head_weight1, self.head_bias1, self.head_weight2,
-            self.head_bias2)))
+        """The weights the generation op takes: the layers' stacked along a leading L, 1x1s as matrices."""
+        def stacked(get):
+            return torch.stack([get(layer).detach() for layer in self.layers])
+
+        return GenerationWeights(
+            self.embedding.weight.detach(), stacked(lambda layer: layer.conv.weight),
+            stacked(lambda layer: layer.conv.bias), stacked(lambda layer: layer.res.weight[:, :, 0]),
+            stacked(lambda layer: layer.res.bias), stacked(lambda layer: layer.skip.weight[:, :, 0]),
+            stacked(lambda layer: layer.skip.bias), self.head1.weight[:, :, 0].detach(),
+            self.head1.bias.detach(), self.head2.weight[:, :, 0].detach(), self.head2.bias.detach())
 
     @torch.no_grad()
     def generate(self, num_samples: int, cond: torch.Tensor | None = None,

@@ -208,8 +208,35 @@ def _one_by_one(weight: torch.Tensor) -> tuple[int, int, int]:
     return weight.stride(0), weight.stride(1), 0
 
 
-def _block_k(channels: int) -> int:
-    return 16 if channels <= 16 else 32
+def _configs(accumulators: int) -> list[triton.Config]:
+    """(BO output channels × BT time steps) tiles, BK channels a step; the gated kernels keep two or
+    three accumulators per tile, so take smaller ones. Under the interpreter one small config, so that
+    the CPU tests cross tile edges. Untuned: not yet run on a GPU."""
+    if triton_interpreted():
+        return [triton.Config({"BO": 16, "BT": 32, "BK": 16})]
+    if accumulators == 1:
+        return [
+            triton.Config({"BO": 128, "BT": 128, "BK": 32}, num_warps=8, num_stages=3),
+            triton.Config({"BO": 64, "BT": 128, "BK": 32}, num_warps=4, num_stages=4),
+            triton.Config({"BO": 128, "BT": 64, "BK": 64}, num_warps=4, num_stages=4),
+            triton.Config({"BO": 64, "BT": 64, "BK": 64}, num_warps=4, num_stages=4),
+        ]
+    return [
+        triton.Config({"BO": 64, "BT": 128, "BK": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BO": 64, "BT": 64, "BK": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BO": 32, "BT": 128, "BK": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BO": 32, "BT": 64, "BK": 64}, num_warps=4, num_stages=3),
+    ]
+
+
+_CONV_KEY = ["C_in", "C_out", "T", "K", "EPILOGUE", "HAS_COND"]
+_conv_tuned = triton.autotune(_configs(1), key=_CONV_KEY)(_conv_kernel)
+_gated_tuned = triton.autotune(_configs(2), key=_CONV_KEY)(_conv_kernel)
+_grad_h_tuned = triton.autotune(_configs(3), key=["R", "S", "T", "K", "HAS_COND"])(_layer_grad_h_kernel)
+
+
+def _tiles(meta, t: int, rows: int, n: int) -> tuple[int, int, int]:
+    return triton.cdiv(t, meta["BT"]), triton.cdiv(rows, meta["BO"]), n
 
 
 def _conv(inp, weight, w_strides, bias, out, kernel_size, dilation, sign, *, epilogue=PLAIN, half=0,
@@ -220,17 +247,15 @@ def _conv(inp, weight, w_strides, bias, out, kernel_size, dilation, sign, *, epi
     c_out = out.shape[1]
     if out.numel() == 0:
         return
-    bo = 32 if epilogue == GATE else 64
-    grid = (triton.cdiv(t, BLOCK_T), triton.cdiv(c_out, bo), n)
+    kernel = _gated_tuned if epilogue == GATE else _conv_tuned
     with torch.cuda.device(inp.device) if inp.is_cuda else _no_context():
-        _conv_kernel[grid](
+        kernel[lambda meta: _tiles(meta, t, c_out, n)](
             inp, weight, inp if bias is None else bias, inp if cond is None else cond,
             inp if res is None else res, out, c_in, c_out, t, kernel_size, dilation, sign, half, acc_scale,
             res_scale,
             *_strides(inp), *w_strides, *_strides(cond), *_strides(res),
             EPILOGUE=epilogue, HAS_BIAS=bias is not None, HAS_COND=cond is not None,
-            BO=bo, BT=BLOCK_T, BK=_block_k(c_in), PRECISION=_precision(inp.dtype),
-            INTERPRETED=triton_interpreted(), num_warps=4)
+            PRECISION=_precision(inp.dtype), INTERPRETED=triton_interpreted())
 
 
 def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
@@ -238,7 +263,7 @@ def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
     contiguous)."""
     n, c_in, t = x.shape
     c_out, _, k = weight.shape
-    bo = bi = 64 if min(c_out, c_in) > 32 else 32
+    bo = bi = 16 if triton_interpreted() else 64 if min(c_out, c_in) > 32 else 32
     programs = triton.cdiv(c_out, bo) * triton.cdiv(c_in, bi) * k
     blocks = triton.cdiv(max(t, 1), BLOCK_T)
     splits = max(1, min(triton.cdiv(_parallelism(), programs), blocks))
@@ -377,16 +402,14 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
     g_res, g_skip = grad_x_next.contiguous(), grad_skip.contiguous()
     grad_h, z = x.new_empty(n, 2 * r, t), x.new_empty(n, r, t)
     if grad_h.numel():
-        bo = 32
         with torch.cuda.device(x.device) if x.is_cuda else _no_context():
-            _layer_grad_h_kernel[(triton.cdiv(t, BLOCK_T), triton.cdiv(r, bo), n)](
+            _grad_h_tuned[lambda meta: _tiles(meta, t, r, n)](
                 x, conv_weight, x if conv_bias is None else conv_bias, x if cond is None else cond,
                 g_res, g_skip, res_weight, skip_weight, grad_h, z, r, s, t, k, dilation, residual_scale,
                 *_strides(x), *conv_weight.stride(), *_strides(cond), *res_weight.stride(),
                 *skip_weight.stride(),
-                HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, BO=bo, BT=BLOCK_T,
-                BK=_block_k(min(r, s)), PRECISION=_precision(x.dtype), INTERPRETED=triton_interpreted(),
-                num_warps=4)
+                HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, PRECISION=_precision(x.dtype),
+                INTERPRETED=triton_interpreted())
     want = list(output_mask)
     grads = [None] * 8
     if want[0]:

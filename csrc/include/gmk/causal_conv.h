@@ -44,9 +44,9 @@ struct WeightGradArgs {
   DType dtype = DType::Float32;
 };
 
-// The fused residual layer, for the CUDA kernels (forward, and the backward up to grad_h). x (N, R, T) and cond (N, 2R, T) any strides (cond
-// may be a stride-0 view for global conditioning, or null); weights and biases contiguous, biases
-// may be null; x_next (N, R, T) and skip (N, S, T) contiguous.
+// The fused residual layer, for the CUDA kernels (forward, and the backward up to grad_h). x (N, R, T)
+// and cond (N, 2R, T) any strides (cond may be a stride-0 view for global conditioning, or null);
+// weights and biases contiguous, biases may be null; x_next (N, R, T) and skip (N, S, T) contiguous.
 struct LayerArgs {
   int64_t batch = 0, residual = 0, skip_channels = 0, length = 0, kernel_size = 1, dilation = 1;
   float residual_scale = 1.0f;
@@ -71,7 +71,7 @@ struct LayerArgs {
   DType dtype = DType::Float32;
 };
 
-// The layer's output epilogues, on the 1x1 products acc = (W z)[c, t].
+// The layer's residual output, from the 1x1 product acc = (W_res z)[c, t].
 template <typename T>
 GMK_HOST_DEVICE T residual_out(T x, T acc, T bias, T residual_scale) {
   return (x + acc + bias) * residual_scale;
