@@ -16,6 +16,16 @@ BACKENDS = [name for name in backends_under_test("cpu") if name in generate_ops.
 HEADS = ("softmax", "logistic_mixture")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Thousands of tiny ops (one generation step, one training step): on a shared machine a single
+    thread avoids OpenMP's oversubscription stalls (measured: up to 20x slower with 2 threads)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def small_config(head="softmax", kernel_size=2, cond=True, **overrides):
     """L = 6 (dilations 1, 2, 4 twice), small R, S, H, A: every path of the network, quick to run.
     ``cond``: True (local and global conditioning), False, or one of "local+global", "global", "none"."""
@@ -160,6 +170,8 @@ def test_forward_bad_inputs():
     cond, global_cond = torch.randn(2, 3, 10), torch.randn(2, 2)
     with pytest.raises(TypeError, match="x must be µ-law classes"):
         model(x.float(), cond, global_cond)
+    with pytest.raises(ValueError, match=r"x must hold classes in \[0, 16\)"):
+        model(x + 10, cond, global_cond)
     with pytest.raises(ValueError, match="cond is required"):
         model(x, None, global_cond)
     with pytest.raises(ValueError, match=r"cond must be \(N=2, C=3, T=10\)"):
@@ -172,9 +184,9 @@ def test_forward_bad_inputs():
 
 # --- generation: the cached loop, the backends, the model's generate ---------------------------------
 
-@pytest.mark.parametrize("kernel_size", [1, 2, 3])
-@pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("cond", ["none", "global", "local+global"])
+@pytest.mark.parametrize("head, kernel_size, cond", [
+    *((head, k, "local+global") for head in HEADS for k in (1, 2, 3)),
+    ("softmax", 2, "none"), ("logistic_mixture", 2, "global")])
 def test_cached_loop_matches_recompute(head, kernel_size, cond):
     """O(L) per sample with ring buffers = the whole network run on all samples so far, at every step."""
     config = small_config(head, kernel_size, cond=cond)
@@ -203,8 +215,8 @@ def test_sampling_rule_is_the_inverse_cdf():
 
 @pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "triton"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("head, kernel_size, cond", [("softmax", 2, "local+global"),
-                                                     ("logistic_mixture", 3, "global"), ("softmax", 1, "none")])
+@pytest.mark.parametrize("head, kernel_size, cond", [
+    ("softmax", 2, "local+global"), ("logistic_mixture", 3, "global"), ("softmax", 1, "none")])
 def test_backend_matches_cached_loop(backend, dtype, head, kernel_size, cond):
     """Same noise, same samples. Backends compute in float32 (float64) from weights stored in ``dtype``:
     the reference runs on those weights converted to the compute type."""
@@ -217,6 +229,16 @@ def test_backend_matches_cached_loop(backend, dtype, head, kernel_size, cond):
     expected = cached_loop(config, [w.to(compute) for w in weights],
                            None if layer_cond is None else layer_cond.to(compute), uniform, 0.9)
     assert torch.equal(samples, expected)
+
+
+@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "triton"])
+def test_backend_large_batch(backend):
+    """19 elements: the CPU kernel steps groups of 8 (and a group of 3) in parallel."""
+    config = small_config("softmax", 3, "local+global")
+    weights, layer_cond, uniform = generation_inputs(WaveNet(config).double(), batch=19, steps=15)
+    samples = generate_ops.wavenet_generate(weights, config.dilations, uniform, layer_cond, backend=backend,
+                                            **options(config))
+    assert torch.equal(samples, cached_loop(config, weights, layer_cond, uniform))
 
 
 @pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "triton"])
@@ -370,8 +392,8 @@ def test_cuda_plan_keeps_nv_wavenet_on_chip_in_a_cluster():
     plan = nv_wavenet_plan()
     assert plan["cluster_size"] == 16 and plan["weights_in_shared"]
     share = 16 * (2 * 64 * 8 + 8 + 64 * 4 + 4 + 64 * 16 + 16) + 2 * (256 * 16 + 16)
-    activations = 2 * 64 + 3 * 256 + 8 + 16
-    assert plan["shared_bytes"] == 4 * activations + 4 * share and 16 * 4 * share == 4 * NV_WAVENET_WEIGHTS
+    activations = 2 * 64 + 3 * 256 + 8 + 16 + 16 * 64 + 16 * 8 + 2  # ... + taps, conditioning, uniforms
+    assert plan["shared_bytes"] == (4 * activations + 15) // 16 * 16 + 4 * share and 16 * 4 * share == 4 * NV_WAVENET_WEIGHTS
     assert nv_wavenet_plan(element_size=2)["cluster_size"] == 8
     assert nv_wavenet_plan(batch=8)["cluster_size"] == 16  # 8 clusters of 16 on 132 SMs
     assert nv_wavenet_plan(batch=9)["cluster_size"] == 0  # not all resident at once: the block kernel
@@ -461,10 +483,11 @@ def test_opcheck_gpu(namespace, cond):
     if namespace == "gmkernels" and "cuda" not in gmk.available_backends("cuda"):
         pytest.skip("the CUDA kernels are not built")
     config = small_config("softmax", 2, cond)
-    weights, layer_cond, uniform = generation_inputs(WaveNet(config).cuda(), batch=2, steps=5, dtype=torch.float32)
+    model = WaveNet(config).cuda()
+    weights, layer_cond, uniform = generation_inputs(model, batch=2, steps=5, dtype=torch.float32)
     torch.library.opcheck(getattr(torch.ops, namespace).wavenet_generate,
-                          (*weights, layer_cond, uniform.cuda(), list(config.dilations), config.start_class, 0.7,
-                           1.0, "softmax", -7.0))
+                          (*weights, layer_cond, uniform, list(config.dilations), config.start_class, 0.7, 1.0,
+                           "softmax", -7.0))
 
 
 @pytest.mark.gpu
@@ -478,16 +501,7 @@ def test_cuda_rejects_a_configuration_too_large_for_the_kernel():
 
 # --- learning ------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """Training many tiny steps on a shared machine: one thread avoids OpenMP oversubscription stalls."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-def test_trained_wavenet_generates_the_tones(one_thread):
+def test_trained_wavenet_generates_the_tones():
     """A small WaveNet trained 200 steps on two µ-law tones (8 kHz) generates audio whose spectrum
     peaks at those tones, and puts most of its power there."""
     rate, tones = 8000, (440.0, 1240.0)
@@ -531,7 +545,8 @@ def test_benchmark_cases_run_on_cpu():
     harness = pytest.importorskip("gmkernels.benchmarks.harness")
     # gmkernels.benchmarks is the installed checkout's benchmarks/ (setup.py package_dir), which may be
     # another worktree's, without this family.
-    bench = pytest.importorskip("gmkernels.benchmarks.models.wavenet", reason="benchmarks/models not installed")
+    bench = pytest.importorskip("gmkernels.benchmarks.models.wavenet",
+                                reason="the installed gmkernels.benchmarks has no models/")
 
     assert "wavenet" in harness.family_names()
     cases = bench.cases("cpu", quick=True)

@@ -59,7 +59,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # --- training ----------------------------------------------------------------------------------
 
 
-def _gradients(model: WaveNet, x: torch.Tensor, backend: str, forward=None) -> tuple[torch.Tensor | None, ...]:
+def _gradients(model: WaveNet, x: torch.Tensor, backend: str,
+               forward=None) -> tuple[torch.Tensor | None, ...]:
     """Every parameter's gradient (None for the last layer's residual 1x1, which feeds nothing)."""
     with gmk.use_backend(backend):
         loss = (model if forward is None else forward)(x)["loss"]

@@ -168,8 +168,8 @@ __global__ void __launch_bounds__(kGenerateThreads) generate_kernel(const Args a
         }
         for (int64_t j = 0; j + 1 < k; ++j) {
           const int64_t row = ((t - (k - 1 - j) * d) % memory + memory) % memory;
-          dot_rows<T, kB>(w.conv_w + (l * k + j) * r * 2 * r + o, 2 * r, cache + n0 * a.cache_per_batch + past + row * r,
-                          a.cache_per_batch, r, nb, acc);
+          const float* taps = cache + n0 * a.cache_per_batch + past + row * r;  // element b's at b·cache_per_batch
+          dot_rows<T, kB>(w.conv_w + (l * k + j) * r * 2 * r + o, 2 * r, taps, a.cache_per_batch, r, nb, acc);
         }
         dot_rows<T, kB>(w.conv_w + (l * k + k - 1) * r * 2 * r + o, 2 * r, x, per, r, nb, acc);
 #pragma unroll
@@ -306,7 +306,10 @@ __device__ T* stage_share(const void* src, int64_t count, T* dst, Index index) {
 // those rows of every weight staged in its shared memory (input-major, rows of its share only).
 // Each block writes the rows it computes into every block's copy (distributed shared memory), then the
 // cluster synchronises: every block holds all of z, x, relu(skip), hidden and the output when it reads
-// them. Every block draws the same sample from its copy of the output (same data, same code).
+// them. Every block draws the same sample from its copy of the output (same data, same code). What a
+// step reads from global memory (the embedding row, every layer's taps of earlier steps, the
+// conditioning, the uniforms) is loaded at its start, so the chain of layers runs on shared memory and
+// cluster barriers alone: 2 barriers per layer, 3 for the head.
 template <typename T>
 __global__ void __launch_bounds__(kGenerateThreads) generate_cluster_kernel(const Args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -325,7 +328,13 @@ __global__ void __launch_bounds__(kGenerateThreads) generate_cluster_kernel(cons
   float* const out = hidden + h;
   float* const hv = out + p;              // this block's rows of h: its R/C filter, then its R/C gate channels
   float* const skip_mine = hv + 2 * rc;   // this block's S/C rows of Σ skip
-  T* w = reinterpret_cast<T*>(shared + (4 * cluster_activation_floats(r, s, h, p, c) + 15) / 16 * 16);
+  // Loaded at the start of each step, off the chain of dependent layers: the inputs of earlier steps
+  // that the layers' taps j < k-1 read (L, k-1, R), this block's rows of the conditioning (L, 2R/C), and
+  // the step's uniforms.
+  float* const taps = skip_mine + sc;
+  float* const cond_mine = taps + layers * (k - 1) * r;
+  float* const u = cond_mine + layers * 2 * rc;
+  T* w = reinterpret_cast<T*>(shared + (4 * cluster_activation_floats(r, s, h, p, c, layers, k) + 15) / 16 * 16);
 
   // Global column of column e % width of a share: the filter and gate channels for conv, else first + e.
   const auto conv_column = [&](int64_t col) { return col < rc ? q * rc + col : r + q * rc + col - rc; };
@@ -364,24 +373,34 @@ __global__ void __launch_bounds__(kGenerateThreads) generate_cluster_kernel(cons
   const int tid = threadIdx.x, lane = tid % 32;
 
   for (int64_t t = 0; t < steps; ++t) {
+    // Row τ mod M of a ring buffer holds time τ; the taps read times before t, written at earlier steps
+    // (x_t overwrites its row after the cluster barrier that follows every block's loads here).
+    for (int64_t i = tid; i < layers * (k - 1) * r; i += blockDim.x) {
+      const int64_t l = i / ((k - 1) * r), j = i / r % (k - 1), channel = i % r;
+      const int64_t d = a.layer_info[2 * l], memory = (k - 1) * d;
+      const int64_t row = ((t - (k - 1 - j) * d) % memory + memory) % memory;
+      taps[i] = cache[a.layer_info[2 * l + 1] + row * r + channel];
+    }
+    if (cond != nullptr) {
+      for (int64_t i = tid; i < layers * 2 * rc; i += blockDim.x) {
+        const int64_t l = i / (2 * rc), tc = a.cond_steps == 1 ? 0 : t;
+        cond_mine[i] = to_float(cond[((l * a.batch + n) * a.cond_steps + tc) * 2 * r + conv_column(i % (2 * rc))]);
+      }
+    }
+    if (tid < a.uniforms) u[tid] = static_cast<const float*>(a.uniform)[(n * steps + t) * a.uniforms + tid];
     for (int64_t i = tid; i < r; i += blockDim.x) x[i] = to_float(embedding[prev * r + i]);
     for (int64_t i = tid; i < sc; i += blockDim.x) skip_mine[i] = 0.0f;
     __syncthreads();
     for (int64_t l = 0; l < layers; ++l) {
-      const int64_t d = a.layer_info[2 * l], memory = (k - 1) * d;
+      const int64_t memory = (k - 1) * a.layer_info[2 * l];
       float* const past = cache + a.layer_info[2 * l + 1];
-      const T* cond_row = cond == nullptr ? nullptr
-                          : cond + ((l * a.batch + n) * a.cond_steps + (a.cond_steps == 1 ? 0 : t)) * 2 * r;
+      const float* const layer_taps = taps + l * (k - 1) * r;
       // This block's rows of h = b + cond + Σ_j W_j · x[t - (k-1-j)·d]; input i is tap i / R, channel i % R.
       block_matvec(
           conv_w + l * k * r * 2 * rc, 2 * rc, k * r, 2 * rc,
-          [&](int64_t i) {
-            const int64_t j = i / r, channel = i % r;
-            if (j == k - 1) return x[channel];
-            return past[((t - (k - 1 - j) * d) % memory + memory) % memory * r + channel];
-          },
+          [&](int64_t i) { return i < (k - 1) * r ? layer_taps[i] : x[i - (k - 1) * r]; },
           [&](int64_t row, float acc) {
-            const float conditioning = cond_row == nullptr ? 0.0f : to_float(cond_row[conv_column(row)]);
+            const float conditioning = cond == nullptr ? 0.0f : cond_mine[l * 2 * rc + row];
             hv[row] = acc + to_float(conv_b[l * 2 * rc + row]) + conditioning;
           });
       __syncthreads();
@@ -417,7 +436,6 @@ __global__ void __launch_bounds__(kGenerateThreads) generate_cluster_kernel(cons
         [&](int64_t row, float acc) { store_all(out, q * pc + row, acc + to_float(head_b2[row])); });
     cluster.sync();
     if (tid < 32) {
-      const float* u = static_cast<const float*>(a.uniform) + (n * steps + t) * a.uniforms;
       int64_t sample;
       if (!a.mixture) {
         sample = warp_categorical(out, p, a.temperature, u[0], lane);

@@ -183,6 +183,9 @@ class WaveNet(torch.nn.Module):
                             f"{'' if not isinstance(x, torch.Tensor) else f' of shape {tuple(x.shape)}'}")
         self._check_cond("forward", cond, global_cond, x.shape[0], x.shape[1], exact=True)
         c = self.config
+        if x.numel() and not bool(((x >= 0) & (x < c.num_classes)).all()):  # else an embedding out of bounds
+            raise ValueError(f"WaveNet: x must hold classes in [0, {c.num_classes}), got values in "
+                             f"[{x.min().item()}, {x.max().item()}]")
         inputs = torch.cat([x.new_full((x.shape[0], 1), c.start_class), x[:, :-1]], dim=1)
         output = self.output(inputs, cond, global_cond)
         if c.head == "softmax":

@@ -116,7 +116,8 @@ def wavenet_generate(weights: GenerationWeights, dilations, uniform: torch.Tenso
     The first input is ``start_class``; each later input is the previous sample. ``cond`` is None
     or each layer's conditioning (L, N, 2R, 1 or T). ``uniform`` is float32 (float64 for float64
     weights), U = 1 for the softmax head and 2 for the logistic mixture (see the reference module).
-    Every backend computes in float32 (float64 for float64 weights) from weights stored in their dtype.
+    The cpu, cuda and triton backends compute in float32 (float64 for float64 weights) from weights
+    stored in their dtype; the reference computes in the weights' dtype.
     """
     check_args(weights, dilations, uniform, cond, start_class, residual_scale, temperature, head,
                log_scale_min)
@@ -132,7 +133,8 @@ def wavenet_generate(weights: GenerationWeights, dilations, uniform: torch.Tenso
 
 def cuda_plan(*, residual_channels: int, skip_channels: int, hidden_channels: int, outputs: int, layers: int,
               kernel_size: int, batch: int, element_size: int, head: str = "softmax",
-              max_shared_bytes: int = 227 * 1024, multiprocessors: int = 132, compute_capability: int = 90) -> dict:
+              max_shared_bytes: int = 227 * 1024, multiprocessors: int = 132,
+              compute_capability: int = 90) -> dict:
     """How the persistent CUDA kernels would run this configuration (host code, runs anywhere).
 
     Returns ``cluster_size`` (the cluster kernel's blocks per batch element; 0: the block kernel),

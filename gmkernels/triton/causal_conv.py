@@ -1,5 +1,5 @@
 """Triton kernels of WaveNet's dilated causal convolution and residual layer, registered as the custom
-ops gmk_triton::{causal_conv1d, causal_conv1d_backward, wavenet_layer} with the signatures of the C++ ops.
+ops gmk_triton::{causal_conv1d, wavenet_layer}{,_backward} with the signatures of the C++ ops.
 
 Implicit GEMMs over the k taps, accumulated in float32 with ``tl.dot``; the zero padding is a masked
 load (t - shift < 0), never stored:
@@ -9,11 +9,13 @@ load (t - shift < 0), never stored:
 The first two are one kernel, ``_conv_kernel``, which also carries the layer's epilogues:
   GATE      two accumulators per tile, rows c and c + R of the convolution; adds the bias and cond
             (through strides: global conditioning is a stride-0 view) and stores z = tanh(a) σ(b)
-  RESIDUAL  (x + acc + b) · residual_scale, for the residual 1x1 (k = 1) on z
-so the layer's forward is three launches of it: z, then the residual and the skip 1x1s on z (k = 1); h is
-never stored. Its backward, ``_layer_grad_h_kernel``, recomputes h tile by tile and writes grad_h and z
-in one pass (the 1x1s' transposed GEMMs and the gate's derivative fused), then grad_x is the mirrored
-convolution of grad_h with the residual gradient added in its epilogue.
+  RESIDUAL  acc_scale · (acc + b) + res_scale · res: the residual 1x1 (k = 1) on z, and grad_x's residual path
+The layer's forward: for R <= 128 one launch of ``_layer_kernel``, whose programs hold z for all R gate
+rows of their time steps in registers and run both 1x1s on it (neither h nor z is stored); for larger R
+three launches of ``_conv_kernel``: z, then the residual and the skip 1x1s on z. Its backward,
+``_layer_grad_h_kernel``, recomputes h tile by tile and writes grad_h and z in one pass (the 1x1s'
+transposed GEMMs and the gate's derivative fused); grad_x is then the mirrored convolution of grad_h with
+the residual gradient added in its epilogue, and the weights' gradients GEMMs over (N, T).
 
 Precision: float16 and bfloat16 multiply on tensor cores in their own type; float32 in TF32 when
 ``torch.backends.cudnn.allow_tf32`` is set (F.conv1d's default), else in full float32. Under the
@@ -163,6 +165,55 @@ def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr
 
 
 @triton.jit
+def _one_by_one_out(z, w_ptr, b_ptr, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w_i, s_res_c, s_res_t, scale,
+                    offs_c, offs_t, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BO: tl.constexpr,
+                    BT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    """out[n, o, t] = W z (+ bias), or (res + W z + bias) · scale, for every o < rows, BO rows a step."""
+    t_ok = offs_t < T
+    for o0 in range(0, rows, BO):
+        offs_o = o0 + tl.arange(0, BO)
+        o_ok = offs_o < rows
+        w = tl.load(w_ptr + offs_o[:, None] * s_w_o + offs_c[None, :] * s_w_i,
+                    mask=o_ok[:, None] & (offs_c < R)[None, :], other=0.0)
+        acc = _mma(w, z, tl.zeros((BO, BT), dtype=tl.float32), PRECISION, INTERPRETED)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_o, mask=o_ok, other=0.0).to(tl.float32)[:, None]
+        mask = o_ok[:, None] & t_ok[None, :]
+        if RESIDUAL:
+            x = tl.load(res_ptr + offs_o[:, None] * s_res_c + offs_t[None, :] * s_res_t, mask=mask, other=0.0)
+            acc = (acc + x.to(tl.float32)) * scale
+        tl.store(out_ptr + (n * rows + offs_o[:, None]) * T + offs_t[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _layer_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, w_res_ptr, b_res_ptr, w_skip_ptr, b_skip_ptr, x_next_ptr,
+                  skip_ptr, R, S, T, K, dilation, scale,
+                  s_x_n, s_x_c, s_x_t, s_w_o, s_w_i, s_w_j, s_cond_n, s_cond_c, s_cond_t,
+                  s_wr_o, s_wr_i, s_ws_o, s_ws_i,
+                  HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr, HAS_RES_BIAS: tl.constexpr,
+                  HAS_SKIP_BIAS: tl.constexpr, R_PAD: tl.constexpr, BO: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    """The whole layer for BT time steps of one sample, R <= R_PAD: z for every gate row stays in registers
+    and feeds the residual and skip 1x1s as tl.dot; neither h nor z is stored."""
+    n = tl.program_id(1).to(tl.int64)
+    offs_c = tl.arange(0, R_PAD)
+    offs_t = tl.program_id(0) * BT + tl.arange(0, BT)
+    c_ok = offs_c < R
+    mask = c_ok[:, None] & (offs_t < T)[None, :]
+    x_base = x_ptr + n * s_x_n
+    acc_a, acc_b = _conv_tile(x_base, w_ptr, R, R, T, K, dilation, -1, offs_c, c_ok, offs_t, s_x_c, s_x_t,
+                              s_w_o, s_w_i, s_w_j, True, R_PAD, BT, BK, PRECISION, INTERPRETED)
+    a, b = _gate_inputs(acc_a, acc_b, bias_ptr, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
+                        s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
+    z = (_tanh(a, INTERPRETED) * tl.sigmoid(b)).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
+    _one_by_one_out(z, w_res_ptr, b_res_ptr, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c, s_x_t, scale,
+                    offs_c, offs_t, HAS_RES_BIAS, True, BO, BT, PRECISION, INTERPRETED)
+    _one_by_one_out(z, w_skip_ptr, b_skip_ptr, x_base, skip_ptr, n, S, R, T, s_ws_o, s_ws_i, s_x_c, s_x_t, 1.0,
+                    offs_c, offs_t, HAS_SKIP_BIAS, False, BO, BT, PRECISION, INTERPRETED)
+
+
+@triton.jit
 def _weight_grad_kernel(g_ptr, x_ptr, partial_ptr, N, C_out, C_in, T, K, dilation, t_per_split,
                         s_x_n, s_x_c, s_x_t,
                         BO: tl.constexpr, BI: tl.constexpr, BT: tl.constexpr,
@@ -229,10 +280,25 @@ def _configs(accumulators: int) -> list[triton.Config]:
     ]
 
 
+def _layer_configs() -> list[triton.Config]:
+    """The one-kernel layer keeps a (R_PAD × BT) tile of a, b and z, then (BO × BT) outputs at a time."""
+    if triton_interpreted():
+        return [triton.Config({"BO": 16, "BT": 32, "BK": 16})]
+    return [
+        triton.Config({"BO": 64, "BT": 32, "BK": 32}, num_warps=4, num_stages=3),
+        triton.Config({"BO": 64, "BT": 64, "BK": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BO": 128, "BT": 32, "BK": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BO": 32, "BT": 64, "BK": 32}, num_warps=4, num_stages=3),
+    ]
+
+
+# R up to this takes the one-kernel layer (z in registers); more, the three launches with z in memory.
+MAX_FUSED_RESIDUAL = 128
 _CONV_KEY = ["C_in", "C_out", "T", "K", "EPILOGUE", "HAS_COND"]
 _conv_tuned = triton.autotune(_configs(1), key=_CONV_KEY)(_conv_kernel)
 _gated_tuned = triton.autotune(_configs(2), key=_CONV_KEY)(_conv_kernel)
 _grad_h_tuned = triton.autotune(_configs(3), key=["R", "S", "T", "K", "HAS_COND"])(_layer_grad_h_kernel)
+_layer_tuned = triton.autotune(_layer_configs(), key=["R", "S", "T", "K", "HAS_COND", "R_PAD"])(_layer_kernel)
 
 
 def _tiles(meta, t: int, rows: int, n: int) -> tuple[int, int, int]:
@@ -366,10 +432,14 @@ def wavenet_layer(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
                   res_weight: torch.Tensor, res_bias: torch.Tensor | None, skip_weight: torch.Tensor,
                   skip_bias: torch.Tensor | None, cond: torch.Tensor | None, dilation: int,
                   residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = gate(conv + bias + cond) in one launch (h never stored), then the two 1x1s on z."""
+    """One launch for R <= MAX_FUSED_RESIDUAL (neither h nor z stored); else z = gate(conv + bias + cond)
+    in one launch (h never stored), then the two 1x1s on z."""
     check_layer_args("wavenet_layer", x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias,
                      cond, dilation)
     n, r, t = x.shape
+    if r <= MAX_FUSED_RESIDUAL:
+        return _fused_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation,
+                            residual_scale)
     z = x.new_empty(n, r, t)
     _conv(x, conv_weight, conv_weight.stride(), conv_bias, z, conv_weight.shape[2], dilation, -1,
           epilogue=GATE, half=r, cond=cond)
@@ -377,6 +447,25 @@ def wavenet_layer(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
     _conv(z, res_weight, _one_by_one(res_weight), res_bias, x_next, 1, 1, -1, epilogue=RESIDUAL, res=x,
           acc_scale=residual_scale, res_scale=residual_scale)
     _conv(z, skip_weight, _one_by_one(skip_weight), skip_bias, skip, 1, 1, -1)
+    return x_next, skip
+
+
+def _fused_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation,
+                 residual_scale):
+    n, r, t = x.shape
+    s = skip_weight.shape[0]
+    x_next, skip = x.new_empty(n, r, t), x.new_empty(n, s, t)
+    if x_next.numel() == 0:
+        return x_next, skip
+    with torch.cuda.device(x.device) if x.is_cuda else _no_context():
+        _layer_tuned[lambda meta: (triton.cdiv(t, meta["BT"]), n)](
+            x, conv_weight, x if conv_bias is None else conv_bias, x if cond is None else cond,
+            res_weight, x if res_bias is None else res_bias, skip_weight, x if skip_bias is None else skip_bias,
+            x_next, skip, r, s, t, conv_weight.shape[2], dilation, residual_scale,
+            *_strides(x), *conv_weight.stride(), *_strides(cond), *res_weight.stride(), *skip_weight.stride(),
+            HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, HAS_RES_BIAS=res_bias is not None,
+            HAS_SKIP_BIAS=skip_bias is not None, R_PAD=max(16, triton.next_power_of_2(r)),
+            PRECISION=_precision(x.dtype), INTERPRETED=triton_interpreted())
     return x_next, skip
 
 

@@ -75,9 +75,12 @@ struct CudaPlan {
 constexpr int64_t kClusterSizes[] = {2, 4, 8, 16};
 
 // The cluster kernel's float activations per block: x, z (R each), relu(skip) (S), hidden (H), output (P),
-// its share of h (2R/C) and its share of the skip sum (S/C).
-constexpr int64_t cluster_activation_floats(int64_t r, int64_t s, int64_t h, int64_t p, int64_t c) {
-  return 2 * r + s + h + p + 2 * (r / c) + s / c;
+// its share of h (2R/C) and of the skip sum (S/C), and what each step reads from global memory, loaded
+// at its start: every layer's taps of earlier steps (L (k-1) R), its share of the conditioning (L 2R/C)
+// and the step's uniforms (2).
+constexpr int64_t cluster_activation_floats(int64_t r, int64_t s, int64_t h, int64_t p, int64_t c, int64_t layers,
+                                            int64_t k) {
+  return 2 * r + s + h + p + 2 * (r / c) + s / c + layers * (k - 1) * r + layers * 2 * (r / c) + 2;
 }
 
 // The weights one block of the cluster kernel holds: 1/C of the output rows of every matrix and bias.
@@ -106,7 +109,7 @@ inline CudaPlan plan_cuda(int64_t r, int64_t s, int64_t h, int64_t p, int64_t la
     for (const int64_t c : kClusterSizes) {
       if (r % c || s % c || h % c || p % c) continue;
       if (batch * c > multiprocessors) break;
-      const int64_t bytes = (4 * cluster_activation_floats(r, s, h, p, c) + 15) / 16 * 16 +
+      const int64_t bytes = (4 * cluster_activation_floats(r, s, h, p, c, layers, k) + 15) / 16 * 16 +
                             cluster_weight_elements(r, s, h, p, layers, k, c) * element_size;
       if (bytes <= max_shared_bytes) {
         plan.cluster_size = c;
