@@ -1,7 +1,8 @@
 """The benchmark harness: times every peer of every case, writes a JSON record and a markdown table.
 
-An op family is a module ``benchmarks/ops/<family>.py`` with ``cases(device, quick) -> list[Case]``;
-every module in that folder is a family that ``gmk bench --ops`` can run. A case holds zero-argument
+A family is a module ``benchmarks/ops/<family>.py`` (an op family) or ``benchmarks/models/<model>.py``
+(a whole model: training, generation) with ``cases(device, quick) -> list[Case]``; every module in those
+folders is a family that ``gmk bench --ops`` can run. A case holds zero-argument
 callables, its peers, all doing the same work on the same inputs; the harness warms each up (which
 compiles what ``torch.compile`` has to compile), times it, and compares it with the case's baselines:
 the eager reference and ``torch.compile`` of the reference.
@@ -35,7 +36,8 @@ import torch
 
 import gmkernels
 
-from . import ops as families
+from . import models as model_families
+from . import ops as op_families
 
 EAGER = "reference"
 COMPILED = "torch.compile(reference)"
@@ -67,6 +69,12 @@ class Case:
     flops: int | None = None
     baseline: str | tuple[str, ...] = EAGER
     compiled_baseline: str | tuple[str, ...] = COMPILED
+    # Generation cases: audio samples produced per call over all ``streams`` (the batch), reported as
+    # µs per sample of one stream, aggregate samples/s, and real-time factors at ``sample_rates`` (Hz).
+    samples: int | None = None
+    streams: int = 1
+    sample_rates: tuple[int, ...] = ()
+    repeats: int | None = None  # at most this many timed calls (cases whose eager peer takes seconds)
 
 
 # --- helpers for the op families ---------------------------------------------------------------
@@ -238,7 +246,18 @@ def _run_peer(name: str, fn: Callable, case: Case, device: str, repeats: int, co
     gbps = case.bytes / (stats["median_ms"] * 1e6)
     tflops = case.flops / (stats["median_ms"] * 1e9) if case.flops else None
     return {"peer": name, "status": "ok", **stats, "gbps": gbps, "fraction_of_copy_bandwidth": gbps / copy_gbps,
-            "tflops": tflops, "peak_mib": peak_mib, "launch_ms": host_ms if device == "cuda" else None}
+            "tflops": tflops, "peak_mib": peak_mib, "launch_ms": host_ms if device == "cuda" else None,
+            **_generation_rates(case, stats["median_ms"])}
+
+
+def _generation_rates(case: Case, median_ms: float) -> dict:
+    """µs per sample of one stream, aggregate samples/s, and real-time factors of a generation case."""
+    if not case.samples:
+        return {}
+    per_stream = case.samples / case.streams
+    seconds = median_ms / 1e3
+    return {"us_per_sample": 1e6 * seconds / per_stream, "samples_per_s": case.samples / seconds,
+            "realtime_factor": {str(rate): per_stream / seconds / rate for rate in case.sample_rates}}
 
 
 def _fastest(by_peer: dict, names: str | tuple[str, ...]) -> dict | None:
@@ -256,6 +275,7 @@ def _speedup(baseline: dict | None, result: dict) -> float | None:
 
 def run_case(case: Case, device: str, repeats: int, copy_gbps: float) -> dict:
     torch.compiler.reset()  # each case compiles its own graphs: no recompile limit, no dynamic shapes
+    repeats = min(repeats, case.repeats) if case.repeats else repeats
     results = []
     for name, fn in case.peers.items():
         result = _run_peer(name, fn, case, device, repeats, copy_gbps)
@@ -270,15 +290,21 @@ def run_case(case: Case, device: str, repeats: int, copy_gbps: float) -> dict:
             result["speedup_vs_compiled"] = _speedup(compiled_baseline, result)
     return {"name": case.name, "family": case.family, "params": case.params, "bytes": case.bytes,
             "flops": case.flops, "baseline": case.baseline, "compiled_baseline": case.compiled_baseline,
-            "results": results}
+            "samples": case.samples, "streams": case.streams, "results": results}
+
+
+def _family_modules() -> dict[str, str]:
+    """Each family's module: benchmarks/ops/<family>.py and benchmarks/models/<model>.py."""
+    return {module.name: f"{package.__name__}.{module.name}" for package in (op_families, model_families)
+            for module in pkgutil.iter_modules(package.__path__)}
 
 
 def family_names() -> list[str]:
-    return sorted(module.name for module in pkgutil.iter_modules(families.__path__))
+    return sorted(_family_modules())
 
 
 def run_family(family: str, device: str, quick: bool, repeats: int, copy_gbps: float) -> list[dict]:
-    module = importlib.import_module(f"{families.__name__}.{family}")
+    module = importlib.import_module(_family_modules()[family])
     return [run_case(case, device, repeats, copy_gbps) for case in module.cases(device, quick)]
 
 
@@ -355,7 +381,12 @@ def _cell(value: float | None, spec: str) -> str:
 
 
 COLUMNS = ("case", "peer", "median ms", "GB/s", "% copy BW", "TFLOP/s", "× eager", "× compile", "peak MiB",
-           "launch ms")
+           "launch ms", "µs/sample", "× real time")
+
+
+def _realtime_cell(result: dict) -> str:
+    factors = result.get("realtime_factor") or {}
+    return ", ".join(f"{factor:.3g} @{int(rate) // 1000} kHz" for rate, factor in factors.items()) or "–"
 
 
 def _row(case: dict, result: dict) -> str:
@@ -363,7 +394,8 @@ def _row(case: dict, result: dict) -> str:
         cells = [_cell(result["median_ms"], ".4g"), _cell(result["gbps"], ".1f"),
                  _cell(100 * result["fraction_of_copy_bandwidth"], ".0f"), _cell(result.get("tflops"), ".2f"),
                  _cell(result["speedup_vs_eager"], ".2f"), _cell(result["speedup_vs_compiled"], ".2f"),
-                 _cell(result["peak_mib"], ".1f"), _cell(result["launch_ms"], ".3f")]
+                 _cell(result["peak_mib"], ".1f"), _cell(result["launch_ms"], ".3f"),
+                 _cell(result.get("us_per_sample"), ".4g"), _realtime_cell(result)]
     else:
         cells = ["skipped: " + result["reason"][:100].replace("|", "\\|")] + [""] * (len(COLUMNS) - 3)
     return "| " + " | ".join([case["name"], result["peer"], *cells]) + " |"

@@ -3,6 +3,8 @@
 #include <pybind11/stl.h>
 #include <torch/library.h>
 
+#include "gmk/wavenet_generate.h"
+
 #include <string>
 #include <vector>
 
@@ -61,6 +63,30 @@ TORCH_LIBRARY(gmkernels, m) {
   // Gradients with respect to x and h (contiguous), recomputing the forward from x and h.
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, str transform, str layout, "
         "bool reverse) -> (Tensor, Tensor)");
+  // causal_conv (WaveNet): x (N, Cin, T) any strides, weight (Cout, Cin, k), bias None or (Cout);
+  // y[n, o, t] = bias[o] + sum_j sum_i weight[o, i, j] x[n, i, t - (k-1-j) dilation], zero before the start.
+  m.def("causal_conv1d(Tensor x, Tensor weight, Tensor? bias, int dilation) -> Tensor");
+  m.def("causal_conv1d_backward(Tensor grad_out, Tensor x, Tensor weight, int dilation, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // The WaveNet residual layer: x (N, R, T), conv_weight (2R, R, k), res_weight (R, R), skip_weight (S, R),
+  // biases None or 1-D, cond None or (N, 2R, T) (any strides, stride 0 for global conditioning).
+  // Returns x_next (N, R, T) = (x + res_weight z + res_bias) residual_scale and skip (N, S, T).
+  m.def("wavenet_layer(Tensor x, Tensor conv_weight, Tensor? conv_bias, Tensor res_weight, Tensor? res_bias, "
+        "Tensor skip_weight, Tensor? skip_bias, Tensor? cond, int dilation, float residual_scale) -> (Tensor, Tensor)");
+  // Gradients of (x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond) where
+  // output_mask asks (undefined otherwise); recomputes h and z (the forward stores neither).
+  m.def("wavenet_layer_backward(Tensor grad_x_next, Tensor grad_skip, Tensor x, Tensor conv_weight, "
+        "Tensor? conv_bias, Tensor res_weight, Tensor skip_weight, Tensor? cond, int dilation, float residual_scale, "
+        "bool[8] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // WaveNet generation, the whole autoregressive loop: embedding (A, R); conv_weight (L, 2R, R, k); conv_bias
+  // (L, 2R); res_weight (L, R, R); res_bias (L, R); skip_weight (L, S, R); skip_bias (L, S); head_weight1 (H, S);
+  // head_bias1 (H); head_weight2 (P, H); head_bias2 (P); cond None or (L, N, 2R, 1 or T); uniform (N, T, U)
+  // float32 (float64 for float64 weights), U = 1 ("softmax", P = A) or 2 ("logistic_mixture", P = 3K).
+  // Returns the sampled classes (N, T) int64 (rule: gmkernels/reference/wavenet_generate.py).
+  m.def("wavenet_generate(Tensor embedding, Tensor conv_weight, Tensor conv_bias, Tensor res_weight, "
+        "Tensor res_bias, Tensor skip_weight, Tensor skip_bias, Tensor head_weight1, Tensor head_bias1, "
+        "Tensor head_weight2, Tensor head_bias2, Tensor? cond, Tensor uniform, int[] dilations, int start_class, "
+        "float residual_scale, float temperature, str head, float log_scale_min) -> Tensor");
 }
 
 namespace {
@@ -102,4 +128,20 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gmkernels compiled ops (registered under torch.ops.gmkernels) and build information";
   m.def("build_info", &build_info, "How this extension was built: CUDA or not, CUDA version and archs, torch version.");
+  m.def(
+      "wavenet_generate_cuda_plan",
+      [](int64_t r, int64_t s, int64_t h, int64_t p, int64_t layers, int64_t k, int64_t batch, int64_t element_size,
+         bool mixture, int64_t max_shared_bytes, int64_t multiprocessors, int64_t compute_capability) {
+        const auto plan = gmk::wavenet_generate::plan_cuda(r, s, h, p, layers, k, batch, element_size, mixture,
+                                                           max_shared_bytes, multiprocessors, compute_capability);
+        pybind11::dict out;
+        out["cluster_size"] = plan.cluster_size;
+        out["batch_per_block"] = plan.batch_per_block;
+        out["shared_bytes"] = plan.shared_bytes;
+        out["weight_bytes"] = plan.weight_bytes;
+        out["weights_in_shared"] = plan.weights_in_shared;
+        out["error"] = plan.error;
+        return out;
+      },
+      "The persistent WaveNet generation kernel's plan for a configuration and device limits (host code).");
 }

@@ -6,6 +6,7 @@
     nll = gmk.discretized_logistic_mixture_nll(params, x)     # PixelCNN++'s loss, fused
     y = gmk.masked_conv2d(x, weight, bias, mask_type="A")    # PixelCNN's masked conv, live taps only
     y, logdet = gmk.affine_coupling(x, h, transform="glow")  # Glow/RealNVP coupling, one pass
+    x, skip = gmk.wavenet_layer(x, cw, cb, rw, rb, sw, sb, cond, dilation=8)   # WaveNet's layer, fused
 """
 __version__ = "0.1.0"
 
@@ -13,17 +14,20 @@ from . import nn, reference
 from ._backend import BACKENDS, available_backends, use_backend
 from ._extension import build_info, has_extension
 from .ops.actnorm import actnorm
+from .ops.causal_conv import causal_conv1d, wavenet_layer
 from .ops.coupling import affine_coupling
 from .ops.gated import gated_activation
 from .ops.invconv import actnorm_conv1x1, actnorm_conv1x1_lu, invertible_conv1x1, invertible_conv1x1_lu
 from .ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nll,
                                    discretized_logistic_mixture_sample)
 from .ops.masked_conv import conv_mask, masked_conv2d, shifted_conv2d
+from .mu_law import mu_law_decode, mu_law_encode
+from . import models  # noqa: E402  (after the ops: models are built on them)
 
 __all__ = [
-    "actnorm", "actnorm_conv1x1", "actnorm_conv1x1_lu", "invertible_conv1x1", "invertible_conv1x1_lu",
-    "affine_coupling",
-    "BACKENDS", "available_backends", "bits_per_dim", "build_info", "conv_mask",
+    "actnorm", "actnorm_conv1x1", "actnorm_conv1x1_lu", "affine_coupling", "BACKENDS", "available_backends",
+    "bits_per_dim", "build_info", "causal_conv1d", "conv_mask",
     "discretized_logistic_mixture_nll", "discretized_logistic_mixture_sample", "gated_activation", "has_extension",
-    "masked_conv2d", "nn", "reference", "shifted_conv2d", "use_backend",
+    "invertible_conv1x1", "invertible_conv1x1_lu", "masked_conv2d", "models", "mu_law_decode", "mu_law_encode", "nn", "reference", "shifted_conv2d",
+    "use_backend", "wavenet_layer",
 ]

@@ -1,5 +1,6 @@
 """Drop-in nn.Modules built on gmkernels' ops."""
 from .actnorm import ActNorm
+from .causal_conv import CausalConv1d, WaveNetLayer
 from .coupling import AffineCoupling
 from .flow import FlowStep, Squeeze2d
 from .gated import GatedActivation
@@ -7,6 +8,6 @@ from .invconv import InvConv2d, InvConv2dLU
 from .logistic_mixture import DiscretizedLogisticMixtureLoss
 from .masked_conv import MaskedConv2d, ShiftedConv2d
 
-__all__ = ["AffineCoupling", "FlowStep", "Squeeze2d",
-           "ActNorm", "InvConv2d", "InvConv2dLU",
-           "DiscretizedLogisticMixtureLoss", "GatedActivation", "MaskedConv2d", "ShiftedConv2d"]
+__all__ = ["ActNorm", "AffineCoupling", "CausalConv1d", "DiscretizedLogisticMixtureLoss", "FlowStep",
+           "GatedActivation", "InvConv2d", "InvConv2dLU", "MaskedConv2d", "ShiftedConv2d", "Squeeze2d",
+           "WaveNetLayer"]

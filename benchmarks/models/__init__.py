@@ -1,0 +1,1 @@
+"""One module per model, each with ``cases(device, quick) -> list[Case]``; all run by ``gmk bench``."""

@@ -1,0 +1,26 @@
+"""WaveNet's dilated causal convolution and residual layer, as the paper writes them (plain PyTorch).
+
+WaveNet (arXiv 1609.03499, §2.1 and Fig. 4), conventions of MATH.md:
+    y[t] = b + Σ_{j=0}^{k-1} W[:, :, j] · x[t - (k-1-j)·d]      (zero where the index is negative)
+i.e. ``F.conv1d`` of x left-padded with (k-1)·d zeros: the last tap reads the present sample.
+Residual layer (eq. 2 with conditioning, Fig. 4):
+    h = causalconv(x) + cond;  z = tanh(h[:, :R]) ⊙ σ(h[:, R:])
+    x_next = (x + W_res z + b_res) · residual_scale;  skip = W_skip z + b_skip
+"""
+import torch.nn.functional as F
+
+from .gated import gated_activation
+
+
+def causal_conv1d(x, weight, bias=None, dilation=1):
+    pad = (weight.shape[-1] - 1) * dilation
+    return F.conv1d(F.pad(x, (pad, 0)), weight, bias, dilation=dilation)
+
+
+def wavenet_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond=None,
+                  dilation=1, residual_scale=1.0):
+    h = causal_conv1d(x, conv_weight, conv_bias, dilation)
+    z = gated_activation(h, cond, "tanh")
+    x_next = (x + F.conv1d(z, res_weight[:, :, None], res_bias)) * residual_scale
+    skip = F.conv1d(z, skip_weight[:, :, None], skip_bias)
+    return x_next, skip
