@@ -3,6 +3,7 @@
 Test modules import the helpers from here (``from conftest import assert_close``); the fixtures
 apply themselves.
 """
+import math
 import os
 import zlib
 
@@ -40,6 +41,37 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     atol *= max(terms, 1) ** 0.5
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+
+
+# (atol per sqrt(term), rtol) of a sum of products (a convolution, a GEMM) computed in a dtype, float32
+# accumulation and one rounding, against the float64 reference of the same inputs: the error grows like
+# sqrt(terms).
+SUM_TOLERANCES = {
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (2e-6, 1e-5),
+    torch.float16: (2e-4, 2e-3),
+    torch.bfloat16: (2e-3, 1.6e-2),
+}
+
+
+def assert_close_sum(actual, expected, dtype, terms, roundings=1):
+    """``actual`` is a sum of ``terms`` products computed in ``dtype``; ``expected`` the float64 reference.
+
+    ``roundings``: how many intermediate results of the dtype the value went through (their errors add).
+    """
+    atol, rtol = (roundings * tol for tol in SUM_TOLERANCES[dtype])
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    atol *= math.sqrt(max(terms, 1))
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+
+
+@pytest.fixture
+def exact_float32():
+    """float32 compared at float32's tolerances: TF32 off (cuDNN and the Triton kernels follow it)."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
 
 
 def backends_under_test(device: str = "cpu") -> list[str]:

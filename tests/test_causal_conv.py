@@ -8,42 +8,18 @@ import torch
 
 import gmkernels as gmk
 import gmkernels.ops.causal_conv as causal_conv_ops
-from conftest import backends_under_test, noncontiguous, supported_dtypes
+from conftest import assert_close_sum, backends_under_test, noncontiguous, supported_dtypes
 
 SQRT_HALF = math.sqrt(0.5)
 
 
-@pytest.fixture(autouse=True)
-def exact_float32():
-    """float32 compared at float32's tolerances: TF32 off (cuDNN and the Triton kernels follow it)."""
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = saved
+pytestmark = pytest.mark.usefixtures("exact_float32")
 
 
 # The backends that run here and have these ops; the Triton interpreter is slow: it gets fewer cases.
 BACKENDS = [name for name in backends_under_test("cpu") if name in causal_conv_ops._CONV_OPS]
 FAST_BACKENDS = [name for name in BACKENDS if name != "triton"]
 GPU_BACKENDS = [name for name in ("cuda", "triton") if name in causal_conv_ops._CONV_OPS]
-
-# (atol per sqrt(term), rtol) of a sum of products computed in a dtype (float32 accumulation, one
-# rounding) against the float64 reference of the same inputs: the error grows like sqrt(terms).
-SUM_TOLERANCES = {
-    torch.float64: (1e-12, 1e-10),
-    torch.float32: (2e-6, 1e-5),
-    torch.float16: (2e-4, 2e-3),
-    torch.bfloat16: (2e-3, 1.6e-2),
-}
-
-
-def assert_close_sum(actual, expected, dtype, terms, roundings=1):
-    """``roundings``: how many intermediate results of the dtype the value went through (their errors add)."""
-    atol, rtol = (roundings * tol for tol in SUM_TOLERANCES[dtype])
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    atol *= math.sqrt(max(terms, 1))
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
-
 
 def grads_of(function, inputs, grad_outputs):
     """function(*inputs) and the gradients of the tensor inputs (None stays None)."""

@@ -9,40 +9,16 @@ import torch
 import gmkernels as gmk
 import gmkernels.ops.masked_conv as masked_conv_ops
 import gmkernels.reference.masked_conv as reference
-from conftest import assert_close, backends_under_test, misaligned, noncontiguous, supported_dtypes
+from conftest import (assert_close, assert_close_sum, backends_under_test, misaligned, noncontiguous,
+                      supported_dtypes)
 
 
-@pytest.fixture(autouse=True)
-def exact_float32():
-    """float32 compared at float32's tolerances: TF32 off (cuDNN and the Triton kernels follow it)."""
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = saved
+pytestmark = pytest.mark.usefixtures("exact_float32")
 
 
 # The backends that run here and have these ops.
 BACKENDS = [name for name in backends_under_test("cpu") if name in masked_conv_ops._MASKED_OPS]
 MASK_TYPES = ("A", "B")
-
-# (atol per sqrt(term), rtol) of a convolution sum computed in a dtype against the float64 reference of
-# the same inputs. A sum of n products of unit-variance values is ~sqrt(n) in size; backends accumulate
-# in float32 (float64 for float64) and round once, so the error grows like sqrt(n).
-CONV_TOLERANCES = {
-    torch.float64: (1e-12, 1e-10),
-    torch.float32: (2e-6, 1e-5),
-    torch.float16: (1e-4, 2e-3),
-    torch.bfloat16: (1e-3, 1.6e-2),
-}
-
-
-def assert_close_sum(actual, expected, dtype, terms):
-    """``actual`` is a sum of ``terms`` products computed in ``dtype``; ``expected`` the float64 reference."""
-    atol, rtol = CONV_TOLERANCES[dtype]
-    assert actual.shape == expected.shape
-    atol *= math.sqrt(max(terms, 1))
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
-
 
 def channels_last(t):
     return t.contiguous(memory_format=torch.channels_last)

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
+from ._checks import check_like_x, fail
 from .gated import _no_context, _tanh
 from .masked_conv import _mma, _parallelism, _precision
 
@@ -347,34 +348,19 @@ def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
 
 # --- argument checks (the C++ ops' checks) -------------------------------------------------------
 
-def _fail(op: str, error: type, message: str):
-    raise error(f"gmk_triton::{op}: {message}")
-
-
-def _check_like_x(op, name, x, t, shape) -> None:
-    if not isinstance(t, torch.Tensor):
-        _fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        _fail(op, ValueError, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != x.dtype:
-        _fail(op, TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        _fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
-
-
 def check_conv_args(op, x, weight, bias, dilation, weight_name="weight", bias_name="bias") -> None:
     if x.dtype not in DTYPES:
-        _fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
+        fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
     if x.dim() != 3:
-        _fail(op, ValueError, f"x must be (N, Cin, T), got shape {list(x.shape)}")
+        fail(op, ValueError, f"x must be (N, Cin, T), got shape {list(x.shape)}")
     if weight.dim() != 3 or weight.shape[1] != x.shape[1] or weight.shape[2] < 1:
-        _fail(op, ValueError,
+        fail(op, ValueError,
               f"{weight_name} must be (Cout, Cin={x.shape[1]}, k >= 1), got shape {list(weight.shape)}")
-    _check_like_x(op, weight_name, x, weight, weight.shape)
+    check_like_x(op, weight_name, x, weight, weight.shape)
     if bias is not None:
-        _check_like_x(op, bias_name, x, bias, (weight.shape[0],))
+        check_like_x(op, bias_name, x, bias, (weight.shape[0],))
     if dilation < 1:
-        _fail(op, ValueError, f"dilation must be >= 1, got {dilation}")
+        fail(op, ValueError, f"dilation must be >= 1, got {dilation}")
 
 
 def check_layer_args(op, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond,
@@ -382,18 +368,18 @@ def check_layer_args(op, x, conv_weight, conv_bias, res_weight, res_bias, skip_w
     check_conv_args(op, x, conv_weight, conv_bias, dilation, "conv_weight", "conv_bias")
     n, r, t = x.shape
     if conv_weight.shape[0] != 2 * r:
-        _fail(op, ValueError,
+        fail(op, ValueError,
               f"conv_weight must be (2R={2 * r}, R={r}, k), got shape {list(conv_weight.shape)}")
-    _check_like_x(op, "res_weight", x, res_weight, (r, r))
+    check_like_x(op, "res_weight", x, res_weight, (r, r))
     if res_bias is not None:
-        _check_like_x(op, "res_bias", x, res_bias, (r,))
+        check_like_x(op, "res_bias", x, res_bias, (r,))
     if skip_weight.dim() != 2 or skip_weight.shape[1] != r or skip_weight.shape[0] < 1:
-        _fail(op, ValueError, f"skip_weight must be (S >= 1, R={r}), got shape {list(skip_weight.shape)}")
-    _check_like_x(op, "skip_weight", x, skip_weight, skip_weight.shape)
+        fail(op, ValueError, f"skip_weight must be (S >= 1, R={r}), got shape {list(skip_weight.shape)}")
+    check_like_x(op, "skip_weight", x, skip_weight, skip_weight.shape)
     if skip_bias is not None:
-        _check_like_x(op, "skip_bias", x, skip_bias, (skip_weight.shape[0],))
+        check_like_x(op, "skip_bias", x, skip_bias, (skip_weight.shape[0],))
     if cond is not None:
-        _check_like_x(op, "cond", x, cond, (n, 2 * r, t))
+        check_like_x(op, "cond", x, cond, (n, 2 * r, t))
 
 
 # --- the ops (autograd and fakes: gmkernels/ops/causal_conv.py) -----------------------------------
@@ -412,7 +398,7 @@ def causal_conv1d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torc
                            output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "causal_conv1d_backward"
     check_conv_args(op, x, weight, None, dilation)
-    _check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], x.shape[2]))
+    check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], x.shape[2]))
     want_x, want_weight, want_bias = output_mask
     grad_out = grad_out.contiguous()
     grad_x = grad_weight = grad_bias = None
@@ -486,8 +472,8 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
     check_layer_args(op, x, conv_weight, conv_bias, res_weight, None, skip_weight, None, cond, dilation)
     n, r, t = x.shape
     s, k = skip_weight.shape[0], conv_weight.shape[2]
-    _check_like_x(op, "grad_x_next", x, grad_x_next, (n, r, t))
-    _check_like_x(op, "grad_skip", x, grad_skip, (n, s, t))
+    check_like_x(op, "grad_x_next", x, grad_x_next, (n, r, t))
+    check_like_x(op, "grad_skip", x, grad_skip, (n, s, t))
     g_res, g_skip = grad_x_next.contiguous(), grad_skip.contiguous()
     grad_h, z = x.new_empty(n, 2 * r, t), x.new_empty(n, r, t)
     if grad_h.numel():

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
+from ._checks import check_like_x, fail
 from .gated import _tanh
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -318,39 +319,24 @@ class _Geometry:
         return self.taps + self.centre
 
 
-def _fail(op: str, error: type, message: str):
-    raise error(f"gmk_triton::{op}: {message}")
-
-
-def _check_like_x(op, name, x, t, shape) -> None:
-    if not isinstance(t, torch.Tensor):
-        _fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        _fail(op, ValueError, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != x.dtype:
-        _fail(op, TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        _fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
-
-
 def _check_conv(op, x, weight, bias, grad_out) -> None:
     """The checks of the C++ ops common to both convolutions."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        _fail(op, ValueError, f"x must be (N, Cin, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        fail(op, ValueError, f"x must be (N, Cin, H, W), got {getattr(x, 'shape', type(x).__name__)}")
     if x.dtype not in DTYPES:
-        _fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
+        fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[1] != x.shape[1]:
-        _fail(op, ValueError, f"weight must be (Cout, Cin={x.shape[1]}, kh, kw), "
+        fail(op, ValueError, f"weight must be (Cout, Cin={x.shape[1]}, kh, kw), "
                               f"got shape {list(getattr(weight, 'shape', []))}")
-    _check_like_x(op, "weight", x, weight, weight.shape)
+    check_like_x(op, "weight", x, weight, weight.shape)
     if 0 in weight.shape[2:]:
-        _fail(op, ValueError, f"weight's kernel must not be empty, got {list(weight.shape)}")
+        fail(op, ValueError, f"weight's kernel must not be empty, got {list(weight.shape)}")
     if bias is not None:
-        _check_like_x(op, "bias", x, bias, weight.shape[:1])
+        check_like_x(op, "bias", x, bias, weight.shape[:1])
     if grad_out is not None:
-        _check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], *x.shape[2:]))
+        check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], *x.shape[2:]))
     if x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:
-        _fail(op, ValueError, f"N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
+        fail(op, ValueError, f"N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
 
 
 def check_masked_args(op: str, x, weight, bias, mask_type, color_groups, grad_out=None) -> _Geometry:
@@ -358,17 +344,17 @@ def check_masked_args(op: str, x, weight, bias, mask_type, color_groups, grad_ou
     _check_conv(op, x, weight, bias, grad_out)
     k = weight.shape[2]
     if weight.shape[3] != k or k % 2 == 0:
-        _fail(op, ValueError, f"weight's kernel must be k x k with k odd, got {k} x {weight.shape[3]}")
+        fail(op, ValueError, f"weight's kernel must be k x k with k odd, got {k} x {weight.shape[3]}")
     if mask_type not in ("A", "B"):
-        _fail(op, ValueError, f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        fail(op, ValueError, f"mask_type must be 'A' or 'B', got {mask_type!r}")
     cin, cout = x.shape[1], weight.shape[0]
     if isinstance(color_groups, bool) or not isinstance(color_groups, int) or color_groups < 1 \
             or cin % color_groups or cout % color_groups:
-        _fail(op, ValueError, f"color_groups must be a positive divisor of Cin={cin} and Cout={cout}, "
+        fail(op, ValueError, f"color_groups must be a positive divisor of Cin={cin} and Cout={cout}, "
                               f"got {color_groups!r}")
     centre = mask_type == "B" or color_groups > 1
     if k == 1 and not centre:
-        _fail(op, ValueError, "mask_type 'A' with a 1x1 kernel and color_groups=1 masks every tap")
+        fail(op, ValueError, "mask_type 'A' with a 1x1 kernel and color_groups=1 masks every tap")
     return _Geometry(x, weight, k // 2, k // 2, k * k // 2, centre, mask_type == "B", color_groups)
 
 
@@ -377,22 +363,22 @@ def check_gated_args(op: str, x, weight, bias, cond, mask_type, color_groups, ac
     (None, or a tensor of x's dtype and device that broadcasts to the convolution's output)."""
     g = check_masked_args(op, x, weight, bias, mask_type, color_groups)
     if activation not in GATES:
-        _fail(op, ValueError, f"activation must be 'tanh' or 'identity', got {activation!r}")
+        fail(op, ValueError, f"activation must be 'tanh' or 'identity', got {activation!r}")
     if weight.shape[0] % 2:
-        _fail(op, ValueError, f"the gate needs an even number of output channels (weight.shape[0]), "
+        fail(op, ValueError, f"the gate needs an even number of output channels (weight.shape[0]), "
                               f"got {weight.shape[0]}")
     if cond is not None:
         out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
         if not isinstance(cond, torch.Tensor):
-            _fail(op, TypeError, f"cond must be a tensor or None, got {type(cond).__name__}")
+            fail(op, TypeError, f"cond must be a tensor or None, got {type(cond).__name__}")
         try:
             broadcast = torch.broadcast_shapes(cond.shape, out_shape)
         except RuntimeError:
             broadcast = None
         if broadcast != out_shape:
-            _fail(op, ValueError, f"cond of shape {list(cond.shape)} does not broadcast to the "
+            fail(op, ValueError, f"cond of shape {list(cond.shape)} does not broadcast to the "
                                   f"convolution's output shape {list(out_shape)}")
-        _check_like_x(op, "cond", x, cond, cond.shape)
+        check_like_x(op, "cond", x, cond, cond.shape)
     return g
 
 
@@ -400,10 +386,10 @@ def check_shifted_args(op: str, x, weight, bias, shift, grad_out=None) -> _Geome
     """The checks of the C++ op ``op`` (gmkernels::shifted_conv2d*); returns the geometry."""
     _check_conv(op, x, weight, bias, grad_out)
     if shift not in ("down", "down_right"):
-        _fail(op, ValueError, f"shift must be 'down' or 'down_right', got {shift!r}")
+        fail(op, ValueError, f"shift must be 'down' or 'down_right', got {shift!r}")
     kh, kw = weight.shape[2:]
     if shift == "down" and kw % 2 == 0:
-        _fail(op, ValueError, f"shift 'down' needs weight's kernel width kw odd, got {kw}")
+        fail(op, ValueError, f"shift 'down' needs weight's kernel width kw odd, got {kw}")
     return _Geometry(x, weight, kh - 1, (kw - 1) // 2 if shift == "down" else kw - 1, kh * kw, False)
 
 

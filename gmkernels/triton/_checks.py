@@ -1,0 +1,20 @@
+"""Argument checks shared by the Triton ops: the same errors, naming the argument, as the C++ ops raise."""
+from __future__ import annotations
+
+import torch
+
+
+def fail(op: str, error: type, message: str):
+    raise error(f"gmk_triton::{op}: {message}")
+
+
+def check_like_x(op: str, name: str, x: torch.Tensor, t, shape) -> None:
+    """``t`` is a tensor of ``shape`` with x's dtype and device."""
+    if not isinstance(t, torch.Tensor):
+        fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        fail(op, ValueError, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != x.dtype:
+        fail(op, TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
