@@ -156,15 +156,21 @@ def test_empty_batch_and_positions():
             assert y.shape == shape and logdet.shape == shape[:1]
 
 
-@pytest.mark.parametrize("namespace", NAMESPACES)
-def test_opcheck(namespace):
+# The ops' namespaces and the devices of their tensors (on a GPU: fakes against the CUDA kernels).
+OPCHECK_CASES = [*(pytest.param(namespace, "cpu", id=f"{namespace}-cpu") for namespace in NAMESPACES),
+                 *(pytest.param(namespace, "cuda", id=f"{namespace}-cuda", marks=pytest.mark.gpu)
+                   for namespace in ("gmkernels", "gmk_triton"))]
+
+
+@pytest.mark.parametrize(("namespace", "device"), OPCHECK_CASES)
+def test_opcheck(namespace, device):
     ops = getattr(torch.ops, namespace)
-    x = noncontiguous(torch.randn(2, 5, 6)).requires_grad_()
-    bias, log_scale = (t.requires_grad_() for t in make_parameters(5))
+    x = noncontiguous(torch.randn(2, 5, 6, device=device)).requires_grad_()
+    bias, log_scale = (t.requires_grad_() for t in make_parameters(5, device=device))
     for reverse in (False, True):
         torch.library.opcheck(ops.actnorm, (x, bias, log_scale, reverse))
-        torch.library.opcheck(ops.actnorm_backward, (torch.randn(2, 5, 6), x.detach(), bias.detach(),
-                                                     log_scale.detach(), reverse))
+        torch.library.opcheck(ops.actnorm_backward, (torch.randn(2, 5, 6, device=device), x.detach(),
+                                                     bias.detach(), log_scale.detach(), reverse))
 
 
 _X = torch.randn(2, 4, 3, 3)

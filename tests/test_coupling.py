@@ -113,6 +113,18 @@ def test_storage(backend, dtype, storage, layout):
                       transform=transform, layout=layout, reverse=reverse)
 
 
+@pytest.mark.parametrize("shape", [(3, 4), (3, 4, 1), (2, 4, 5)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_broadcast_along_channels(backend, shape):
+    """x and h expanded along the channels (stride 0): every channel reads the same element, with
+    and without positions (Triton's row path once took stride 0 with one position for stride 1)."""
+    x = torch.randn(shape[0], 1, *shape[2:]).expand(shape)
+    h = torch.randn(shape[0], 1, *shape[2:]).expand(shape)
+    for transform, layout in (("glow", "halves"), ("realnvp", "interleaved"), ("additive", "halves")):
+        h_used = h[:, :coupling_ops.h_channels(shape[1], transform)]
+        check_backend(x, h_used, backend=backend, transform=transform, layout=layout)
+
+
 def test_storage_helpers_keep_values_and_change_strides():
     x = torch.randn(2, 8, 4, 6)
     for storage in STORAGE.values():

@@ -220,16 +220,23 @@ def test_singular_weight_in_reverse_raises(backend):
             fn(x, *params, reverse=True, backend=backend)
 
 
-@pytest.mark.parametrize("namespace", NAMESPACES)
-def test_opcheck(namespace):
+# The ops' namespaces and the devices of their tensors (on a GPU: fakes against the CUDA kernels).
+OPCHECK_CASES = [*(pytest.param(namespace, "cpu", id=f"{namespace}-cpu") for namespace in NAMESPACES),
+                 *(pytest.param(namespace, "cuda", id=f"{namespace}-cuda", marks=pytest.mark.gpu)
+                   for namespace in ("gmkernels", "gmk_triton"))]
+
+
+@pytest.mark.parametrize(("namespace", "device"), OPCHECK_CASES)
+def test_opcheck(namespace, device):
     ops = getattr(torch.ops, namespace)
-    x = noncontiguous(torch.randn(2, 5, 6)).requires_grad_()
-    weight, bias = torch.randn(5, 5, requires_grad=True), torch.randn(5, requires_grad=True)
+    x = noncontiguous(torch.randn(2, 5, 6, device=device)).requires_grad_()
+    weight = torch.randn(5, 5, device=device, requires_grad=True)
+    bias = torch.randn(5, device=device, requires_grad=True)
     torch.library.opcheck(ops.conv1x1, (x, weight, bias))
     torch.library.opcheck(ops.conv1x1, (x, weight[:3], None))
     for output_mask in ([True, True, True], [True, False, False], [False, True, True]):
         torch.library.opcheck(ops.conv1x1_backward,
-                              (torch.randn(2, 5, 6), x.detach(), weight.detach(), output_mask))
+                              (torch.randn(2, 5, 6, device=device), x.detach(), weight.detach(), output_mask))
 
 
 _X = torch.randn(2, 4, 3, 3)

@@ -50,7 +50,7 @@ def _backward_kernel(grad_out_ptr, in_ptr, bias_ptr, log_scale_ptr, grad_in_ptr,
                      count, channels, inner, s_outer, s_channel, s_inner,
                      REVERSE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    c = pid // parts
+    c = (pid // parts).to(tl.int64)  # c * s_channel may pass 2^31
     begin = (pid % parts).to(tl.int64) * per_part
     scale, shift = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
     g_acc = tl.zeros((BLOCK,), dtype=tl.float32)

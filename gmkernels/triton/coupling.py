@@ -50,9 +50,9 @@ def _offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, sh_outer, sh_cha
              TRANSFORM: tl.constexpr, INTERLEAVED: tl.constexpr, ROWS: tl.constexpr):
     """Offsets of x_a, x_b, r, t (strided), of y_a/y_b (contiguous x shape) and of r, t in a contiguous h.
 
-    m = c * inner + i is int32 (the launcher checks half * inner < 2^31); the offsets are int64. ROWS:
-    x and h have rows of contiguous channels (unit inner stride, channel stride inner) and r, t are
-    whole halves of h (or t is h), so every offset is a row start plus m, with no division.
+    m = c * inner + i is int32 (the launcher checks half * inner + BLOCK <= 2^31); the offsets are
+    int64. ROWS: x and h have rows of contiguous channels (unit inner stride, channel stride inner)
+    and r, t are whole halves of h (or t is h), so every offset is a row start plus m, no division.
     """
     if TRANSFORM == 2:
         h_channels = half
@@ -84,7 +84,7 @@ def _offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, sh_outer, sh_cha
             r_c = c
             t_c = half + c
         xa = o * sx_outer + c * sx_channel + i * sx_inner
-        xb = xa + half * sx_channel
+        xb = o * sx_outer + (c + half) * sx_channel + i * sx_inner  # int64: half * sx_channel may pass 2^31
         r = o * sh_outer + r_c * sh_channel + i * sh_inner
         t = o * sh_outer + t_c * sh_channel + i * sh_inner
         ya = (o * 2 * half + c) * inner + i
@@ -223,11 +223,18 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
 
 
-def _is_rows(strides: tuple[int, int, int], inner: int) -> bool:
-    """Element (o, c, i) at o * outer_stride + c * inner + i (normalised strides: see _strides)."""
+def _is_rows(t: torch.Tensor, strides: tuple[int, int, int]) -> bool:
+    """Element (o, c, i) at o * outer_stride + c * inner + i (normalised strides: see _strides).
+
+    A channel stride of 0 qualifies only where the normalisation made it (one channel): a tensor
+    expanded along its channels has stride 0 there too, and every channel at the same address.
+    """
     _, channel, inner_stride = strides
+    channels, inner = t.shape[1], t.shape[2]
+    if channels == 1:
+        return inner == 1 or inner_stride == 1
     if inner == 1:
-        return channel in (0, 1)
+        return channel == 1
     return inner_stride == 1 and channel == inner
 
 
@@ -235,10 +242,11 @@ def _launch(kernel, leading: tuple, x: torch.Tensor, h: torch.Tensor, transform:
             reverse: bool) -> None:
     outer, channels, inner = x.shape
     half = channels // 2
-    if half * inner >= 2**31:
-        raise ValueError(f"gmk_triton::coupling: C/2 * positions must be below 2^31, got {half * inner}")
+    if half * inner > 2**31 - BLOCK:  # m = c * inner + i, and its last program's lanes, in int32
+        raise ValueError(f"gmk_triton::coupling: C/2 * positions must be below 2^31 - {BLOCK}, "
+                         f"got {half * inner}")
     x_strides, h_strides = _strides(x), _strides(h)
-    rows = (_is_rows(x_strides, inner) and _is_rows(h_strides, inner)
+    rows = (_is_rows(x, x_strides) and _is_rows(h, h_strides)
             and (transform == "additive" or layout == "halves"))
     blocks_per_sample = triton.cdiv(half * inner, BLOCK)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():

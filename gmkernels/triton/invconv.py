@@ -30,7 +30,7 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, y_ptr, cin, cout, inner, blocks_s, s_ou
                     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     pid = tl.program_id(0)
     n = (pid // blocks_s).to(tl.int64)
-    i = (pid % blocks_s) * BLOCK_S + tl.arange(0, BLOCK_S)
+    i = ((pid % blocks_s) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)  # i · s_inner may pass 2³¹
     rows = (tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)).to(tl.int64)  # rows · inner may pass 2³¹
     row_mask = rows < cout
     i_mask = i < inner
@@ -80,7 +80,7 @@ def _conv1x1_backward_kernel(grad_y_ptr, x_ptr, w_ptr, grad_x_ptr, grad_w_ptr, g
     for k in range(0, blocks_per_program):
         block = pid * blocks_per_program + k
         n = (block // blocks_s).to(tl.int64)
-        i = (block % blocks_s) * BLOCK_S + tl.arange(0, BLOCK_S)
+        i = ((block % blocks_s) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
         i_mask = (i < inner) & (block < total_blocks)
         g = tl.load(grad_y_ptr + n * cout * inner + rows[:, None] * inner + i[None, :],
                     mask=row_mask[:, None] & i_mask[None, :], other=0.0).to(tl.float32)
