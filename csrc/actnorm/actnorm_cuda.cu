@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "gmk/cuda_types.cuh"
 #include "actnorm/actnorm.h"
 
 namespace gmk::actnorm {
@@ -19,16 +20,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65536;
 // Elements of one channel per backward block: (64, 48, 32, 32) makes 1536 blocks, enough to fill a GPU.
 constexpr int64_t kElementsPerPart = 2048;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // Index: uint32_t where every element and offset fits in 31 bits (integer division is several
 // times cheaper than in 64 bits), int64_t otherwise.

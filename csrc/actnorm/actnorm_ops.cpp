@@ -103,16 +103,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("actnorm", &actnorm);
   m.impl("actnorm_backward", &actnorm_backward);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("actnorm", &actnorm);
-  m.impl("actnorm_backward", &actnorm_backward);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::actnorm

@@ -278,20 +278,13 @@ LayerGrads wavenet_layer_backward(const at::Tensor& grad_x_next, const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("causal_conv1d", &causal_conv1d);
   m.impl("causal_conv1d_backward", &causal_conv1d_backward);
   m.impl("wavenet_layer", &wavenet_layer);
   m.impl("wavenet_layer_backward", &wavenet_layer_backward);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("causal_conv1d", &causal_conv1d);
-  m.impl("causal_conv1d_backward", &causal_conv1d_backward);
-  m.impl("wavenet_layer", &wavenet_layer);
-  m.impl("wavenet_layer_backward", &wavenet_layer_backward);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::causal_conv

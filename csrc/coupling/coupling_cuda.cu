@@ -17,6 +17,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "gmk/cuda_types.cuh"
 #include "coupling/coupling.h"
 
 namespace gmk::coupling {
@@ -27,16 +28,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kPerThread = static_cast<int>(kCudaBlockElements / kThreads);  // 8
 constexpr int kVec = 4;
 static_assert(kPerThread % kVec == 0, "a thread's elements are whole vectors");
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename T>
 struct alignas(sizeof(T) * kVec) Vec {

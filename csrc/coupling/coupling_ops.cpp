@@ -107,16 +107,11 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("coupling", &coupling);
   m.impl("coupling_backward", &coupling_backward);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("coupling", &coupling);
-  m.impl("coupling_backward", &coupling_backward);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::coupling

@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "gmk/cuda_types.cuh"
 #include "gated/gated.h"
 
 namespace gmk::gated {
@@ -16,16 +17,6 @@ constexpr int kThreads = 256;
 constexpr int kVectorBytes = 16;
 
 enum class Cond { None, Row, Channel };  // cond absent; laid out like x; one value per (o, c)
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 template <typename T, int kVec>
 struct alignas(sizeof(T) * kVec) Vec {

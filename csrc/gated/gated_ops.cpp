@@ -72,16 +72,11 @@ at::Tensor gated_backward(const at::Tensor& grad_y, const at::Tensor& x, const s
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("gated", &gated);
   m.impl("gated_backward", &gated_backward);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("gated", &gated);
-  m.impl("gated_backward", &gated_backward);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::gated

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 
+#include "gmk/cuda_types.cuh"
 #include "invconv/invconv.h"
 
 namespace gmk::invconv {
@@ -20,16 +21,6 @@ constexpr int kThreads = 256;
 constexpr int kTile = 16;
 constexpr int64_t kSharedBytes = 48 * 1024;  // without an opt-in, every GPU gives a block this much
 constexpr int64_t kMaxBlocks = 4096;         // enough to fill any GPU; fewer blocks copy W fewer times
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 int64_t padded_rows(int64_t out_channels) { return (out_channels + kTile - 1) / kTile * kTile; }
 

@@ -98,16 +98,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("conv1x1", &conv1x1);
   m.impl("conv1x1_backward", &conv1x1_backward);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("conv1x1", &conv1x1);
-  m.impl("conv1x1_backward", &conv1x1_backward);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::invconv

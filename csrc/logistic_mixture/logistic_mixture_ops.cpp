@@ -106,18 +106,12 @@ at::Tensor logistic_mixture_sample(const at::Tensor& params, const at::Tensor& g
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("logistic_mixture_nll", &logistic_mixture_nll);
   m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward);
   m.impl("logistic_mixture_sample", &logistic_mixture_sample);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("logistic_mixture_nll", &logistic_mixture_nll);
-  m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward);
-  m.impl("logistic_mixture_sample", &logistic_mixture_sample);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::logistic_mixture

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "gmk/cuda_types.cuh"
 #include "masked_conv/masked_conv.h"
 
 namespace gmk::masked_conv {
@@ -40,19 +41,6 @@ constexpr int kPadFloat = 4;  // and of the float32 output tile
 #endif
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // Block tile BM x BN, warps of 32 x 32 outputs each; kAColMajor: the A tile is stored [k][m].
 template <int BM_, int BN_, bool kAColMajor_>

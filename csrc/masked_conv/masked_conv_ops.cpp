@@ -266,20 +266,13 @@ Grads shifted_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+void register_ops(torch::Library& m) {
   m.impl("masked_conv2d", &masked_conv2d);
   m.impl("masked_conv2d_backward", &masked_conv2d_backward);
   m.impl("shifted_conv2d", &shifted_conv2d);
   m.impl("shifted_conv2d_backward", &shifted_conv2d_backward);
 }
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("masked_conv2d", &masked_conv2d);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
-  m.impl("shifted_conv2d", &shifted_conv2d);
-  m.impl("shifted_conv2d_backward", &shifted_conv2d_backward);
-}
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::masked_conv

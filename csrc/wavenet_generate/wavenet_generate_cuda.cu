@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "gmk/cuda_types.cuh"
 #include "gmk/gated.h"
 #include "wavenet_generate/wavenet_generate.h"
 
@@ -27,10 +28,6 @@ namespace gmk::wavenet_generate {
 namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll

@@ -176,10 +176,10 @@ at::Tensor wavenet_generate(const at::Tensor& embedding, const at::Tensor& conv_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gmkernels, CPU, m) { m.impl("wavenet_generate", &wavenet_generate); }
+void register_ops(torch::Library& m) {
+  m.impl("wavenet_generate", &wavenet_generate);
+}
 
-#if defined(GMK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) { m.impl("wavenet_generate", &wavenet_generate); }
-#endif
+GMK_REGISTER_CPU_AND_CUDA(register_ops)
 
 }  // namespace gmk::wavenet_generate

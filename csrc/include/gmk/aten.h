@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <torch/library.h>
 
 #if defined(GMK_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
@@ -70,4 +71,15 @@ void run_on_device(const char* op, const at::Tensor& t, int64_t work, const Args
 #define GMK_CUDA_FN(fn) fn
 #else
 #define GMK_CUDA_FN(fn) nullptr
+#endif
+
+// Registers an op family's implementations (a function `void fn(torch::Library&)` of m.impl calls)
+// for CPU tensors and, when CUDA is built, for CUDA tensors: the ops pick the device's kernel.
+#if defined(GMK_WITH_CUDA)
+#define GMK_REGISTER_CPU_AND_CUDA(fn)         \
+  TORCH_LIBRARY_IMPL(gmkernels, CPU, m) { fn(m); } \
+  TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) { fn(m); }
+#else
+#define GMK_REGISTER_CPU_AND_CUDA(fn) \
+  TORCH_LIBRARY_IMPL(gmkernels, CPU, m) { fn(m); }
 #endif
