@@ -102,28 +102,106 @@ def misaligned(t: torch.Tensor) -> torch.Tensor:
     return buffer[1:].view(t.shape).copy_(t)
 
 
-def compile_triton_for_sm90(module: str, kernels: list[tuple[str, dict, dict]]) -> None:
-    """Compiles Triton kernels for sm_90 without a GPU, in a fresh process without TRITON_INTERPRET
-    (whose kernels cannot be compiled): what the interpreter cannot check, types and lowering.
+# --- every Triton specialisation the interpreter launches, compiled for sm_90 by the last test ----------------
+# The interpreter cannot catch what only the GPU compiler rejects (types, lowering, tl.dot shapes,
+# constexpr misuse). So, under the interpreter, every launch records its kernel's specialisation: the
+# argument types as Triton's JIT would see them and the constexpr values; tests/test_zz_triton_compile.py
+# (moved to the end of the session by pytest_collection_modifyitems) compiles each distinct one for sm_90
+# in a fresh process without TRITON_INTERPRET. Two rules make them the GPU's specialisations: a constexpr
+# named INTERPRETED (this project's switch for the interpreter's workarounds) compiles as False, and a kernel
+# launched through a module-level autotuner also compiles with each of that autotuner's GPU configs.
+TRITON_LAUNCHES: dict[tuple, dict] = {}
+_AUTOTUNERS: list = []  # the autotuners whose run is on the stack
 
-    ``kernels``: (kernel name in ``module``, signature, constexprs), as ``triton.compiler.ASTSource``
-    takes them.
-    """
-    import subprocess
-    import sys
 
-    script = (
-        "import sys, triton, importlib\n"
-        "from triton.backends.compiler import GPUTarget\n"
-        "from triton.compiler import ASTSource\n"
-        f"module = importlib.import_module({module!r})\n"
-        f"for name, signature, constexprs in {kernels!r}:\n"
-        "    source = ASTSource(fn=getattr(module, name), signature=signature, constexprs=constexprs)\n"
-        "    assert triton.compile(source, target=GPUTarget('cuda', 90, 32)).asm['cubin'], name\n")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+_TENSOR_TYPES = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+                 torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+                 torch.bool: "i1"}
+
+
+def _triton_type(value) -> str:
+    """The signature type of a kernel argument, as Triton's JIT gives it on a GPU (without the
+    specialisation of integers equal to 1 and of 16-byte alignment: the general code path)."""
+    try:
+        from triton.runtime.jit import mangle_type  # Triton's own, where it has one
+        return mangle_type(value)
+    except ImportError:
+        pass
+    if isinstance(value, torch.Tensor):
+        return "*" + _TENSOR_TYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "u64" if value >= 2**63 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for a kernel argument of type {type(value).__name__}")
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"constexpr value {value!r} of type {type(value).__name__} cannot be recorded")
+
+
+def _record_triton_launch(fn, arg_names, args, kwargs):
+    import inspect
+    bound = dict(zip(arg_names, args))
+    options = {}
+    for name, value in kwargs.items():
+        (bound if name in arg_names else options)[name] = value
+    parameters = inspect.signature(fn).parameters
+    for name in arg_names:
+        if name not in bound and parameters[name].default is not inspect.Parameter.empty:
+            bound[name] = parameters[name].default
+    signature, constexprs = {}, {}
+    for name in arg_names:
+        value = bound[name]
+        annotation = parameters[name].annotation
+        if "constexpr" in str(annotation) or value is None:
+            signature[name] = "constexpr"
+            constexprs[name] = False if name == "INTERPRETED" else _jsonable(value)
+        elif annotation is not inspect.Parameter.empty:  # a declared type (x: tl.int64) is the JIT's type
+            from triton.runtime.jit import _normalize_ty
+            signature[name] = _normalize_ty(annotation)
+        else:
+            signature[name] = _triton_type(value)
+    tuner = None
+    if _AUTOTUNERS:
+        module = inspect.getmodule(fn)
+        tuner = next((name for name, value in vars(module).items() if value is _AUTOTUNERS[-1]), None)
+        if tuner is not None:  # its GPU configs replace the interpreter's one: record the kernel's own arguments
+            for name in _AUTOTUNERS[-1].configs[0].kwargs:
+                signature.pop(name, None), constexprs.pop(name, None)
+            options = {}
+    options = {name: _jsonable(value) for name, value in options.items()
+               if name in ("num_warps", "num_stages", "num_ctas", "maxnreg") and value is not None}
+    launch = {"module": fn.__module__, "kernel": fn.__qualname__, "signature": signature,
+              "constexprs": constexprs, "options": options, "autotuner": tuner}
+    import json
+    TRITON_LAUNCHES.setdefault(json.dumps(launch, sort_keys=True), launch)
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.interpreter import InterpretedFunction
+
+    _interpreted_run = InterpretedFunction.run
+    _autotuner_run = Autotuner.run
+
+    def _recording_run(self, *args, grid, warmup, **kwargs):
+        _record_triton_launch(self.fn, self.arg_names, args, kwargs)
+        return _interpreted_run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    def _recording_autotuner_run(self, *args, **kwargs):
+        _AUTOTUNERS.append(self)
+        try:
+            return _autotuner_run(self, *args, **kwargs)
+        finally:
+            _AUTOTUNERS.pop()
+
+    InterpretedFunction.run = _recording_run
+    Autotuner.run = _recording_autotuner_run
 
 
 def pytest_make_parametrize_id(config, val, argname):
@@ -138,6 +216,8 @@ def pytest_make_parametrize_id(config, val, argname):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Last: it compiles what the tests before it launched (see TRITON_LAUNCHES).
+    items.sort(key=lambda item: item.path.name == "test_zz_triton_compile.py")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gmkernels as gmk
-from conftest import (assert_close, backends_under_test, compile_triton_for_sm90, misaligned, noncontiguous,
+from conftest import (assert_close, backends_under_test, misaligned, noncontiguous,
                       supported_dtypes)
 from gmkernels.reference import actnorm as reference
 
@@ -327,19 +327,3 @@ def test_gpu_no_host_synchronisation(backend):
 
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or "triton" not in BACKENDS,
-                    reason="without a GPU only (on a GPU the tests above compile them)")
-def test_triton_kernels_compile_for_sm90():
-    strides = {"s_outer": "i64", "s_channel": "i64", "s_inner": "i64"}
-    kernels = []
-    for dtype in ("fp32", "bf16"):
-        forward = {"in_ptr": f"*{dtype}", "bias_ptr": "*fp32", "log_scale_ptr": "*fp32",
-                   "out_ptr": f"*{dtype}", "total": "i64", "channels": "i32", "inner": "i64", **strides,
-                   "REVERSE": "constexpr", "BLOCK": "constexpr"}
-        backward = {"grad_out_ptr": f"*{dtype}", "in_ptr": f"*{dtype}", "bias_ptr": "*fp32",
-                    "log_scale_ptr": "*fp32", "grad_in_ptr": f"*{dtype}", "sums_ptr": "*fp32", "parts": "i32",
-                    "per_part": "i64", "count": "i64", "channels": "i32", "inner": "i64", **strides,
-                    "REVERSE": "constexpr", "BLOCK": "constexpr"}
-        constexprs = {"REVERSE": dtype == "fp32", "BLOCK": 1024}
-        kernels += [("_forward_kernel", forward, constexprs), ("_backward_kernel", backward, constexprs)]
-    compile_triton_for_sm90("gmkernels.triton.actnorm", kernels)

@@ -1,7 +1,6 @@
 """gmk.causal_conv1d and gmk.wavenet_layer: every backend against the float64 reference, forward and
 every gradient; causality; opcheck; gradcheck; bad inputs."""
 import math
-import os
 
 import pytest
 import torch
@@ -345,72 +344,6 @@ def test_torch_compile_keeps_the_ops_in_one_graph():
     code = "".join(code)
     for op in ("wavenet_layer", "wavenet_layer_backward", "causal_conv1d", "causal_conv1d_backward"):
         assert f"gmkernels.{op}.default" in code
-
-
-# Compiles the Triton kernels for sm_90 without a GPU, outside the interpreter (run in a fresh process:
-# this one decorated them for the interpreter). One dtype per kernel and epilogue, to keep it short.
-_COMPILE_FOR_SM90 = """
-import os
-os.environ.pop("TRITON_INTERPRET", None)
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import gmkernels.triton.causal_conv as cc
-
-def compile_kernel(fn, types, constexprs):
-    signature = {**types, **{name: "constexpr" for name in constexprs}}
-    where = {(list(signature).index(name),): value for name, value in constexprs.items()}
-    triton.compile(ASTSource(fn, signature, constexprs=where), target=GPUTarget("cuda", 90, 32),
-                   options={"num_warps": 4, "num_stages": 3})
-
-def ints(*names):
-    return {name: "i32" for name in names}
-
-for dtype, precision, epilogue in (("bf16", "ieee", 1), ("fp32", "tf32", 2)):
-    p = "*" + dtype
-    compile_kernel(cc._conv_kernel, {
-        **dict.fromkeys(("in_ptr", "w_ptr", "bias_ptr", "cond_ptr", "res_ptr", "out_ptr"), p),
-        **ints("C_in", "C_out", "T", "K", "dilation", "sign", "half"), "acc_scale": "fp32", "res_scale": "fp32",
-        **ints("s_in_n", "s_in_c", "s_in_t", "s_w_o", "s_w_i", "s_w_j", "s_cond_n", "s_cond_c", "s_cond_t",
-               "s_res_n", "s_res_c", "s_res_t")},
-        {"EPILOGUE": epilogue, "HAS_BIAS": True, "HAS_COND": True, "BO": 64, "BT": 128, "BK": 32,
-         "PRECISION": precision, "INTERPRETED": False})
-compile_kernel(cc._layer_grad_h_kernel, {
-    **dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "cond_ptr", "g_res_ptr", "g_skip_ptr", "w_res_ptr",
-                     "w_skip_ptr", "grad_h_ptr", "z_ptr"), "*bf16"),
-    **ints("R", "S", "T", "K", "dilation"), "scale": "fp32",
-    **ints("s_x_n", "s_x_c", "s_x_t", "s_w_o", "s_w_i", "s_w_j", "s_cond_n", "s_cond_c", "s_cond_t", "s_wr_o",
-           "s_wr_i", "s_ws_o", "s_ws_i")},
-    {"HAS_BIAS": True, "HAS_COND": True, "BO": 64, "BT": 64, "BK": 32, "PRECISION": "ieee", "INTERPRETED": False})
-for dtype, precision in (("bf16", "ieee"), ("fp32", "tf32")):
-    compile_kernel(cc._layer_kernel, {
-        **dict.fromkeys(("x_ptr", "w_ptr", "bias_ptr", "cond_ptr", "w_res_ptr", "b_res_ptr", "w_skip_ptr",
-                         "b_skip_ptr", "x_next_ptr", "skip_ptr"), "*" + dtype),
-        **ints("R", "S", "T", "K", "dilation"), "scale": "fp32",
-        **ints("s_x_n", "s_x_c", "s_x_t", "s_w_o", "s_w_i", "s_w_j", "s_cond_n", "s_cond_c", "s_cond_t",
-               "s_wr_o", "s_wr_i", "s_ws_o", "s_ws_i")},
-        {"HAS_BIAS": True, "HAS_COND": True, "HAS_RES_BIAS": True, "HAS_SKIP_BIAS": True, "R_PAD": 128,
-         "BO": 64, "BT": 32, "BK": 32, "PRECISION": precision, "INTERPRETED": False})
-compile_kernel(cc._weight_grad_kernel, {
-    "g_ptr": "*fp32", "x_ptr": "*fp32", "partial_ptr": "*fp32",
-    **ints("N", "C_out", "C_in", "T", "K", "dilation", "t_per_split", "s_x_n", "s_x_c", "s_x_t")},
-    {"BO": 64, "BI": 64, "BT": 64, "PRECISION": "tf32", "INTERPRETED": False})
-print("compiled")
-"""
-
-
-@pytest.mark.skipif("triton" not in BACKENDS or torch.cuda.is_available(),
-                    reason="needs Triton; on a GPU the kernels run instead")
-def test_triton_kernels_compile_for_sm90():
-    """The interpreter does not compile: this catches what only the GPU compiler would reject."""
-    import subprocess
-    import sys
-
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env,
-                            check=False,
-                            timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
 
 
 # --- modules ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gmkernels as gmk
-from conftest import (assert_close, backends_under_test, compile_triton_for_sm90, misaligned, noncontiguous,
+from conftest import (assert_close, backends_under_test, misaligned, noncontiguous,
                       supported_dtypes)
 from gmkernels.reference import invconv as reference
 from gmkernels.reference.actnorm import logdet_dtype
@@ -383,27 +383,3 @@ def test_gpu_singular_weight_in_reverse_gives_nan(backend):
 
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or "triton" not in BACKENDS,
-                    reason="without a GPU only (on a GPU the tests above compile them)")
-def test_triton_kernels_compile_for_sm90():
-    kernels = []
-    for dtype, blocks in (("fp32", 64), ("bf16", 16)):
-        signature = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": f"*{dtype}",
-                     "cin": "i32", "cout": "i32", "inner": "i64", "blocks_s": "i32", "s_outer": "i64",
-                     "s_channel": "i64", "s_inner": "i64", "HAS_BIAS": "constexpr",
-                     "INTERPRETED": "constexpr", "BLOCK_O": "constexpr", "BLOCK_C": "constexpr",
-                     "BLOCK_S": "constexpr"}
-        constexprs = {"HAS_BIAS": dtype == "fp32", "INTERPRETED": False, "BLOCK_O": blocks, "BLOCK_C": blocks,
-                      "BLOCK_S": 64}
-        kernels.append(("_conv1x1_kernel", signature, constexprs))
-        signature = {"grad_y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": "*fp32",
-                     "grad_x_ptr": f"*{dtype}", "grad_w_ptr": "*fp32", "grad_b_ptr": "*fp32", "cin": "i32",
-                     "cout": "i32", "inner": "i64",
-                     "blocks_s": "i32", "total_blocks": "i32", "blocks_per_program": "i32", "s_outer": "i64",
-                     "s_channel": "i64", "s_inner": "i64", "WANT_X": "constexpr", "WANT_PARAMS": "constexpr",
-                     "INTERPRETED": "constexpr", "BLOCK_O": "constexpr", "BLOCK_C": "constexpr",
-                     "BLOCK_S": "constexpr"}
-        constexprs = {"WANT_X": True, "WANT_PARAMS": dtype == "fp32", "INTERPRETED": False, "BLOCK_O": blocks,
-                      "BLOCK_C": blocks, "BLOCK_S": 64}
-        kernels.append(("_conv1x1_backward_kernel", signature, constexprs))
-    compile_triton_for_sm90("gmkernels.triton.invconv", kernels)
