@@ -1,0 +1,3 @@
+// Stand-in for CUDA's <cuda_runtime_api.h> in the CPU emulation: everything is in shim.h.
+#pragma once
+#include "../shim.h"

@@ -1,0 +1,536 @@
+"""Our CUDA kernels, run on the CPU: each .cu compiled as host C++ against tests/cuda_emulation/shim.h
+(one fiber per CUDA thread, per-block shared memory, barriers, WMMA; see shim.h and build.py) and
+compared with the float64 reference on fresh random inputs.
+
+The tensors are prepared as the _ops.cpp files prepare them (channels_last activations, weights
+packed per live tap, split partials summed) and passed to the launchers as raw pointers. Every
+buffer sits between NaN guards, which must be intact afterwards, and inputs must be unchanged; the
+emulator's faults (barrier divergence, misaligned vector or WMMA pointers, WMMA arguments that
+differ across a warp) and UBSan's reports fail the test. Each kernel runs as on compute
+capability 9.0 (tensor cores: WMMA) and 7.5 (FMA tiles), and the test checks which kernel variant
+(tensor cores or FMA, 16-byte or scalar loads) ran. gated_cuda.cu ran correctly on an H100: its
+tests validate the emulator.
+"""
+import ctypes
+import math
+import mmap
+import sys
+import re
+
+import pytest
+import torch
+
+import gmkernels.reference.gated as gated_reference
+import gmkernels.reference.logistic_mixture as lm_reference
+import gmkernels.reference.masked_conv as conv_reference
+from conftest import assert_close, assert_close_sum
+from cuda_emulation import build
+from test_logistic_mixture import REGIMES, relative_error
+from test_logistic_mixture import TOLERANCES as LM_TOLERANCES
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+ARCHS = {"sm90": (9, 0), "sm75": (7, 5)}
+GUARD = 64  # NaN elements on each side of every buffer (a multiple of 16 bytes in every dtype)
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+_PROTOTYPES = {
+    "gmk_emu_set_device": [ctypes.c_int] * 3,
+    "gmk_emu_take_faults": [ctypes.c_char_p, ctypes.c_int],
+    "gmk_emu_take_launches": [ctypes.c_char_p, ctypes.c_int],
+    "gmk_emu_gated": [ctypes.c_int, _I64, _I64, _I64, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _P, _P],
+    "gmk_emu_logistic_mixture": [ctypes.c_int, _P, ctypes.c_double, ctypes.c_int] + [_P] * 11,
+    "gmk_emu_tap_gemm": [_P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _I64, _I64, _I64,
+                         _P, _P, _P, _P],
+    "gmk_emu_weight_grad": [_P, ctypes.c_int, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P],
+    "gmk_emu_selftest_block_sum": [_P, _P, ctypes.c_int],
+    "gmk_emu_selftest_missing_barrier": [_P],
+    "gmk_emu_selftest_divergent_barrier": [_P],
+    "gmk_emu_selftest_write": [_P],
+    "gmk_emu_selftest_vector_load": [_P, _P],
+    "gmk_emu_selftest_wmma": [ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, ctypes.c_uint],
+    "gmk_emu_selftest_round": [ctypes.c_int, _P, _P, _I64],
+}
+
+_VOID = {"gmk_emu_set_device", "gmk_emu_selftest_round"}
+
+
+class Emulator:
+    """The emulation library: launchers that assert success and return the kernels they ran."""
+
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(str(path))
+        for name, argtypes in _PROTOTYPES.items():
+            getattr(self.lib, name).argtypes = argtypes
+            getattr(self.lib, name).restype = None if name in _VOID else ctypes.c_int
+
+    def set_device(self, arch, multiprocessors=132):
+        self.lib.gmk_emu_set_device(*ARCHS[arch], multiprocessors)
+
+    def run(self, name, *args):
+        """Calls the launcher; asserts cudaSuccess and no fault; returns the kernels launched."""
+        error = getattr(self.lib, name)(*args)
+        message = ctypes.create_string_buffer(1024)
+        faults = self.lib.gmk_emu_take_faults(message, len(message))
+        launches = ctypes.create_string_buffer(1 << 16)
+        self.lib.gmk_emu_take_launches(launches, len(launches))
+        assert faults == 0, f"{name}: {faults} faults, the first: {message.value.decode()}"
+        assert error == 0, f"{name} returned cudaError_t {error}"
+        return launches.value.decode().splitlines()
+
+
+@pytest.fixture(scope="module")
+def emu():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the emulator needs Linux (ucontext fibers, mprotect fences)")
+    if build.compiler() is None:
+        pytest.skip("needs g++ (or $CXX) to compile the CUDA kernels for the CPU")
+    return Emulator(build.build())
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports(capfd):
+    """UBSan (misaligned or out-of-bounds accesses, overflows) reports on stderr and carries on."""
+    yield
+    assert "runtime error" not in capfd.readouterr().err
+
+
+def _bits(t):
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+FENCE = 16 * mmap.PAGESIZE  # inaccessible bytes on each side of a Buffer's memory
+PROT_NONE = 0
+
+
+def _fenced(numel, dtype):
+    """A 1-D tensor in its own mapping, ending at most 64 bytes before an inaccessible fence (and one before
+    it): a kernel's access far out of bounds is a SIGSEGV, which the emulator reports as a fault, rather than
+    a corrupted heap."""
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    pages = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    memory = mmap.mmap(-1, FENCE + pages + FENCE)
+    base = torch.frombuffer(memory, dtype=torch.uint8).data_ptr()
+    for fence in (base, base + FENCE + pages):
+        assert _LIBC.mprotect(fence, FENCE, PROT_NONE) == 0, ctypes.get_errno()
+    start = FENCE + (pages - nbytes) // 64 * 64
+    return torch.frombuffer(memory, dtype=dtype, count=numel, offset=start)
+
+
+class Buffer:
+    """A tensor's memory (the values of ``memory``, in its memory order) between NaN guards, in a mapping
+    between inaccessible fences.
+
+    ``offset`` elements more before it make the address misaligned for 16-byte loads.
+    """
+
+    def __init__(self, memory, offset=0):
+        memory = memory.contiguous()
+        self.start = GUARD + offset
+        self.buffer = _fenced(memory.numel() + self.start + GUARD, memory.dtype).fill_(math.nan)
+        self.view = self.buffer[self.start:self.start + memory.numel()].view(memory.shape)
+        self.view.copy_(memory)
+        self.before = _bits(self.buffer).clone()
+
+    @classmethod
+    def empty(cls, shape, dtype):
+        """An output: NaN everywhere, so an element the kernel does not write fails the comparison."""
+        return cls(torch.full(shape, math.nan, dtype=dtype))
+
+    @property
+    def ptr(self):
+        return self.view.data_ptr()
+
+    def check_unchanged(self):
+        assert torch.equal(_bits(self.buffer), self.before), "a kernel wrote to an input"
+
+    def check_guards(self):
+        now, end = _bits(self.buffer), self.start + self.view.numel()
+        assert torch.equal(now[:self.start], self.before[:self.start]), "write before the buffer"
+        assert torch.equal(now[end:], self.before[end:]), "write past the buffer"
+
+
+def _longs(*values):
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _strides(t):
+    return None if t is None else _longs(*t.stride())
+
+
+# --- the emulator itself (tests/cuda_emulation/selftest.cu) ------------------------------------------
+
+def _tf32(x):
+    """float32 -> TF32 as cvt.rna.tf32.f32: to nearest on the top 19 bits, ties away from zero."""
+    bits = x.view(torch.int32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    return torch.where(finite, ((bits + 0x1000) & ~0x1FFF).view(torch.float32), x)
+
+
+def test_emulated_roundings_match_torch(emu):
+    """__float2half_rn and __float2bfloat16_rn round to nearest even as torch does, with subnormals, ties,
+    overflow, inf and NaN; __float_to_tf32 to nearest, ties away."""
+    halfway = torch.tensor([1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-8, 1 + 3 * 2**-8, 2**-25, 3 * 2**-25, 65504.0,
+                            65519.99, 65520.0, 1e-8, -0.0, 6e-5, 1 + 2**-10 + 2**-11])
+    values = torch.cat([halfway, -halfway, torch.randn(2000) * torch.logspace(-30, 30, 2000),
+                        torch.tensor([math.inf, -math.inf, math.nan, 3.4e38])]).float()
+    for code, expected in ((1, values.half().float()), (2, values.bfloat16().float()), (0, _tf32(values))):
+        out = torch.empty_like(values)
+        emu.lib.gmk_emu_selftest_round(code, values.data_ptr(), out.data_ptr(), values.numel())
+        torch.testing.assert_close(out, expected, atol=0, rtol=0, equal_nan=True, msg=f"dtype code {code}")
+
+
+def test_emulated_block_reduction_with_shared_memory_and_shuffles(emu):
+    values = torch.randn(300, dtype=torch.float64).float()
+    out = Buffer.empty((3,), torch.float32)
+    emu.run("gmk_emu_selftest_block_sum", values.data_ptr(), out.ptr, values.numel())
+    expected = torch.stack([chunk.double().sum() for chunk in values.split(128)])  # one sum per block
+    torch.testing.assert_close(out.view.double(), expected, atol=1e-5, rtol=1e-5)
+    out.check_guards()
+
+
+def test_emulator_exposes_a_missing_barrier(emu):
+    """Threads run in turn between barriers: a read of a value another thread writes in the same phase sees
+    the shared arena's NaN (threads in ascending order) or the value (descending): never all right."""
+    out = torch.zeros(64)
+    emu.run("gmk_emu_selftest_missing_barrier", out.data_ptr())
+    assert out.isnan().any()
+
+
+def test_emulator_faults_on_a_divergent_barrier(emu):
+    out = torch.zeros(32)
+    with pytest.raises(AssertionError, match="exited while 16 threads wait at __syncthreads"):
+        emu.run("gmk_emu_selftest_divergent_barrier", out.data_ptr())
+
+
+def test_emulator_faults_on_bad_addresses(emu, capfd):
+    """A write to an invalid address (SIGSEGV in the kernel) and a misaligned 16-byte load are faults, as on
+    the GPU, not the end of the test process; UBSan reports the misaligned access too."""
+    with pytest.raises(AssertionError, match="SIGSEGV at address 0x10"):
+        emu.run("gmk_emu_selftest_write", 16)
+    values, out = torch.zeros(8), torch.zeros(32)
+    with pytest.raises(AssertionError, match="__ldg: address .* is not 16-byte aligned"):
+        emu.run("gmk_emu_selftest_vector_load", values[1:].data_ptr(), out.data_ptr())
+    emu.run("gmk_emu_selftest_vector_load", values.data_ptr(), out.data_ptr())  # and the emulator carries on
+    if build.SANITIZER[0] in build.flags(build.compiler()):
+        assert "runtime error: reference binding to misaligned address" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("a_col_major", [False, True], ids=["a-row-major", "a-col-major"])
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+def test_emulated_wmma(emu, dtype, a_col_major):
+    """d = a b + c on 16x16 tiles, a with a leading dimension of 24 elements."""
+    a, b, c = torch.randn(16, 16, dtype=dtype), torch.randn(16, 16, dtype=dtype), torch.randn(16, 16)
+    stored = torch.zeros(16, 24, dtype=dtype)
+    stored[:, :16] = a.T if a_col_major else a
+    d = Buffer.empty((16, 16), torch.float32)
+    emu.run("gmk_emu_selftest_wmma", DTYPE_CODES[dtype], a_col_major, stored.data_ptr(), b.data_ptr(),
+            c.data_ptr(), d.ptr, 24)
+    if dtype == torch.float32:  # TF32 operands
+        a, b = _tf32(a), _tf32(b)
+    expected = a.double() @ b.double() + c.double()
+    torch.testing.assert_close(d.view.double(), expected, atol=1e-5, rtol=1e-5)
+    d.check_guards()
+
+
+@pytest.mark.parametrize(("offset", "lda", "message"), [(1, 24, "not 32-byte aligned"),
+                                                       (0, 20, "ldm 20 is not a multiple of 16 bytes"),
+                                                       (0, 8, "ldm 8 < 16")])
+def test_emulator_faults_on_bad_wmma_arguments(emu, offset, lda, message):
+    storage = torch.zeros(16 * 24 + 16, dtype=torch.float16)
+    b, c, d = torch.zeros(16, 16, dtype=torch.float16), torch.zeros(16, 16), torch.zeros(16, 16)
+    with pytest.raises(AssertionError, match=message):
+        emu.run("gmk_emu_selftest_wmma", 1, 0, storage[offset:].data_ptr(), b.data_ptr(), c.data_ptr(),
+                d.data_ptr(), lda)
+
+
+# --- gated (known good on an H100: validates the emulator) --------------------------------------------
+
+def _gated_inputs(layout, outer, channels, inner, dtype):
+    """x (outer, 2C, inner) in a Buffer: contiguous (the 16-byte rows path) or stored (outer, inner, 2C)."""
+    x = torch.randn(outer, 2 * channels, inner, dtype=dtype)
+    memory = x if layout == "rows" else x.transpose(1, 2)
+    buffer = Buffer(memory)
+    view = buffer.view if layout == "rows" else buffer.view.transpose(1, 2)
+    return x, buffer, view
+
+
+def _gated_strides(t):
+    """As gated_ops.cpp: the strides of size-1 dimensions normalised."""
+    s = t.stride()
+    return _longs(0 if t.size(0) == 1 else s[0], s[1], 1 if t.size(2) == 1 else s[2])
+
+
+@pytest.mark.parametrize("cond_kind", [None, "row", "channel"])
+@pytest.mark.parametrize("layout", ["rows", "strided"])
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+def test_gated(emu, dtype, layout, cond_kind):
+    outer, channels, inner = 3, 5, 24
+    x, x_buffer, x_view = _gated_inputs(layout, outer, channels, inner, dtype)
+    cond = cond_buffer = cond_view = None
+    if cond_kind == "row":
+        cond, cond_buffer, cond_view = _gated_inputs("rows", outer, channels, inner, dtype)
+    elif cond_kind == "channel":  # one value per (o, c), broadcast over inner: stride 0
+        cond_buffer = Buffer(torch.randn(outer, 2 * channels, 1, dtype=dtype))
+        cond_view = cond_buffer.view.expand(-1, -1, inner)
+        cond = cond_view.clone()
+    grad_y = Buffer(torch.randn(outer, channels, inner, dtype=dtype))
+    for activation in ("tanh", "identity"):
+        y = Buffer.empty((outer, channels, inner), dtype)
+        grad_h = Buffer.empty((outer, 2 * channels, inner), dtype)
+        common = (outer, channels, inner, activation == "tanh", DTYPE_CODES[dtype], x_buffer.ptr,
+                  _gated_strides(x_view), None if cond is None else cond_buffer.ptr,
+                  None if cond is None else _gated_strides(cond_view))
+        forward = emu.run("gmk_emu_gated", 0, *common, None, y.ptr)
+        backward = emu.run("gmk_emu_gated", 1, *common, grad_y.ptr, grad_h.ptr)
+        path = "rows" if layout == "rows" else "strided"
+        assert all(f"{path}_kernel" in name for name in forward + backward), forward + backward
+
+        h64 = (x.double() if cond is None else x.double() + cond.double()).requires_grad_()
+        y64 = gated_reference.gated_activation(h64, activation=activation)
+        (grad64,) = torch.autograd.grad(y64, h64, grad_y.view.double())
+        assert_close(y.view, y64, dtype, "forward")
+        assert_close(grad_h.view, grad64, dtype, "grad")
+        for buffer in (y, grad_h):
+            buffer.check_guards()
+    for buffer in (x_buffer, cond_buffer, grad_y):
+        if buffer is not None:
+            buffer.check_unchanged()
+
+
+# --- logistic mixture ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("params_layout", ["contiguous", "positions-first"])
+@pytest.mark.parametrize("num_channels", [1, 3])
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+def test_logistic_mixture_nll_and_backward(emu, dtype, num_channels, params_layout):
+    """Every loss regime of test_logistic_mixture.py; 2 x 70 positions: two blocks, the second partial."""
+    for regime_name, regime in REGIMES.items():
+        params64, x = regime(2, num_channels, 4, (70,))
+        params64, x = params64.double(), x.double()
+        params = params64.to(dtype)
+        n, p, s = params.shape
+        if params_layout == "contiguous":
+            params_buffer = Buffer(params)
+            params_view = params_buffer.view
+        else:  # stored (N, S, P)
+            params_buffer = Buffer(params.transpose(1, 2))
+            params_view = params_buffer.view.transpose(1, 2)
+        x_buffer = Buffer(x.float())
+        grad_nll64 = torch.randn(n, s, dtype=torch.float64)
+        grad_nll = Buffer(grad_nll64.float())
+        nll = Buffer.empty((n, s), torch.float32)
+        grad = Buffer.empty((n, p, s), dtype)
+        sizes = _longs(n, num_channels, p // lm_reference.params_per_component(num_channels), s, 256)
+        common = (sizes, -7.0, DTYPE_CODES[dtype], params_buffer.ptr, _strides(params_view), x_buffer.ptr,
+                  _strides(x_buffer.view))
+        emu.run("gmk_emu_logistic_mixture", 0, *common, None, None, None, None, None, None, nll.ptr)
+        grad_nll_strides = _longs(grad_nll.view.stride(0), 0, grad_nll.view.stride(1))
+        emu.run("gmk_emu_logistic_mixture", 1, *common, grad_nll.ptr, grad_nll_strides, None, None, None,
+                None, grad.ptr)
+
+        def nll_and_grad(params, x, grad_nll):
+            params = params.detach().requires_grad_()
+            loss = lm_reference.discretized_logistic_mixture_nll(params, x)
+            return loss, torch.autograd.grad(loss, params, grad_nll)[0]
+
+        # As test_logistic_mixture.check_backend: widened by the float32 reference's own error.
+        nll64, grad64 = nll_and_grad(params.double(), x, grad_nll64)
+        nll32, grad32 = nll_and_grad(params.float(), x.float(), grad_nll64.float())
+        for actual, expected, kind, error in ((nll.view, nll64, "forward", relative_error(nll32, nll64)),
+                                              (grad.view, grad64, "grad", relative_error(grad32, grad64))):
+            atol, rtol = (tolerance + 2 * error for tolerance in LM_TOLERANCES[dtype][kind])
+            context = f"{regime_name} {kind}"
+            torch.testing.assert_close(actual.double(), expected, atol=atol, rtol=rtol,
+                                       msg=lambda m, context=context: f"{context}: {m}")
+        for buffer in (nll, grad):
+            buffer.check_guards()
+        for buffer in (params_buffer, x_buffer, grad_nll):
+            buffer.check_unchanged()
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+def test_logistic_mixture_sample(emu, dtype, num_channels):
+    """The same noise gives the reference's sample (the CPU backend runs the same per-position code)."""
+    from test_logistic_mixture import make_params
+
+    n, k, s = 2, 5, 150
+    params = Buffer(make_params(n, num_channels, k, (s,), dtype=dtype))
+    gumbel_u, logistic_u = Buffer(torch.rand(n, k, s)), Buffer(torch.rand(n, num_channels, s))
+    out = Buffer.empty((n, num_channels, s), torch.float32)
+    sizes = _longs(n, num_channels, k, s, 256)
+    emu.run("gmk_emu_logistic_mixture", 2, sizes, -7.0, DTYPE_CODES[dtype], params.ptr, _strides(params.view),
+            None, None, None, None, gumbel_u.ptr, _strides(gumbel_u.view), logistic_u.ptr,
+            _strides(logistic_u.view), out.ptr)
+    expected = lm_reference.discretized_logistic_mixture_sample(params.view, gumbel_u.view, logistic_u.view)
+    torch.testing.assert_close(out.view, expected, atol=0, rtol=0)
+    out.check_guards()
+    for buffer in (params, gumbel_u, logistic_u):
+        buffer.check_unchanged()
+
+
+# --- masked and shifted convolutions --------------------------------------------------------------
+
+# (mask or shift, colour groups, kh, kw, Cin, Cout, N, H, W). Positions are never a multiple of the
+# 128-position tile; channel counts that are multiples of 8 take the 16-byte loads, the others the
+# scalar ones; Cout > 64, Cin > 64 and N * H * W > 128 give several tiles; Cin > 32 several K steps.
+CONV_CASES = {
+    "B-k3-vector": ("B", 1, 3, 3, 16, 24, 2, 5, 7),
+    "A-k5-groups3-scalar": ("A", 3, 5, 5, 9, 12, 1, 6, 6),
+    "B-k3-groups3-tiles": ("B", 3, 3, 3, 48, 96, 2, 9, 8),
+    "A-k3-groups3-tile-per-group": ("A", 3, 3, 3, 24, 192, 1, 5, 6),
+    "A-k5-vector": ("A", 1, 5, 5, 8, 8, 1, 4, 5),
+    "A-k1-groups3": ("A", 3, 1, 1, 6, 9, 1, 4, 4),
+    "B-k1-vector": ("B", 1, 1, 1, 8, 16, 1, 3, 3),
+    "A-k7-vector": ("A", 1, 7, 7, 8, 16, 1, 9, 10),
+    "down-vector": ("down", 1, 2, 3, 16, 8, 2, 5, 6),
+    "down-wide-cin": ("down", 1, 2, 3, 72, 16, 1, 5, 7),
+    "down_right-scalar": ("down_right", 1, 2, 2, 5, 7, 1, 7, 5),
+}
+
+
+def _geometry(kind, groups, kh, kw, cin, cout, n, h, w):
+    """As masked_conv_ops.cpp: sizes, padding, mask (0 none, 1 A, 2 B)."""
+    if kind in ("A", "B"):
+        pad_top = pad_left = kh // 2
+        mask = 1 if kind == "A" else 2
+    else:
+        pad_top, pad_left, mask = kh - 1, (kw - 1) // 2 if kind == "down" else kw - 1, 0
+    return _longs(n, cin, cout, h, w, kh, kw, pad_top, pad_left, mask, groups)
+
+
+def _live_taps(kind, groups, kh, kw, cin, cout):
+    """The number of taps some weight passes through, from the reference's mask (and they are a prefix)."""
+    if kind not in ("A", "B"):
+        return kh * kw
+    live = conv_reference.conv_mask(kh, kind, cin, cout, groups).flatten(2).any(0).any(0)
+    taps = int(live.sum())
+    assert live[:taps].all()
+    return taps
+
+
+def _reference(kind, groups, x, weight, bias):
+    if kind in ("A", "B"):
+        return conv_reference.masked_conv2d(x, weight, bias, mask_type=kind, color_groups=groups)
+    return conv_reference.shifted_conv2d(x, weight, bias, shift=kind)
+
+
+def _nhwc(t):
+    return t.permute(0, 2, 3, 1)
+
+
+def _expected_variant(launches, arch, dtype, tf32, vector):
+    """The launch ran tensor cores on sm_90 for half types and TF32, FMAs otherwise; 16-byte loads or not."""
+    (name,) = launches
+    tensor_cores = arch == "sm90" and (dtype in HALF_DTYPES or tf32)
+    assert ("WmmaMath" if tensor_cores else "FmaMath") in name, name
+    width = 16 // torch.empty((), dtype=dtype).element_size() if vector else 1
+    assert re.search(r"_kernel<.*, (\d+)>", name).group(1) == str(width), name
+
+
+def run_conv(emu, case, dtype, arch, *, tf32=False, bias=True, out_channels_last=False, splits=(1,),
+             misaligned=False, tolerance=1.0):
+    """Forward, grad_x and grad_weight of one case on the emulated GPU, against float64 autograd, within
+    ``tolerance`` times the sum tolerance."""
+    kind, groups, kh, kw, cin, cout, n, h, w = case
+    geometry = _geometry(*case)
+    taps = _live_taps(kind, groups, kh, kw, cin, cout)
+    x = torch.randn(n, cin, h, w, dtype=dtype)
+    weight = torch.randn(cout, cin, kh, kw, dtype=dtype)
+    b = torch.randn(cout, dtype=dtype) if bias else None
+    grad_y = torch.randn(n, cout, h, w, dtype=dtype)
+    leaves = [t.double().requires_grad_() for t in (x, weight)]
+    y64 = _reference(kind, groups, *leaves, None if b is None else b.double())
+    grad_x64, grad_w64 = torch.autograd.grad(y64, leaves, grad_y.double())
+    offset = 1 if misaligned else 0
+    vector = not misaligned and cin * x.element_size() % 16 == 0 and cout * x.element_size() % 16 == 0
+    emu.set_device(arch)
+    dtype_code = DTYPE_CODES[dtype]
+    # float32 on tensor cores has TF32's 10-bit mantissa: compared at bfloat16's tolerance (8 bits).
+    compare_dtype = torch.bfloat16 if tf32 else dtype
+
+    def check(actual, expected, terms):
+        assert_close_sum(actual.to(compare_dtype), expected, compare_dtype, terms, roundings=tolerance)
+
+    # Forward: a = x (N, H, W, Cin), b = weight packed (taps, Cin, Cout).
+    live = weight.flatten(2)[:, :, :taps]
+    a, packed = Buffer(_nhwc(x), offset), Buffer(live.permute(2, 1, 0), offset)
+    bias_buffer = Buffer(b) if bias else None
+    y = Buffer.empty((n, h, w, cout) if out_channels_last else (n, cout, h, w), dtype)
+    launches = emu.run("gmk_emu_tap_gemm", geometry, dtype_code, tf32, 0, out_channels_last, taps, cin, cout,
+                       a.ptr, packed.ptr, bias_buffer.ptr if bias else None, y.ptr)
+    _expected_variant(launches, arch, dtype, tf32, vector)
+    check(y.view.permute(0, 3, 1, 2) if out_channels_last else y.view, y64, cin * kh * kw)
+
+    # grad_x: a = grad_y (N, H, W, Cout), b = weight packed transposed (taps, Cout, Cin), taps reflected.
+    go, packed_t = Buffer(_nhwc(grad_y), offset), Buffer(live.permute(2, 0, 1), offset)
+    grad_x = Buffer.empty((n, h, w, cin) if out_channels_last else (n, cin, h, w), dtype)
+    launches = emu.run("gmk_emu_tap_gemm", geometry, dtype_code, tf32, 1, out_channels_last, taps, cout, cin,
+                       go.ptr, packed_t.ptr, None, grad_x.ptr)
+    _expected_variant(launches, arch, dtype, tf32, vector)
+    check(grad_x.view.permute(0, 3, 1, 2) if out_channels_last else grad_x.view, grad_x64, cout * kh * kw)
+
+    # grad_weight: float32 partials per split, summed and unpacked as the op does.
+    positions = n * h * w
+    for count in splits:
+        per_split = -(-positions // count)
+        partial = Buffer.empty((count, taps, cin, cout), torch.float32)
+        launches = emu.run("gmk_emu_weight_grad", geometry, dtype_code, tf32, taps, count, per_split, a.ptr,
+                           go.ptr, partial.ptr)
+        _expected_variant(launches, arch, dtype, tf32, vector)
+        grad_w = torch.zeros(cout, cin, kh, kw, dtype=dtype)
+        grad_w.flatten(2)[:, :, :taps].copy_(partial.view.sum(0).permute(2, 1, 0))
+        check(grad_w, grad_w64, positions)
+        partial.check_guards()
+    for buffer in (y, grad_x):
+        buffer.check_guards()
+    for buffer in (a, packed, go, packed_t) + ((bias_buffer,) if bias else ()):
+        buffer.check_unchanged()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
+def test_masked_conv(emu, case, dtype, arch):
+    # Vary what the kernels do not branch on per case, rather than multiplying the cases.
+    index = list(CONV_CASES.values()).index(case)
+    run_conv(emu, case, dtype, arch, bias=index % 2 == 0, out_channels_last=index % 3 == 1,
+             splits=(1, 2 + index % 3))
+
+
+def test_masked_conv_float32_fma_over_many_terms(emu):
+    """Exact float32 (the FMA tiles) over 24 taps x 64 channels, the 7x7 case of the GPU tests, 8 x 2 tiles:
+    within half the sum tolerance. A single running sum per output (before the two-level sum of FmaMath)
+    reached 0.8 to 1.25 times the tolerance on random inputs; the two-level sum stays near 0.3."""
+    run_conv(emu, ("A", 1, 7, 7, 64, 72, 3, 17, 19), torch.float32, "sm75", splits=(2,), tolerance=0.5)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES["B-k3-groups3-tiles"], CONV_CASES["A-k5-vector"]],
+                         ids=["B-k3-groups3-tiles", "A-k5-vector"])
+def test_masked_conv_tf32(emu, case):
+    """float32 on tensor cores when the caller allows TF32 (operands rounded by __float_to_tf32)."""
+    run_conv(emu, case, torch.float32, "sm90", tf32=True, out_channels_last=True, splits=(3,))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_masked_conv_misaligned_takes_scalar_loads(emu, arch):
+    """Channel counts that allow 16-byte loads, at addresses that do not: the scalar path."""
+    run_conv(emu, CONV_CASES["B-k3-vector"], torch.bfloat16, arch, misaligned=True)
+
+
+def test_weight_grad_with_more_splits_than_positions_need(emu):
+    """Splits past the last position (positions_per_split * splits > positions) write zero partials."""
+    run_conv(emu, CONV_CASES["A-k5-vector"], torch.float16, "sm90", splits=(6,))  # 20 positions: 4 a split
+
+
+def test_emulator_flags_a_bad_launch(emu):
+    """A launch the GPU rejects (grid.y = 0 channel tiles here) returns its error, as on a GPU."""
+    geometry = _geometry("B", 1, 3, 3, 8, 0, 1, 2, 2)
+    x = Buffer(torch.randn(1, 2, 2, 8))
+    w = Buffer(torch.randn(9, 8, 1))
+    out = Buffer(torch.randn(1))
+    error = emu.lib.gmk_emu_tap_gemm(geometry, 0, 0, 0, 0, 5, 8, 0, x.ptr, w.ptr, None, out.ptr)
+    assert error == 9  # cudaErrorInvalidConfiguration
+    out.check_unchanged()
