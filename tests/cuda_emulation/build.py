@@ -4,7 +4,10 @@ Two constructs of the CUDA language have no macro form, so each ``.cu`` is rewri
 rewrite keeps every line where it was, and ``#line`` points diagnostics at the original file):
 
 - ``kernel<targs><<<grid, block, smem, stream>>>(args)`` becomes
-  ``::gmk_emu::launch<&kernel<targs>>(grid, block, smem, stream)(args)``;
+  ``::gmk_emu::launch<&kernel<targs>>(grid, block, smem, stream)(args)`` (or, where ``kernel`` is a
+  variable, no __global__ function of the file, ``::gmk_emu::launch_pointer(kernel, grid, ...)(args)``);
+- ``extern __shared__ [__align__(n)] T name[];`` becomes
+  ``T* const name = static_cast<T*>(::gmk_emu::dynamic_shared(n));`` (the launch's dynamic bytes);
 - ``__shared__ [__align__(n)] T name[dims];`` becomes a reference into the block's shared arena:
   ``static ::gmk_emu::SharedTag name_tag; using name_type = T[dims];
   name_type& name = ::gmk_emu::shared<name_type, n>(name_tag);``.
@@ -30,7 +33,9 @@ ROOT = HERE.parents[1]
 CSRC = ROOT / "csrc"
 # The .cu files with entry points in entry_points.cpp, and the emulator's own test kernels.
 KERNEL_SOURCES = (CSRC / "gated/gated_cuda.cu", CSRC / "logistic_mixture/logistic_mixture_cuda.cu",
-                  CSRC / "masked_conv/masked_conv_cuda.cu", HERE / "selftest.cu")
+                  CSRC / "masked_conv/masked_conv_cuda.cu", CSRC / "actnorm/actnorm_cuda.cu",
+                  CSRC / "coupling/coupling_cuda.cu", CSRC / "invconv/invconv_cuda.cu",
+                  CSRC / "causal_conv/causal_conv_cuda.cu", HERE / "selftest.cu")
 EMULATOR_SOURCES = ("emulator.cpp", "entry_points.cpp")
 LIBRARY = "libgmk_cuda_emulation.so"
 FLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",
@@ -45,6 +50,9 @@ SANITIZER = ["-fsanitize=alignment,bounds,shift,integer-divide-by-zero,signed-in
 _SHARED = re.compile(r"__shared__[ \t]+(?:__align__\(\s*(\d+)\s*\)[ \t]+)?"  # alignment
                      r"([^;{}()\[\]\n]*?)[ \t]*\b(\w+)[ \t]*"              # type, name
                      r"((?:\[[^\]\n]*\])*)[ \t]*;")                       # dimensions
+# extern __shared__ [__align__(n)] type name[];
+_EXTERN_SHARED = re.compile(r"extern[ \t]+__shared__[ \t]+(?:__align__\(\s*(\d+)\s*\)[ \t]+)?"
+                            r"([^;{}()\[\]\n]*?)[ \t]*\b(\w+)[ \t]*\[[ \t]*\][ \t]*;")
 
 
 def compiler() -> str | None:
@@ -75,7 +83,11 @@ def _rewrite_launches(text: str) -> str:
         if not re.match(r"[\w:]+\s*(<.*>)?$", kernel, re.S):
             raise ValueError(f"cannot parse the kernel of a launch: {kernel!r}")
         out.append(text[pos:i])
-        out.append(f"::gmk_emu::launch<&{kernel}>({text[start + 3:end]})")
+        if "<" not in kernel and not re.search(r"__global__[^;{]*\b" + re.escape(kernel) + r"\s*\(", text):
+            # A variable (a parameter) holding the kernel: not a constant expression.
+            out.append(f"::gmk_emu::launch_pointer({kernel}, {text[start + 3:end]})")
+        else:
+            out.append(f"::gmk_emu::launch<&{kernel}>({text[start + 3:end]})")
         pos = end + 3
     out.append(text[pos:])
     return "".join(out)
@@ -88,7 +100,10 @@ def _rewrite_shared(text: str) -> str:
             raise ValueError(f"unsupported __shared__ declaration: {m.group(0)!r}")
         return (f"static ::gmk_emu::SharedTag {name}_gmk_tag; using {name}_gmk_type = {type_}{dims}; "
                 f"{name}_gmk_type& {name} = ::gmk_emu::shared<{name}_gmk_type, {align}>({name}_gmk_tag);")
-    return _SHARED.sub(declaration, text)
+    def dynamic(m):
+        align, type_, name = m.group(1) or "0", m.group(2).strip(), m.group(3)
+        return f"{type_}* const {name} = static_cast<{type_}*>(::gmk_emu::dynamic_shared({align}));"
+    return _SHARED.sub(declaration, _EXTERN_SHARED.sub(dynamic, text))
 
 
 def rewrite(source: Path) -> str:

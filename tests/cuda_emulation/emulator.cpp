@@ -7,6 +7,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <memory>
+#include <map>
 #include <numeric>
 #include <random>
 #include <string>
@@ -21,7 +22,9 @@ namespace gmk_emu {
 namespace {
 
 constexpr std::size_t kStackBytes = 256 * 1024;
-constexpr std::size_t kSharedBytes = 48 * 1024;  // static shared memory per block on every GPU
+constexpr std::size_t kSharedBytes = 48 * 1024;  // static shared memory per block on every GPU, and the
+                                                 // default limit of static + dynamic
+constexpr std::size_t kArenaBytes = 227 * 1024;  // the largest opt-in limit (9.0)
 constexpr std::uint64_t kMaxThreadsPerLaunch = 1 << 20;  // tests keep launches small
 constexpr std::size_t kWarpMemoBytes = 8 * 1024;
 
@@ -29,6 +32,17 @@ struct Device {
   int major = 9, minor = 0, multiprocessors = 132;
 } device;
 
+// cudaDevAttrMaxSharedMemoryPerBlockOptin: static + dynamic shared memory a block may opt in to.
+std::size_t optin_shared_bytes() {
+  const int cc = device.major * 10 + device.minor;
+  if (cc >= 90) return 227 * 1024;
+  if (cc == 80 || cc == 87) return 163 * 1024;
+  if (cc >= 86) return 99 * 1024;
+  if (cc == 75) return 64 * 1024;
+  return 96 * 1024;  // 7.0
+}
+
+std::map<const void*, std::size_t> max_dynamic_shared;  // per kernel, from cudaFuncSetAttribute
 cudaError_t last_error = cudaSuccess;
 int fault_count = 0;
 std::string first_fault;
@@ -56,12 +70,14 @@ struct Block {
   std::vector<std::uint64_t> warp_phase;           // per warp: warp_syncs completed
   std::vector<unsigned char> warp_memo;            // per warp: kWarpMemoBytes
   std::vector<unsigned char> slots;                // per thread: 16 bytes for warp exchanges
-  std::size_t shared_top = 0;
+  std::size_t shared_top = 0;     // the end of the variables placed so far (dynamic memory first)
+  std::size_t shared_limit = 0;   // static + dynamic bytes the launch may use
 };
 
 Block* block = nullptr;
 std::vector<std::unique_ptr<char[]>> stacks;
-alignas(256) unsigned char shared_arena[kSharedBytes];
+alignas(256) unsigned char shared_arena[kArenaBytes];
+std::size_t launch_dynamic_shared = 0, launch_shared_limit = kSharedBytes;
 
 unsigned warp_of(unsigned linear) { return linear / 32; }
 unsigned warp_size_of(unsigned warp) {
@@ -94,9 +110,11 @@ void run_block(const std::function<void()>& body, dim3 block_dim) {
   b.warp_phase.assign((threads + 31) / 32, 0);
   b.warp_memo.assign((threads + 31) / 32 * kWarpMemoBytes, 0);
   b.slots.assign(std::size_t(threads) * 16, 0);
+  b.shared_top = (launch_dynamic_shared + 15) / 16 * 16;
+  b.shared_limit = launch_shared_limit;
   block = &b;
   ++block_serial;
-  std::memset(shared_arena, 0xff, sizeof(shared_arena));  // NaN in every float type
+  std::memset(shared_arena, 0xff, b.shared_limit);  // NaN in every float type
   while (stacks.size() < threads) stacks.emplace_back(new char[kStackBytes]);
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
@@ -278,8 +296,10 @@ void* shared_variable(SharedTag& tag, std::size_t bytes, std::size_t alignment) 
   }
   if (tag.block_serial != block_serial) {  // the block's first thread to reach the declaration
     const std::size_t offset = (block->shared_top + alignment - 1) / alignment * alignment;
-    if (offset + bytes > kSharedBytes) {
-      fault("__shared__ variables need %zu bytes, more than the %zu of a block", offset + bytes, kSharedBytes);
+    const std::size_t static_bytes = offset + bytes - (launch_dynamic_shared + 15) / 16 * 16;
+    if (static_bytes > kSharedBytes || offset + bytes > block->shared_limit) {
+      fault("__shared__ variables need %zu bytes (%zu dynamic), more than the %zu static or %zu in all of a block",
+            offset + bytes, launch_dynamic_shared, kSharedBytes, block->shared_limit);
       return shared_arena;
     }
     tag.block_serial = block_serial;
@@ -289,18 +309,38 @@ void* shared_variable(SharedTag& tag, std::size_t bytes, std::size_t alignment) 
   return shared_arena + tag.offset;
 }
 
-bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const char* kernel,
+void* dynamic_shared(std::size_t alignment) {
+  if (!block) fault("extern __shared__ variable outside a kernel");
+  if (alignment > 256) fault("extern __shared__ alignment %zu is over the arena's 256", alignment);
+  return shared_arena;
+}
+
+cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attribute, int value) {
+  switch (attribute) {
+    case cudaFuncAttributeMaxDynamicSharedMemorySize:
+      if (value < 0 || std::size_t(value) > optin_shared_bytes()) return cudaErrorInvalidValue;
+      max_dynamic_shared[function] = std::size_t(value);
+      return cudaSuccess;
+    case cudaFuncAttributePreferredSharedMemoryCarveout:
+      return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
+  }
+  return cudaErrorInvalidValue;
+}
+
+bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const void* function, const char* kernel,
               const std::function<void()>& body) {
   const std::uint64_t threads = std::uint64_t(block_dim.x) * block_dim.y * block_dim.z;
   const std::uint64_t blocks = std::uint64_t(grid.x) * grid.y * grid.z;
   const bool valid = grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
                      grid.z <= 65535 && threads >= 1 && threads <= 1024 && block_dim.z <= 64;
-  if (dynamic_shared > 0) {
-    fault("dynamic shared memory is not emulated (shim.h)");
-    return false;
-  }
+  const auto opted = max_dynamic_shared.find(function);
+  const std::size_t dynamic_limit = opted == max_dynamic_shared.end() ? kSharedBytes : opted->second;
   if (!valid) {
     last_error = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  if (dynamic_shared > dynamic_limit) {  // as the GPU: "invalid argument"
+    last_error = cudaErrorInvalidValue;
     return false;
   }
   if (block) {
@@ -314,6 +354,8 @@ bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const char*
   }
   launched += kernel;
   launched += '\n';
+  launch_dynamic_shared = dynamic_shared;
+  launch_shared_limit = std::max(kSharedBytes, dynamic_limit);
   gridDim = grid;
   blockDim = block_dim;
   std::vector<std::uint64_t> order(blocks);
@@ -351,6 +393,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
     case cudaDevAttrMultiProcessorCount: *value = gmk_emu::device.multiprocessors; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(gmk_emu::kSharedBytes); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(gmk_emu::optin_shared_bytes()); return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
   }
   return cudaErrorInvalidValue;

@@ -120,3 +120,169 @@ int gmk_emu_weight_grad(const int64_t* geometry, int dtype, int allow_tf32, int6
 }
 
 }  // extern "C"
+
+// --- flows and WaveNet ------------------------------------------------------------------------------
+#include "actnorm/actnorm.h"
+#include "causal_conv/causal_conv.h"
+#include "coupling/coupling.h"
+#include "invconv/invconv.h"
+
+extern "C" {
+
+int64_t gmk_emu_actnorm_parts(int64_t outer, int64_t channels, int64_t inner) {
+  return gmk::actnorm::backward_parts_cuda(outer, channels, inner);
+}
+
+// bias, log_scale (channels) float; backward: grad_out contiguous, sums (channels, parts, 2) float.
+int gmk_emu_actnorm(int backward, int64_t outer, int64_t channels, int64_t inner, int reverse, int dtype,
+                    const void* in, const int64_t* in_strides, const float* bias, const float* log_scale,
+                    const void* grad_out, void* out, float* sums, int64_t parts) {
+  gmk::actnorm::Args args;
+  args.outer = outer;
+  args.channels = channels;
+  args.inner = inner;
+  args.in = in;
+  args.in_strides = strides3(in_strides);
+  args.bias = bias;
+  args.log_scale = log_scale;
+  args.grad_out = grad_out;
+  args.out = out;
+  args.sums = sums;
+  args.parts = parts;
+  args.reverse = reverse != 0;
+  args.dtype = static_cast<gmk::DType>(dtype);
+  return backward ? gmk::actnorm::backward_cuda(args, nullptr) : gmk::actnorm::forward_cuda(args, nullptr);
+}
+
+// sizes: outer, half, inner; transform 0 glow, 1 realnvp, 2 additive; layout 0 halves, 1 interleaved.
+int64_t gmk_emu_coupling_workspace(int64_t outer, int64_t half, int64_t inner, int transform) {
+  gmk::coupling::Args args;
+  args.outer = outer;
+  args.half = half;
+  args.inner = inner;
+  args.transform = static_cast<gmk::coupling::Transform>(transform);
+  return gmk::coupling::cuda_workspace_floats(args);
+}
+
+int gmk_emu_coupling(int backward, const int64_t* sizes, int transform, int layout, int reverse, int dtype,
+                     const void* x, const int64_t* x_strides, const void* h, const int64_t* h_strides,
+                     const void* grad_y, const float* grad_logdet, void* out, void* grad_h, float* logdet,
+                     float* workspace) {
+  gmk::coupling::Args args;
+  args.outer = sizes[0];
+  args.half = sizes[1];
+  args.inner = sizes[2];
+  args.x = x;
+  args.x_strides = strides3(x_strides);
+  args.h = h;
+  args.h_strides = strides3(h_strides);
+  args.grad_y = grad_y;
+  args.grad_logdet = grad_logdet;
+  args.out = out;
+  args.grad_h = grad_h;
+  args.logdet = logdet;
+  args.workspace = workspace;
+  args.transform = static_cast<gmk::coupling::Transform>(transform);
+  args.layout = static_cast<gmk::coupling::Layout>(layout);
+  args.reverse = reverse != 0;
+  args.dtype = static_cast<gmk::DType>(dtype);
+  return backward ? gmk::coupling::backward_cuda(args, nullptr) : gmk::coupling::forward_cuda(args, nullptr);
+}
+
+int gmk_emu_conv1x1_fits(int64_t in_channels, int64_t out_channels) {
+  return gmk::invconv::conv1x1_cuda_fits(in_channels, out_channels);
+}
+
+// weight (out_channels, in_channels) and bias (or null) contiguous float.
+int gmk_emu_conv1x1(int64_t outer, int64_t in_channels, int64_t out_channels, int64_t inner, int dtype, const void* x,
+                    const int64_t* x_strides, const float* weight, const float* bias, void* out) {
+  gmk::invconv::Args args;
+  args.outer = outer;
+  args.in_channels = in_channels;
+  args.out_channels = out_channels;
+  args.inner = inner;
+  args.x = x;
+  args.x_strides = strides3(x_strides);
+  args.weight = weight;
+  args.bias = bias;
+  args.out = out;
+  args.dtype = static_cast<gmk::DType>(dtype);
+  return gmk::invconv::conv1x1_cuda(args, nullptr);
+}
+
+// sizes: batch, in_channels, out_channels, length, kernel_size, dilation; w_strides: out, in, tap.
+int gmk_emu_causal_conv(const int64_t* sizes, int sign, int dtype, const void* in, const int64_t* in_strides,
+                        const void* weight, const int64_t* w_strides, const void* bias, void* out) {
+  gmk::causal_conv::ConvArgs args;
+  args.batch = sizes[0];
+  args.in_channels = sizes[1];
+  args.out_channels = sizes[2];
+  args.length = sizes[3];
+  args.kernel_size = sizes[4];
+  args.dilation = sizes[5];
+  args.sign = sign;
+  args.in = in;
+  args.in_strides = strides3(in_strides);
+  args.weight = weight;
+  args.w_out_stride = w_strides[0];
+  args.w_in_stride = w_strides[1];
+  args.w_tap_stride = w_strides[2];
+  args.bias = bias;
+  args.out = out;
+  args.dtype = static_cast<gmk::DType>(dtype);
+  return gmk::causal_conv::conv_cuda(args, nullptr);
+}
+
+// sizes: batch, in_channels, out_channels, length, kernel_size, dilation, splits.
+int gmk_emu_causal_conv_weight_grad(const int64_t* sizes, int dtype, const void* grad_out, const void* x,
+                                    const int64_t* x_strides, float* partial) {
+  gmk::causal_conv::WeightGradArgs args;
+  args.batch = sizes[0];
+  args.in_channels = sizes[1];
+  args.out_channels = sizes[2];
+  args.length = sizes[3];
+  args.kernel_size = sizes[4];
+  args.dilation = sizes[5];
+  args.splits = sizes[6];
+  args.grad_out = grad_out;
+  args.x = x;
+  args.x_strides = strides3(x_strides);
+  args.partial = partial;
+  args.dtype = static_cast<gmk::DType>(dtype);
+  return gmk::causal_conv::weight_grad_cuda(args, nullptr);
+}
+
+// sizes: batch, residual, skip_channels, length, kernel_size, dilation. tensors: x, cond, conv_weight,
+// conv_bias, res_weight, res_bias, skip_weight, skip_bias, x_next, skip, grad_x_next, grad_skip, grad_h, z
+// (null where absent); backward: layer_grad_h_cuda.
+int gmk_emu_wavenet_layer(int backward, const int64_t* sizes, double residual_scale, int dtype,
+                          const int64_t* x_strides, const int64_t* cond_strides, void* const* tensors) {
+  gmk::causal_conv::LayerArgs args;
+  args.batch = sizes[0];
+  args.residual = sizes[1];
+  args.skip_channels = sizes[2];
+  args.length = sizes[3];
+  args.kernel_size = sizes[4];
+  args.dilation = sizes[5];
+  args.residual_scale = static_cast<float>(residual_scale);
+  args.x = tensors[0];
+  args.x_strides = strides3(x_strides);
+  args.cond = tensors[1];
+  args.cond_strides = strides3(cond_strides);
+  args.conv_weight = tensors[2];
+  args.conv_bias = tensors[3];
+  args.res_weight = tensors[4];
+  args.res_bias = tensors[5];
+  args.skip_weight = tensors[6];
+  args.skip_bias = tensors[7];
+  args.x_next = tensors[8];
+  args.skip = tensors[9];
+  args.grad_x_next = tensors[10];
+  args.grad_skip = tensors[11];
+  args.grad_h = tensors[12];
+  args.z = tensors[13];
+  args.dtype = static_cast<gmk::DType>(dtype);
+  return backward ? gmk::causal_conv::layer_grad_h_cuda(args, nullptr) : gmk::causal_conv::layer_cuda(args, nullptr);
+}
+
+}  // extern "C"

@@ -25,8 +25,14 @@
 // tensor cores read them (the top 19 bits); products are exact, sums in float32 in k order (the
 // hardware's order is unspecified; tests have float tolerances).
 //
-// Not emulated (add here what a new kernel needs): dynamic shared memory, atomics, streams and
-// events (launches are synchronous), cp.async, cooperative groups, half arithmetic operators;
+// Dynamic shared memory (`extern __shared__ T name[];`, rewritten by build.py): the launch's bytes
+// sit at the start of the block's arena, the static variables after them. A launch asking for more
+// than 48 KB needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
+// first, which fails above the device's opt-in limit (227 KB on 9.0, 64 KB on 7.5); static plus
+// dynamic bytes beyond the limit are a fault, as the GPU refuses the launch.
+//
+// Not emulated (add here what a new kernel needs): atomics, streams and events (launches are
+// synchronous), cp.async, cooperative groups and clusters, half arithmetic operators;
 // __launch_bounds__ is not checked against the launch.
 #pragma once
 
@@ -70,6 +76,12 @@ enum cudaDeviceAttr {
   cudaDevAttrMultiProcessorCount = 16,
   cudaDevAttrComputeCapabilityMajor = 75,
   cudaDevAttrComputeCapabilityMinor = 76,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+
+enum cudaFuncAttribute {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+  cudaFuncAttributePreferredSharedMemoryCarveout = 9,
 };
 
 struct CUstream_st;
@@ -114,6 +126,15 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
 const char* cudaGetErrorString(cudaError_t error);
 
 namespace gmk_emu {
+cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attribute, int value);
+}
+// Records the kernel's dynamic shared memory limit (checked at its launches).
+template <typename F>
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attribute, int value) {
+  return gmk_emu::set_function_attribute(reinterpret_cast<const void*>(kernel), attribute, value);
+}
+
+namespace gmk_emu {
 
 void fault(const char* format, ...) __attribute__((format(printf, 1, 2)));
 [[noreturn]] void trap();
@@ -145,6 +166,8 @@ struct SharedTag {
   std::size_t offset = 0;
 };
 void* shared_variable(SharedTag& tag, std::size_t bytes, std::size_t alignment);
+// The block's dynamic shared memory (the launch's bytes, at the start of the arena).
+void* dynamic_shared(std::size_t alignment);
 
 template <typename T, std::size_t kAlign>
 T& shared(SharedTag& tag) {
@@ -154,13 +177,13 @@ T& shared(SharedTag& tag) {
 
 // --- launches --------------------------------------------------------------------------------------
 // Runs `body` once per thread of every block; false (and cudaGetLastError set) for a bad config.
-bool run_grid(dim3 grid, dim3 block, std::size_t dynamic_shared, const char* kernel,
+bool run_grid(dim3 grid, dim3 block, std::size_t dynamic_shared, const void* function, const char* kernel,
               const std::function<void()>& body);
 
 template <auto Kernel, typename... Params>
 void launch_with(void (*)(Params...), dim3 grid, dim3 block, std::size_t smem,
                  std::tuple<std::decay_t<Params>...> params) {
-  run_grid(grid, block, smem, __PRETTY_FUNCTION__, [&params] {
+  run_grid(grid, block, smem, reinterpret_cast<const void*>(Kernel), __PRETTY_FUNCTION__, [&params] {
     std::tuple<std::decay_t<Params>...> copy = params;  // each thread gets its own copy, as in registers
     std::apply(Kernel, copy);
   });
@@ -171,6 +194,20 @@ void launch_with(void (*)(Params...), dim3 grid, dim3 block, std::size_t smem,
 template <auto Kernel>
 auto launch(dim3 grid, dim3 block, std::size_t smem = 0, cudaStream_t = nullptr) {
   return [=](auto&&... args) { launch_with<Kernel>(Kernel, grid, block, smem, std::make_tuple(args...)); };
+}
+
+// A launch through a variable holding the kernel (build.py: `kernel` names no __global__ function of
+// the file): `::gmk_emu::launch_pointer(kernel, grid, block, smem, stream)(args...)`. The launch's name
+// has the kernel's parameter types, not its name.
+template <typename... Params>
+auto launch_pointer(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem = 0, cudaStream_t = nullptr) {
+  return [=](auto&&... args) {
+    std::tuple<std::decay_t<Params>...> params = std::make_tuple(args...);
+    run_grid(grid, block, smem, reinterpret_cast<const void*>(kernel), __PRETTY_FUNCTION__, [&params, kernel] {
+      std::tuple<std::decay_t<Params>...> copy = params;
+      std::apply(kernel, copy);
+    });
+  };
 }
 
 inline float bits_to_float(std::uint32_t bits) {
