@@ -20,7 +20,11 @@ import re
 import pytest
 import torch
 
+import gmkernels.reference.actnorm as actnorm_reference
+import gmkernels.reference.causal_conv as causal_reference
+import gmkernels.reference.coupling as coupling_reference
 import gmkernels.reference.gated as gated_reference
+import gmkernels.reference.invconv as invconv_reference
 import gmkernels.reference.logistic_mixture as lm_reference
 import gmkernels.reference.masked_conv as conv_reference
 from conftest import assert_close, assert_close_sum
@@ -42,6 +46,15 @@ _PROTOTYPES = {
     "gmk_emu_tap_gemm": [_P, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _I64, _I64, _I64,
                          _P, _P, _P, _P],
     "gmk_emu_weight_grad": [_P, ctypes.c_int, ctypes.c_int, _I64, _I64, _I64, _P, _P, _P],
+    "gmk_emu_actnorm_parts": [_I64, _I64, _I64],
+    "gmk_emu_actnorm": [ctypes.c_int, _I64, _I64, _I64, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _P, _P, _P, _I64],
+    "gmk_emu_coupling_workspace": [_I64, _I64, _I64, ctypes.c_int],
+    "gmk_emu_coupling": [ctypes.c_int, _P] + [ctypes.c_int] * 4 + [_P] * 10,
+    "gmk_emu_conv1x1_fits": [_I64, _I64],
+    "gmk_emu_conv1x1": [_I64, _I64, _I64, _I64, ctypes.c_int, _P, _P, _P, _P, _P],
+    "gmk_emu_causal_conv": [_P, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _P, _P],
+    "gmk_emu_causal_conv_weight_grad": [_P, ctypes.c_int, _P, _P, _P, _P],
+    "gmk_emu_wavenet_layer": [ctypes.c_int, _P, ctypes.c_double, ctypes.c_int, _P, _P, _P],
     "gmk_emu_selftest_block_sum": [_P, _P, ctypes.c_int],
     "gmk_emu_selftest_missing_barrier": [_P],
     "gmk_emu_selftest_divergent_barrier": [_P],
@@ -62,6 +75,8 @@ class Emulator:
         for name, argtypes in _PROTOTYPES.items():
             getattr(self.lib, name).argtypes = argtypes
             getattr(self.lib, name).restype = None if name in _VOID else ctypes.c_int
+        for name in ("gmk_emu_actnorm_parts", "gmk_emu_coupling_workspace"):
+            getattr(self.lib, name).restype = ctypes.c_int64
 
     def set_device(self, arch, multiprocessors=132):
         self.lib.gmk_emu_set_device(*ARCHS[arch], multiprocessors)
@@ -534,3 +549,199 @@ def test_emulator_flags_a_bad_launch(emu):
     error = emu.lib.gmk_emu_tap_gemm(geometry, 0, 0, 0, 0, 5, 8, 0, x.ptr, w.ptr, None, out.ptr)
     assert error == 9  # cudaErrorInvalidConfiguration
     out.check_unchanged()
+
+
+# --- flows: actnorm, coupling, 1x1 convolution ------------------------------------------------------
+
+def _stored(t, storage, offset=0):
+    """A Buffer holding t's values and the view the kernel reads: "contiguous"; "strided" (stored with
+    the last two dimensions swapped: unit stride on neither channels nor inner); "misaligned" (contiguous,
+    one element past a 16-byte boundary); "broadcast" (channel 0's values, a stride-0 channel view)."""
+    if storage == "strided":
+        buffer = Buffer(t.transpose(1, 2))
+        return buffer, buffer.view.transpose(1, 2)
+    if storage == "broadcast":
+        buffer = Buffer(t[:, :1])
+        return buffer, buffer.view.expand(t.shape)
+    buffer = Buffer(t, 1 if storage == "misaligned" else offset)
+    return buffer, buffer.view
+
+
+def _normalised(t, size_one=(0, None, 1)):
+    """t's strides as the _ops.cpp files pass them: the stride of a size-1 dimension d is size_one[d]
+    (None: kept)."""
+    return _longs(*(size_one[d] if t.size(d) == 1 and size_one[d] is not None else t.stride(d) for d in range(3)))
+
+
+# (outer, channels, inner): one block; 3 parts of a channel (4500 elements, 2048 a part) and a 36-block
+# grid-stride forward; a single position.
+ACTNORM_CASES = {"small": (2, 3, 7), "multi-part": (3, 2, 1500), "one-position": (1, 5, 1)}
+
+
+@pytest.mark.parametrize("storage", ["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("shape", ACTNORM_CASES.values(), ids=ACTNORM_CASES.keys())
+def test_actnorm(emu, shape, dtype, storage):
+    """y, and (as actnorm_ops.cpp) grad_x and the per-channel partial sums that give grad_bias and
+    grad_log_scale, both directions."""
+    outer, channels, inner = shape
+    x = torch.randn(shape, dtype=dtype)
+    bias, log_scale = torch.randn(channels), 0.5 * torch.randn(channels)
+    grad_y = torch.randn(shape, dtype=dtype)
+    x_buffer, x_view = _stored(x, storage)
+    params = [Buffer(bias), Buffer(log_scale)]
+    grad_buffer = Buffer(grad_y)
+    parts = emu.lib.gmk_emu_actnorm_parts(outer, channels, inner)
+    assert parts == -(-outer * inner // 2048)
+    for reverse in (False, True):
+        common = (outer, channels, inner, reverse, DTYPE_CODES[dtype], x_buffer.ptr, _normalised(x_view, (0, None, 1)),
+                  params[0].ptr, params[1].ptr)
+        y = Buffer.empty(shape, dtype)
+        emu.run("gmk_emu_actnorm", 0, *common, None, y.ptr, None, 1)
+        grad_x = Buffer.empty(shape, dtype)
+        sums = Buffer.empty((channels, parts, 2), torch.float32)
+        emu.run("gmk_emu_actnorm", 1, *common, grad_buffer.ptr, grad_x.ptr, sums.ptr, parts)
+
+        leaves = [x.double().requires_grad_(), bias.double().requires_grad_(), log_scale.double().requires_grad_()]
+        y64, _ = actnorm_reference.actnorm(*leaves, reverse=reverse)
+        grads64 = torch.autograd.grad(y64, leaves, grad_y.double())
+        totals = sums.view.double().sum(1)
+        g, h = totals[:, 0], totals[:, 1]
+        b64, s64 = bias.double(), log_scale.double()
+        if reverse:
+            grad_bias, grad_log_scale = -g, -torch.exp(-s64) * h
+        else:
+            grad_bias, grad_log_scale = torch.exp(s64) * g, torch.exp(s64) * (h + b64 * g)
+        assert_close(y.view, y64, dtype, "forward")
+        assert_close(grad_x.view, grads64[0], dtype, "grad")
+        terms = outer * inner
+        assert_close_sum(grad_bias, grads64[1], dtype, terms)
+        assert_close_sum(grad_log_scale, grads64[2], dtype, terms)
+        for buffer in (y, grad_x, sums):
+            buffer.check_guards()
+    for buffer in (x_buffer, grad_buffer, *params):
+        buffer.check_unchanged()
+
+
+# (outer, 2 * half, inner, storage of x and h): inner % 4 == 0 and aligned: the 16-byte path; two blocks per
+# sample (half * inner = 2200 > 2048): the workspace and the second kernel's sum; the rest the scalar path.
+COUPLING_CASES = {
+    "vector": (2, 8, 12, "contiguous"),
+    "scalar-odd-inner": (3, 6, 5, "contiguous"),
+    "vector-two-blocks": (2, 4, 1100, "contiguous"),
+    "strided-two-blocks": (1, 6, 700, "strided"),
+    "misaligned": (2, 4, 8, "misaligned"),
+    "broadcast": (2, 4, 16, "broadcast"),
+    "one-position": (1, 2, 1, "contiguous"),
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", COUPLING_CASES.values(), ids=COUPLING_CASES.keys())
+def test_coupling(emu, case, dtype):
+    """y, logdet, grad_x and grad_h of every transform, layout and direction, against the reference's autograd."""
+    outer, channels, inner, storage = case
+    half = channels // 2
+    grad_y = torch.randn(outer, channels, inner, dtype=dtype)
+    grad_y_buffer = Buffer(grad_y)
+    grad_logdet = torch.randn(outer)
+    grad_logdet_buffer = Buffer(grad_logdet)
+    vector = storage == "contiguous" and inner % 4 == 0
+    for transform_code, transform in enumerate(coupling_reference.TRANSFORMS):
+        for layout_code, layout in enumerate(coupling_reference.LAYOUTS):
+            if transform == "additive" and layout == "interleaved":
+                continue
+            h_channels = half if transform == "additive" else channels
+            x = torch.randn(outer, channels, inner, dtype=dtype)
+            h = torch.randn(outer, h_channels, inner, dtype=dtype)
+            x_buffer, x_view = _stored(x, storage)
+            h_buffer, h_view = _stored(h, storage)
+            x, h = x_view.clone(), h_view.clone()  # the values the kernel reads (broadcast: channel 0's)
+            for reverse in (False, True):
+                sizes = _longs(outer, half, inner)
+                floats = emu.lib.gmk_emu_coupling_workspace(outer, half, inner, transform_code)
+                assert floats == (0 if transform == "additive" or half * inner <= 2048 else outer * -(-half * inner // 2048))
+                workspace = Buffer.empty((max(floats, 1),), torch.float32)
+                y = Buffer.empty((outer, channels, inner), dtype)
+                logdet = Buffer(torch.zeros(outer)) if transform == "additive" else Buffer.empty((outer,), torch.float32)
+                common = (sizes, transform_code, layout_code, reverse, DTYPE_CODES[dtype], x_buffer.ptr,
+                          _normalised(x_view, (0, 0, 1)), h_buffer.ptr, _normalised(h_view, (0, 0, 1)))
+                launches = emu.run("gmk_emu_coupling", 0, *common, None, None, y.ptr, None, logdet.ptr, workspace.ptr)
+                assert all(f", {str(vector).lower()}>" in name for name in launches if "forward_kernel" in name), launches
+                assert len(launches) == (2 if floats else 1), launches
+                grad_x = Buffer.empty((outer, channels, inner), dtype)
+                grad_h = Buffer.empty((outer, h_channels, inner), dtype)
+                emu.run("gmk_emu_coupling", 1, *common, grad_y_buffer.ptr, grad_logdet_buffer.ptr, grad_x.ptr,
+                        grad_h.ptr, None, None)
+
+                leaves = [x.double().requires_grad_(), h.double().requires_grad_()]
+                y64, logdet64 = coupling_reference.affine_coupling(*leaves, transform, layout, reverse)
+                outputs, grads = [y64], [grad_y.double()]
+                if logdet64.requires_grad:
+                    outputs.append(logdet64)
+                    grads.append(grad_logdet.double())
+                grad_x64, grad_h64 = torch.autograd.grad(outputs, leaves, grads)
+                context = f"{transform} {layout} reverse={reverse}"
+                try:
+                    assert_close(y.view, y64, dtype, "forward")
+                    assert_close(logdet.view, logdet64, torch.float32, "forward", terms=half * inner)
+                    assert_close(grad_x.view, grad_x64, dtype, "grad")
+                    assert_close(grad_h.view, grad_h64, dtype, "grad")
+                except AssertionError as error:
+                    raise AssertionError(f"{context}: {error}") from None
+                for buffer in (y, logdet, grad_x, grad_h, workspace):
+                    buffer.check_guards()
+            for buffer in (x_buffer, h_buffer):
+                buffer.check_unchanged()
+    grad_y_buffer.check_unchanged()
+    grad_logdet_buffer.check_unchanged()
+
+
+# (outer, in_channels, out_channels, inner, storage): out_channels not a multiple of the 16-row tile;
+# several blocks (grid-stride over 600 positions); 96 x 96 floats (36 KB) of dynamic shared memory.
+CONV1X1_CASES = {
+    "tail-rows": (2, 12, 12, 70, "contiguous"),
+    "tiny": (1, 5, 3, 9, "strided"),
+    "blocks": (2, 17, 33, 300, "misaligned"),
+    "wide": (2, 96, 96, 5, "contiguous"),
+    "one-position": (4, 3, 20, 1, "strided"),
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", CONV1X1_CASES.values(), ids=CONV1X1_CASES.keys())
+def test_conv1x1(emu, case, dtype):
+    """y = W x + b, and grad_x = Wᵀ grad_y (the op's backward runs the same kernel on W.t().contiguous())."""
+    outer, cin, cout, inner, storage = case
+    assert emu.lib.gmk_emu_conv1x1_fits(cin, cout)
+    x = torch.randn(outer, cin, inner, dtype=dtype)
+    weight, bias = torch.randn(cout, cin) / cin**0.5, torch.randn(cout)
+    grad_y = torch.randn(outer, cout, inner, dtype=dtype)
+    x_buffer, x_view = _stored(x, storage)
+    g_buffer, g_view = _stored(grad_y, storage)
+    w, w_t, b = Buffer(weight), Buffer(weight.T), Buffer(bias)
+    y = Buffer.empty((outer, cout, inner), dtype)
+    emu.run("gmk_emu_conv1x1", outer, cin, cout, inner, DTYPE_CODES[dtype], x_buffer.ptr, _normalised(x_view),
+            w.ptr, b.ptr, y.ptr)
+    grad_x = Buffer.empty((outer, cin, inner), dtype)
+    emu.run("gmk_emu_conv1x1", outer, cout, cin, inner, DTYPE_CODES[dtype], g_buffer.ptr, _normalised(g_view),
+            w_t.ptr, None, grad_x.ptr)
+    leaf = x.double().requires_grad_()
+    y64 = invconv_reference.conv1x1(leaf, weight.double()) + bias.double()[:, None]
+    (grad_x64,) = torch.autograd.grad(y64, leaf, grad_y.double())
+    assert_close_sum(y.view, y64, dtype, cin)
+    assert_close_sum(grad_x.view, grad_x64, dtype, cout)
+    for buffer in (y, grad_x):
+        buffer.check_guards()
+    for buffer in (x_buffer, g_buffer, w, w_t, b):
+        buffer.check_unchanged()
+
+
+def test_conv1x1_refuses_a_weight_over_48_kb(emu):
+    """(128, 128) floats need 64 KB of shared memory: the launcher returns cudaErrorInvalidValue (the op
+    takes the GEMM instead) rather than a launch that would fail."""
+    assert not emu.lib.gmk_emu_conv1x1_fits(128, 128)
+    x, w, y = torch.zeros(1, 128, 1), torch.zeros(128, 128), torch.zeros(1, 128, 1)
+    assert emu.lib.gmk_emu_conv1x1(1, 128, 128, 1, 0, x.data_ptr(), _longs(0, 1, 1), w.data_ptr(), None,
+                                   y.data_ptr()) == 1
+    assert not y.any()
