@@ -6,10 +6,17 @@ The tensors are prepared as the _ops.cpp files prepare them (channels_last activ
 packed per live tap, split partials summed) and passed to the launchers as raw pointers. Every
 buffer sits between NaN guards, which must be intact afterwards, and inputs must be unchanged; the
 emulator's faults (barrier divergence, misaligned vector or WMMA pointers, WMMA arguments that
-differ across a warp) and UBSan's reports fail the test. Each kernel runs as on compute
-capability 9.0 (tensor cores: WMMA) and 7.5 (FMA tiles), and the test checks which kernel variant
-(tensor cores or FMA, 16-byte or scalar loads) ran. gated_cuda.cu ran correctly on an H100: its
-tests validate the emulator.
+differ across a warp, shared memory over the launch's limit) and UBSan's reports fail the test.
+Kernels whose path depends on the device run as on compute capability 9.0 and 7.5 (masked conv:
+tensor cores or FMA tiles; the WaveNet kernels: the shared memory a block may opt in to), and the
+tests check which kernel variant (tensor cores or FMA, 16-byte or scalar loads) ran. gated_cuda.cu
+ran correctly on an H100: its tests validate the emulator.
+
+Covered: gated, logistic_mixture, masked_conv, actnorm, coupling, invconv (conv1x1), causal_conv
+(conv, grad_x, weight gradient partials, the fused layer and its backward's first pass) and
+wavenet_generate's block kernel. Not the cluster kernel of wavenet_generate (thread-block clusters
+and distributed shared memory are not emulated), nor the 64-bit index paths (tensors over 2^31
+elements).
 """
 import ctypes
 import math
@@ -55,6 +62,8 @@ _PROTOTYPES = {
     "gmk_emu_causal_conv": [_P, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _P, _P],
     "gmk_emu_causal_conv_weight_grad": [_P, ctypes.c_int, _P, _P, _P, _P],
     "gmk_emu_wavenet_layer": [ctypes.c_int, _P, ctypes.c_double, ctypes.c_int, _P, _P, _P],
+    "gmk_emu_wavenet_plan": [_P, _I64, ctypes.c_int, _I64, _I64, _I64, _P],
+    "gmk_emu_wavenet_generate": [_P, _P, _P, ctypes.c_int, ctypes.c_int, _P],
     "gmk_emu_selftest_block_sum": [_P, _P, ctypes.c_int],
     "gmk_emu_selftest_missing_barrier": [_P],
     "gmk_emu_selftest_divergent_barrier": [_P],
@@ -62,6 +71,7 @@ _PROTOTYPES = {
     "gmk_emu_selftest_vector_load": [_P, _P],
     "gmk_emu_selftest_wmma": [ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, ctypes.c_uint],
     "gmk_emu_selftest_round": [ctypes.c_int, _P, _P, _I64],
+    "gmk_emu_selftest_dynamic_shared": [_P, _P, ctypes.c_int, ctypes.c_int],
 }
 
 _VOID = {"gmk_emu_set_device", "gmk_emu_selftest_round"}
@@ -100,6 +110,12 @@ def emu():
     if build.compiler() is None:
         pytest.skip("needs g++ (or $CXX) to compile the CUDA kernels for the CPU")
     return Emulator(build.build())
+
+
+@pytest.fixture(autouse=True)
+def default_device(emu):
+    """Every test starts on compute capability 9.0 with 132 multiprocessors, whatever the last one set."""
+    emu.set_device("sm90")
 
 
 @pytest.fixture(autouse=True)
@@ -143,15 +159,17 @@ class Buffer:
     def __init__(self, memory, offset=0):
         memory = memory.contiguous()
         self.start = GUARD + offset
-        self.buffer = _fenced(memory.numel() + self.start + GUARD, memory.dtype).fill_(math.nan)
+        self.buffer = _fenced(memory.numel() + self.start + GUARD, memory.dtype)
+        self.buffer.fill_(math.nan if memory.is_floating_point() else -(2**62))  # integers: a wild index
         self.view = self.buffer[self.start:self.start + memory.numel()].view(memory.shape)
         self.view.copy_(memory)
         self.before = _bits(self.buffer).clone()
 
     @classmethod
     def empty(cls, shape, dtype):
-        """An output: NaN everywhere, so an element the kernel does not write fails the comparison."""
-        return cls(torch.full(shape, math.nan, dtype=dtype))
+        """An output: NaN everywhere (integers: -2^62), so an element the kernel does not write fails the
+        comparison."""
+        return cls(torch.full(shape, math.nan if dtype.is_floating_point else -(2**62), dtype=dtype))
 
     @property
     def ptr(self):
@@ -258,6 +276,33 @@ def test_emulator_faults_on_bad_wmma_arguments(emu, offset, lda, message):
     with pytest.raises(AssertionError, match=message):
         emu.run("gmk_emu_selftest_wmma", 1, 0, storage[offset:].data_ptr(), b.data_ptr(), c.data_ptr(),
                 d.data_ptr(), lda)
+
+
+def test_emulated_dynamic_shared_memory_and_its_limits(emu):
+    """Dynamic shared memory next to static; over 48 KB in all it takes cudaFuncSetAttribute's opt-in, which
+    9.0 grants up to 227 KB and 7.5 up to 64 KB. The attribute is recorded per kernel and stays (as on a
+    GPU), so the cases run from the smallest opt-in to the largest."""
+    def launch(n, opt_in, arch="sm90"):
+        emu.set_device(arch)
+        values = torch.randn(2, n)
+        out = torch.full((2, n), math.nan)
+        error = emu.lib.gmk_emu_selftest_dynamic_shared(values.data_ptr(), out.data_ptr(), n, opt_in)
+        emu.set_device("sm90")
+        return error, values, out
+
+    error, values, out = launch(1000, -1)  # 4 KB: no opt-in needed
+    emu.run("gmk_emu_selftest_dynamic_shared", values.data_ptr(), out.data_ptr(), 1000, -1)
+    torch.testing.assert_close(out, values.flip(1), atol=0, rtol=0)
+    values, out = torch.randn(2, 12100), torch.zeros(2, 12100)  # 47.3 KB dynamic + 1 KB static
+    with pytest.raises(AssertionError, match="more than the 49152 static or 49152 in all"):
+        emu.run("gmk_emu_selftest_dynamic_shared", values.data_ptr(), out.data_ptr(), 12100, -1)
+    assert launch(12500, -1)[0] == 1  # 50 KB without the opt-in: cudaErrorInvalidValue, as on a GPU
+    assert launch(20000, 64 * 1024 + 4, "sm75")[0] == 1  # over 7.5's 64 KB
+    values = torch.randn(2, 40000)  # 160 KB: 9.0 only
+    out = torch.full_like(values, math.nan)
+    emu.run("gmk_emu_selftest_dynamic_shared", values.data_ptr(), out.data_ptr(), 40000, 40000 * 4)
+    torch.testing.assert_close(out, values.flip(1), atol=0, rtol=0)
+    assert launch(100, 228 * 1024)[0] == 1  # over 9.0's 227 KB
 
 
 # --- gated (known good on an H100: validates the emulator) --------------------------------------------
@@ -646,7 +691,7 @@ def test_coupling(emu, case, dtype):
     grad_y_buffer = Buffer(grad_y)
     grad_logdet = torch.randn(outer)
     grad_logdet_buffer = Buffer(grad_logdet)
-    vector = storage == "contiguous" and inner % 4 == 0
+    vector = storage in ("contiguous", "broadcast") and inner % 4 == 0  # a stride-0 channel is a multiple of 4
     for transform_code, transform in enumerate(coupling_reference.TRANSFORMS):
         for layout_code, layout in enumerate(coupling_reference.LAYOUTS):
             if transform == "additive" and layout == "interleaved":
@@ -745,3 +790,263 @@ def test_conv1x1_refuses_a_weight_over_48_kb(emu):
     assert emu.lib.gmk_emu_conv1x1(1, 128, 128, 1, 0, x.data_ptr(), _longs(0, 1, 1), w.data_ptr(), None,
                                    y.data_ptr()) == 1
     assert not y.any()
+
+
+# --- WaveNet: causal convolution and the fused layer ---------------------------------------------------
+
+def _causal_strides(t):
+    """As causal_conv_ops.cpp: size-1 dimensions get stride 0."""
+    return _longs(*(0 if t.size(d) == 1 else t.stride(d) for d in range(3)))
+
+
+# (batch, in_channels, out_channels, length, kernel_size, dilation, storage of x): two time tiles with a
+# tail; two output tiles (Cout > 64) and two K steps (Cin > 16); taps reaching back past the start;
+# a single time step (stride 0).
+CAUSAL_CONV_CASES = {
+    "time-tiles": (2, 5, 7, 70, 3, 2, "contiguous"),
+    "channel-tiles": (1, 20, 70, 33, 2, 4, "strided"),
+    "dilation-past-start": (2, 3, 4, 10, 4, 8, "misaligned"),
+    "one-step": (1, 40, 33, 1, 3, 1, "contiguous"),
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", CAUSAL_CONV_CASES.values(), ids=CAUSAL_CONV_CASES.keys())
+def test_causal_conv(emu, case, dtype):
+    """y, grad_x (the mirrored convolution of grad_out, W seen as (Cin, Cout, k) through its strides) and
+    grad_W from float32 partials over 1 and 3 splits of the time steps, as causal_conv_ops.cpp."""
+    n, cin, cout, length, k, dilation, storage = case
+    x = torch.randn(n, cin, length, dtype=dtype)
+    weight = (torch.randn(cout, cin, k) / (cin * k) ** 0.5).to(dtype)
+    bias = torch.randn(cout, dtype=dtype)
+    grad_y = torch.randn(n, cout, length, dtype=dtype)
+    x_buffer, x_view = _stored(x, storage)
+    w, b, g = Buffer(weight), Buffer(bias), Buffer(grad_y)
+    code = DTYPE_CODES[dtype]
+    leaves = [x.double().requires_grad_(), weight.double().requires_grad_()]
+    y64 = causal_reference.causal_conv1d(*leaves, bias.double(), dilation)
+    grad_x64, grad_w64 = torch.autograd.grad(y64, leaves, grad_y.double())
+
+    y = Buffer.empty((n, cout, length), dtype)
+    emu.run("gmk_emu_causal_conv", _longs(n, cin, cout, length, k, dilation), -1, code, x_buffer.ptr,
+            _causal_strides(x_view), w.ptr, _longs(*weight.stride()), b.ptr, y.ptr)
+    assert_close_sum(y.view, y64, dtype, cin * k)
+    grad_x = Buffer.empty((n, cin, length), dtype)
+    emu.run("gmk_emu_causal_conv", _longs(n, cout, cin, length, k, dilation), 1, code, g.ptr,
+            _causal_strides(g.view), w.ptr, _longs(weight.stride(1), weight.stride(0), weight.stride(2)), None,
+            grad_x.ptr)
+    assert_close_sum(grad_x.view, grad_x64, dtype, cout * k)
+    for splits in (1, 3):
+        partial = Buffer.empty((splits, cout, cin, k), torch.float32)
+        emu.run("gmk_emu_causal_conv_weight_grad", _longs(n, cin, cout, length, k, dilation, splits), code, g.ptr,
+                x_buffer.ptr, _causal_strides(x_view), partial.ptr)
+        assert_close_sum(partial.view.sum(0).to(dtype), grad_w64, dtype, n * length)
+        partial.check_guards()
+    for buffer in (y, grad_x):
+        buffer.check_guards()
+    for buffer in (x_buffer, w, b, g):
+        buffer.check_unchanged()
+
+
+# (batch, R, S, length, kernel_size, dilation, cond: None, "full" (N, 2R, T) strided, "global" (N, 2R, 1)
+# expanded along time, biases): R > 32 gives two gate tiles and two K steps, R + S > 32 several output tiles.
+LAYER_CASES = {
+    "full-cond": (2, 8, 6, 40, 2, 3, "full", True),
+    "global-cond-tiles": (1, 40, 30, 33, 3, 1, "global", True),
+    "no-cond-no-bias": (1, 3, 1, 5, 2, 1, None, False),
+}
+
+
+def run_layer(emu, case, dtype, arch="sm90", residual_scale=0.5 ** 0.5):
+    n, r, s, length, k, dilation, cond_kind, biases = case
+    emu.set_device(arch)
+    x = torch.randn(n, r, length, dtype=dtype)
+    conv_weight = (torch.randn(2 * r, r, k) / (r * k) ** 0.5).to(dtype)
+    res_weight, skip_weight = (torch.randn(r, r) / r**0.5).to(dtype), (torch.randn(s, r) / r**0.5).to(dtype)
+    conv_bias, res_bias, skip_bias = ((torch.randn(c, dtype=dtype) if biases else None) for c in (2 * r, r, s))
+    cond = None
+    if cond_kind == "full":
+        cond_buffer, cond_view = _stored(torch.randn(n, 2 * r, length, dtype=dtype), "strided")
+    elif cond_kind == "global":
+        cond_buffer = Buffer(torch.randn(n, 2 * r, 1, dtype=dtype))
+        cond_view = cond_buffer.view.expand(-1, -1, length)
+    if cond_kind:
+        cond = cond_view.clone()
+    grad_x_next, grad_skip = torch.randn(n, r, length, dtype=dtype), torch.randn(n, s, length, dtype=dtype)
+    x_buffer = Buffer(x)
+    inputs = [x_buffer, cond_buffer if cond_kind else None] + [
+        None if t is None else Buffer(t) for t in (conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias)]
+    x_next, skip = Buffer.empty((n, r, length), dtype), Buffer.empty((n, s, length), dtype)
+    grads_in = [Buffer(grad_x_next), Buffer(grad_skip)]
+    grad_h, z = Buffer.empty((n, 2 * r, length), dtype), Buffer.empty((n, r, length), dtype)
+    pointers = (ctypes.c_void_p * 14)(*[None if b is None else b.ptr for b in inputs + [x_next, skip] + grads_in + [grad_h, z]])
+    common = (_longs(n, r, s, length, k, dilation), residual_scale, DTYPE_CODES[dtype], _causal_strides(x_buffer.view),
+              _causal_strides(cond_view) if cond_kind else None, pointers)
+    emu.run("gmk_emu_wavenet_layer", 0, *common)
+    emu.run("gmk_emu_wavenet_layer", 1, *common)
+
+    def wide(t):
+        return None if t is None else t.double()
+
+    leaves = [wide(t).requires_grad_() for t in (x, conv_weight)]
+    h64 = causal_reference.causal_conv1d(leaves[0], leaves[1], wide(conv_bias), dilation)
+    if cond is not None:
+        h64 = h64 + cond.double()
+    z64 = gated_reference.gated_activation(h64, activation="tanh")
+    x_next64, skip64 = causal_reference.wavenet_layer(x.double(), conv_weight.double(), wide(conv_bias),
+                                                      res_weight.double(), wide(res_bias), skip_weight.double(),
+                                                      wide(skip_bias), None if cond is None else cond.double(),
+                                                      dilation, residual_scale)
+    # grad_h: of x_next and skip through z only (the op adds the residual path to grad_x itself).
+    grad_z64 = residual_scale * torch.einsum("oc,not->nct", res_weight.double(), grad_x_next.double()) + \
+        torch.einsum("sc,nst->nct", skip_weight.double(), grad_skip.double())
+    (grad_h64,) = torch.autograd.grad(z64, h64, grad_z64)
+    assert_close_sum(x_next.view, x_next64, dtype, r * k, roundings=2)
+    assert_close_sum(skip.view, skip64, dtype, r * k, roundings=2)
+    assert_close_sum(z.view, z64, dtype, r * k)
+    assert_close_sum(grad_h.view, grad_h64, dtype, r + s, roundings=2)
+    for buffer in (x_next, skip, grad_h, z):
+        buffer.check_guards()
+    for buffer in inputs + grads_in:
+        if buffer is not None:
+            buffer.check_unchanged()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", LAYER_CASES.values(), ids=LAYER_CASES.keys())
+def test_wavenet_layer(emu, case, dtype):
+    """The fused layer's x_next and skip, and its backward's first pass (grad_h and z), on
+    (R, 32) and (2R, 32) floats of dynamic shared memory."""
+    run_layer(emu, case, dtype)
+
+
+def test_wavenet_layer_opts_in_to_more_shared_memory(emu):
+    """R = 384: 48 KB (R x 32 floats) and 96 KB (2R x 32) of dynamic shared memory, over the default 48 KB
+    limit: the launcher's cudaFuncSetAttribute opt-in must precede the launches (9.0 allows 227 KB)."""
+    run_layer(emu, (1, 384, 16, 4, 2, 1, None, True), torch.bfloat16)
+
+
+def test_wavenet_layer_backward_over_the_shared_memory_of_7_5(emu):
+    """On 7.5 (64 KB a block) the backward's 2R x 32 floats for R = 384 do not fit: the launcher returns
+    the opt-in's error (the op raises it), and nothing runs. The forward (48 KB + 12.4 KB) still fits."""
+    emu.set_device("sm75")
+    n, r, s, length = 1, 384, 4, 3
+    tensors = [torch.randn(n, r, length), None, torch.randn(2 * r, r, 1), None, torch.randn(r, r), None,
+               torch.randn(s, r), None, torch.zeros(n, r, length), torch.zeros(n, s, length),
+               torch.randn(n, r, length), torch.randn(n, s, length), torch.zeros(n, 2 * r, length),
+               torch.zeros(n, r, length)]
+    pointers = (ctypes.c_void_p * 14)(*[None if t is None else t.data_ptr() for t in tensors])
+    args = (_longs(n, r, s, length, 1, 1), 1.0, 0, _causal_strides(tensors[0]), None, pointers)
+    assert emu.lib.gmk_emu_wavenet_layer(1, *args) == 1  # cudaErrorInvalidValue
+    assert not tensors[12].any() and not tensors[13].any()
+    emu.run("gmk_emu_wavenet_layer", 0, *args)
+    assert tensors[8].isfinite().all() and tensors[8].any()
+
+
+# --- WaveNet generation: the block kernel (the cluster kernel needs thread-block clusters: not emulated) ---
+
+OPTIN_SHARED = {"sm90": 227 * 1024, "sm75": 64 * 1024}
+
+
+def wavenet_plan(emu, sizes, element_size, mixture, shared_bytes, multiprocessors, capability):
+    out = (ctypes.c_int64 * 4)()
+    assert emu.lib.gmk_emu_wavenet_plan(_longs(*sizes), element_size, mixture, shared_bytes, multiprocessors,
+                                        capability, out) == 0
+    return list(out)
+
+
+def run_generate(emu, weights, dilations, layer_cond, uniform, *, head, start_class, residual_scale,
+                 temperature, log_scale_min, plan):
+    """The op's packing (wavenet_generate_ops.cpp): weights input-major in their dtype, the ring buffers'
+    layout, a zeroed float cache; runs the block kernel with ``plan``; returns the samples."""
+    (embedding, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, head_weight1, head_bias1,
+     head_weight2, head_bias2) = weights
+    classes, r = embedding.shape
+    layers, _, _, k = conv_weight.shape
+    s, h, p = skip_weight.shape[1], head_weight1.shape[0], head_weight2.shape[0]
+    n, steps, uniforms = uniform.shape
+    info, offset = [], 0
+    for d in dilations:
+        info += [d, offset]
+        offset += (k - 1) * d * r
+    packed = [Buffer(t.permute(*dims)) for t, dims in (
+        (embedding, (0, 1)), (conv_weight, (0, 3, 2, 1)), (conv_bias, (0, 1)), (res_weight, (0, 2, 1)),
+        (res_bias, (0, 1)), (skip_weight, (0, 2, 1)), (skip_bias, (0, 1)), (head_weight1, (1, 0)),
+        (head_bias1, (0,)), (head_weight2, (1, 0)), (head_bias2, (0,)))]
+    cond = None if layer_cond is None else Buffer(layer_cond.permute(0, 1, 3, 2))
+    noise, layer_info = Buffer(uniform), Buffer(torch.tensor(info, dtype=torch.int64))
+    cache = Buffer(torch.zeros(n, max(offset, 1)))
+    samples = Buffer.empty((n, steps), torch.int64)
+    tensors = packed + [cond, noise, layer_info, cache, samples]
+    pointers = (ctypes.c_void_p * 16)(*[None if b is None else b.ptr for b in tensors])
+    sizes = _longs(n, steps, layers, r, s, h, p, classes, k, 0 if layer_cond is None else layer_cond.shape[3],
+                   uniforms, offset, start_class)
+    floats = (ctypes.c_double * 3)(residual_scale, temperature, log_scale_min)
+    launches = emu.run("gmk_emu_wavenet_generate", sizes, _longs(*plan), floats, head == "logistic_mixture",
+                       DTYPE_CODES[embedding.dtype], pointers)
+    assert len(launches) == 1 and "wavenet_generate::Args" in launches[0], launches  # through `kernel`
+    for buffer in packed + [cond, noise, layer_info]:
+        if buffer is not None:
+            buffer.check_unchanged()
+    for buffer in (cache, samples):
+        buffer.check_guards()
+    return samples.view.clone()
+
+
+# (head, kernel_size, cond, batch, multiprocessors, device shared bytes (None: the device's)): kB = 2 with a
+# partial last block; kB = 4 and the mixture head; weights streamed from global memory (they do not fit).
+GENERATE_CASES = {
+    "softmax-k2-kB2": ("softmax", 2, "local+global", 3, 1, None),
+    "mixture-k3-kB4": ("logistic_mixture", 3, "global", 5, 1, None),
+    "softmax-k1-weights-in-global": ("softmax", 1, "none", 2, 132, 4096),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", GENERATE_CASES.values(), ids=GENERATE_CASES.keys())
+def test_wavenet_generate_block_kernel(emu, case, dtype, arch):
+    """Same noise, same samples as the float32 cached loop on the weights in ``dtype`` (test_wavenet.py's
+    small network: L = 6, R = 8, S = 12, H = 10, A = 16)."""
+    from gmkernels.models import WaveNet
+    from test_wavenet import cached_loop, generation_inputs, options, small_config
+
+    head, kernel_size, cond, batch, multiprocessors, device_shared = case
+    config = small_config(head, kernel_size, cond)
+    torch.manual_seed(0)
+    model = WaveNet(config).to(dtype)
+    weights, layer_cond, uniform = generation_inputs(model, batch=batch, steps=12, dtype=dtype)
+    c = config
+    p = weights[9].shape[0]
+    plan = wavenet_plan(emu, (c.residual_channels, c.skip_channels, c.head_channels, p, c.layers, kernel_size, batch),
+                        weights[0].element_size(), head == "logistic_mixture", device_shared or OPTIN_SHARED[arch],
+                        multiprocessors, 0)  # 0: the block kernel, as the op's fallback from the cluster kernel
+    assert plan[0] == 0 and plan[3] == (device_shared is None), plan
+    emu.set_device(arch, multiprocessors)
+    samples = run_generate(emu, weights, c.dilations, layer_cond, uniform, temperature=0.9, plan=plan,
+                           **options(config))
+    expected = cached_loop(config, [w.float() for w in weights], None if layer_cond is None else layer_cond.float(),
+                           uniform, 0.9)
+    assert torch.equal(samples, expected)
+
+
+def test_wavenet_generate_with_exactly_48_kb_of_activations(emu):
+    """4R + S + H + P + 1 = 12288 floats: the block kernel's dynamic shared memory is exactly 48 KB, and its
+    static `prev` takes it past the 48 KB a kernel gets without the opt-in; a GPU refuses the launch
+    (invalid argument) unless the launcher opts in whenever static + dynamic bytes exceed 48 KB."""
+    import gmkernels.reference.wavenet_generate as generate_reference
+
+    r = s = h = 8
+    classes = 12288 - 1 - 4 * r - s - h  # softmax: P = A
+    torch.manual_seed(0)
+    weights = generate_reference.GenerationWeights(
+        torch.randn(classes, r), torch.randn(1, 2 * r, r, 1) / r**0.5, torch.randn(1, 2 * r), torch.randn(1, r, r),
+        torch.randn(1, r), torch.randn(1, s, r), torch.randn(1, s), torch.randn(h, s), torch.randn(h),
+        torch.randn(classes, h), torch.randn(classes))
+    uniform = torch.rand(1, 2, 1)
+    plan = wavenet_plan(emu, (r, s, h, classes, 1, 1, 1), 4, False, OPTIN_SHARED["sm90"], 132, 0)
+    assert plan == [0, 1, 48 * 1024, 0]
+    samples = run_generate(emu, weights, [1], None, uniform, head="softmax", start_class=0, residual_scale=1.0,
+                           temperature=1.0, log_scale_min=-7.0, plan=plan)
+    expected = generate_reference.wavenet_generate(weights, [1], None, uniform, 0, 1.0, 1.0, "softmax", -7.0)
+    assert torch.equal(samples, expected)

@@ -499,7 +499,9 @@ cudaError_t cluster_capacity(const Args& a, int* clusters) {
 template <typename T, int kB>
 cudaError_t launch(const Args& a, cudaStream_t stream) {
   const auto kernel = generate_kernel<T, kB>;
-  if (a.shared_bytes > 48 * 1024) {
+  // Without the opt-in a kernel's dynamic shared memory is limited to 48 KB less its static shared memory
+  // (prev): a launch of exactly 48 KB of activations would fail.
+  if (a.shared_bytes + kB * static_cast<int64_t>(sizeof(int64_t)) > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(a.shared_bytes));
     if (err != cudaSuccess) return err;

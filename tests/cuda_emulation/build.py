@@ -35,7 +35,8 @@ CSRC = ROOT / "csrc"
 KERNEL_SOURCES = (CSRC / "gated/gated_cuda.cu", CSRC / "logistic_mixture/logistic_mixture_cuda.cu",
                   CSRC / "masked_conv/masked_conv_cuda.cu", CSRC / "actnorm/actnorm_cuda.cu",
                   CSRC / "coupling/coupling_cuda.cu", CSRC / "invconv/invconv_cuda.cu",
-                  CSRC / "causal_conv/causal_conv_cuda.cu", HERE / "selftest.cu")
+                  CSRC / "causal_conv/causal_conv_cuda.cu", CSRC / "wavenet_generate/wavenet_generate_cuda.cu",
+                  HERE / "selftest.cu")
 EMULATOR_SOURCES = ("emulator.cpp", "entry_points.cpp")
 LIBRARY = "libgmk_cuda_emulation.so"
 FLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",

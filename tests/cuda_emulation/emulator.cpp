@@ -278,6 +278,20 @@ void warp_exchange(const void* value, void* out, std::size_t bytes, int source) 
   warp_sync("warp shuffle");  // nobody overwrites a slot before every lane has read it
 }
 
+unsigned warp_ballot(bool predicate) {
+  if (!block) {
+    fault("__ballot_sync outside a kernel");
+    return 0;
+  }
+  const unsigned me = self().linear, first = warp_of(me) * 32, lanes = warp_size_of(warp_of(me));
+  block->slots[std::size_t(me) * 16] = predicate;
+  warp_sync("__ballot_sync");
+  unsigned bits = 0;
+  for (unsigned lane = 0; lane < lanes; ++lane) bits |= unsigned(block->slots[std::size_t(first + lane) * 16] != 0) << lane;
+  warp_sync("__ballot_sync");
+  return bits;
+}
+
 void warp_uniform(const void* value, std::size_t bytes, const char* what) {
   if (!block) return fault("%s outside a kernel", what);
   const unsigned me = self().linear, first = warp_of(me) * 32;
@@ -323,6 +337,8 @@ cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attri
       return cudaSuccess;
     case cudaFuncAttributePreferredSharedMemoryCarveout:
       return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
+    case cudaFuncAttributeNonPortableClusterSizeAllowed:
+      return value == 0 || value == 1 ? cudaSuccess : cudaErrorInvalidValue;
   }
   return cudaErrorInvalidValue;
 }
@@ -339,7 +355,7 @@ bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const void*
     last_error = cudaErrorInvalidConfiguration;
     return false;
   }
-  if (dynamic_shared > dynamic_limit) {  // as the GPU: "invalid argument"
+  if (dynamic_shared > dynamic_limit || dynamic_shared > optin_shared_bytes()) {  // as the GPU: "invalid argument"
     last_error = cudaErrorInvalidValue;
     return false;
   }
@@ -355,7 +371,9 @@ bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const void*
   launched += kernel;
   launched += '\n';
   launch_dynamic_shared = dynamic_shared;
-  launch_shared_limit = std::max(kSharedBytes, dynamic_limit);
+  // Without the opt-in, static + dynamic bytes are at most 48 KB (the attribute's default is 48 KB less
+  // the static bytes); with it, the attribute bounds the dynamic bytes and the device the sum.
+  launch_shared_limit = opted == max_dynamic_shared.end() ? kSharedBytes : optin_shared_bytes();
   gridDim = grid;
   blockDim = block_dim;
   std::vector<std::uint64_t> order(blocks);
@@ -407,6 +425,7 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorNotSupported: return "operation not supported";
   }
   return "unknown error";
 }

@@ -286,3 +286,75 @@ int gmk_emu_wavenet_layer(int backward, const int64_t* sizes, double residual_sc
 }
 
 }  // extern "C"
+
+// --- WaveNet generation --------------------------------------------------------------------------------
+#include "wavenet_generate/wavenet_generate.h"
+
+extern "C" {
+
+// plan_cuda's choice; out: cluster_size, batch_per_block, shared_bytes, weights_in_shared. Returns 0, or
+// -1 when the configuration does not fit (the op raises plan.error).
+int gmk_emu_wavenet_plan(const int64_t* sizes, int64_t element_size, int mixture, int64_t device_shared_bytes,
+                         int64_t multiprocessors, int64_t compute_capability, int64_t* out) {
+  // sizes: residual, skip, hidden, outputs, layers, kernel_size, batch.
+  const gmk::wavenet_generate::CudaPlan plan =
+      gmk::wavenet_generate::plan_cuda(sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5], sizes[6],
+                                       element_size, mixture != 0, device_shared_bytes, multiprocessors,
+                                       compute_capability);
+  out[0] = plan.cluster_size;
+  out[1] = plan.batch_per_block;
+  out[2] = plan.shared_bytes;
+  out[3] = plan.weights_in_shared;
+  return plan.error.empty() ? 0 : -1;
+}
+
+// sizes: batch, steps, layers, residual, skip, hidden, outputs, classes, kernel_size, cond_steps, uniforms,
+// cache_per_batch, start_class; plan: cluster_size, batch_per_block, shared_bytes, weights_in_shared;
+// floats: residual_scale, temperature, log_scale_min; tensors: embedding, conv_weight, conv_bias, res_weight,
+// res_bias, skip_weight, skip_bias, head_weight1, head_bias1, head_weight2, head_bias2, cond, uniform,
+// layer_info, cache, samples (as wavenet_generate_ops.cpp packs them).
+int gmk_emu_wavenet_generate(const int64_t* sizes, const int64_t* plan, const double* floats, int mixture, int dtype,
+                             void* const* tensors) {
+  gmk::wavenet_generate::Args a;
+  a.batch = sizes[0];
+  a.steps = sizes[1];
+  a.layers = sizes[2];
+  a.residual = sizes[3];
+  a.skip = sizes[4];
+  a.hidden = sizes[5];
+  a.outputs = sizes[6];
+  a.classes = sizes[7];
+  a.kernel_size = sizes[8];
+  a.cond_steps = sizes[9];
+  a.uniforms = sizes[10];
+  a.cache_per_batch = sizes[11];
+  a.start_class = sizes[12];
+  a.cluster_size = plan[0];
+  a.batch_per_block = plan[1];
+  a.shared_bytes = plan[2];
+  a.weights_in_shared = plan[3] != 0;
+  a.residual_scale = static_cast<float>(floats[0]);
+  a.temperature = static_cast<float>(floats[1]);
+  a.log_scale_min = static_cast<float>(floats[2]);
+  a.mixture = mixture != 0;
+  a.dtype = static_cast<gmk::DType>(dtype);
+  a.embedding = tensors[0];
+  a.conv_weight = tensors[1];
+  a.conv_bias = tensors[2];
+  a.res_weight = tensors[3];
+  a.res_bias = tensors[4];
+  a.skip_weight = tensors[5];
+  a.skip_bias = tensors[6];
+  a.head_weight1 = tensors[7];
+  a.head_bias1 = tensors[8];
+  a.head_weight2 = tensors[9];
+  a.head_bias2 = tensors[10];
+  a.cond = tensors[11];
+  a.uniform = tensors[12];
+  a.layer_info = static_cast<const int64_t*>(tensors[13]);
+  a.cache = tensors[14];
+  a.samples = static_cast<int64_t*>(tensors[15]);
+  return gmk::wavenet_generate::generate_cuda(a, nullptr);
+}
+
+}  // extern "C"

@@ -1,6 +1,7 @@
 // Kernels that test the emulator itself (tests/test_cuda_emulation.py): what it must compute right
 // (shared-memory and warp-shuffle reductions, WMMA, the half/bfloat16/TF32 roundings) and the
-// bugs it must expose (a missing __syncthreads, a divergent one, bad WMMA arguments).
+// bugs it must expose (a missing __syncthreads, a divergent one, bad WMMA arguments), and the limits of
+// dynamic shared memory.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -73,9 +74,31 @@ __global__ void wmma_kernel(const T* a, const T* b, const float* c, float* d, un
   wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
 }
 
+// Reverses each block's `n` floats through dynamic shared memory, with 1 KB of static shared memory.
+__global__ void dynamic_shared_kernel(const float* in, float* out, int n) {
+  extern __shared__ float values[];
+  __shared__ float scratch[256];
+  for (int i = threadIdx.x; i < n; i += blockDim.x) values[i] = in[blockIdx.x * n + i];
+  scratch[threadIdx.x] = 0.0f;
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = values[n - 1 - i] + scratch[threadIdx.x];
+}
+
 }  // namespace
 
 extern "C" {
+
+// Launches dynamic_shared_kernel on 2 blocks of 256 threads with n floats of dynamic shared memory, after
+// cudaFuncSetAttribute(..., opt_in bytes) when opt_in >= 0; returns the first error.
+int gmk_emu_selftest_dynamic_shared(const float* in, float* out, int n, int opt_in) {
+  if (opt_in >= 0) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, opt_in);
+    if (err != cudaSuccess) return err;
+  }
+  dynamic_shared_kernel<<<2, 256, n * sizeof(float)>>>(in, out, n);
+  return cudaGetLastError();
+}
 
 int gmk_emu_selftest_block_sum(const float* in, float* out, int n) {
   block_sum_kernel<<<(n + 127) / 128, 128>>>(in, out, n);

@@ -26,13 +26,15 @@
 // hardware's order is unspecified; tests have float tolerances).
 //
 // Dynamic shared memory (`extern __shared__ T name[];`, rewritten by build.py): the launch's bytes
-// sit at the start of the block's arena, the static variables after them. A launch asking for more
-// than 48 KB needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
-// first, which fails above the device's opt-in limit (227 KB on 9.0, 64 KB on 7.5); static plus
-// dynamic bytes beyond the limit are a fault, as the GPU refuses the launch.
+// sit at the start of the block's arena, the static variables after them. Static plus dynamic bytes
+// over 48 KB need cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
+// first, which fails above the device's opt-in limit (227 KB on 9.0, 64 KB on 7.5); a launch with
+// more dynamic bytes than the attribute fails (cudaErrorInvalidValue), and static plus dynamic bytes
+// over the limit (48 KB, or the device's with the opt-in) are a fault, as the GPU refuses the launch.
 //
 // Not emulated (add here what a new kernel needs): atomics, streams and events (launches are
-// synchronous), cp.async, cooperative groups and clusters, half arithmetic operators;
+// synchronous), cp.async, thread-block clusters (cudaLaunchKernelEx and cooperative_groups'
+// cluster_group compile, and fault when called), half arithmetic operators;
 // __launch_bounds__ is not checked against the launch.
 #pragma once
 
@@ -66,6 +68,7 @@ enum cudaError_t {
   cudaErrorInvalidDevice = 101,
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719,
+  cudaErrorNotSupported = 801,
 };
 using cudaError = cudaError_t;
 
@@ -82,6 +85,7 @@ enum cudaDeviceAttr {
 enum cudaFuncAttribute {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
   cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+  cudaFuncAttributeNonPortableClusterSizeAllowed = 11,
 };
 
 struct CUstream_st;
@@ -127,6 +131,7 @@ const char* cudaGetErrorString(cudaError_t error);
 
 namespace gmk_emu {
 cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attribute, int value);
+void fault(const char* format, ...) __attribute__((format(printf, 1, 2)));
 }
 // Records the kernel's dynamic shared memory limit (checked at its launches).
 template <typename F>
@@ -144,6 +149,8 @@ void warp_sync(const char* what);
 // Exchanges `bytes` of `value` across the warp; returns in `out` the value of lane `source`
 // (the caller's own when source < 0).
 void warp_exchange(const void* value, void* out, std::size_t bytes, int source);
+// The predicates of the warp's lanes, lane i in bit i.
+unsigned warp_ballot(bool predicate);
 // Faults unless every lane of the warp passes the same bytes.
 void warp_uniform(const void* value, std::size_t bytes, const char* what);
 unsigned lane_id();
@@ -283,6 +290,36 @@ inline float __bfloat162float(__nv_bfloat16 h) { return static_cast<float>(h); }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 
+// --- launches with attributes: thread-block clusters are not emulated -------------------------------
+enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+struct cudaLaunchAttributeValue {
+  struct {
+    unsigned x, y, z;
+  } clusterDim;
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  std::size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned numAttrs;
+};
+template <typename... Params, typename... Args>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t*, void (*)(Params...), Args&&...) {
+  gmk_emu::fault("cudaLaunchKernelEx: clusters are not emulated");
+  return cudaErrorNotSupported;
+}
+template <typename F>
+cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, F*, const cudaLaunchConfig_t*) {
+  gmk_emu::fault("cudaOccupancyMaxActiveClusters: clusters are not emulated");
+  *clusters = 0;
+  return cudaErrorNotSupported;
+}
+
 // --- intrinsics --------------------------------------------------------------------------------------
 inline void __syncthreads() { gmk_emu::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
@@ -305,6 +342,7 @@ inline float __saturatef(float v) { return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : 
 inline float __int_as_float(int v) { return gmk_emu::bits_to_float(static_cast<std::uint32_t>(v)); }
 inline int __float_as_int(float v) { return static_cast<int>(gmk_emu::float_to_bits(v)); }
 inline float __uint_as_float(unsigned v) { return gmk_emu::bits_to_float(v); }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline unsigned __float_as_uint(float v) { return gmk_emu::float_to_bits(v); }
 
 // Warp shuffles: every lane of the warp must call them together (full mask only).
@@ -322,6 +360,12 @@ inline int segment_lane(int lane, int offset_lane, int width) {  // -1: outside 
   return offset_lane >= base && offset_lane < base + width ? offset_lane : -1;
 }
 }  // namespace gmk_emu
+
+// Bit i: lane i's predicate (every lane of the warp calls it together, full mask only).
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  if (mask != 0xffffffffu) gmk_emu::fault("__ballot_sync: only the full mask is emulated");
+  return gmk_emu::warp_ballot(predicate != 0);
+}
 
 template <typename T>
 T __shfl_sync(unsigned mask, T value, int source, int width = warpSize) {
