@@ -62,6 +62,7 @@ _PROTOTYPES = {
     "gmk_emu_causal_conv": [_P, ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, _P, _P],
     "gmk_emu_causal_conv_weight_grad": [_P, ctypes.c_int, _P, _P, _P, _P],
     "gmk_emu_wavenet_layer": [ctypes.c_int, _P, ctypes.c_double, ctypes.c_int, _P, _P, _P],
+    "gmk_emu_max_layer_residual": [ctypes.c_int],
     "gmk_emu_wavenet_plan": [_P, _I64, ctypes.c_int, _I64, _I64, _I64, _P],
     "gmk_emu_wavenet_generate": [_P, _P, _P, ctypes.c_int, ctypes.c_int, _P],
     "gmk_emu_selftest_block_sum": [_P, _P, ctypes.c_int],
@@ -941,6 +942,34 @@ def test_wavenet_layer_backward_over_the_shared_memory_of_7_5(emu):
     assert not tensors[12].any() and not tensors[13].any()
     emu.run("gmk_emu_wavenet_layer", 0, *args)
     assert tensors[8].isfinite().all() and tensors[8].any()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("backward", [False, True])
+def test_wavenet_layer_residual_bound_is_what_launches(emu, arch, backward):
+    """The op's bound on R (max_layer_residual_cuda, from the device's shared memory): R at the bound
+    launches, R two above it does not (the bound keeps 128 bytes of slack: at most one row)."""
+    emu.set_device(arch)
+    emu.lib.gmk_emu_max_layer_residual.restype = ctypes.c_int64
+    bound = emu.lib.gmk_emu_max_layer_residual(int(backward))
+    assert bound > 0
+
+    def launch(r):
+        n, s, length = 1, 4, 3
+        tensors = [torch.randn(n, r, length), None, torch.randn(2 * r, r, 1), None, torch.randn(r, r), None,
+                   torch.randn(s, r), None, torch.zeros(n, r, length), torch.zeros(n, s, length),
+                   torch.randn(n, r, length), torch.randn(n, s, length), torch.zeros(n, 2 * r, length),
+                   torch.zeros(n, r, length)]
+        pointers = (ctypes.c_void_p * 14)(*[None if t is None else t.data_ptr() for t in tensors])
+        args = (_longs(n, r, s, length, 1, 1), 1.0, 0, _causal_strides(tensors[0]), None, pointers)
+        error = emu.lib.gmk_emu_wavenet_layer(int(backward), *args)
+        message = ctypes.create_string_buffer(1024)
+        faults = emu.lib.gmk_emu_take_faults(message, len(message))  # over the limit: the GPU refuses it
+        emu.lib.gmk_emu_take_launches(ctypes.create_string_buffer(1 << 16), 1 << 16)
+        return error == 0 and faults == 0
+
+    assert launch(bound)
+    assert not launch(bound + 2)
 
 
 # --- WaveNet generation: the block kernel (the cluster kernel needs thread-block clusters: not emulated) ---

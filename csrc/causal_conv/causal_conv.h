@@ -43,6 +43,8 @@ cudaError_t weight_grad_cuda(const WeightGradArgs& args, cudaStream_t stream);
 cudaError_t layer_cuda(const LayerArgs& args, cudaStream_t stream);
 // grad_h and z of the layer's backward, from grad_x_next and grad_skip (h recomputed, never stored).
 cudaError_t layer_grad_h_cuda(const LayerArgs& args, cudaStream_t stream);
+// The largest R the layer kernels (backward: layer_grad_h_cuda) fit in the current device's shared memory.
+cudaError_t max_layer_residual_cuda(bool backward, int64_t* max_residual);
 #endif
 
 }  // namespace gmk::causal_conv

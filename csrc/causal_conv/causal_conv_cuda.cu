@@ -374,6 +374,17 @@ cudaError_t layer_cuda(const LayerArgs& args, cudaStream_t stream) {
   });
 }
 
+cudaError_t max_layer_residual_cuda(bool backward, int64_t* max_residual) {
+  int device = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  // The dynamic rows start after the static GateTiles (aligned: leave 128 bytes of slack).
+  const int64_t rows = (int64_t(optin) - int64_t(sizeof(GateTiles)) - 128) / (kLayerT * int64_t(sizeof(float)));
+  *max_residual = backward ? rows / 2 : rows;
+  return cudaSuccess;
+}
+
 cudaError_t layer_grad_h_cuda(const LayerArgs& args, cudaStream_t stream) {
   return with_cuda_type(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

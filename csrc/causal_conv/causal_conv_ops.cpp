@@ -82,10 +82,15 @@ void conv_on_cuda(const char* op, const at::Tensor& in, const at::Tensor& weight
 #endif
 
 #if defined(GMK_WITH_CUDA)
-// The CUDA layer kernels keep a block's h (2R x 32 floats, the backward) or z (R x 32) in shared memory.
-void check_cuda_layer(const char* op, const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.size(1) <= kMaxCudaResidual, op, ": the CUDA kernels take R <= ", kMaxCudaResidual,
-                    " residual channels (x.shape[1]), got ", x.size(1), "; use backend 'triton'");
+// The CUDA layer kernels keep a block's h (2R x 32 floats, the backward) or z (R x 32) in shared memory:
+// R is bounded by kMaxCudaResidual and by the shared memory of x's device.
+void check_cuda_layer(const char* op, const at::Tensor& x, bool backward) {
+  int64_t max_residual = kMaxCudaResidual, device_max = 0;
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (max_layer_residual_cuda(backward, &device_max) == cudaSuccess) max_residual = std::min(max_residual, device_max);
+  TORCH_CHECK_VALUE(x.size(1) <= max_residual, op, ": the CUDA kernels take R <= ", max_residual,
+                    " residual channels (x.shape[1]) on this GPU (shared memory per block), got ", x.size(1),
+                    "; use backend 'triton'");
 }
 
 // The arguments common to the layer kernels; the tensors must outlive the launch.
@@ -207,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> wavenet_layer(const at::Tensor& x, const at::
                      residual_scale);
   }
 #if defined(GMK_WITH_CUDA)
-  check_cuda_layer(kLayer, x);
+  check_cuda_layer(kLayer, x, false);
   const at::Tensor cw = conv_weight.contiguous(), rw = res_weight.contiguous(), sw = skip_weight.contiguous();
   const at::Tensor cb = contiguous_or_undefined(conv_bias), rb = contiguous_or_undefined(res_bias);
   const at::Tensor sb = contiguous_or_undefined(skip_bias);
@@ -239,7 +244,7 @@ LayerGrads wavenet_layer_backward(const at::Tensor& grad_x_next, const at::Tenso
                               dilation, residual_scale, output_mask);
   }
 #if defined(GMK_WITH_CUDA)
-  check_cuda_layer(kLayerBackward, x);
+  check_cuda_layer(kLayerBackward, x, true);
   const char* op = kLayerBackward;
   const int64_t n = x.size(0), r = x.size(1), t = x.size(2), k = conv_weight.size(2);
   const at::Tensor cw = conv_weight.contiguous(), rw = res_weight.contiguous(), sw = skip_weight.contiguous();

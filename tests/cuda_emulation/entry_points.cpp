@@ -285,6 +285,12 @@ int gmk_emu_wavenet_layer(int backward, const int64_t* sizes, double residual_sc
   return backward ? gmk::causal_conv::layer_grad_h_cuda(args, nullptr) : gmk::causal_conv::layer_cuda(args, nullptr);
 }
 
+// The largest R the op lets the layer kernels take on the emulated device; -1 on error.
+int64_t gmk_emu_max_layer_residual(int backward) {
+  int64_t max_residual = 0;
+  return gmk::causal_conv::max_layer_residual_cuda(backward != 0, &max_residual) == cudaSuccess ? max_residual : -1;
+}
+
 }  // extern "C"
 
 // --- WaveNet generation --------------------------------------------------------------------------------
