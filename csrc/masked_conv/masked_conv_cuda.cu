@@ -349,6 +349,24 @@ bool use_tensor_cores(bool allow_tf32) {
   return has_tensor_cores_for_all_types() && (!std::is_same<T, float>::value || allow_tf32);
 }
 
+template <typename M>
+struct MathTag {
+  using type = M;
+};
+
+// Calls launch(MathTag<math>, vector width): tensor cores or FMAs, 16-byte loads or one element.
+template <typename T, typename TileT, typename Fn>
+cudaError_t launch_variant(bool allow_tf32, bool vectorise, Fn launch) {
+  const bool tensor_cores = use_tensor_cores<T>(allow_tf32);
+  return with_vector_width<T>(vectorise, [&](auto vec) {
+    if (tensor_cores)
+      launch(MathTag<WmmaMath<T, TileT>>{}, vec);
+    else
+      launch(MathTag<FmaMath<T, TileT>>{}, vec);
+    return cudaGetLastError();
+  });
+}
+
 template <typename T>
 cudaError_t tap_gemm_typed(const TapGemmArgs& p, cudaStream_t stream) {
   using TileT = Tile<128, 64, false>;
@@ -356,14 +374,9 @@ cudaError_t tap_gemm_typed(const TapGemmArgs& p, cudaStream_t stream) {
   const dim3 grid(unsigned((positions + TileT::BM - 1) / TileT::BM),
                   unsigned((p.out_channels + TileT::BN - 1) / TileT::BN));
   const bool vectorise = can_vectorise<T>(p.a, p.reduce_channels) && can_vectorise<T>(p.b, p.out_channels);
-  const bool tensor_cores = use_tensor_cores<T>(p.allow_tf32);
-  return with_vector_width<T>(vectorise, [&](auto vec) {
-    constexpr int V = decltype(vec)::value;
-    if (tensor_cores)
-      tap_gemm_kernel<T, TileT, WmmaMath<T, TileT>, V><<<grid, TileT::kThreads, 0, stream>>>(p);
-    else
-      tap_gemm_kernel<T, TileT, FmaMath<T, TileT>, V><<<grid, TileT::kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+  return launch_variant<T, TileT>(p.allow_tf32, vectorise, [&](auto math, auto vec) {
+    using MathT = typename decltype(math)::type;
+    tap_gemm_kernel<T, TileT, MathT, decltype(vec)::value><<<grid, TileT::kThreads, 0, stream>>>(p);
   });
 }
 
@@ -374,14 +387,9 @@ cudaError_t weight_grad_typed(const WeightGradArgs& p, cudaStream_t stream) {
   const dim3 grid(unsigned((g.in_channels + TileT::BM - 1) / TileT::BM),
                   unsigned((g.out_channels + TileT::BN - 1) / TileT::BN), unsigned(p.live_taps * p.splits));
   const bool vectorise = can_vectorise<T>(p.x, g.in_channels) && can_vectorise<T>(p.grad_out, g.out_channels);
-  const bool tensor_cores = use_tensor_cores<T>(p.allow_tf32);
-  return with_vector_width<T>(vectorise, [&](auto vec) {
-    constexpr int V = decltype(vec)::value;
-    if (tensor_cores)
-      weight_grad_kernel<T, TileT, WmmaMath<T, TileT>, V><<<grid, TileT::kThreads, 0, stream>>>(p);
-    else
-      weight_grad_kernel<T, TileT, FmaMath<T, TileT>, V><<<grid, TileT::kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+  return launch_variant<T, TileT>(p.allow_tf32, vectorise, [&](auto math, auto vec) {
+    using MathT = typename decltype(math)::type;
+    weight_grad_kernel<T, TileT, MathT, decltype(vec)::value><<<grid, TileT::kThreads, 0, stream>>>(p);
   });
 }
 
