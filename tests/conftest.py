@@ -102,7 +102,7 @@ def misaligned(t: torch.Tensor) -> torch.Tensor:
     return buffer[1:].view(t.shape).copy_(t)
 
 
-# --- every Triton specialisation the interpreter launches, compiled for sm_90 by the last test ----------------
+# --- every Triton specialisation the interpreter launches, compiled for sm_90 by the last test ------------
 # The interpreter cannot catch what only the GPU compiler rejects (types, lowering, tl.dot shapes,
 # constexpr misuse). So, under the interpreter, every launch records its kernel's specialisation: the
 # argument types as Triton's JIT would see them and the constexpr values; tests/test_zz_triton_compile.py
@@ -118,8 +118,8 @@ _AUTOTUNERS: list = []  # the autotuners whose run is on the stack
 
 
 _TENSOR_TYPES = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-                 torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
-                 torch.bool: "i1"}
+                 torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
+                 torch.uint8: "u8", torch.bool: "i1"}
 
 
 def _triton_type(value) -> str:
@@ -173,7 +173,7 @@ def _record_triton_launch(fn, arg_names, args, kwargs):
     if _AUTOTUNERS:
         module = inspect.getmodule(fn)
         tuner = next((name for name, value in vars(module).items() if value is _AUTOTUNERS[-1]), None)
-        if tuner is not None:  # its GPU configs replace the interpreter's one: record the kernel's own arguments
+        if tuner is not None:  # its GPU configs replace the interpreter's one: record the kernel's arguments
             for name in _AUTOTUNERS[-1].configs[0].kwargs:
                 signature.pop(name, None)
                 constexprs.pop(name, None)
