@@ -269,7 +269,7 @@ def coupling(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
         sums = torch.empty(outer, blocks_per_sample, dtype=torch.float32, device=x.device)
     if x.numel() > 0:
         _launch(_coupling_forward_kernel, (x, h, y, sums), x, h, transform, layout, reverse)
-    logdet = sums.sum(dim=1)
+    logdet = sums.sum(dim=1, dtype=torch.float64).float()  # the blocks' float32 sums added in float64, as on CUDA
     return y, -logdet if reverse else logdet
 
 
