@@ -94,7 +94,7 @@ setup(
     ext_modules=[Extension("gmkernels._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
     packages=["gmkernels", "gmkernels.ops", "gmkernels.reference", "gmkernels.triton", "gmkernels.nn",
-              "gmkernels.models", "gmkernels.benchmarks", "gmkernels.benchmarks.ops",
+              "gmkernels.models", "gmkernels.training", "gmkernels.benchmarks", "gmkernels.benchmarks.ops",
               "gmkernels.benchmarks.models"],
     package_dir={"gmkernels": "gmkernels", "gmkernels.benchmarks": "benchmarks"},
 )

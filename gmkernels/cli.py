@@ -1,4 +1,4 @@
-"""The ``gmk`` command: ``gmk info``, ``gmk bench``."""
+"""The ``gmk`` command: ``gmk info``, ``gmk bench``, ``gmk train``, ``gmk sample``."""
 from __future__ import annotations
 
 import argparse
@@ -49,18 +49,94 @@ def info_lines() -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_train(commands) -> None:
+    from .training.loop import DEFAULT_STEPS, TrainOptions
+
+    defaults = TrainOptions()
+    train = commands.add_parser("train", help="train a model of gmk.models and write DIR/{checkpoint.pt,"
+                                "metrics.jsonl,loss.png,samples.png}", argument_default=argparse.SUPPRESS)
+    train.add_argument("model", help="pixelcnn, gated_pixelcnn, pixelcnnpp, wavenet, ... (gmk.models.MODELS)")
+    train.add_argument("--data", help="digits, shapes, shapes32, tones, a folder of PNG/JPEG images or a .npy "
+                       "array (default: digits for image models, tones for audio)")
+    train.add_argument("--out", default=None, help="the run's folder (default: runs/MODEL)")
+    train.add_argument("--resume", action="store_true", default=False,
+                       help="continue the run in --out exactly; only --steps/--epochs and the "
+                       "--backend/--device/--threads/--*-every/--samples options may change")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help=f"total optimiser steps (default {DEFAULT_STEPS})")
+    length.add_argument("--epochs", type=int, help="passes over the training split")
+    for flag, kind, text in (
+            ("--batch-size", int, "global batch size, over all processes"), ("--lr", float, "peak learning rate"),
+            ("--weight-decay", float, "AdamW's decoupled weight decay"),
+            ("--warmup-steps", int, "steps of linear learning-rate warm-up"),
+            ("--clip-norm", float, "gradient norm clipping"), ("--ema-decay", float, "EMA of the weights"),
+            ("--size", str, "model size for the data: default or tiny"),
+            ("--dtype", str, "float32, or bfloat16 (autocast; float32 weights and optimiser)"),
+            ("--backend", str, "gmk backend: auto, reference, cpu, cuda, triton"),
+            ("--device", str, "auto (a GPU when there is one), cpu or cuda"),
+            ("--threads", int, "CPU threads per process (default: the cores this process may use, "
+             "shared among the processes of this machine)"),
+            ("--seed", int, "seed of the initialisation, data order and samples"),
+            ("--log-every", int, "steps between train-metric records"),
+            ("--eval-every", int, "steps between test-set evaluations"),
+            ("--checkpoint-every", int, "steps between checkpoints"),
+            ("--samples", int, "samples drawn at the end (0: none)")):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        train.add_argument(flag, type=kind, help=f"{text} (default {default})")
+    train.add_argument("--conditional", action="store_true", help="condition on the data's class labels")
+
+
+def _add_sample(commands) -> None:
+    sample = commands.add_parser("sample", help="sample a trained run: a PNG grid (images) or a .wav (audio)")
+    sample.add_argument("dir", help="a run's folder (gmk train --out)")
+    sample.add_argument("--n", type=int, help="how many samples (default 64 images, 4 audio clips)")
+    sample.add_argument("--out", help="the file to write (default DIR/sample.png or DIR/sample.wav)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--length", type=int, help="audio samples per clip (default 0.1 s)")
+    sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmk", description="gmkernels: kernels for deep generative models")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, how _C was built, backends per device")
     commands.add_parser("bench", help="run the benchmark suite (gmk bench --help)", add_help=False)
-    args, rest = parser.parse_known_args(argv)
+    _add_train(commands)
+    _add_sample(commands)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
-    from .benchmarks.harness import main as bench_main
+    from . import training
 
-    return bench_main(rest)
+    options = vars(args)
+    command = options.pop("command")
+    if command == "train":
+        model = options.pop("model")
+        out = training.train(model, options.pop("out") or f"runs/{model}", resume=options.pop("resume"), **options)
+        print(f"wrote {out}/: checkpoint.pt, metrics.jsonl, loss.png, samples.png")
+    else:
+        print(f"wrote {training.sample(options.pop('dir'), **options)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own options: benchmarks/harness.py parses them
+        from .benchmarks.harness import main as bench_main
+
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from .training.errors import TrainingError
+
+    try:
+        return _run(args)
+    except TrainingError as error:
+        print(f"gmk {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

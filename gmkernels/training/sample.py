@@ -1,0 +1,42 @@
+"""``gmk sample DIR``: samples of a trained run's EMA weights, as a PNG grid (images) or a .wav (audio)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, distributed, kinds
+from .errors import TrainingError
+
+
+def sample(directory: str | Path, *, n: int | None = None, out: str | Path | None = None, seed: int = 0,
+           length: int | None = None, device: str = "auto") -> Path:
+    """Draw ``n`` samples (default 64 images or 4 audio clips of ``length`` samples, default 0.1 s) from
+    the checkpoint in ``directory`` with ``seed``; write them to ``out`` (default DIR/sample.png or
+    DIR/sample.wav) and return its path."""
+    directory = Path(directory)
+    path = directory / checkpoint.FILE
+    state = checkpoint.load(directory)
+    model_class = kinds.model_class(state["model"])
+    kind = kinds.kind_of(model_class)
+    for name, value in (("--n", n), ("--length", length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+    out = Path(out) if out is not None else directory / f"sample{kind.suffixes[0]}"
+    if out.suffix.lower() not in kind.suffixes:
+        raise TrainingError(f"--out {out}: a {state['model']} sample is written as {' or '.join(kind.suffixes)}")
+    if not out.parent.is_dir():
+        raise TrainingError(f"--out {out}: no folder {out.parent}")
+    context = distributed.start(device)
+    model = model_class(checkpoint.rebuild_config(state, model_class, path)).to(context.device)
+    checkpoint.load_weights(model, state["ema_state"], path, "EMA weights")
+    model.eval()
+    generator = torch.Generator(context.device).manual_seed(seed)
+    conditional = state["options"]["conditional"]
+    with torch.no_grad():
+        samples = kind.sample(model, n or kind.default_samples, state["data"], conditional, generator, length)
+    try:
+        kind.save_samples(samples, state["data"], out)
+    except OSError as error:
+        raise TrainingError(f"--out {out}: cannot write there ({error.strerror or error})") from None
+    return out
