@@ -107,6 +107,9 @@ class WaveNet(torch.nn.Module):
     parameters); the head is ``head1`` (S -> H) and ``head2`` (H -> P), 1x1 nn.Conv1d; conditioning
     ``cond`` (a 1x1 C -> L·2R, rows l·2R … (l+1)·2R - 1 for layer l) and ``global_cond`` (G -> L·2R)."""
 
+    config_class = WaveNetConfig
+    kind = "audio"
+
     def __init__(self, config: WaveNetConfig | None = None):
         super().__init__()
         self.config = config = config or WaveNetConfig()

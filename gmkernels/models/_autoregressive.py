@@ -1,0 +1,235 @@
+"""What the PixelCNN family shares: config checks, the integer-image contract (checks, scaling), the
+loss terms, the softmax head and the raster-order sampling loop.
+
+Images are integer bins x (N, C, H, W), C = 1 or 3, in [0, num_bins); a model sees them scaled to
+2v/(num_bins-1) - 1 in [-1, 1]. A model subclasses :class:`AutoregressiveImageModel` and provides
+``network`` (the scaled image -> the head's output per position), ``nll`` (per image) and ``draw``
+(one sampling step at one pixel).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.gated import gated_activation
+from ..ops.logistic_mixture import bits_per_dim
+
+SIZES = ("default", "tiny")
+SMALL_IMAGE = 16  # images up to this size get a model's small "default" network (8x8 digits)
+
+
+def check_int(config: str, name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{config}: {name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_number(config: str, name: str, value, low: float, high: float) -> None:
+    """``value`` is a real number in [low, high)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+        raise ValueError(f"{config}: {name} must be a number in [{low}, {high}), got {value!r}")
+
+
+def check_image_fields(config) -> None:
+    """The fields every image config has: in_channels (1 or 3), num_bins, image_size, num_classes."""
+    name = type(config).__name__
+    if config.in_channels not in (1, 3) or isinstance(config.in_channels, bool):
+        raise ValueError(f"{name}: in_channels must be 1 or 3, got {config.in_channels!r}")
+    check_int(name, "num_bins", config.num_bins, 2)
+    check_int(name, "image_size", config.image_size)
+    check_int(name, "num_classes", config.num_classes, 0)
+
+
+def check_divisible(config: str, name: str, value: int, divisor: int, why: str) -> None:
+    if value % divisor:
+        raise ValueError(f"{config}: {name} must be a multiple of {divisor} ({why}), got {value}")
+
+
+def check_size(config: str, size) -> None:
+    if size not in SIZES:
+        raise ValueError(f"{config}.for_data: size must be one of {SIZES}, got {size!r}")
+
+
+def scale_bins(x: torch.Tensor, num_bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """Bins v in [0, num_bins) as 2v/(num_bins-1) - 1 in [-1, 1]."""
+    return x.to(dtype) * (2 / (num_bins - 1)) - 1
+
+
+def down_shift(x: torch.Tensor, rows: int = 1) -> torch.Tensor:
+    """x moved down by ``rows`` rows, zeros entering at the top: row i holds row i - rows."""
+    return F.pad(x, (0, 0, rows, 0))[:, :, :x.shape[2]]
+
+
+def right_shift(x: torch.Tensor, columns: int = 1) -> torch.Tensor:
+    """x moved right by ``columns`` columns, zeros entering on the left."""
+    return F.pad(x, (columns, 0))[:, :, :, :x.shape[3]]
+
+
+def grouped_gate(x: torch.Tensor, cond: torch.Tensor | None, groups: int, activation: str = "tanh") -> torch.Tensor:
+    """The gated activation of x (N, 2C, H, W) laid out as ``groups`` colour groups of [filter, gate]
+    halves (each C/groups channels), so that every output channel keeps its colour group; returns (N, C, H, W).
+
+    gmk.masked_conv2d's fused gate pairs channel j with j + C, which are in different colour groups of
+    the 2C channels; a colour-masked network gates each group's own halves instead. ``cond`` broadcasts
+    to x and is added first.
+    """
+    split = (groups, 2, x.shape[1] // (2 * groups))
+    cond = None if cond is None else cond.unflatten(1, split)
+    return gated_activation(x.unflatten(1, split), cond, activation=activation, dim=2).flatten(1, 3)
+
+
+# --- the model contract ----------------------------------------------------------------------------------
+
+class AutoregressiveImageModel(torch.nn.Module):
+    """forward / log_prob / sample over integer images for a network that is causal in raster order.
+
+    Subclasses set ``config_class`` and define ``network(inputs, y)`` -> output (N, P, H, W) from the
+    scaled image (N, C, H, W) (output at pixel p sees only earlier pixels, and, with colour groups,
+    earlier sub-pixels of p), ``nll(output, x)`` -> (N,) nats and ``draw(output_at_pixel, channels,
+    temperature, generator)`` -> the bins (N, len(channels)) of one sampling step; ``sampling_steps``
+    lists the channels each step draws.
+    """
+
+    kind = "image"
+    config_class: type
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @property
+    def sampling_steps(self) -> tuple[tuple[int, ...], ...]:
+        """The channels drawn by each network evaluation at a pixel: one at a time (softmax heads)."""
+        return tuple((c,) for c in range(self.config.in_channels))
+
+    def network(self, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def draw(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
+             generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- checks ------------------------------------------------------------------------------------
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _check_x(self, function: str, x, check_inputs: bool) -> None:
+        name, c = f"{type(self).__name__}.{function}", self.config
+        if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex \
+                or x.dtype == torch.bool:
+            raise TypeError(f"{name}: x must be an integer tensor of bins (uint8 or int64), got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != c.in_channels or 0 in x.shape:
+            raise ValueError(f"{name}: x must be (N, C={c.in_channels}, H, W), non-empty, got shape "
+                             f"{tuple(x.shape)}")
+        if x.device != self._device:
+            raise ValueError(f"{name}: x must be on the model's device {self._device}, got {x.device}")
+        if check_inputs and not bool(((x >= 0) & (x < c.num_bins)).all()):
+            raise ValueError(f"{name}: x must hold bins in [0, {c.num_bins}), got values in "
+                             f"[{x.min().item()}, {x.max().item()}]")
+
+    def _check_y(self, function: str, y, batch: int, check_inputs: bool) -> None:
+        name, classes = f"{type(self).__name__}.{function}", self.config.num_classes
+        if classes == 0:
+            if y is not None:
+                raise ValueError(f"{name}: y was given but the model is unconditional (num_classes=0)")
+            return
+        if y is None:
+            raise ValueError(f"{name}: y (class labels, (N,) int64) is required: num_classes={classes}")
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.long:
+            raise TypeError(f"{name}: y must be an int64 tensor of class labels, got "
+                            f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+        if tuple(y.shape) != (batch,):
+            raise ValueError(f"{name}: y must have shape ({batch},), got {tuple(y.shape)}")
+        if y.device != self._device:
+            raise ValueError(f"{name}: y must be on the model's device {self._device}, got {y.device}")
+        if check_inputs and not bool(((y >= 0) & (y < classes)).all()):
+            raise ValueError(f"{name}: y must hold classes in [0, {classes}), got values in "
+                             f"[{y.min().item()}, {y.max().item()}]")
+
+    # --- likelihood --------------------------------------------------------------------------------
+
+    def _nll(self, function: str, x, y, check_inputs: bool) -> torch.Tensor:
+        self._check_x(function, x, check_inputs)
+        self._check_y(function, y, x.shape[0], check_inputs)
+        output = self.network(scale_bins(x, self.config.num_bins, self._dtype), y)
+        return self.nll(output, x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                check_inputs: bool = True) -> dict[str, torch.Tensor]:
+        """Training terms of images x (N, C, H, W): ``loss`` (mean nats per sub-pixel, to minimise) and
+        ``bits_per_dim`` (detached). ``check_inputs`` checks the range of x and y: on CUDA that reads
+        them back (one host synchronisation); pass False in a training loop whose data is valid."""
+        nll = self._nll("forward", x, y, check_inputs)
+        loss = nll.mean() / math.prod(x.shape[1:])
+        return {"loss": loss, "bits_per_dim": bits_per_dim(loss.detach(), 1)}
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None, check_inputs: bool = True) -> torch.Tensor:
+        """log p(x) in nats per image, (N,)."""
+        return -self._nll("log_prob", x, y, check_inputs)
+
+    # --- sampling ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, image_size: int | None = None, y: torch.Tensor | None = None,
+               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images (n, C, H, W) int64 in [0, num_bins), H = W = ``image_size`` (default: the config's),
+        drawn in raster order (and R, G, B within a pixel), the whole network evaluated once per step,
+        in eval mode (no dropout). The noise comes from ``generator`` (on the model's device): the same
+        generator state gives the same images. ``temperature`` (> 0) flattens (> 1) or sharpens (< 1)
+        each step's distribution; 1 samples the model (see the model's ``draw``)."""
+        name = f"{type(self).__name__}.sample"
+        check_int(name, "n", n)
+        size = self.config.image_size if image_size is None else image_size
+        check_int(name, "image_size", size)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0 < temperature < math.inf:
+            raise ValueError(f"{name}: temperature must be a positive finite number, got {temperature!r}")
+        self._check_y("sample", y, n, check_inputs=True)
+        x = torch.zeros(n, self.config.in_channels, size, size, dtype=torch.long, device=self._device)
+        training = self.training
+        self.eval()
+        try:
+            for i in range(size):
+                for j in range(size):
+                    for channels in self.sampling_steps:
+                        output = self.network(scale_bins(x, self.config.num_bins, self._dtype), y)
+                        x[:, list(channels), i, j] = self.draw(output[:, :, i, j], channels, temperature,
+                                                               generator)
+        finally:
+            self.train(training)
+        return x
+
+
+class SoftmaxImageModel(AutoregressiveImageModel):
+    """A model whose head is a num_bins-way softmax per sub-pixel (PixelCNN, Gated PixelCNN): the
+    network's output (N, C·B, H, W) holds channel c's B logits at channels c·B … (c+1)·B - 1 (so
+    colour groups of the output are the channels' logits)."""
+
+    def logits(self, output: torch.Tensor) -> torch.Tensor:
+        """(N, C·B, ...) -> (N, C, B, ...), in float32 (float64 stays)."""
+        logits = output.unflatten(1, (self.config.in_channels, self.config.num_bins))
+        return logits if logits.dtype == torch.float64 else logits.float()
+
+    def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x) in nats per image (N,)."""
+        nll = F.cross_entropy(self.logits(output).transpose(1, 2), x.long(), reduction="none")
+        return nll.flatten(1).sum(dim=1)
+
+    def draw(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
+             generator: torch.Generator | None) -> torch.Tensor:
+        """The bin (N, 1) of sub-pixel ``channels[0]`` from the output at one pixel (N, C·B): the inverse
+        CDF of softmax(logits / temperature) at a uniform drawn with ``generator``."""
+        probs = torch.softmax(self.logits(output)[:, channels[0]] / temperature, dim=1)
+        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=probs.dtype, device=probs.device)
+        return (probs.cumsum(dim=1) < u).sum(dim=1, keepdim=True).clamp(max=self.config.num_bins - 1)

@@ -1,0 +1,139 @@
+"""Gated PixelCNN (van den Oord et al. 2016, arXiv 1606.05328, fig. 2), on gmk.nn layers.
+
+Two stacks per layer, p channels each, no blind spot:
+    vertical   v' = gate(conv_(k//2+1)×k(v) + V_v·y)               rows i-k//2 … i (all columns)
+    horizontal h' = h + 1x1(gate(conv_1×(k//2+1)(h) + 1x1(shift_down(conv_v)) + V_h·y))
+The vertical conv (gmk.nn.ShiftedConv2d, "down") sees its own row; it reaches the horizontal stack
+only moved down one row, so the horizontal stack at (i, j) sees the rows above through it and its own
+row's pixels left of j through the 1×(k//2+1) "down_right" conv, whose centre tap is colour-masked
+(mask A in the first layer: no sub-pixel of (i, j) itself; mask B after). gate(x) = tanh(a)·σ(b)
+(gmk.gated_activation) with the class-conditional bias V·y as its ``cond``. With C = 3 colour groups
+the horizontal stack's channels are R, G, B thirds, each gated within its group (see grouped_gate);
+the 1x1s of the horizontal stack and of the output are mask B with those groups. Output: relu ->
+1x1 (p -> O) -> relu -> 1x1 (O -> C·B), a B-way softmax per sub-pixel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.masked_conv import MaskedConv2d, ShiftedConv2d
+from ..ops.gated import gated_activation
+from ..ops.masked_conv import shifted_conv2d
+from ..reference.masked_conv import conv_mask
+from ._autoregressive import (SMALL_IMAGE, SoftmaxImageModel, check_divisible, check_image_fields, check_int,
+                              check_size, down_shift, grouped_gate)
+
+
+@dataclass(frozen=True)
+class GatedPixelCNNConfig:
+    """A Gated PixelCNN's sizes. Defaults: the paper's CIFAR-10 network (20 layers of 384 channels,
+    5×5 filters) with a 1023-wide output layer (1024 rounded to the three colour groups)."""
+
+    in_channels: int = 3
+    num_bins: int = 256
+    image_size: int = 32
+    num_classes: int = 0
+    channels: int = 384  # p, per stack; a multiple of C (colour groups)
+    layers: int = 20
+    kernel_size: int = 5
+    output_channels: int = 1023  # O; a multiple of C
+
+    def __post_init__(self):
+        name = type(self).__name__
+        check_image_fields(self)
+        check_int(name, "channels", self.channels)
+        check_divisible(name, "channels", self.channels, self.in_channels, "colour groups")
+        check_int(name, "layers", self.layers)
+        check_int(name, "kernel_size", self.kernel_size, 3)
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"{name}: kernel_size must be odd, got {self.kernel_size}")
+        check_int(name, "output_channels", self.output_channels)
+        check_divisible(name, "output_channels", self.output_channels, self.in_channels, "colour groups")
+
+    @classmethod
+    def for_data(cls, in_channels: int, num_bins: int, image_size: int, num_classes: int = 0,
+                 size: str = "default") -> "GatedPixelCNNConfig":
+        """A config for this data: ``"default"``, the paper's network (a smaller one for images up to
+        16×16, e.g. 8×8 digits); ``"tiny"``, the smallest that runs every code path (tests)."""
+        check_size(cls.__name__, size)
+        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes)
+        if size == "tiny":
+            return cls(**data, channels=2 * in_channels, layers=2, kernel_size=3, output_channels=2 * in_channels)
+        if image_size <= SMALL_IMAGE:
+            return cls(**data, channels=16 * in_channels, layers=5, kernel_size=3,
+                       output_channels=32 * in_channels)
+        return cls(**data)
+
+
+class HorizontalConv2d(ShiftedConv2d):
+    """The horizontal stack's 1×w convolution: columns j-w+1 … j of row i (gmk.shifted_conv2d,
+    "down_right"), the centre column colour-masked as a 1x1 ``mask_type`` convolution with
+    ``color_groups`` (gmk.conv_mask); the masked weights get zero gradient."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int, mask_type: str, color_groups: int):
+        super().__init__(in_channels, out_channels, (1, width), "down_right")
+        mask = torch.ones(out_channels, in_channels, 1, width)
+        mask[:, :, :, -1:] = conv_mask(1, mask_type, in_channels, out_channels, color_groups)
+        self.register_buffer("mask", mask, persistent=False)
+        self.mask_type, self.color_groups = mask_type, color_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shifted_conv2d(x, self.weight * self.mask, self.bias, shift="down_right")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mask_type={self.mask_type!r}, color_groups={self.color_groups}"
+
+
+class GatedLayer(torch.nn.Module):
+    """One layer of both stacks: ``vertical`` (ShiftedConv2d), ``horizontal`` (HorizontalConv2d),
+    ``vertical_to_horizontal`` (1x1 nn.Conv2d, 2p -> 2p), ``residual`` (1x1 MaskedConv2d, mask B).
+    The first layer (mask A) reads the image and adds no skip connection."""
+
+    def __init__(self, in_channels: int, channels: int, kernel_size: int, color_groups: int, first: bool):
+        super().__init__()
+        self.first, self.color_groups = first, color_groups
+        self.vertical = ShiftedConv2d(in_channels, 2 * channels, (kernel_size // 2 + 1, kernel_size), "down")
+        self.horizontal = HorizontalConv2d(in_channels, 2 * channels, kernel_size // 2 + 1,
+                                           "A" if first else "B", color_groups)
+        self.vertical_to_horizontal = torch.nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.residual = MaskedConv2d(channels, channels, 1, "B", color_groups)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, cond_v: torch.Tensor | None = None,
+                cond_h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        v_pre = self.vertical(v)
+        h_pre = self.horizontal(h) + self.vertical_to_horizontal(down_shift(v_pre))
+        v = gated_activation(v_pre, cond_v)
+        h_out = self.residual(grouped_gate(h_pre, cond_h, self.color_groups))
+        return v, h_out if self.first else h + h_out
+
+
+class GatedPixelCNN(SoftmaxImageModel):
+    """``layers`` (GatedLayer), ``output1``, ``output2`` (1x1 MaskedConv2d, mask B); ``class_bias`` an
+    nn.Embedding (num_classes -> layers·2·2p: the vertical then the horizontal gate's cond per layer)."""
+
+    config_class = GatedPixelCNNConfig
+
+    def __init__(self, config: GatedPixelCNNConfig | None = None):
+        config = config or GatedPixelCNNConfig()
+        super().__init__(config)
+        c, groups = config, config.in_channels
+        self.layers = torch.nn.ModuleList(
+            GatedLayer(c.in_channels if index == 0 else c.channels, c.channels, c.kernel_size, groups, index == 0)
+            for index in range(c.layers))
+        self.class_bias = torch.nn.Embedding(c.num_classes, c.layers * 4 * c.channels) if c.num_classes else None
+        self.output1 = MaskedConv2d(c.channels, c.output_channels, 1, "B", groups)
+        self.output2 = MaskedConv2d(c.output_channels, c.in_channels * c.num_bins, 1, "B", groups)
+
+    def network(self, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The logits (N, C·B, H, W) of the scaled image (N, C, H, W)."""
+        conds = [(None, None)] * len(self.layers)
+        if self.class_bias is not None:
+            conds = self.class_bias(y).view(len(y), len(self.layers), 2, -1, 1, 1).unbind(1)
+            conds = [cond.unbind(1) for cond in conds]
+        v = h = inputs
+        for layer, (cond_v, cond_h) in zip(self.layers, conds):
+            v, h = layer(v, h, cond_v, cond_h)
+        return self.output2(F.relu(self.output1(F.relu(h))))
