@@ -35,8 +35,12 @@ def mu_law_decode(classes: torch.Tensor, num_classes: int = 256,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Audio in [-1, 1] (``dtype``) of µ-law ``classes`` (integers in [0, num_classes))."""
     _check_num_classes("mu_law_decode", num_classes)
-    if not isinstance(classes, torch.Tensor) or classes.is_floating_point() or classes.is_complex():
-        raise TypeError("mu_law_decode: classes must be an integer tensor")
+    if not isinstance(classes, torch.Tensor) or classes.is_floating_point() or classes.is_complex() \
+            or classes.dtype == torch.bool:
+        raise TypeError(f"mu_law_decode: classes must be an integer tensor, got "
+                        f"{classes.dtype if isinstance(classes, torch.Tensor) else type(classes).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"mu_law_decode: dtype must be a floating-point torch.dtype, got {dtype!r}")
     mu = num_classes - 1
     if classes.numel() and not bool(((classes >= 0) & (classes <= mu)).all()):
         raise ValueError(f"mu_law_decode: classes must lie in [0, {mu}] for num_classes={num_classes}, "

@@ -327,3 +327,12 @@ def test_gpu_no_host_synchronisation(backend):
 
 
 
+
+
+# --- issue 18 --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["False", "True", 0, 1, None])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_reverse_must_be_a_bool(backend, flag):
+    with pytest.raises(TypeError, match="actnorm: reverse must be a bool"):
+        gmk.actnorm(torch.randn(2, 3, 4), torch.randn(3), torch.randn(3), reverse=flag, backend=backend)

@@ -458,3 +458,12 @@ def test_gpu_no_host_sync(backend):
         step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --- issue 18 --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["False", 0, 1, None])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_reverse_must_be_a_bool(backend, flag):
+    with pytest.raises(TypeError, match="affine_coupling: reverse must be a bool"):
+        gmk.affine_coupling(torch.randn(2, 4, 3), torch.randn(2, 4, 3), reverse=flag, backend=backend)

@@ -383,3 +383,60 @@ def test_gpu_singular_weight_in_reverse_gives_nan(backend):
 
 
 
+
+
+# --- issue 18 --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("op", ["lu", "actnorm-lu"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_lu_takes_mixed_parameter_dtypes(backend, op, reverse):
+    """Parameters of different float dtypes (documented as allowed) give the float64 result."""
+    fn, make, _ = OPS[op]
+    x = torch.randn(2, 4, 3)
+    params = make(4)
+    mixed = [p.double() if index % 2 else p.half() if index == 2 else p for index, p in enumerate(params)]
+    y, logdet = fn(x, *mixed, reverse=reverse, backend=backend)
+    y64, logdet64 = fn(x.double(), *(p.double() for p in mixed), reverse=reverse, backend="reference")
+    assert_close(y, y64, torch.float32)
+    assert_close(logdet, logdet64, torch.float32)
+
+
+def _not_permutations(perm):
+    duplicated_row = perm.clone()
+    duplicated_row[1] = perm[0]
+    return {"scaled": 2 * perm, "duplicated-row": duplicated_row, "fractional": torch.full_like(perm, 0.25),
+            "negative": -perm}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("op", ["lu", "actnorm-lu"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_perm_must_be_a_permutation(backend, op, reverse):
+    fn, make, _ = OPS[op]
+    x = torch.randn(2, 4, 3)
+    *params, perm = make(4)
+    for name, bad in _not_permutations(perm).items():
+        with pytest.raises(ValueError, match="perm must be a permutation matrix"):
+            fn(x, *params, bad, reverse=reverse, backend=backend)
+    fn(x, *params, perm.double(), reverse=reverse, backend=backend)  # any float dtype of a true permutation
+
+
+def test_issue18_perm_check_without_synchronising_gives_a_device_flag():
+    """On CUDA the fast backends cannot read the check back: it masks the matrix with NaN instead."""
+    from gmkernels.ops.invconv import _check_permutation, _nan_unless
+    perm = lu_parameters(4)[-1]
+    for name, bad in _not_permutations(perm).items():
+        valid = _check_permutation("op", bad, synchronise=False)
+        assert not bool(valid), name
+        assert _nan_unless(valid, torch.eye(4)).isnan().all()
+    assert bool(_check_permutation("op", perm, synchronise=False))
+
+
+@pytest.mark.parametrize("flag", ["False", "True", 0, 1, None])
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_reverse_must_be_a_bool(backend, op, flag):
+    fn, make, _ = OPS[op]
+    with pytest.raises(TypeError, match="reverse must be a bool"):
+        fn(torch.randn(2, 4, 3), *make(4), reverse=flag, backend=backend)

@@ -658,3 +658,42 @@ def test_gpu_no_host_sync(backend):
         torch.autograd.grad(gmk.discretized_logistic_mixture_nll(params, x, **options), params)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --- issue 18 --------------------------------------------------------------------------------------
+
+BITS_PER_DIM_BAD_ARGS = {
+    "zero-subpixels": ((1.0, 0), ValueError, "num_subpixels must be an int >= 1"),
+    "negative-subpixels": ((1.0, -5), ValueError, "num_subpixels must be an int >= 1"),
+    "float-subpixels": ((1.0, 0.0), ValueError, "num_subpixels must be an int >= 1"),
+    "bool-subpixels": ((1.0, True), ValueError, "num_subpixels must be an int >= 1"),
+    "none-subpixels": ((1.0, None), ValueError, "num_subpixels must be an int >= 1"),
+    "none-nll": ((None, 3), TypeError, "nll_nats must be"),
+    "str-nll": (("1.0", 3), TypeError, "nll_nats must be"),
+    "integer-tensor-nll": ((torch.tensor([1]), 3), TypeError, "nll_nats must be a floating-point tensor"),
+}
+
+
+@pytest.mark.parametrize(("args", "error", "pattern"), BITS_PER_DIM_BAD_ARGS.values(),
+                         ids=BITS_PER_DIM_BAD_ARGS.keys())
+def test_issue18_bits_per_dim_validates_its_arguments(args, error, pattern):
+    with pytest.raises(error, match=f"bits_per_dim: {pattern}"):
+        gmk.bits_per_dim(*args)
+
+
+@pytest.mark.parametrize("generator", ["seed", 1, torch.tensor(1)])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_sample_generator_must_be_a_generator(backend, generator):
+    with pytest.raises(TypeError, match="discretized_logistic_mixture_sample: generator must be a torch.Generator"):
+        gmk.discretized_logistic_mixture_sample(torch.zeros(1, 3, 2), num_channels=1, generator=generator,
+                                                backend=backend)
+
+
+def test_issue18_flags_and_channel_counts_are_not_truthy_values():
+    params, x = torch.zeros(1, 3, 2), torch.zeros(1, 1, 2)
+    with pytest.raises(TypeError, match="check_inputs must be a bool"):
+        gmk.discretized_logistic_mixture_nll(params, x, check_inputs="False")
+    with pytest.raises(ValueError, match="num_channels must be 1 or 3"):
+        gmk.discretized_logistic_mixture_sample(params, num_channels=True)
+    with pytest.raises(ValueError, match="log_scale_min must be a finite number"):
+        gmk.discretized_logistic_mixture_nll(params, x, log_scale_min=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_bool, check_finite_number, check_generator, check_int
 from ..mu_law import mu_law_decode
 from ..nn.causal_conv import WaveNetLayer
 from ..ops.logistic_mixture import discretized_logistic_mixture_nll
@@ -33,8 +34,7 @@ from ..reference.wavenet_generate import HEADS, GenerationWeights, uniforms_per_
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"WaveNetConfig: {name} must be an int >= {minimum}, got {value!r}")
+    check_int("WaveNetConfig", name, value, minimum)
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,7 @@ class WaveNetConfig:
         _positive_int("cond_channels", self.cond_channels, 0)
         _positive_int("global_cond_channels", self.global_cond_channels, 0)
         for name in ("log_scale_min", "residual_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"WaveNetConfig: {name} must be a finite number, got {value!r}")
+            check_finite_number("WaveNetConfig", name, getattr(self, name))
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -112,6 +110,8 @@ class WaveNet(torch.nn.Module):
 
     def __init__(self, config: WaveNetConfig | None = None):
         super().__init__()
+        if config is not None and not isinstance(config, WaveNetConfig):
+            raise TypeError(f"WaveNet: config must be a WaveNetConfig or None, got {type(config).__name__}")
         self.config = config = config or WaveNetConfig()
         r, two_r = config.residual_channels, 2 * config.residual_channels
         self.embedding = torch.nn.Embedding(config.num_classes, r)
@@ -184,6 +184,7 @@ class WaveNet(torch.nn.Module):
         ``check_inputs`` checks that x holds valid classes: on CUDA that reads x back (one host
         synchronisation); pass False in a training loop whose data is known to be valid.
         """
+        check_bool("WaveNet", "check_inputs", check_inputs)
         if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.dim() != 2:
             raise TypeError(f"WaveNet: x must be µ-law classes, an int64 tensor (N, T), got "
                             f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}"
@@ -238,8 +239,10 @@ class WaveNet(torch.nn.Module):
         The uniform noise is drawn here with ``generator``, so every backend draws the same samples
         (up to the rounding of the network's output at a class boundary).
         """
-        _positive_int("num_samples", num_samples)
-        _positive_int("batch_size", batch_size)
+        function = "WaveNet.generate"
+        check_int(function, "num_samples", num_samples, 1)
+        check_int(function, "batch_size", batch_size, 1)
+        check_generator(function, generator, self.embedding.weight.device)
         self._check_cond("generate", cond, global_cond, batch_size, num_samples, exact=False)
         c = self.config
         weights = self.generation_weights()

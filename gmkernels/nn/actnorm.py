@@ -6,6 +6,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from .._validation import check_finite_number, check_input, check_int
 from ..ops.actnorm import actnorm
 
 
@@ -29,8 +30,10 @@ class ActNorm(torch.nn.Module):
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
         super().__init__()
-        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"ActNorm: num_channels must be a positive int, got {num_channels!r}")
+        check_int("ActNorm", "num_channels", num_channels, 1)
+        check_finite_number("ActNorm", "eps", eps)
+        if eps < 0:
+            raise ValueError(f"ActNorm: eps must be >= 0, got {eps!r}")
         self.num_channels = num_channels
         self.eps = eps
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
@@ -63,11 +66,13 @@ class ActNorm(torch.nn.Module):
         self._initialized = bool(self.initialized)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input("ActNorm", x, self.num_channels)
         if not self._initialized:
             self.initialize(x)
         return actnorm(x, self.bias, self.log_scale)
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input("ActNorm.reverse", y, self.num_channels)
         return actnorm(y, self.bias, self.log_scale, reverse=True)[0]
 
     def extra_repr(self) -> str:

@@ -6,7 +6,13 @@ import math
 
 import torch
 
+from .._validation import check_bool, check_finite_number, check_int
 from ..ops.causal_conv import causal_conv1d, wavenet_layer
+
+
+def _check_sizes(module: str, **sizes) -> None:
+    for name, value in sizes.items():
+        check_int(module, name, value, 1)
 
 
 class CausalConv1d(torch.nn.Conv1d):
@@ -16,6 +22,9 @@ class CausalConv1d(torch.nn.Conv1d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
                  bias: bool = True, device=None, dtype=None):
+        _check_sizes("CausalConv1d", in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+                     dilation=dilation)
+        check_bool("CausalConv1d", "bias", bias)
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias, device=device,
                          dtype=dtype)
 
@@ -31,6 +40,10 @@ class WaveNetLayer(torch.nn.Module):
     def __init__(self, residual_channels: int, skip_channels: int, kernel_size: int = 2, dilation: int = 1,
                  residual_scale: float = 1.0, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        _check_sizes("WaveNetLayer", residual_channels=residual_channels, skip_channels=skip_channels,
+                     kernel_size=kernel_size, dilation=dilation)
+        check_finite_number("WaveNetLayer", "residual_scale", residual_scale)
+        check_bool("WaveNetLayer", "bias", bias)
         options = {"bias": bias, "device": device, "dtype": dtype}
         self.conv = CausalConv1d(residual_channels, 2 * residual_channels, kernel_size, dilation, **options)
         self.res = torch.nn.Conv1d(residual_channels, residual_channels, 1, **options)

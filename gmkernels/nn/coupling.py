@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_finite_number, check_input, check_int
 from ..ops.coupling import affine_coupling, h_channels
 from ..reference.coupling import LAYOUTS, TRANSFORMS
 
@@ -14,6 +15,9 @@ class ZeroConv2d(torch.nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, logscale_factor: float = 3.0):
         super().__init__()
+        check_int("ZeroConv2d", "in_channels", in_channels, 1)
+        check_int("ZeroConv2d", "out_channels", out_channels, 1)
+        check_finite_number("ZeroConv2d", "logscale_factor", logscale_factor)
         self.conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
         torch.nn.init.zeros_(self.conv.weight)
         torch.nn.init.zeros_(self.conv.bias)
@@ -37,13 +41,10 @@ class AffineCoupling(torch.nn.Module):
     def __init__(self, num_channels: int, hidden_channels: int = 512, transform: str = "glow",
                  layout: str = "halves"):
         super().__init__()
-        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 2 \
-                or num_channels % 2:
-            raise ValueError(f"AffineCoupling: num_channels must be a positive even int, "
-                             f"got {num_channels!r}")
-        if isinstance(hidden_channels, bool) or not isinstance(hidden_channels, int) or hidden_channels < 1:
-            raise ValueError(f"AffineCoupling: hidden_channels must be a positive int, "
-                             f"got {hidden_channels!r}")
+        check_int("AffineCoupling", "num_channels", num_channels, 2)
+        if num_channels % 2:
+            raise ValueError(f"AffineCoupling: num_channels must be even (x_a, x_b halves), got {num_channels}")
+        check_int("AffineCoupling", "hidden_channels", hidden_channels, 1)
         if transform not in TRANSFORMS:
             raise ValueError(f"AffineCoupling: transform must be one of {TRANSFORMS}, got {transform!r}")
         if layout not in LAYOUTS:
@@ -63,9 +64,7 @@ class AffineCoupling(torch.nn.Module):
             torch.nn.init.zeros_(conv.bias)
 
     def _h(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.num_channels:
-            raise ValueError(f"AffineCoupling: input must be (N, {self.num_channels}, H, W), got shape "
-                             f"{tuple(x.shape)}")
+        check_input("AffineCoupling", x, self.num_channels, rank=4)
         return self.net(x[:, : self.num_channels // 2])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

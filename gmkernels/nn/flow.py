@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_bool, check_input
 from ..ops.invconv import actnorm_conv1x1, actnorm_conv1x1_lu
 from ..reference.coupling import logdet_dtype
 from .actnorm import ActNorm
@@ -17,7 +18,8 @@ class Squeeze2d(torch.nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+        check_input("Squeeze2d", x, rank=4)
+        if x.shape[2] % 2 or x.shape[3] % 2:
             raise ValueError(f"Squeeze2d: input must be (N, C, H, W) with H and W even, "
                              f"got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
@@ -25,7 +27,8 @@ class Squeeze2d(torch.nn.Module):
         return y, x.new_zeros(n, dtype=logdet_dtype(x.dtype))
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
-        if y.dim() != 4 or y.shape[1] % 4:
+        check_input("Squeeze2d.reverse", y, rank=4)
+        if y.shape[1] % 4:
             raise ValueError(f"Squeeze2d.reverse: input must be (N, 4C, H, W), got shape {tuple(y.shape)}")
         n, c4, h, w = y.shape
         return y.reshape(n, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c4 // 4, 2 * h, 2 * w)
@@ -43,6 +46,7 @@ class FlowStep(torch.nn.Module):
     def __init__(self, num_channels: int, hidden_channels: int = 512, lu: bool = True,
                  transform: str = "glow", layout: str = "halves"):
         super().__init__()
+        check_bool("FlowStep", "lu", lu)
         self.actnorm = ActNorm(num_channels)
         self.invconv = InvConv2dLU(num_channels) if lu else InvConv2d(num_channels)
         self.coupling = AffineCoupling(num_channels, hidden_channels, transform, layout)
@@ -55,6 +59,7 @@ class FlowStep(torch.nn.Module):
         return actnorm_conv1x1(x, bias, log_scale, self.invconv.weight, reverse=reverse)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input("FlowStep", x, self.actnorm.num_channels, rank=4)
         if not self.actnorm._initialized:  # a Python flag: reading the buffer on CUDA would synchronise
             self.actnorm.initialize(x)
         z, logdet = self._actnorm_conv1x1(x, reverse=False)
@@ -62,6 +67,7 @@ class FlowStep(torch.nn.Module):
         return y, logdet + logdet_coupling
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input("FlowStep.reverse", y, self.actnorm.num_channels, rank=4)
         return self._actnorm_conv1x1(self.coupling.reverse(y), reverse=True)[0]
 
     def extra_repr(self) -> str:

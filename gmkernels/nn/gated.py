@@ -11,6 +11,8 @@ class GatedActivation(torch.nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"GatedActivation: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"GatedActivation: dim must be an int, got {dim!r}")
         self.activation = activation
         self.dim = dim
 

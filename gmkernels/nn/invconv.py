@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_input, check_int
 from ..ops.invconv import invertible_conv1x1, invertible_conv1x1_lu
 from ..reference.invconv import lu_weight
-
-
-def _check_channels(module: str, num_channels) -> None:
-    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(f"{module}: num_channels must be a positive int, got {num_channels!r}")
 
 
 def random_rotation(num_channels: int) -> torch.Tensor:
@@ -23,14 +19,16 @@ class InvConv2d(torch.nn.Module):
 
     def __init__(self, num_channels: int):
         super().__init__()
-        _check_channels("InvConv2d", num_channels)
+        check_int("InvConv2d", "num_channels", num_channels, 1)
         self.num_channels = num_channels
         self.weight = torch.nn.Parameter(random_rotation(num_channels))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input("InvConv2d", x, self.num_channels)
         return invertible_conv1x1(x, self.weight)
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input("InvConv2d.reverse", y, self.num_channels)
         return invertible_conv1x1(y, self.weight, reverse=True)[0]
 
     def extra_repr(self) -> str:
@@ -47,7 +45,7 @@ class InvConv2dLU(torch.nn.Module):
 
     def __init__(self, num_channels: int):
         super().__init__()
-        _check_channels("InvConv2dLU", num_channels)
+        check_int("InvConv2dLU", "num_channels", num_channels, 1)
         self.num_channels = num_channels
         perm, lower, upper = torch.linalg.lu(random_rotation(num_channels).double())
         diagonal = upper.diagonal()
@@ -66,9 +64,11 @@ class InvConv2dLU(torch.nn.Module):
         return self.lower, self.upper, self.log_s, self.sign_s, self.perm
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input("InvConv2dLU", x, self.num_channels)
         return invertible_conv1x1_lu(x, *self.lu_parameters())
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input("InvConv2dLU.reverse", y, self.num_channels)
         return invertible_conv1x1_lu(y, *self.lu_parameters(), reverse=True)[0]
 
     def extra_repr(self) -> str:

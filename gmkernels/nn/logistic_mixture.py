@@ -1,7 +1,7 @@
 """nn.Module drop-in of PixelCNN++'s discretized logistic mixture loss."""
 import torch
 
-from ..ops.logistic_mixture import (NUM_CHANNELS, check_options, discretized_logistic_mixture_nll,
+from ..ops.logistic_mixture import (check_num_channels, check_options, discretized_logistic_mixture_nll,
                                     discretized_logistic_mixture_sample)
 
 
@@ -11,9 +11,7 @@ class DiscretizedLogisticMixtureLoss(torch.nn.Module):
     def __init__(self, num_channels: int = 3, num_bins: int = 256, log_scale_min: float = -7.0,
                  reduction: str = "sum"):
         super().__init__()
-        if num_channels not in NUM_CHANNELS:
-            raise ValueError(f"DiscretizedLogisticMixtureLoss: num_channels must be 1 or 3, "
-                             f"got {num_channels!r}")
+        check_num_channels("DiscretizedLogisticMixtureLoss", num_channels)
         check_options("DiscretizedLogisticMixtureLoss", num_bins, log_scale_min, reduction)
         self.num_channels, self.num_bins, self.log_scale_min, self.reduction = (
             num_channels, num_bins, log_scale_min, reduction)

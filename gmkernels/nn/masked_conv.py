@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from .._validation import check_bool, check_int
 from ..ops.gated import ACTIVATIONS
 from ..ops.masked_conv import SHIFTS, check_mask_arguments, masked_conv2d, shifted_conv2d
 
@@ -14,6 +15,7 @@ class _Conv2dParameters(torch.nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], bias: bool):
         super().__init__()
+        check_bool(type(self).__name__, "bias", bias)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
         if bias:
@@ -28,6 +30,16 @@ class _Conv2dParameters(torch.nn.Module):
             fan_in = self.weight[0].numel()
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             torch.nn.init.uniform_(self.bias, -bound, bound)
+
+
+def _kernel_pair(module: str, kernel_size) -> tuple[int, int]:
+    """(kh, kw) of an int k or a pair, each an int >= 1."""
+    pair = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"{module}: kernel_size must be an int or a pair of ints, got {kernel_size!r}")
+    for size in pair:
+        check_int(module, "kernel_size", size, 1)
+    return tuple(pair)
 
 
 class MaskedConv2d(_Conv2dParameters):
@@ -63,7 +75,9 @@ class ShiftedConv2d(_Conv2dParameters):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  shift: str = "down", bias: bool = True):
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        kh, kw = _kernel_pair("ShiftedConv2d", kernel_size)
+        check_int("ShiftedConv2d", "in_channels", in_channels, 1)
+        check_int("ShiftedConv2d", "out_channels", out_channels, 1)
         if shift not in SHIFTS:
             raise ValueError(f"ShiftedConv2d: shift must be one of {SHIFTS}, got {shift!r}")
         if shift == "down" and kw % 2 == 0:

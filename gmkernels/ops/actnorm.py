@@ -11,6 +11,7 @@ import torch
 
 from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
+from .._validation import check_bool
 from ..reference import actnorm as reference
 
 ACTNORM = OpBackends("gmk.actnorm")
@@ -62,6 +63,7 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, *, rev
     channels = (x.shape[1],)
     check_parameter(op, "bias", bias, x, channels)
     check_parameter(op, "log_scale", log_scale, x, channels)
+    check_bool(op, "reverse", reverse)
     name = ACTNORM.select(backend, x.device, x.dtype)
     if name == "reference":
         return reference.actnorm(x, bias, log_scale, reverse)

@@ -7,6 +7,7 @@ import torch
 
 from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
+from .._validation import check_bool
 from ..reference import coupling as reference
 from ..reference.coupling import LAYOUTS, TRANSFORMS
 
@@ -33,8 +34,7 @@ def _check_inputs(x, h, transform: str, layout: str, reverse) -> None:
         raise ValueError(f"affine_coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"affine_coupling: layout must be one of {LAYOUTS}, got {layout!r}")
-    if not isinstance(reverse, bool):
-        raise TypeError(f"affine_coupling: reverse must be a bool, got {type(reverse).__name__}")
+    check_bool("affine_coupling", "reverse", reverse)
     expected = (x.shape[0], h_channels(x.shape[1], transform), *x.shape[2:])
     if tuple(h.shape) != expected:
         what = "t" if transform == "additive" else "r and t"

@@ -19,7 +19,8 @@ own autograd).
 
 A singular dense weight in reverse: on CPU tensors the LU factorisation's info is read and a
 ValueError raised; on CUDA reading it would synchronise, so the inverse is made all NaN instead (the
-output is NaN, visibly) and no error is raised.
+output is NaN, visibly) and no error is raised. The LU ops treat a ``perm`` that is not a permutation
+matrix the same way (raise on CPU tensors and on the reference backend, NaN output on CUDA).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
+from .._validation import check_bool
 from ..reference import actnorm as reference_actnorm
 from ..reference import invconv as reference
 from .actnorm import as_3d, check_parameter, check_x, compute_dtype, differentiable_backward
@@ -67,9 +69,28 @@ def _dense(op: str, weight: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, 
         if info.item() != 0:
             raise ValueError(f"{op}: weight is singular (exactly zero pivot {info.item()} in its LU "
                              "factorisation): the reverse needs its inverse")
-    else:  # reading info would synchronise: a singular weight makes the output NaN instead
-        inverse = torch.where(info == 0, inverse, torch.full_like(inverse, float("nan")))
-    return inverse, logabsdet
+        return inverse, logabsdet
+    return _nan_unless(info == 0, inverse), logabsdet
+
+
+def _nan_unless(valid: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix``, or all NaN where the 0-d ``valid`` is False: how a check that would synchronise with
+    a CUDA device (a singular weight, a perm that is no permutation) shows in the output instead."""
+    return torch.where(valid, matrix, torch.full_like(matrix, float("nan")))
+
+
+def _check_permutation(op: str, perm: torch.Tensor, synchronise: bool) -> torch.Tensor:
+    """The 0-d bool "perm is a permutation matrix" (entries 0 or 1, one 1 per row and per column).
+
+    With ``synchronise`` (CPU tensors, where reading it costs nothing, and the reference backend) a
+    False raises a ValueError; otherwise the caller makes the output NaN with :func:`_nan_unless`.
+    """
+    binary = ((perm == 0) | (perm == 1)).all()
+    valid = binary & (perm.sum(0) == 1).all() & (perm.sum(1) == 1).all()
+    if synchronise and not bool(valid):
+        raise ValueError(f"{op}: perm must be a permutation matrix (entries 0 or 1, exactly one 1 in each "
+                         f"row and each column), got {perm.tolist() if perm.numel() <= 64 else 'another matrix'}")
+    return valid
 
 
 def _lu(lower, upper, log_s, sign_s, perm, reverse: bool) -> torch.Tensor:
@@ -100,11 +121,13 @@ def _check_square(op: str, name: str, t, x: torch.Tensor) -> None:
     check_parameter(op, name, t, x, (channels, channels))
 
 
-def _check_lu(op: str, x, lower, upper, log_s, sign_s, perm) -> None:
+def _check_lu(op: str, x, lower, upper, log_s, sign_s, perm, is_reference: bool) -> torch.Tensor:
+    """Checks the LU parameters; returns the 0-d bool of :func:`_check_permutation`."""
     for name, t in (("lower", lower), ("upper", upper), ("perm", perm)):
         _check_square(op, name, t, x)
     for name, t in (("log_s", log_s), ("sign_s", sign_s)):
         check_parameter(op, name, t, x, (x.shape[1],))
+    return _check_permutation(op, perm.detach(), synchronise=is_reference or x.device.type == "cpu")
 
 
 def _check_actnorm(op: str, x, bias, log_scale) -> None:
@@ -137,6 +160,7 @@ def invertible_conv1x1(x: torch.Tensor, weight: torch.Tensor, *, reverse: bool =
     """
     op = "invertible_conv1x1"
     check_x(op, x)
+    check_bool(op, "reverse", reverse)
     _check_square(op, "weight", weight, x)
     if _is_reference(op, backend, x):
         if reverse and x.device.type == "cpu":
@@ -158,10 +182,12 @@ def invertible_conv1x1_lu(x: torch.Tensor, lower: torch.Tensor, upper: torch.Ten
     """
     op = "invertible_conv1x1_lu"
     check_x(op, x)
-    _check_lu(op, x, lower, upper, log_s, sign_s, perm)
-    if _is_reference(op, backend, x):
+    check_bool(op, "reverse", reverse)
+    is_reference = _is_reference(op, backend, x)
+    valid = _check_lu(op, x, lower, upper, log_s, sign_s, perm, is_reference)
+    if is_reference:
         return reference.invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse)
-    matrix = _lu(lower, upper, log_s, sign_s, perm, reverse)
+    matrix = _nan_unless(valid, _lu(lower, upper, log_s, sign_s, perm, reverse))
     return _run(op, x, matrix, None, log_s.double().sum(), reverse, backend)
 
 
@@ -174,6 +200,7 @@ def actnorm_conv1x1(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor
     """
     op = "actnorm_conv1x1"
     check_x(op, x)
+    check_bool(op, "reverse", reverse)
     _check_actnorm(op, x, bias, log_scale)
     _check_square(op, "weight", weight, x)
     if _is_reference(op, backend, x):
@@ -192,11 +219,13 @@ def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Ten
     (see :func:`actnorm_conv1x1` and :func:`invertible_conv1x1_lu`)."""
     op = "actnorm_conv1x1_lu"
     check_x(op, x)
+    check_bool(op, "reverse", reverse)
     _check_actnorm(op, x, bias, log_scale)
-    _check_lu(op, x, lower, upper, log_s, sign_s, perm)
-    if _is_reference(op, backend, x):
+    is_reference = _is_reference(op, backend, x)
+    valid = _check_lu(op, x, lower, upper, log_s, sign_s, perm, is_reference)
+    if is_reference:
         return reference.actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse)
-    matrix = _lu(lower, upper, log_s, sign_s, perm, reverse)
+    matrix = _nan_unless(valid, _lu(lower, upper, log_s, sign_s, perm, reverse))
     matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse)
     return _run(op, x, matrix, shift, log_scale.double().sum() + log_s.double().sum(), reverse, backend)
 

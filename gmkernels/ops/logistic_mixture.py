@@ -3,11 +3,13 @@ autograd and fakes of the ops."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
+from .._validation import check_bool, check_finite_number, check_generator, check_int
 from ..reference import logistic_mixture as reference
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -36,11 +38,14 @@ def _check_params(function: str, params, num_channels: int) -> int:
     return params.shape[1] // per_component
 
 
+def check_num_channels(function: str, num_channels) -> None:
+    if isinstance(num_channels, bool) or num_channels not in NUM_CHANNELS:
+        raise ValueError(f"{function}: num_channels must be 1 or 3, got {num_channels!r}")
+
+
 def check_options(function: str, num_bins, log_scale_min, reduction: str = "none") -> None:
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
-        raise ValueError(f"{function}: num_bins must be an int >= 2, got {num_bins!r}")
-    if not isinstance(log_scale_min, (int, float)) or not math.isfinite(log_scale_min):
-        raise ValueError(f"{function}: log_scale_min must be a finite number, got {log_scale_min!r}")
+    check_int(function, "num_bins", num_bins, 2)
+    check_finite_number(function, "log_scale_min", log_scale_min)
     if reduction not in REDUCTIONS:
         raise ValueError(f"{function}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
@@ -76,6 +81,7 @@ def discretized_logistic_mixture_nll(params: torch.Tensor, x: torch.Tensor, *, n
     ``check_inputs=False`` skips that check (training loops, benchmarks, torch.compile).
     """
     _check_nll_args(params, x, num_bins, log_scale_min, reduction)
+    check_bool("discretized_logistic_mixture_nll", "check_inputs", check_inputs)
     if check_inputs and not bool(((x >= -1) & (x <= 1)).all()):
         raise ValueError("discretized_logistic_mixture_nll: x must lie in [-1, 1] (data scaled from "
                          f"{num_bins} levels), got values in [{x.min().item()}, {x.max().item()}]")
@@ -104,10 +110,10 @@ def discretized_logistic_mixture_sample(params: torch.Tensor, *, num_channels: i
     float32 (float64 for float64 params).
     """
     function = "discretized_logistic_mixture_sample"
-    if num_channels not in NUM_CHANNELS:
-        raise ValueError(f"{function}: num_channels must be 1 or 3, got {num_channels!r}")
+    check_num_channels(function, num_channels)
     k = _check_params(function, params, num_channels)
     check_options(function, num_bins, log_scale_min)
+    check_generator(function, generator, params.device)
     name = SAMPLE.select(backend, params.device, params.dtype)
     n, spatial = params.shape[0], params.shape[2:]
     s = math.prod(spatial)
@@ -120,8 +126,20 @@ def discretized_logistic_mixture_sample(params: torch.Tensor, *, num_channels: i
         n, num_channels, *spatial)
 
 
-def bits_per_dim(nll_nats, num_subpixels):
-    """A negative log-likelihood in nats as bits per sub-pixel: nll / (ln 2 · num_subpixels)."""
+def bits_per_dim(nll_nats, num_subpixels: int):
+    """A negative log-likelihood in nats as bits per sub-pixel: nll / (ln 2 · num_subpixels).
+
+    ``nll_nats``: a floating-point tensor or a real number (the nats of ``num_subpixels`` sub-pixels);
+    ``num_subpixels``: an int >= 1.
+    """
+    function = "bits_per_dim"
+    check_int(function, "num_subpixels", num_subpixels, 1)
+    if isinstance(nll_nats, torch.Tensor):
+        if not nll_nats.is_floating_point():
+            raise TypeError(f"{function}: nll_nats must be a floating-point tensor, got {nll_nats.dtype}")
+    elif isinstance(nll_nats, bool) or not isinstance(nll_nats, numbers.Real):
+        raise TypeError(f"{function}: nll_nats must be a floating-point tensor or a real number, "
+                        f"got {type(nll_nats).__name__}")
     return nll_nats / (math.log(2) * num_subpixels)
 
 

@@ -7,6 +7,8 @@ actnorm followed by it, as the reference implementations write them (plain PyTor
         log|det J| = |S| · Σ log_s
 The reverse uses W's inverse (computed in float64) and returns the negated log-determinant.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +37,10 @@ def invertible_conv1x1(x, weight, reverse=False):
 
 
 def lu_weight(lower, upper, log_s, sign_s, perm):
-    """W = P (L ⊙ strict_lower + I)(U ⊙ strict_upper + diag(sign_s · exp(log_s)))."""
+    """W = P (L ⊙ strict_lower + I)(U ⊙ strict_upper + diag(sign_s · exp(log_s))), in the parameters'
+    promoted dtype (they may differ, e.g. a float64 ``perm`` buffer next to float32 parameters)."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in (lower, upper, log_s, sign_s, perm)))
+    lower, upper, log_s, sign_s, perm = (t.to(dtype) for t in (lower, upper, log_s, sign_s, perm))
     eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
     lower = torch.tril(lower, -1) + eye
     upper = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
