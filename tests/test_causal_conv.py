@@ -34,7 +34,7 @@ def grads_of(function, inputs, grad_outputs):
 # --- causal_conv1d ----------------------------------------------------------------------------------
 
 def conv_inputs(n, cin, cout, k, t, dtype, device="cpu"):
-    scale = 1 / math.sqrt(cin * k)
+    scale = 1 / math.sqrt(max(cin, 1) * k)
     return (torch.randn(n, cin, t, dtype=dtype, device=device),
             (torch.randn(cout, cin, k, dtype=dtype, device=device) * scale).to(dtype),
             torch.randn(cout, dtype=dtype, device=device))
@@ -98,15 +98,44 @@ def test_reference_is_padded_conv1d():
     torch.testing.assert_close(gmk.reference.causal_conv.causal_conv1d(x, weight, bias, d), expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_causal_conv_empty(backend):
-    """T = 0 (F.conv1d, and so the reference, rejects it): an empty output and zero weight gradients."""
-    x, weight, bias = conv_inputs(2, 3, 4, 2, 0, torch.float32)
+# (N, Cin, Cout, T): no samples, no time steps, no input channels, no output channels. Every output is the
+# bias alone (F.conv1d rejects or, with Cin = 0, mis-shapes the last three: the reference handles them).
+EMPTY_CONV_SIZES = [(0, 3, 4, 5), (2, 3, 4, 0), (2, 0, 4, 5), (2, 3, 0, 5)]
+
+
+@pytest.mark.parametrize(("n", "cin", "cout", "t"), EMPTY_CONV_SIZES)
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_item11_causal_conv_empty_sizes(backend, n, cin, cout, t):
+    """Every backend, the reference too: y the bias alone, zero gradients of x and W, grad_y summed for b."""
+    x, weight, bias = conv_inputs(n, cin, cout, 2, t, torch.float32)
+    grad_y = torch.randn(n, cout, t)
     (y,), grads = grads_of(lambda *a: gmk.causal_conv1d(*a, dilation=3, backend=backend), (x, weight, bias),
-                           torch.empty(2, 4, 0))
-    assert y.shape == (2, 4, 0)
-    assert grads[0].shape == x.shape
-    assert torch.equal(grads[1], torch.zeros_like(weight)) and torch.equal(grads[2], torch.zeros_like(bias))
+                           grad_y)
+    assert torch.equal(y, bias.view(-1, 1).expand(n, cout, t))
+    assert torch.equal(grads[0], torch.zeros_like(x)) and torch.equal(grads[1], torch.zeros_like(weight))
+    torch.testing.assert_close(grads[2], grad_y.sum((0, 2)))
+
+
+# (N, R, T): no samples, no residual channels, no time steps.
+@pytest.mark.parametrize(("n", "r", "t"), [(0, 3, 5), (2, 0, 5), (2, 3, 0)])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_item11_wavenet_layer_empty_sizes(backend, n, r, t):
+    """Every backend, the reference too, gives the reference's outputs and gradients; with no residual
+    channel, skip is skip_bias alone."""
+    inputs = layer_inputs(n, r, 4, 2, t, torch.float32, "local")
+    grad_out = (torch.randn(n, r, t), torch.randn(n, 4, t))
+
+    def run(name):
+        return grads_of(lambda *a: gmk.wavenet_layer(*a, dilation=2, residual_scale=0.5, backend=name), inputs,
+                        grad_out)
+
+    (x_next, skip), grads = run(backend)
+    (x_next_ref, skip_ref), grads_ref = run("reference")
+    assert x_next.shape == (n, r, t)
+    torch.testing.assert_close(x_next, x_next_ref)
+    torch.testing.assert_close(skip, inputs[6].view(-1, 1).expand(n, 4, t) if r == 0 else skip_ref)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref)
 
 
 # --- wavenet_layer ----------------------------------------------------------------------------------
@@ -117,9 +146,9 @@ def layer_inputs(n, r, s, k, t, dtype, cond_kind, biases=True, device="cpu"):
 
     conv_bias, res_bias, skip_bias = (randn(c) if biases else None for c in (2 * r, r, s))
     cond = {"none": None, "local": randn(n, 2 * r, t), "global": randn(n, 2 * r, 1)}[cond_kind]
-    return (randn(n, r, t), randn(2 * r, r, k, scale=1 / math.sqrt(r * k)), conv_bias,
-            randn(r, r, scale=1 / math.sqrt(r)), res_bias, randn(s, r, scale=1 / math.sqrt(r)), skip_bias,
-            cond)
+    scale = 1 / math.sqrt(max(r, 1))
+    return (randn(n, r, t), randn(2 * r, r, k, scale=scale / math.sqrt(k)), conv_bias, randn(r, r, scale=scale),
+            res_bias, randn(s, r, scale=scale), skip_bias, cond)
 
 
 def check_layer(backend, inputs, dilation, residual_scale, layout=None):

@@ -68,10 +68,15 @@ at::Tensor conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::op
   const at::ScalarType type = compute_type(x);
   const int64_t n = x.size(0), t = x.size(2), out_channels = weight.size(0), k = weight.size(2);
   const at::Tensor xc = x.to(type).contiguous(), w = taps_first(weight, type);
-  at::Tensor y = bias.has_value() ? bias->to(type).view({1, out_channels, 1}).expand({n, out_channels, t}).contiguous()
-                                  : at::zeros({n, out_channels, t}, xc.options());
+  // A new tensor, filled: expand(...).contiguous() of the bias would be the bias itself when N = T = 1.
+  at::Tensor y = at::empty({n, out_channels, t}, xc.options());
+  if (bias.has_value()) {
+    y.copy_(bias->view({1, out_channels, 1}));
+  } else {
+    y.zero_();
+  }
   for (int64_t j = 0; j < k; ++j) {
-    const int64_t shift = tap_shift(j, k, dilation);
+    const int64_t shift = tap_shift(j, k, dilation, t);
     if (shift >= t) continue;  // this tap reads only the zeros before the start
     y.narrow(2, shift, t - shift).baddbmm_(w[j].expand({n, out_channels, x.size(1)}), xc.narrow(2, 0, t - shift));
   }
@@ -90,7 +95,7 @@ Grads conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const a
     const at::Tensor wt = weight.to(type).permute({2, 1, 0}).contiguous();  // (k, Cin, Cout)
     grad_x = at::zeros({n, in_channels, t}, g.options());
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t shift = tap_shift(j, k, dilation);
+      const int64_t shift = tap_shift(j, k, dilation, t);
       if (shift >= t) continue;
       grad_x.narrow(2, 0, t - shift)
           .baddbmm_(wt[j].expand({n, in_channels, out_channels}), g.narrow(2, shift, t - shift));
@@ -101,7 +106,7 @@ Grads conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const a
     const at::Tensor xc = x.to(type).contiguous();
     at::Tensor gw = at::zeros({k, out_channels, in_channels}, g.options());
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t shift = tap_shift(j, k, dilation);
+      const int64_t shift = tap_shift(j, k, dilation, t);
       if (shift >= t) continue;
       const at::Tensor gs = g.narrow(2, shift, t - shift), xs = xc.narrow(2, 0, t - shift);
       for (int64_t b = 0; b < n; ++b) gw[j].addmm_(gs[b], xs[b].t());
@@ -129,6 +134,7 @@ struct Layer {
         sw(skip_weight.to(type).contiguous()), cb(column(conv_bias, 2 * r)),
         cond(cond_in.has_value() ? *cond_in : at::Tensor()) {}
 
+  // Read only: it may be the caller's bias itself.
   at::Tensor column(const std::optional<at::Tensor>& bias, int64_t rows) const {
     return bias.has_value() ? bias->to(type).view({rows, 1}) : at::zeros({rows, 1}, x.options());
   }
@@ -148,9 +154,9 @@ struct Layer {
 
   // h = conv(x) + conv_bias + cond for time steps [t0, t0 + len) of sample b: (2R, len).
   at::Tensor gate_inputs(int64_t b, int64_t t0, int64_t len) const {
-    at::Tensor h = cb.expand({2 * r, len}).contiguous();
+    at::Tensor h = at::empty({2 * r, len}, x.options()).copy_(cb);  // never cb itself (len = 1): h is written
     for (int64_t j = 0; j < k; ++j) {  // columns t0 + i with t0 + i - shift >= 0
-      const int64_t shift = tap_shift(j, k, dilation), first = std::max(t0, shift);
+      const int64_t shift = tap_shift(j, k, dilation, t), first = std::max(t0, shift);
       if (first >= t0 + len) continue;
       h.narrow(1, first - t0, t0 + len - first).addmm_(w[j], x[b].narrow(1, first - shift, t0 + len - first));
     }

@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kThreads) conv_kernel(ConvArgs p) {
   const T* w = static_cast<const T*>(p.weight);
   float acc[4][4] = {};
   for (int64_t j = 0; j < p.kernel_size; ++j) {
-    const int64_t shift = p.sign * tap_shift(j, p.kernel_size, p.dilation);
+    const int64_t shift = p.sign * tap_shift(j, p.kernel_size, p.dilation, p.length);
     for (int64_t i0 = 0; i0 < p.in_channels; i0 += kConvK) {
       for (int e = threadIdx.x; e < kConvK * kConvT; e += kThreads) {
         const int kk = e / kConvT, tt = e % kConvT;
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) weight_grad_kernel(WeightGradArgs p)
   __shared__ float xs[kGradTile][kGradT + 1];
   const int64_t i_tiles = (p.in_channels + kGradTile - 1) / kGradTile;
   const int64_t o0 = (blockIdx.y / i_tiles) * kGradTile, i0 = (blockIdx.y % i_tiles) * kGradTile;
-  const int64_t j = blockIdx.z, shift = tap_shift(j, p.kernel_size, p.dilation);
+  const int64_t j = blockIdx.z, shift = tap_shift(j, p.kernel_size, p.dilation, p.length);
   const int64_t per_split = (p.length + p.splits - 1) / p.splits;
   const int64_t t_begin = blockIdx.x * per_split, t_end = std::min(p.length, t_begin + per_split);
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;  // outputs (o0 + ty + 8r, i0 + tx)
@@ -163,7 +163,7 @@ __device__ __forceinline__ void gate_inputs(const LayerArgs& p, int64_t n, int64
   for (int64_t c0 = 0; c0 < r_ch; c0 += kLayerC) {
     float acc_a[4] = {}, acc_b[4] = {};
     for (int64_t j = 0; j < p.kernel_size; ++j) {
-      const int64_t shift = tap_shift(j, p.kernel_size, p.dilation);
+      const int64_t shift = tap_shift(j, p.kernel_size, p.dilation, p.length);
       for (int64_t i0 = 0; i0 < r_ch; i0 += kLayerK) {
         for (int e = threadIdx.x; e < kLayerK * kLayerT; e += kThreads) {
           const int kk = e / kLayerT, tt = e % kLayerT;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <tuple>
 
 #include "causal_conv/causal_conv.h"
@@ -39,6 +40,10 @@ void check_conv(const char* op, const at::Tensor& x, const at::Tensor& weight, c
   check_like_x(op, x, weight, weight_name, weight.sizes());
   if (bias.has_value()) check_like_x(op, x, *bias, bias_name, {weight.size(0)});
   TORCH_CHECK_VALUE(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  const int64_t steps = weight.size(2) - 1;  // the first tap's reach (k-1)·dilation must fit in 64 bits
+  TORCH_CHECK_VALUE(steps == 0 || dilation <= std::numeric_limits<int64_t>::max() / steps, op, ": dilation=",
+                    dilation, " with kernel size k=", weight.size(2),
+                    " reaches back (k-1)·dilation, more than 64-bit offsets hold (2^63 - 1)");
 }
 
 Strides3 strides_of(const at::Tensor& t) {  // size-1 dimensions get stride 0: never stepped over
@@ -218,6 +223,14 @@ std::tuple<at::Tensor, at::Tensor> wavenet_layer(const at::Tensor& x, const at::
   const at::Tensor sb = contiguous_or_undefined(skip_bias);
   at::Tensor x_next = at::empty(x.sizes(), x.options());
   at::Tensor skip = at::empty({x.size(0), skip_weight.size(0), x.size(2)}, x.options());
+  if (x.size(1) == 0) {  // z has no channel: skip is skip_bias alone (x_next is empty, no kernel runs)
+    if (sb.defined()) {
+      skip.copy_(sb.view({1, -1, 1}));
+    } else {
+      skip.zero_();
+    }
+    return {x_next, skip};
+  }
   LayerArgs args = layer_args(kLayer, x, cw, cb, rw, sw, cond, dilation, residual_scale);
   args.res_bias = data_or_null(rb);
   args.skip_bias = data_or_null(sb);

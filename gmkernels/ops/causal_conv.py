@@ -32,11 +32,17 @@ def _check_shape(op: str, name: str, t: torch.Tensor | None, shape: tuple, expec
         raise ValueError(f"{op}: {name} must be {expected}, got shape {tuple(t.shape)}")
 
 
-def _check_dilation(op: str, dilation) -> None:
+MAX_REACH = 2**63 - 1  # (k-1)·dilation, how far back the first tap reads: a 64-bit offset
+
+
+def _check_dilation(op: str, dilation, kernel_size: int) -> None:
     if isinstance(dilation, bool) or not isinstance(dilation, int):
         raise TypeError(f"{op}: dilation must be an int, got {type(dilation).__name__}")
     if dilation < 1:
         raise ValueError(f"{op}: dilation must be >= 1, got {dilation}")
+    if max(dilation, (kernel_size - 1) * dilation) > MAX_REACH:
+        raise ValueError(f"{op}: dilation={dilation} with kernel size k={kernel_size} reaches back "
+                         f"(k-1)·dilation, more than 64-bit offsets hold (2^63 - 1)")
 
 
 def _check_conv(op: str, x, weight, bias, dilation, weight_name="weight", bias_name="bias") -> None:
@@ -51,7 +57,7 @@ def _check_conv(op: str, x, weight, bias, dilation, weight_name="weight", bias_n
         raise ValueError(f"{op}: {weight_name}'s kernel size (dim 2) must be >= 1, got 0")
     _check_tensor(op, bias_name, bias, x, optional=True)
     _check_shape(op, bias_name, bias, (weight.shape[0],), f"({weight.shape[0]},)")
-    _check_dilation(op, dilation)
+    _check_dilation(op, dilation, weight.shape[2])
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,

@@ -10,17 +10,24 @@ Residual layer (eq. 2 with conditioning, Fig. 4):
 import torch.nn.functional as F
 
 from .gated import gated_activation
+from .masked_conv import bias_alone, sums_nothing
 
 
 def causal_conv1d(x, weight, bias=None, dilation=1):
-    pad = (weight.shape[-1] - 1) * dilation
-    return F.conv1d(F.pad(x, (pad, 0)), weight, bias, dilation=dilation)
+    if sums_nothing(x, weight):
+        return bias_alone(x, weight, bias)
+    # Taps that reach back T or more read only zeros: leaving them out keeps the padding below T
+    # (whatever the dilation: F.pad would allocate (k-1)·d zeros).
+    k, t = weight.shape[-1], x.shape[-1]
+    taps = min(k, (t - 1) // dilation + 1)
+    pad = (taps - 1) * dilation
+    return F.conv1d(F.pad(x, (pad, 0)), weight[..., k - taps:], bias, dilation=dilation)
 
 
 def wavenet_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond=None,
                   dilation=1, residual_scale=1.0):
     h = causal_conv1d(x, conv_weight, conv_bias, dilation)
     z = gated_activation(h, cond, "tanh")
-    x_next = (x + F.conv1d(z, res_weight[:, :, None], res_bias)) * residual_scale
-    skip = F.conv1d(z, skip_weight[:, :, None], skip_bias)
+    x_next = (x + causal_conv1d(z, res_weight[:, :, None], res_bias)) * residual_scale
+    skip = causal_conv1d(z, skip_weight[:, :, None], skip_bias)
     return x_next, skip

@@ -26,13 +26,31 @@ def conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups=1)
     return mask
 
 
+def sums_nothing(x, weight):
+    """Whether every output of the convolution of x (N, Cin, *spatial) with weight (Cout, Cin, *kernel) is
+    a sum of no products (or there is no output): no input channel, no output channel or no position.
+    F.conv1d/2d reject these sizes or, with Cin = 0, return Cin channels."""
+    return 0 in x.shape[1:] or weight.shape[0] == 0
+
+
+def bias_alone(x, weight, bias):
+    """The output (N, Cout, *spatial) of such a convolution: the bias (zero without one), still a function of
+    x and weight (an einsum over their empty dimensions: zero gradients)."""
+    y = torch.einsum("oi,ni...->no...", weight.flatten(2).sum(2), x)
+    return y if bias is None else y + bias.view(-1, *(1,) * (x.dim() - 2))
+
+
 def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1):
     k = weight.shape[-1]
+    if sums_nothing(x, weight):
+        return bias_alone(x, weight, bias)
     mask = conv_mask(k, mask_type, weight.shape[1], weight.shape[0], color_groups).to(weight)
     return F.conv2d(x, weight * mask, bias, padding=k // 2)
 
 
 def shifted_conv2d(x, weight, bias=None, shift="down"):
+    if sums_nothing(x, weight):
+        return bias_alone(x, weight, bias)
     kh, kw = weight.shape[-2:]
     left, right = ((kw - 1) // 2, (kw - 1) // 2) if shift == "down" else (kw - 1, 0)
     return F.conv2d(F.pad(x, (left, right, kh - 1, 0)), weight, bias)

@@ -40,6 +40,13 @@ BLOCK_T = 64
 # --- kernels -------------------------------------------------------------------------------------
 
 @triton.jit
+def _tap_shift(j, K, dilation, T):
+    """(K-1-j)·dilation in 64 bits (the ops check that (K-1)·dilation fits), capped at T: the tap then
+    reads only the zeros before the start, and t ± shift stays within [-T, 2T) (gmk/causal_conv.h)."""
+    return tl.minimum(tl.cast(K - 1 - j, tl.int64) * dilation, T)
+
+
+@triton.jit
 def _conv_tile(in_base, w_ptr, half, C_in, T, K, dilation, sign, offs_o, o_ok, offs_t, s_in_c, s_in_t,
                s_w_o, s_w_i, s_w_j, TWO: tl.constexpr, BO: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
@@ -48,7 +55,7 @@ def _conv_tile(in_base, w_ptr, half, C_in, T, K, dilation, sign, offs_o, o_ok, o
     acc = tl.zeros((BO, BT), dtype=tl.float32)
     acc_b = tl.zeros((BO, BT), dtype=tl.float32)
     for j in range(K):
-        ts = offs_t + sign * (K - 1 - j) * dilation
+        ts = offs_t + sign * _tap_shift(j, K, dilation, T)
         t_ok = (ts >= 0) & (ts < T)
         for i0 in range(0, C_in, BK):
             ik = i0 + offs_k
@@ -65,12 +72,18 @@ def _conv_tile(in_base, w_ptr, half, C_in, T, K, dilation, sign, offs_o, o_ok, o
 
 
 @triton.jit
-def _gate_inputs(acc_a, acc_b, bias_ptr, cond_ptr, n, half, offs_o, o_ok, offs_t, mask,
+def _bias(bias_ptr, s_bias, offs, ok):
+    """bias[offs] through its stride (a strided or expanded view), as a float32 column."""
+    return tl.load(bias_ptr + offs * s_bias, mask=ok, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, half, offs_o, o_ok, offs_t, mask,
                  s_cond_n, s_cond_c, s_cond_t, HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr):
     """a, b = the halves of conv + bias + cond for rows offs_o (a) and offs_o + half (b)."""
     if HAS_BIAS:
-        acc_a += tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0).to(tl.float32)[:, None]
-        acc_b += tl.load(bias_ptr + half + offs_o, mask=o_ok, other=0.0).to(tl.float32)[:, None]
+        acc_a += _bias(bias_ptr, s_bias, offs_o, o_ok)
+        acc_b += _bias(bias_ptr, s_bias, half + offs_o, o_ok)
     if HAS_COND:
         c_offs = n * s_cond_n + offs_o[:, None] * s_cond_c + offs_t[None, :] * s_cond_t
         acc_a += tl.load(cond_ptr + c_offs, mask=mask, other=0.0).to(tl.float32)
@@ -90,7 +103,7 @@ def _sigmoid_pair(v):
 @triton.jit
 def _conv_kernel(in_ptr, w_ptr, bias_ptr, cond_ptr, res_ptr, out_ptr,
                  C_in, C_out, T, K, dilation, sign, half, acc_scale, res_scale,
-                 s_in_n, s_in_c, s_in_t, s_w_o, s_w_i, s_w_j,
+                 s_in_n, s_in_c, s_in_t, s_w_o, s_w_i, s_w_j, s_bias,
                  s_cond_n, s_cond_c, s_cond_t, s_res_n, s_res_c, s_res_t,
                  EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr,
                  BO: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -106,12 +119,12 @@ def _conv_kernel(in_ptr, w_ptr, bias_ptr, cond_ptr, res_ptr, out_ptr,
                             offs_t, s_in_c, s_in_t, s_w_o, s_w_i, s_w_j, EPILOGUE == 1, BO, BT, BK,
                             PRECISION, INTERPRETED)
     if EPILOGUE == 1:  # z = tanh(a) σ(b), a and b the halves of conv + bias + cond
-        a, b = _gate_inputs(acc, acc_b, bias_ptr, cond_ptr, n, half, offs_o, o_ok, offs_t, mask,
+        a, b = _gate_inputs(acc, acc_b, bias_ptr, s_bias, cond_ptr, n, half, offs_o, o_ok, offs_t, mask,
                             s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
         acc = _tanh(a, INTERPRETED) * tl.sigmoid(b)
     else:
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_o, mask=o_ok, other=0.0).to(tl.float32)[:, None]
+            acc += _bias(bias_ptr, s_bias, offs_o, o_ok)
     if EPILOGUE == 2:  # a residual connection: acc_scale · (acc + bias) + res_scale · res
         r_offs = n * s_res_n + offs_o[:, None] * s_res_c + offs_t[None, :] * s_res_t
         acc = acc * acc_scale + tl.load(res_ptr + r_offs, mask=mask, other=0.0).to(tl.float32) * res_scale
@@ -122,7 +135,7 @@ def _conv_kernel(in_ptr, w_ptr, bias_ptr, cond_ptr, res_ptr, out_ptr,
 @triton.jit
 def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr, w_res_ptr, w_skip_ptr,
                          grad_h_ptr, z_ptr, R, S, T, K, dilation, scale,
-                         s_x_n, s_x_c, s_x_t, s_w_o, s_w_i, s_w_j, s_cond_n, s_cond_c, s_cond_t,
+                         s_x_n, s_x_c, s_x_t, s_w_o, s_w_i, s_w_j, s_bias, s_cond_n, s_cond_c, s_cond_t,
                          s_wr_o, s_wr_i, s_ws_o, s_ws_i,
                          HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr,
                          BO: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -138,7 +151,7 @@ def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr
     mask = c_ok[:, None] & t_ok[None, :]
     acc_a, acc_b = _conv_tile(x_ptr + n * s_x_n, w_ptr, R, R, T, K, dilation, -1, offs_c, c_ok, offs_t,
                               s_x_c, s_x_t, s_w_o, s_w_i, s_w_j, True, BO, BT, BK, PRECISION, INTERPRETED)
-    a, b = _gate_inputs(acc_a, acc_b, bias_ptr, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
+    a, b = _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
                         s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
     grad_z = tl.zeros((BO, BT), dtype=tl.float32)
     for o0 in range(0, R, BK):  # W_resᵀ g_res: A[c, o] = W_res[o, c]
@@ -166,7 +179,7 @@ def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr
 
 
 @triton.jit
-def _one_by_one_out(z, w_ptr, b_ptr, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w_i, s_res_c, s_res_t, scale,
+def _one_by_one_out(z, w_ptr, b_ptr, s_b, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w_i, s_res_c, s_res_t, scale,
                     offs_c, offs_t, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BO: tl.constexpr,
                     BT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     """out[n, o, t] = W z (+ bias), or (res + W z + bias) · scale, for every o < rows, BO rows a step."""
@@ -178,7 +191,7 @@ def _one_by_one_out(z, w_ptr, b_ptr, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w
                     mask=o_ok[:, None] & (offs_c < R)[None, :], other=0.0)
         acc = _mma(w, z, tl.zeros((BO, BT), dtype=tl.float32), PRECISION, INTERPRETED)
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_o, mask=o_ok, other=0.0).to(tl.float32)[:, None]
+            acc += _bias(b_ptr, s_b, offs_o, o_ok)
         mask = o_ok[:, None] & t_ok[None, :]
         if RESIDUAL:
             x = tl.load(res_ptr + offs_o[:, None] * s_res_c + offs_t[None, :] * s_res_t, mask=mask, other=0.0)
@@ -191,7 +204,7 @@ def _one_by_one_out(z, w_ptr, b_ptr, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w
 def _layer_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, w_res_ptr, b_res_ptr, w_skip_ptr, b_skip_ptr, x_next_ptr,
                   skip_ptr, R, S, T, K, dilation, scale,
                   s_x_n, s_x_c, s_x_t, s_w_o, s_w_i, s_w_j, s_cond_n, s_cond_c, s_cond_t,
-                  s_wr_o, s_wr_i, s_ws_o, s_ws_i,
+                  s_wr_o, s_wr_i, s_ws_o, s_ws_i, s_bias, s_res_bias, s_skip_bias,
                   HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr, HAS_RES_BIAS: tl.constexpr,
                   HAS_SKIP_BIAS: tl.constexpr, R_PAD: tl.constexpr, BO: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
@@ -205,12 +218,12 @@ def _layer_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, w_res_ptr, b_res_ptr, w_skip
     x_base = x_ptr + n * s_x_n
     acc_a, acc_b = _conv_tile(x_base, w_ptr, R, R, T, K, dilation, -1, offs_c, c_ok, offs_t, s_x_c, s_x_t,
                               s_w_o, s_w_i, s_w_j, True, R_PAD, BT, BK, PRECISION, INTERPRETED)
-    a, b = _gate_inputs(acc_a, acc_b, bias_ptr, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
+    a, b = _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
                         s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
     z = (_tanh(a, INTERPRETED) * tl.sigmoid(b)).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
-    _one_by_one_out(z, w_res_ptr, b_res_ptr, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c, s_x_t, scale,
+    _one_by_one_out(z, w_res_ptr, b_res_ptr, s_res_bias, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c, s_x_t, scale,
                     offs_c, offs_t, HAS_RES_BIAS, True, BO, BT, PRECISION, INTERPRETED)
-    _one_by_one_out(z, w_skip_ptr, b_skip_ptr, x_base, skip_ptr, n, S, R, T, s_ws_o, s_ws_i, s_x_c, s_x_t, 1.0,
+    _one_by_one_out(z, w_skip_ptr, b_skip_ptr, s_skip_bias, x_base, skip_ptr, n, S, R, T, s_ws_o, s_ws_i, s_x_c, s_x_t, 1.0,
                     offs_c, offs_t, HAS_SKIP_BIAS, False, BO, BT, PRECISION, INTERPRETED)
 
 
@@ -224,7 +237,7 @@ def _weight_grad_kernel(g_ptr, x_ptr, partial_ptr, N, C_out, C_in, T, K, dilatio
     offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
     j = tl.program_id(2) % K
     split = tl.program_id(2) // K
-    shift = (K - 1 - j) * dilation
+    shift = _tap_shift(j, K, dilation, T)
     o_ok, i_ok = offs_o < C_out, offs_i < C_in
     t_begin = split * t_per_split
     t_end = tl.minimum(t_begin + t_per_split, T)
@@ -253,6 +266,11 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
     if t is None:
         return (0, 0, 0)
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
+def _stride(bias: torch.Tensor | None) -> int:
+    """The stride of a 1-D bias (a strided or expanded view is read in place)."""
+    return 0 if bias is None else bias.stride(0)
 
 
 def _one_by_one(weight: torch.Tensor) -> tuple[int, int, int]:
@@ -320,7 +338,7 @@ def _conv(inp, weight, w_strides, bias, out, kernel_size, dilation, sign, *, epi
             inp, weight, inp if bias is None else bias, inp if cond is None else cond,
             inp if res is None else res, out, c_in, c_out, t, kernel_size, dilation, sign, half, acc_scale,
             res_scale,
-            *_strides(inp), *w_strides, *_strides(cond), *_strides(res),
+            *_strides(inp), *w_strides, _stride(bias), *_strides(cond), *_strides(res),
             EPILOGUE=epilogue, HAS_BIAS=bias is not None, HAS_COND=cond is not None,
             PRECISION=_precision(inp.dtype), INTERPRETED=triton_interpreted())
 
@@ -330,6 +348,8 @@ def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
     contiguous)."""
     n, c_in, t = x.shape
     c_out, _, k = weight.shape
+    if weight.numel() == 0:
+        return torch.zeros_like(weight)
     bo = bi = 16 if triton_interpreted() else 64 if min(c_out, c_in) > 32 else 32
     programs = triton.cdiv(c_out, bo) * triton.cdiv(c_in, bi) * k
     blocks = triton.cdiv(max(t, 1), BLOCK_T)
@@ -361,6 +381,9 @@ def check_conv_args(op, x, weight, bias, dilation, weight_name="weight", bias_na
         check_like_x(op, bias_name, x, bias, (weight.shape[0],))
     if dilation < 1:
         fail(op, ValueError, f"dilation must be >= 1, got {dilation}")
+    if (weight.shape[2] - 1) * dilation > 2**63 - 1:
+        fail(op, ValueError, f"dilation={dilation} with kernel size k={weight.shape[2]} reaches back "
+                              f"(k-1)·dilation, more than 64-bit offsets hold (2^63 - 1)")
 
 
 def check_layer_args(op, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond,
@@ -423,6 +446,9 @@ def wavenet_layer(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
     check_layer_args("wavenet_layer", x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias,
                      cond, dilation)
     n, r, t = x.shape
+    if r == 0:  # z has no channel: skip is skip_bias alone
+        skip = x.new_zeros(n, skip_weight.shape[0], t)
+        return x.new_empty(n, 0, t), skip if skip_bias is None else skip.add_(skip_bias[:, None])
     if r <= MAX_FUSED_RESIDUAL:
         return _fused_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation,
                             residual_scale)
@@ -449,6 +475,7 @@ def _fused_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, s
             res_weight, x if res_bias is None else res_bias, skip_weight, x if skip_bias is None else skip_bias,
             x_next, skip, r, s, t, conv_weight.shape[2], dilation, residual_scale,
             *_strides(x), *conv_weight.stride(), *_strides(cond), *res_weight.stride(), *skip_weight.stride(),
+            _stride(conv_bias), _stride(res_bias), _stride(skip_bias),
             HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, HAS_RES_BIAS=res_bias is not None,
             HAS_SKIP_BIAS=skip_bias is not None, R_PAD=max(16, triton.next_power_of_2(r)),
             PRECISION=_precision(x.dtype), INTERPRETED=triton_interpreted())
@@ -481,7 +508,7 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
             _grad_h_tuned[lambda meta: _tiles(meta, t, r, n)](
                 x, conv_weight, x if conv_bias is None else conv_bias, x if cond is None else cond,
                 g_res, g_skip, res_weight, skip_weight, grad_h, z, r, s, t, k, dilation, residual_scale,
-                *_strides(x), *conv_weight.stride(), *_strides(cond), *res_weight.stride(),
+                *_strides(x), *conv_weight.stride(), _stride(conv_bias), *_strides(cond), *res_weight.stride(),
                 *skip_weight.stride(),
                 HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, PRECISION=_precision(x.dtype),
                 INTERPRETED=triton_interpreted())

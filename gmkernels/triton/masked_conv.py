@@ -70,13 +70,14 @@ def _tile(M, C_out, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
 
 @triton.jit
 def _conv_kernel(a_ptr, w_ptr, bias_ptr, cond_ptr, out_ptr, M, H, W, C_red, C_out, w_cols,
-                 sa_n, sa_c, sa_h, sa_w, sc_n, sc_c, sc_h, sc_w, so_n, so_c, so_h, so_w,
+                 sa_n, sa_c, sa_h, sa_w, s_bias, sc_n, sc_c, sc_h, sc_w, so_n, so_c, so_h, so_w,
                  pad_top, pad_left, taps, group_in, group_out,
                  KW: tl.constexpr, TRANSPOSED: tl.constexpr, CENTRE: tl.constexpr, MASK_B: tl.constexpr,
                  HAS_BIAS: tl.constexpr, GATE: tl.constexpr, HAS_COND: tl.constexpr,
                  PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    """out[p, j] = Σ_t Σ_k a[p ± tap t, k] w[t, k, j] (+ bias[j]); w is (taps, C_red, w_cols).
+    """out[p, j] = Σ_t Σ_k a[p ± tap t, k] w[t, k, j] (+ bias[j], read through its stride s_bias); w is
+    (taps, C_red, w_cols).
 
     Forward: a = x, k = input channel, j = output channel, a read at p + tap. TRANSPOSED (grad_x):
     a = grad_y, k = output channel, j = input channel, a read at p - tap. The main loop takes the
@@ -144,9 +145,9 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, cond_ptr, out_ptr, M, H, W, C_red, C_ou
                             mask=k_ok[:, None] & j_ok[None, :] & live, other=0.0)
                 acc_b = _mma(a, b, acc_b, PRECISION, INTERPRETED)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + j * s_bias, mask=j_ok, other=0.0).to(tl.float32)[None, :]
         if GATE != 0:
-            acc_b += tl.load(bias_ptr + C_out + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+            acc_b += tl.load(bias_ptr + (C_out + j) * s_bias, mask=j_ok, other=0.0).to(tl.float32)[None, :]
     if GATE != 0:
         if HAS_COND:
             cond_at = (n.to(tl.int64) * sc_n + h.to(tl.int64) * sc_h + w.to(tl.int64) * sc_w)[:, None] \
@@ -433,7 +434,8 @@ def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out:
         (_gated_tuned if gate else _conv_tuned)[grid](
             a, packed, a if bias is None else bias, a if cond is None else cond, out,
             g.pixels, g.height, g.width, c_red, c_out, packed.shape[2],
-            *a.stride(), *((0,) * 4 if cond is None else cond.stride()), *out.stride(),
+            *a.stride(), 0 if bias is None else bias.stride(0), *((0,) * 4 if cond is None else cond.stride()),
+            *out.stride(),
             g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out,
             KW=g.kernel_w, TRANSPOSED=transposed, CENTRE=g.centre, MASK_B=int(g.mask_b),
             HAS_BIAS=bias is not None, GATE=gate, HAS_COND=cond is not None,

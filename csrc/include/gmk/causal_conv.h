@@ -11,9 +11,13 @@
 
 namespace gmk::causal_conv {
 
-// How far back tap j of a k-tap kernel with dilation d reads: tap k-1 reads the present sample.
-GMK_HOST_DEVICE int64_t tap_shift(int64_t tap, int64_t kernel_size, int64_t dilation) {
-  return (kernel_size - 1 - tap) * dilation;
+// How far back tap j of a k-tap kernel with dilation d reads in a sequence of T steps: (k-1-j)·d, or T
+// when that is more (the tap then reads only the zeros before the start, whatever its reach), so that
+// the offsets t ± shift of the kernels stay within [-T, 2T) for every dilation the ops accept ((k-1)·d
+// below 2^63). Tap k-1 reads the present sample.
+GMK_HOST_DEVICE int64_t tap_shift(int64_t tap, int64_t kernel_size, int64_t dilation, int64_t length) {
+  const int64_t steps = kernel_size - 1 - tap;
+  return steps > 0 && dilation > length / steps ? length : steps * dilation;
 }
 
 // One convolution GEMM, for the CUDA kernels:
