@@ -1,6 +1,8 @@
 """gmk.causal_conv1d and gmk.wavenet_layer: every backend against the float64 reference, forward and
 every gradient; causality; opcheck; gradcheck; bad inputs."""
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -496,6 +498,150 @@ LOW_LEVEL_BAD_ARGS = {
 def test_low_level_bad_args_raise_naming_the_argument(namespace, call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(namespace)
+
+
+# --- issue 18: inputs never written, biases of any strides, dilations past 32 bits --------------------
+
+def clones(tensors):
+    return [None if t is None else t.clone() for t in tensors]
+
+
+def assert_unchanged(tensors, before):
+    for t, saved in zip(tensors, before, strict=True):
+        assert t is None or torch.equal(t, saved), "an input was written"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("n", "t"), [(1, 1), (2, 1), (1, 3)])
+def test_issue18_item1_conv_never_writes_into_its_bias(backend, n, t):
+    """N = T = 1, a generation step: the CPU output was the caller's bias itself, added into on every call."""
+    dtypes = (torch.float32,) if backend == "triton" else supported_dtypes(backend)
+    for dtype in dtypes:
+        inputs = conv_inputs(n, 3, 4, 2, t, dtype)
+        before = clones(inputs)
+        for _ in range(2):
+            check_conv(backend, *inputs, 1)
+            assert_unchanged(inputs, before)
+
+
+@pytest.mark.parametrize(("backend", "t"), [*((b, t) for b in FAST_BACKENDS for t in (1, 513)),
+                                            *((b, 1) for b in BACKENDS if b == "triton")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_issue18_item2_layer_time_blocks_of_one_step(backend, t, dtype):
+    """T = 1, or T = 1 mod the CPU layer's blocks of 512 steps: the block's h was conv_bias itself, written
+    into (float32/64) and shared by every sample's block (wrong in every dtype with N = 2), forward and
+    backward."""
+    if dtype not in supported_dtypes(backend):
+        pytest.skip(f"{backend} has no {dtype}")
+    inputs = layer_inputs(2, 3, 4, 2, t, dtype, "global")
+    before = clones(inputs)
+    for _ in range(2):
+        check_layer(backend, inputs, 2, SQRT_HALF)
+        assert_unchanged(inputs, before)
+
+
+def strided(bias):
+    """bias's values in every other element of a buffer (NaN between): a kernel that ignores the stride
+    reads the wrong values or NaN."""
+    return noncontiguous(bias)
+
+
+def expanded(bias):
+    """One value, expanded (stride 0), as a bias broadcast from a scalar is."""
+    return bias[:1].expand(bias.shape)
+
+
+@pytest.mark.parametrize("layout", [strided, expanded])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_item3_conv_bias_of_any_strides(backend, layout):
+    x, weight, bias = conv_inputs(2, 3, 5, 2, 9, torch.float32)
+    check_conv(backend, x, weight, layout(bias), 2)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("layout", [strided, expanded])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_item3_layer_biases_of_any_strides(monkeypatch, backend, layout, fused):
+    """All three biases, through the one-kernel Triton layer and its three-launch path, and the backward
+    (which reads conv_bias again)."""
+    if not fused:
+        if backend != "triton":
+            pytest.skip("only the Triton layer has two paths")
+        import gmkernels.triton.causal_conv as triton_causal_conv
+        monkeypatch.setattr(triton_causal_conv, "MAX_FUSED_RESIDUAL", 2)
+    inputs = list(layer_inputs(2, 3, 4, 2, 9, torch.float32, "global"))
+    for i in (2, 4, 6):
+        inputs[i] = layout(inputs[i])
+    check_layer(backend, tuple(inputs), 2, SQRT_HALF)
+
+
+# Dilations whose taps' offsets pass 32 bits (the Triton kernels' (k-1-j)·d overflowed int32 at 2^31 - 1 and
+# read future samples) and 64 bits of reach with k = 2. With T small every tap but the last reads zeros.
+HUGE_DILATIONS = [2**31 - 1, 2**31, 2**62, 2**63 - 1]
+
+
+def huge_dilation_cases():
+    return [(backend, k, d) for backend in ("reference", *BACKENDS) for k in (2, 3) for d in HUGE_DILATIONS
+            if (k - 1) * d < 2**63]
+
+
+def last_tap_alone(x, weight, bias):
+    """The causal convolution where every tap but the last reaches back past the start."""
+    return torch.nn.functional.conv1d(x, weight[:, :, -1:], bias)
+
+
+@pytest.mark.parametrize(("backend", "k", "dilation"), huge_dilation_cases())
+def test_issue18_item4_conv_dilations_past_32_bits(backend, k, dilation):
+    x, weight, bias = conv_inputs(2, 3, 5, k, 7, torch.float32)
+    check_conv(backend, x, weight, bias, dilation)
+    y = gmk.causal_conv1d(x.double(), weight.double(), bias.double(), dilation=dilation, backend="reference")
+    torch.testing.assert_close(y, last_tap_alone(x.double(), weight.double(), bias.double()))
+
+
+@pytest.mark.parametrize(("backend", "k", "dilation"), huge_dilation_cases())
+def test_issue18_item4_layer_dilations_past_32_bits(backend, k, dilation):
+    check_layer(backend, layer_inputs(2, 3, 4, k, 7, torch.float32, "local"), dilation, SQRT_HALF)
+
+
+# (k, dilation) whose reach (k-1)·dilation passes 2^63 - 1, and a dilation that is no int64 at all.
+UNINDEXABLE_DILATIONS = [(3, 2**62), (5, 2**62 - 1), (2, 2**63), (1, 2**64)]
+
+
+@pytest.mark.parametrize(("k", "dilation"), UNINDEXABLE_DILATIONS)
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_item7_unindexable_dilation_raises_naming_it(backend, k, dilation):
+    with pytest.raises(ValueError, match="dilation"):
+        _conv(weight=(4, 3, k), dilation=dilation, backend=backend)()
+    with pytest.raises(ValueError, match="dilation"):
+        _layer(conv_weight=(6, 3, k), dilation=dilation, backend=backend)()
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_issue18_item7_low_level_ops_reject_an_unindexable_dilation(namespace):
+    ops = getattr(torch.ops, namespace)
+    w3, cw3 = torch.randn(4, 3, 3), torch.randn(6, 3, 3)
+    calls = [lambda: ops.causal_conv1d(X, w3, None, 2**62),
+             lambda: ops.causal_conv1d_backward(GRAD_Y, X, w3, 2**62, ALL),
+             lambda: ops.wavenet_layer(LX, cw3, None, RW, None, SW, None, None, 2**62, 1.0),
+             lambda: ops.wavenet_layer_backward(LX, torch.randn(2, 5, 8), LX, cw3, None, RW, SW, None, 2**62, 1.0,
+                                                [True] * 8)]
+    for call in calls:
+        with pytest.raises(ValueError, match="dilation"):
+            call()
+
+
+@pytest.mark.skipif(not gmk.has_extension(), reason="the cpu backend needs gmkernels._C")
+def test_issue18_item7_the_issues_call_raises_in_a_fresh_process():
+    """The issue's call segfaulted (exit 139): run alone, it must raise a ValueError naming dilation."""
+    script = ("import torch, gmkernels as gmk\n"
+              "try:\n"
+              "    gmk.causal_conv1d(torch.randn(1, 3, 1), torch.randn(4, 3, 3), dilation=2**62, backend='cpu')\n"
+              "except ValueError as error:\n"
+              "    print('raised:', error)\n")
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"exit code {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "raised:" in result.stdout and "dilation" in result.stdout, result.stdout + result.stderr
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------

@@ -802,12 +802,15 @@ def _causal_strides(t):
 
 # (batch, in_channels, out_channels, length, kernel_size, dilation, storage of x): two time tiles with a
 # tail; two output tiles (Cout > 64) and two K steps (Cin > 16); taps reaching back past the start;
-# a single time step (stride 0).
+# a single time step (stride 0); dilations whose taps' offsets pass 32 bits, and 64 bits once t is added
+# (issue 18: the kernels cap every tap's reach at T, UBSan checks the arithmetic).
 CAUSAL_CONV_CASES = {
     "time-tiles": (2, 5, 7, 70, 3, 2, "contiguous"),
     "channel-tiles": (1, 20, 70, 33, 2, 4, "strided"),
     "dilation-past-start": (2, 3, 4, 10, 4, 8, "misaligned"),
     "one-step": (1, 40, 33, 1, 3, 1, "contiguous"),
+    "dilation-2^31-1": (2, 3, 4, 10, 3, 2**31 - 1, "contiguous"),
+    "dilation-2^63-1": (2, 3, 4, 10, 2, 2**63 - 1, "strided"),
 }
 
 
@@ -855,6 +858,7 @@ LAYER_CASES = {
     "full-cond": (2, 8, 6, 40, 2, 3, "full", True),
     "global-cond-tiles": (1, 40, 30, 33, 3, 1, "global", True),
     "no-cond-no-bias": (1, 3, 1, 5, 2, 1, None, False),
+    "dilation-2^63-1": (2, 3, 2, 9, 2, 2**63 - 1, "full", True),
 }
 
 

@@ -149,18 +149,21 @@ def test_gradient_layouts(backend, layout, grad_layout):
                   grad_layout=grad_layout)
 
 
-# (x's shape, weight's shape): no samples, no rows, no input channels, no output channels. y is the bias
-# alone in each (F.conv2d, the reference, rejects or mis-shapes the last three).
-EMPTY_SHAPES = [((0, 3, 5, 5), (6, 3, 3, 3)), ((2, 3, 0, 4), (6, 3, 3, 3)), ((2, 0, 4, 5), (6, 0, 3, 3)),
-                ((2, 3, 4, 5), (0, 3, 3, 3))]
+# (x's shape, weight's shape): no samples, no rows, no columns, no input channels, no output channels. y is
+# the bias alone in each (F.conv2d rejects or, with Cin = 0, mis-shapes the last four: the reference
+# handles them).
+EMPTY_SHAPES = [((0, 3, 5, 5), (6, 3, 3, 3)), ((2, 3, 0, 4), (6, 3, 3, 3)), ((2, 3, 4, 0), (6, 3, 3, 3)),
+                ((2, 0, 4, 5), (6, 0, 3, 3)), ((2, 3, 4, 5), (0, 3, 3, 3))]
 
 
+@pytest.mark.parametrize("op", [gmk.masked_conv2d, gmk.shifted_conv2d], ids=["masked", "shifted"])
 @pytest.mark.parametrize(("x_shape", "weight_shape"), EMPTY_SHAPES)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_empty(backend, x_shape, weight_shape):
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_issue18_items5_11_empty_sizes(backend, x_shape, weight_shape, op):
+    """Every backend, the reference too (it returned Cin channels for Cin = 0 and raised torch's errors)."""
     x, weight, bias = torch.randn(x_shape), torch.randn(weight_shape), torch.randn(weight_shape[0])
     grad_y = torch.randn(x_shape[0], weight_shape[0], *x_shape[2:])
-    y, (grad_x, grad_weight, grad_bias) = run(gmk.masked_conv2d, x, weight, bias, grad_y, backend=backend)
+    y, (grad_x, grad_weight, grad_bias) = run(op, x, weight, bias, grad_y, backend=backend)
     assert torch.equal(y, bias.view(-1, 1, 1).expand(y.shape))
     assert torch.equal(grad_x, torch.zeros_like(x)) and torch.equal(grad_weight, torch.zeros_like(weight))
     torch.testing.assert_close(grad_bias, grad_y.sum((0, 2, 3)))
@@ -283,6 +286,25 @@ def test_shifted_conv_sees_no_later_row_or_column(backend, shift, kh, kw, positi
         assert not seen[:, :, j + 1:].any()
 
 
+def strided(bias):
+    """bias's values in every other element of a buffer (NaN between)."""
+    return noncontiguous(bias)
+
+
+def expanded(bias):
+    """One value, expanded (stride 0)."""
+    return bias[:1].expand(bias.shape)
+
+
+@pytest.mark.parametrize("layout", [strided, expanded])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_item3_bias_of_any_strides(backend, layout):
+    """The Triton kernels loaded bias + j whatever its stride."""
+    x, weight, bias = torch.randn(2, 6, 5, 4), torch.randn(9, 6, 3, 3), torch.randn(9)
+    check_backend(gmk.masked_conv2d, x, weight, layout(bias), backend=backend, mask_type="A", color_groups=3)
+    check_backend(gmk.shifted_conv2d, x, weight[:, :, :2], layout(bias), backend=backend, shift="down")
+
+
 # --- the fused gate -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cond_kind", [None, "global", "local"])
@@ -360,6 +382,18 @@ def test_fused_triton_gate_matches_reference(mask_type, groups, k, cin, cout, h,
     for grad, grad64, terms in zip(grads, grads64, terms[:len(grads)], strict=True):
         assert grad.dtype == dtype
         assert_close(grad, grad64, dtype, "grad", terms=terms)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")
+@pytest.mark.parametrize("layout", [strided, expanded])
+def test_issue18_item3_fused_gate_bias_of_any_strides(layout):
+    """The fused gate reads bias[j] and bias[C + j] through the bias's stride."""
+    x, weight, bias = torch.randn(2, 3, 5, 4), torch.randn(8, 3, 3, 3) / 4, torch.randn(8)
+    cond = torch.randn(2, 8, 1, 1)
+    y = gmk.masked_conv2d(x, weight, layout(bias), gate="tanh", cond=cond, backend="triton")
+    y64 = gmk.masked_conv2d(x.double(), weight.double(), layout(bias.double()), gate="tanh", cond=cond.double(),
+                            backend="reference")
+    assert_close(y, y64, torch.float32)
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")

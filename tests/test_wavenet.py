@@ -132,23 +132,37 @@ def test_forward_is_the_reference_network(head):
     torch.testing.assert_close(model.log_prob(x, cond, global_cond).sum() / x.numel(), -expected)
 
 
-@pytest.mark.parametrize("backend", [name for name in backends_under_test("cpu") if name != "triton"])
-def test_forward_and_gradients_on_every_backend(backend):
+def check_forward_and_gradients(backend, steps):
+    """The loss and every parameter's gradient on ``backend`` (run twice) equal the reference's; the
+    parameters are left unchanged."""
     config = small_config()
     model = WaveNet(config).double()
-    x = torch.randint(0, config.num_classes, (2, 25))
-    cond, global_cond = torch.randn(2, 3, 25, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    x = torch.randint(0, config.num_classes, (2, steps))
+    cond, global_cond = torch.randn(2, 3, steps, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
     results = {}
     parameters = list(model.parameters())
-    for name in ("reference", backend):
+    saved = [p.detach().clone() for p in parameters]
+    for name in (backend, backend, "reference"):
         with gmk.use_backend(name):
             loss = model(x, cond, global_cond)["loss"]
         # The last layer's residual 1x1 feeds nothing (as in nv-wavenet): no gradient, or zero.
         grads = torch.autograd.grad(loss, parameters, allow_unused=True)
         results[name] = (loss, [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads)])
+    assert all(torch.equal(p, s) for p, s in zip(parameters, saved))
     torch.testing.assert_close(results[backend][0], results["reference"][0], rtol=1e-10, atol=1e-12)
     for actual, expected in zip(results[backend][1], results["reference"][1]):
         torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", [name for name in backends_under_test("cpu") if name != "triton"])
+def test_forward_and_gradients_on_every_backend(backend):
+    check_forward_and_gradients(backend, 25)
+
+
+@pytest.mark.parametrize("backend", [name for name in backends_under_test("cpu") if name != "triton"])
+def test_issue18_item2_forward_and_gradients_of_one_step(backend):
+    """T = 1: the CPU layer wrote into its conv_bias (the model's parameters) and read it back corrupted."""
+    check_forward_and_gradients(backend, 1)
 
 
 def test_forward_is_causal():
