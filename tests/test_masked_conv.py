@@ -391,8 +391,8 @@ def test_issue18_item3_fused_gate_bias_of_any_strides(layout):
     x, weight, bias = torch.randn(2, 3, 5, 4), torch.randn(8, 3, 3, 3) / 4, torch.randn(8)
     cond = torch.randn(2, 8, 1, 1)
     y = gmk.masked_conv2d(x, weight, layout(bias), gate="tanh", cond=cond, backend="triton")
-    y64 = gmk.masked_conv2d(x.double(), weight.double(), layout(bias.double()), gate="tanh", cond=cond.double(),
-                            backend="reference")
+    y64 = gmk.masked_conv2d(x.double(), weight.double(), layout(bias.double()), gate="tanh",
+                            cond=cond.double(), backend="reference")
     assert_close(y, y64, torch.float32)
 
 

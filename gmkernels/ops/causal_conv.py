@@ -65,6 +65,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """WaveNet's dilated causal convolution: ``y[t] = b + Σ_j W[:, :, j] · x[t - (k-1-j)·dilation]``.
 
     ``x`` is (N, Cin, T), ``weight`` (Cout, Cin, k) and ``bias`` None or (Cout,); returns (N, Cout, T).
+    ``dilation`` >= 1 with the first tap's reach (k-1)·dilation below 2^63 (taps reaching back T or more
+    read only zeros, whatever their reach).
     Inputs before the start are zero (the padding is implied, never stored): the same result as
     ``F.conv1d(F.pad(x, ((k-1)·dilation, 0)), weight, bias, dilation=dilation)``. The last tap reads
     the present sample; no tap reads the future. On CUDA tensors float32 multiplies in TF32 when

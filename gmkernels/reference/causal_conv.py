@@ -10,11 +10,11 @@ Residual layer (eq. 2 with conditioning, Fig. 4):
 import torch.nn.functional as F
 
 from .gated import gated_activation
-from .masked_conv import bias_alone, sums_nothing
+from .masked_conv import bias_alone, has_no_products
 
 
 def causal_conv1d(x, weight, bias=None, dilation=1):
-    if sums_nothing(x, weight):
+    if has_no_products(x, weight):
         return bias_alone(x, weight, bias)
     # Taps that reach back T or more read only zeros: leaving them out keeps the padding below T
     # (whatever the dilation: F.pad would allocate (k-1)·d zeros).

@@ -26,7 +26,7 @@ def conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups=1)
     return mask
 
 
-def sums_nothing(x, weight):
+def has_no_products(x, weight):
     """Whether every output of the convolution of x (N, Cin, *spatial) with weight (Cout, Cin, *kernel) is
     a sum of no products (or there is no output): no input channel, no output channel or no position.
     F.conv1d/2d reject these sizes or, with Cin = 0, return Cin channels."""
@@ -42,14 +42,14 @@ def bias_alone(x, weight, bias):
 
 def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1):
     k = weight.shape[-1]
-    if sums_nothing(x, weight):
+    if has_no_products(x, weight):
         return bias_alone(x, weight, bias)
     mask = conv_mask(k, mask_type, weight.shape[1], weight.shape[0], color_groups).to(weight)
     return F.conv2d(x, weight * mask, bias, padding=k // 2)
 
 
 def shifted_conv2d(x, weight, bias=None, shift="down"):
-    if sums_nothing(x, weight):
+    if has_no_products(x, weight):
         return bias_alone(x, weight, bias)
     kh, kw = weight.shape[-2:]
     left, right = ((kw - 1) // 2, (kw - 1) // 2) if shift == "down" else (kw - 1, 0)

@@ -179,7 +179,8 @@ def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr
 
 
 @triton.jit
-def _one_by_one_out(z, w_ptr, b_ptr, s_b, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w_i, s_res_c, s_res_t, scale,
+def _one_by_one_out(z, w_ptr, b_ptr, s_b, res_ptr, out_ptr, n, rows, R, T, s_w_o, s_w_i, s_res_c, s_res_t,
+                    scale,
                     offs_c, offs_t, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, BO: tl.constexpr,
                     BT: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     """out[n, o, t] = W z (+ bias), or (res + W z + bias) · scale, for every o < rows, BO rows a step."""
@@ -221,9 +222,11 @@ def _layer_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, w_res_ptr, b_res_ptr, w_skip
     a, b = _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
                         s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
     z = (_tanh(a, INTERPRETED) * tl.sigmoid(b)).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
-    _one_by_one_out(z, w_res_ptr, b_res_ptr, s_res_bias, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c, s_x_t, scale,
+    _one_by_one_out(z, w_res_ptr, b_res_ptr, s_res_bias, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c,
+                    s_x_t, scale,
                     offs_c, offs_t, HAS_RES_BIAS, True, BO, BT, PRECISION, INTERPRETED)
-    _one_by_one_out(z, w_skip_ptr, b_skip_ptr, s_skip_bias, x_base, skip_ptr, n, S, R, T, s_ws_o, s_ws_i, s_x_c, s_x_t, 1.0,
+    _one_by_one_out(z, w_skip_ptr, b_skip_ptr, s_skip_bias, x_base, skip_ptr, n, S, R, T, s_ws_o, s_ws_i, s_x_c,
+                    s_x_t, 1.0,
                     offs_c, offs_t, HAS_SKIP_BIAS, False, BO, BT, PRECISION, INTERPRETED)
 
 
@@ -508,8 +511,8 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
             _grad_h_tuned[lambda meta: _tiles(meta, t, r, n)](
                 x, conv_weight, x if conv_bias is None else conv_bias, x if cond is None else cond,
                 g_res, g_skip, res_weight, skip_weight, grad_h, z, r, s, t, k, dilation, residual_scale,
-                *_strides(x), *conv_weight.stride(), _stride(conv_bias), *_strides(cond), *res_weight.stride(),
-                *skip_weight.stride(),
+                *_strides(x), *conv_weight.stride(), _stride(conv_bias), *_strides(cond),
+                *res_weight.stride(), *skip_weight.stride(),
                 HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, PRECISION=_precision(x.dtype),
                 INTERPRETED=triton_interpreted())
     want = list(output_mask)

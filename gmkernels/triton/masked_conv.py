@@ -434,8 +434,8 @@ def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out:
         (_gated_tuned if gate else _conv_tuned)[grid](
             a, packed, a if bias is None else bias, a if cond is None else cond, out,
             g.pixels, g.height, g.width, c_red, c_out, packed.shape[2],
-            *a.stride(), 0 if bias is None else bias.stride(0), *((0,) * 4 if cond is None else cond.stride()),
-            *out.stride(),
+            *a.stride(), 0 if bias is None else bias.stride(0),
+            *((0,) * 4 if cond is None else cond.stride()), *out.stride(),
             g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out,
             KW=g.kernel_w, TRANSPOSED=transposed, CENTRE=g.centre, MASK_B=int(g.mask_b),
             HAS_BIAS=bias is not None, GATE=gate, HAS_COND=cond is not None,
