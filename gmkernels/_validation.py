@@ -33,7 +33,8 @@ def check_generator(function: str, generator, device: torch.device) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{function}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise TypeError(f"{function}: generator must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
     if generator.device.type != device.type:
         raise ValueError(f"{function}: generator must be a {device.type} generator (the noise is drawn on "
                          f"{device}), got a {generator.device.type} one")

@@ -65,6 +65,27 @@ def assert_close_sum(actual, expected, dtype, terms, roundings=1):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
 
 
+def assert_nonfinite_like(actual, expected, infinity_may_be_nan=False):
+    """README's rule for non-finite values: ``actual`` is non-finite exactly where ``expected`` (the
+    reference, in the same dtype) is, NaN where it is NaN, the same ±inf where it is ±inf.
+    ``infinity_may_be_nan``: the fused actnorm + 1x1 ops, which may give NaN (inf - inf in their sums)
+    where the reference gives ±inf. Returns the mask of the finite elements."""
+    actual, expected = actual.double(), expected.double()
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    finite = expected.isfinite()
+    assert torch.equal(actual.isfinite(), finite), f"non-finite at other positions: {actual} vs {expected}"
+    assert actual[expected.isnan()].isnan().all(), f"NaN of the reference not NaN: {actual} vs {expected}"
+    infinite = expected.isinf() & ~(actual.isnan() if infinity_may_be_nan else torch.zeros_like(finite))
+    assert torch.equal(actual[infinite], expected[infinite]), f"infinities differ: {actual} vs {expected}"
+    return finite
+
+
+def assert_nonfinite_as_reference(actual, expected, dtype, infinity_may_be_nan=False):
+    """:func:`assert_nonfinite_like`, and the finite elements within TOLERANCES[dtype]."""
+    finite = assert_nonfinite_like(actual, expected, infinity_may_be_nan)
+    assert_close(actual[finite], expected[finite], dtype)
+
+
 @pytest.fixture
 def exact_float32():
     """float32 compared at float32's tolerances: TF32 off (cuDNN and the Triton kernels follow it)."""

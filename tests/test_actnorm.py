@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import gmkernels as gmk
-from conftest import (assert_close, backends_under_test, misaligned, noncontiguous,
-                      supported_dtypes)
+from conftest import (assert_close, assert_nonfinite_as_reference, backends_under_test, misaligned,
+                      noncontiguous, supported_dtypes)
 from gmkernels.reference import actnorm as reference
 
 BACKENDS = backends_under_test("cpu")
@@ -336,3 +336,30 @@ def test_gpu_no_host_synchronisation(backend):
 def test_issue18_reverse_must_be_a_bool(backend, flag):
     with pytest.raises(TypeError, match="actnorm: reverse must be a bool"):
         gmk.actnorm(torch.randn(2, 3, 4), torch.randn(3), torch.randn(3), reverse=flag, backend=backend)
+
+
+INF, NAN = float("inf"), float("nan")
+# x = (1, 2, 8): channel 0 meets bias -1 (x + b = 0 at x = 1), channel 1 bias 1; with non-finite x too.
+NONFINITE_X = torch.tensor([[[2.0, 1.0, -1.0, 0.0, INF, -INF, NAN, 3.0],
+                             [2.0, -1.0, 0.5, -3.0, INF, -INF, NAN, 1e30]]])
+NONFINITE_PARAMETERS = {  # (bias, log_scale)
+    "overflowing-scale": ([-1.0, 1.0], [100.0, 95.0]),
+    "infinite-scale": ([-1.0, 1.0], [INF, -INF]),
+    "nan-scale": ([-1.0, 1.0], [NAN, 0.5]),
+    "infinite-bias": ([INF, -INF], [0.5, 100.0]),
+    "nan-bias": ([NAN, 1.0], [0.5, 0.0]),
+    "finite": ([-1.0, 1.0], [0.5, -0.5]),
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("parameters", NONFINITE_PARAMETERS.values(), ids=NONFINITE_PARAMETERS.keys())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_nonfinite_values_as_the_reference(backend, parameters, reverse):
+    """README: every backend gives what the reference's formula gives in IEEE arithmetic (±inf stays,
+    NaN only where (x + b) e^s is NaN), also where exp(log_scale) overflows."""
+    bias, log_scale = (torch.tensor(p) for p in parameters)
+    for log_scale in (log_scale, -log_scale):
+        y, _ = gmk.actnorm(NONFINITE_X, bias, log_scale, reverse=reverse, backend=backend)
+        expected, _ = reference.actnorm(NONFINITE_X, bias, log_scale, reverse)
+        assert_nonfinite_as_reference(y, expected, torch.float32)

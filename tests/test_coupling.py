@@ -8,7 +8,8 @@ import torch
 import gmkernels as gmk
 import gmkernels.ops.coupling as coupling_ops
 import gmkernels.reference.coupling as reference_coupling
-from conftest import assert_close, backends_under_test, misaligned, noncontiguous, supported_dtypes
+from conftest import (assert_close, assert_nonfinite_as_reference, backends_under_test, misaligned,
+                      noncontiguous, supported_dtypes)
 
 BACKENDS = backends_under_test("cpu")
 TRANSFORMS = ("glow", "realnvp", "additive")
@@ -467,3 +468,27 @@ def test_gpu_no_host_sync(backend):
 def test_issue18_reverse_must_be_a_bool(backend, flag):
     with pytest.raises(TypeError, match="affine_coupling: reverse must be a bool"):
         gmk.affine_coupling(torch.randn(2, 4, 3), torch.randn(2, 4, 3), reverse=flag, backend=backend)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("transform", reference_coupling.TRANSFORMS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_nonfinite_values_as_the_reference(backend, transform, reverse):
+    """README: every backend gives what the reference's formula gives in IEEE arithmetic: infinite or
+    overflowing r, t and x stay ±inf or NaN where the formula's are, underflowing scales give 0. (Not
+    tested: σ(v) for v in (-104, -87), a subnormal in the kernels, which torch's float32 sigmoid flushes
+    to 0, so that a product with an infinite x_b + t is ±inf here and NaN in the reference.)"""
+    values = torch.tensor([INF, -INF, NAN, 0.0, 1.0, 1e30, -1e30, 100.0, -1000.0, 3.0, -200.0, 90.0])
+    x_b = torch.stack([values, values.flip(0)])  # (2, 12)
+    x = torch.cat([torch.ones(2, 12), x_b]).unsqueeze(0).expand(2, 4, 12).clone()
+    x[1, 2:] = torch.tensor([[2.0] * 12, [1e38] * 12])
+    r_t = torch.stack([values.roll(3), values.roll(7)])
+    h = r_t if transform == "additive" else torch.cat([r_t, r_t.flip(1)])
+    h = h.unsqueeze(0).expand(2, -1, -1).contiguous()
+    y, logdet = gmk.affine_coupling(x, h, transform=transform, reverse=reverse, backend=backend)
+    expected_y, expected_logdet = reference_coupling.affine_coupling(x, h, transform, "halves", reverse)
+    assert_nonfinite_as_reference(y, expected_y, torch.float32)
+    assert_nonfinite_as_reference(logdet, expected_logdet, torch.float32)

@@ -5,7 +5,8 @@ import torch
 import gmkernels as gmk
 import gmkernels.ops.gated as gated_ops
 import gmkernels.reference.gated as reference_gated
-from conftest import assert_close, backends_under_test, misaligned, noncontiguous, supported_dtypes
+from conftest import (assert_close, assert_nonfinite_as_reference, backends_under_test, misaligned,
+                      noncontiguous, supported_dtypes)
 
 BACKENDS = backends_under_test("cpu")
 ACTIVATIONS = ("tanh", "identity")
@@ -444,3 +445,22 @@ def test_gpu_no_host_sync(backend):
         torch.autograd.grad(y, (x, cond), grad_y)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# --- issue 18 --------------------------------------------------------------------------------------
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_nonfinite_values_as_the_reference(backend, activation):
+    """README: every backend gives what the reference's formula gives in IEEE arithmetic."""
+    values = torch.tensor([INF, -INF, NAN, 0.0, 1.0, 1e30, -1e30, 30.0, -30.0, 1e4, -1e4, -80.0])
+    a = values.repeat_interleave(len(values))  # every (a, b) pair
+    b = values.repeat(len(values))
+    x = torch.stack([a, b]).reshape(1, 2, -1)
+    cond = torch.tensor([0.0, NAN]).reshape(1, 2, 1)
+    for c in (None, cond, cond.flip(1)):
+        y = gmk.gated_activation(x, c, activation=activation, backend=backend)
+        assert_nonfinite_as_reference(y, reference_gated.gated_activation(x, c, activation), torch.float32)

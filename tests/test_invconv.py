@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import gmkernels as gmk
-from conftest import (assert_close, backends_under_test, misaligned, noncontiguous,
-                      supported_dtypes)
+from conftest import (assert_close, assert_nonfinite_as_reference, backends_under_test, misaligned,
+                      noncontiguous, supported_dtypes)
 from gmkernels.reference import invconv as reference
 from gmkernels.reference.actnorm import logdet_dtype
 
@@ -440,3 +440,26 @@ def test_issue18_reverse_must_be_a_bool(backend, op, flag):
     fn, make, _ = OPS[op]
     with pytest.raises(TypeError, match="reverse must be a bool"):
         fn(torch.randn(2, 4, 3), *make(4), reverse=flag, backend=backend)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_nonfinite_values_as_the_reference(backend, op, reverse):
+    """README: non-finite x gives what the reference gives; an overflowing exp(±log_scale) of the fused
+    ops gives non-finite values exactly where the reference does (NaN allowed for its ±inf)."""
+    fn, make, _ = OPS[op]
+    x = torch.tensor([[[2.0, 1.0, INF, -INF, NAN, 3.0], [-1.0, 0.5, 1.0, 2.0, 0.0, 1e30],
+                       [0.25, -2.0, -INF, 1.0, 1.0, -1e30]]])
+    params = make(3)
+    fused = op.startswith("actnorm")
+    cases = [params]
+    if fused:
+        cases += [(params[0], torch.tensor([100.0, 0.0, -0.5]) * sign, *params[2:]) for sign in (1, -1)]
+    for case in cases:
+        y, _ = fn(x, *case, reverse=reverse, backend=backend)
+        expected, _ = fn(x, *case, reverse=reverse, backend="reference")
+        assert_nonfinite_as_reference(y, expected, torch.float32, infinity_may_be_nan=fused)

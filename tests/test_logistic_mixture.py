@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import gmkernels as gmk
 import gmkernels.reference.logistic_mixture as reference
-from conftest import backends_under_test, noncontiguous, supported_dtypes
+from conftest import assert_nonfinite_like, backends_under_test, noncontiguous, supported_dtypes
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # Triton's interpreter
 
@@ -684,7 +684,7 @@ def test_issue18_bits_per_dim_validates_its_arguments(args, error, pattern):
 @pytest.mark.parametrize("generator", ["seed", 1, torch.tensor(1)])
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_issue18_sample_generator_must_be_a_generator(backend, generator):
-    with pytest.raises(TypeError, match="discretized_logistic_mixture_sample: generator must be a torch.Generator"):
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         gmk.discretized_logistic_mixture_sample(torch.zeros(1, 3, 2), num_channels=1, generator=generator,
                                                 backend=backend)
 
@@ -697,3 +697,52 @@ def test_issue18_flags_and_channel_counts_are_not_truthy_values():
         gmk.discretized_logistic_mixture_sample(params, num_channels=True)
     with pytest.raises(ValueError, match="log_scale_min must be a finite number"):
         gmk.discretized_logistic_mixture_nll(params, x, log_scale_min=True)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+def _nonfinite_params(num_channels, value, index, positions):
+    """params (1, P, positions) of K = 2 components, random, with ``value`` at parameter ``index``."""
+    k = 2
+    params = torch.randn(1, reference.params_per_component(num_channels) * k, positions,
+                         generator=torch.Generator().manual_seed(index))
+    params[:, index] = value
+    return params
+
+
+# (channels, parameter index, value): logits 0..1, then per channel K means, K log-scales (K coefficients).
+NONFINITE_PARAMETERS = [(c, index, value) for c in (1, 3) for value in (INF, -INF, NAN)
+                        for index in ((0, 2, 4) if c == 1 else (0, 2, 4, 6, 9, 14))]
+
+
+@pytest.mark.parametrize(("channels", "index", "value"), NONFINITE_PARAMETERS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_issue18_nonfinite_params_as_the_reference(backend, channels, index, value):
+    """README: NLL and sample of every backend are what the reference's formula gives in IEEE arithmetic
+    (a component of logit -inf or of zero probability drops out, a mean of ±inf samples ±1, NaN stays
+    NaN, a NaN logit makes the sample NaN)."""
+    levels = torch.tensor([-1.0, 1.0, 0.0, 0.5, -0.25, 1.0 / 255])
+    x = torch.stack(torch.meshgrid(*[levels] * channels, indexing="ij")).reshape(1, channels, -1)
+    params = _nonfinite_params(channels, value, index, x.shape[2])
+    nll = gmk.discretized_logistic_mixture_nll(params, x, backend=backend)
+    expected = gmk.discretized_logistic_mixture_nll(params, x, backend="reference")
+    expected64 = gmk.discretized_logistic_mixture_nll(params.double(), x.double(), backend="reference")
+    finite = assert_nonfinite_like(nll, expected)
+    assert_close(nll[finite], expected64[finite], torch.float32, "forward",
+                 relative_error(expected[finite], expected64[finite]))
+    sample, expected = (gmk.discretized_logistic_mixture_sample(
+        params, num_channels=channels, generator=torch.Generator().manual_seed(0), backend=name)
+        for name in (backend, "reference"))
+    finite = assert_nonfinite_like(sample, expected)
+    torch.testing.assert_close(sample[finite], expected[finite], atol=0, rtol=0)
+
+
+def test_issue18_reference_propagates_nan():
+    """A NaN log-scale gives a NaN NLL (not the clamp's log_scale_min) and a NaN logit a NaN sample."""
+    params = _nonfinite_params(1, NAN, 4, 3)  # log-scale of component 0
+    nll = gmk.discretized_logistic_mixture_nll(params, torch.zeros(1, 1, 3), backend="reference")
+    assert nll.isnan().all()
+    params = _nonfinite_params(1, NAN, 1, 3)  # logit of component 1
+    sample = gmk.discretized_logistic_mixture_sample(params, num_channels=1, backend="reference")
+    assert sample.isnan().all()

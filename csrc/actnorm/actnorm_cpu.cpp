@@ -32,11 +32,11 @@ void store(const opmath_t* in, int64_t n, scalar_t* out) {
 }
 
 template <typename T>
-GMK_CPU_INLINE void affine_loop(T* v, int64_t n, T scale, T shift) {
-  for (int64_t j = 0; j < n; ++j) v[j] = v[j] * scale + shift;
+GMK_CPU_INLINE void affine_loop(T* v, int64_t n, Affine<T> f) {
+  for (int64_t j = 0; j < n; ++j) v[j] = f(v[j]);
 }
-GMK_CPU_CLONES void affine(float* v, int64_t n, float scale, float shift) { affine_loop(v, n, scale, shift); }
-void affine(double* v, int64_t n, double scale, double shift) { affine_loop(v, n, scale, shift); }
+GMK_CPU_CLONES void apply_affine(float* v, int64_t n, Affine<float> f) { affine_loop(v, n, f); }
+void apply_affine(double* v, int64_t n, Affine<double> f) { affine_loop(v, n, f); }
 
 // grad_in = g * scale into v's buffer; returns the run's sums of g and g * v in gsum, hsum. The
 // simd reduction lets the compiler reorder the sums into vector lanes (measured here: 5x faster than
@@ -74,12 +74,11 @@ void forward_typed(const Args& args) {
     opmath_t buffer[kRun];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t o = row / args.channels, c = row % args.channels;
-      opmath_t scale, shift;
-      coefficients(bias[c], log_scale[c], args.reverse, scale, shift);
+      const Affine<opmath_t> f = affine(bias[c], log_scale[c], args.reverse);
       for (int64_t i0 = 0; i0 < args.inner; i0 += kRun) {
         const int64_t n = std::min(kRun, args.inner - i0);
         load(in + o * s.outer + c * s.channel + i0 * s.inner, s.inner, n, buffer);
-        affine(buffer, n, scale, shift);
+        apply_affine(buffer, n, f);
         store(buffer, n, out + row * args.inner + i0);
       }
     }
@@ -99,8 +98,7 @@ void backward_typed(const Args& args) {
   at::parallel_for(0, args.channels, 1, [&](int64_t begin, int64_t end) {
     opmath_t g[kRun], v[kRun];
     for (int64_t c = begin; c < end; ++c) {
-      opmath_t scale, shift;
-      coefficients(bias[c], log_scale[c], args.reverse, scale, shift);
+      const opmath_t scale = affine(bias[c], log_scale[c], args.reverse).scale;
       double gsum = 0, hsum = 0;
       for (int64_t o = 0; o < args.outer; ++o) {
         const int64_t row = o * args.channels + c;

@@ -35,11 +35,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Args p) {
   for (Index e = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += step) {
     const Index i = e % inner, row = e / inner;
     const Index c = row % channels, o = row / channels;
-    float scale, shift;
-    coefficients(bias[c], log_scale[c], p.reverse, scale, shift);
+    const Affine<float> f = affine(bias[c], log_scale[c], p.reverse);
     const Index offset = o * static_cast<Index>(p.in_strides.outer) + c * static_cast<Index>(p.in_strides.channel) +
                          i * static_cast<Index>(p.in_strides.inner);
-    out[e] = from_float<T>(to_float(in[offset]) * scale + shift);
+    out[e] = from_float<T>(f(to_float(in[offset])));
   }
 }
 
@@ -65,9 +64,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Args p) {
   const Index parts = static_cast<Index>(p.parts), inner = static_cast<Index>(p.inner);
   const Index channels = static_cast<Index>(p.channels);
   const Index c = blockIdx.x / parts, part = blockIdx.x % parts;
-  float scale, shift;
-  coefficients(static_cast<const float*>(p.bias)[c], static_cast<const float*>(p.log_scale)[c], p.reverse,
-               scale, shift);
+  const float scale =
+      affine(static_cast<const float*>(p.bias)[c], static_cast<const float*>(p.log_scale)[c], p.reverse).scale;
   const Index count = static_cast<Index>(p.outer) * inner;
   const Index per_part = (count + parts - 1) / parts;
   const Index begin = part * per_part, end = begin + per_part < count ? begin + per_part : count;

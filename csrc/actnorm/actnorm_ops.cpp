@@ -64,7 +64,7 @@ at::Tensor actnorm(const at::Tensor& x, const at::Tensor& bias, const at::Tensor
   return out;
 }
 
-// Gradients with respect to in, bias and log_scale of out = in * scale + shift (gmk/actnorm.h), from
+// Gradients with respect to in, bias and log_scale of out = (in + b) e^s, reverse in e^{-s} - b, from
 // G = sum(grad_out) and H = sum(grad_out * in) per channel: forward d/db = e^s G,
 // d/dlog_s = e^s (H + b G); reverse d/db = -G, d/dlog_s = -e^{-s} H.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(const at::Tensor& grad_out, const at::Tensor& x,

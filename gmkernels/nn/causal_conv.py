@@ -22,8 +22,8 @@ class CausalConv1d(torch.nn.Conv1d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1,
                  bias: bool = True, device=None, dtype=None):
-        _check_sizes("CausalConv1d", in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
-                     dilation=dilation)
+        _check_sizes("CausalConv1d", in_channels=in_channels, out_channels=out_channels,
+                     kernel_size=kernel_size, dilation=dilation)
         check_bool("CausalConv1d", "bias", bias)
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias, device=device,
                          dtype=dtype)

@@ -43,7 +43,8 @@ class AffineCoupling(torch.nn.Module):
         super().__init__()
         check_int("AffineCoupling", "num_channels", num_channels, 2)
         if num_channels % 2:
-            raise ValueError(f"AffineCoupling: num_channels must be even (x_a, x_b halves), got {num_channels}")
+            raise ValueError(f"AffineCoupling: num_channels must be even (halves x_a, x_b), "
+                             f"got {num_channels}")
         check_int("AffineCoupling", "hidden_channels", hidden_channels, 1)
         if transform not in TRANSFORMS:
             raise ValueError(f"AffineCoupling: transform must be one of {TRANSFORMS}, got {transform!r}")

@@ -88,8 +88,9 @@ def _check_permutation(op: str, perm: torch.Tensor, synchronise: bool) -> torch.
     binary = ((perm == 0) | (perm == 1)).all()
     valid = binary & (perm.sum(0) == 1).all() & (perm.sum(1) == 1).all()
     if synchronise and not bool(valid):
+        shown = perm.tolist() if perm.numel() <= 64 else "other values"
         raise ValueError(f"{op}: perm must be a permutation matrix (entries 0 or 1, exactly one 1 in each "
-                         f"row and each column), got {perm.tolist() if perm.numel() <= 64 else 'another matrix'}")
+                         f"row and each column), got {shown}")
     return valid
 
 
@@ -105,12 +106,18 @@ def _lu(lower, upper, log_s, sign_s, perm, reverse: bool) -> torch.Tensor:
     return torch.linalg.solve_triangular(upper, z, upper=True)
 
 
-def _fold_actnorm(matrix, bias, log_scale, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, c) of actnorm then ``matrix`` (forward) or ``matrix`` then inverse actnorm (reverse)."""
-    bias, log_scale = bias.double(), log_scale.double()
+def _fold_actnorm(matrix, bias, log_scale, reverse: bool,
+                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) of actnorm then ``matrix`` (forward) or ``matrix`` then inverse actnorm (reverse).
+
+    e^{±log_scale} is computed in the kernels' dtype, as the reference's (x + b) e^s is: where it
+    overflows there, M is non-finite too (README: non-finite values).
+    """
+    scale = torch.exp((-log_scale if reverse else log_scale).to(compute_dtype(x.dtype))).double()
+    bias = bias.double()
     if reverse:
-        return torch.exp(-log_scale)[:, None] * matrix, -bias
-    fused = matrix * torch.exp(log_scale)[None, :]
+        return scale[:, None] * matrix, -bias
+    fused = matrix * scale[None, :]
     return fused, fused @ bias
 
 
@@ -208,7 +215,7 @@ def actnorm_conv1x1(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor
             _dense(op, weight.detach(), reverse)
         return reference.actnorm_conv1x1(x, bias, log_scale, weight, reverse)
     matrix, logabsdet = _dense(op, weight, reverse)
-    matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse)
+    matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse, x)
     return _run(op, x, matrix, shift, log_scale.double().sum() + logabsdet, reverse, backend)
 
 
@@ -226,7 +233,7 @@ def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Ten
     if is_reference:
         return reference.actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse)
     matrix = _nan_unless(valid, _lu(lower, upper, log_s, sign_s, perm, reverse))
-    matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse)
+    matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse, x)
     return _run(op, x, matrix, shift, log_scale.double().sum() + log_s.double().sum(), reverse, backend)
 
 

@@ -65,12 +65,13 @@ def log_prob_in_bin(x, mu, log_scales, num_bins):
     z_plus = inv_s * (centred + half_bin)
     z_minus = inv_s * (centred - half_bin)
     z_mid = inv_s * centred
-    log_cdf_plus = z_plus - softplus(z_plus)  # lowest bin: log σ(z+)
+    # log σ(z) as -softplus(-z): PixelCNN++ writes z - softplus(z), which is inf - inf = NaN at z = +inf.
+    log_cdf_plus = -softplus(-z_plus)  # lowest bin: log σ(z+)
     log_one_minus_cdf_minus = -softplus(z_minus)  # highest bin: log(1 - σ(z-))
     # σ(z+) - σ(z-); right of the mean the same difference of the upper tails, without cancellation.
     cdf_delta = torch.where(z_minus > 0, torch.sigmoid(-z_minus) - torch.sigmoid(-z_plus),
                             torch.sigmoid(z_plus) - torch.sigmoid(z_minus))
-    log_pdf_mid = z_mid - log_scales - 2.0 * softplus(z_mid) - math.log((num_bins - 1) / 2)
+    log_pdf_mid = -softplus(-z_mid) - softplus(z_mid) - log_scales - math.log((num_bins - 1) / 2)
     # The clamp keeps log finite (and its gradient zero) in the branch torch.where does not take.
     interior = torch.where(cdf_delta > DELTA_THRESHOLD, torch.log(cdf_delta.clamp(min=DELTA_THRESHOLD)),
                            log_pdf_mid)
@@ -80,9 +81,10 @@ def log_prob_in_bin(x, mu, log_scales, num_bins):
 
 def clamp_log_scales(raw_log_scales, log_scale_min):
     """max(raw, log_scale_min), with no gradient where raw == log_scale_min: the convention of torch
-    2.14's ``clamp(min=...)``, written out because torch 2.13's clamp passes the gradient there."""
-    return torch.where(raw_log_scales > log_scale_min, raw_log_scales,
-                       raw_log_scales.new_full((), log_scale_min))
+    2.14's ``clamp(min=...)``, written out because torch 2.13's clamp passes the gradient there. A NaN
+    stays NaN, as with clamp."""
+    return torch.where(raw_log_scales <= log_scale_min, raw_log_scales.new_full((), log_scale_min),
+                       raw_log_scales)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -114,7 +116,8 @@ def discretized_logistic_mixture_sample(params, gumbel_u, logistic_u, num_bins=2
     dtype = compute_dtype(params.dtype)
     logits, means, log_scales, coeffs = split_params(params.to(dtype), num_channels)
     g = 1e-5 + (1 - 2e-5) * gumbel_u.to(dtype).reshape(logits.shape)
-    component = (logits - torch.log(-torch.log(g))).argmax(dim=1, keepdim=True)  # (N, 1, S)
+    scores = logits - torch.log(-torch.log(g))
+    component = scores.argmax(dim=1, keepdim=True)  # (N, 1, S)
 
     def chosen(t):  # (N, C, K, S) -> (N, C, 1, S): the chosen component's values
         return None if t is None else t.gather(2, component.unsqueeze(1).expand(-1, num_channels, 1, -1))
@@ -128,4 +131,5 @@ def discretized_logistic_mixture_sample(params, gumbel_u, logistic_u, num_bins=2
         value = (coupled_means(mean, coeff, sample)[:, c, 0] + offset[:, c]).clamp(-1, 1)
         bin_index = torch.round((value + 1) * (num_bins - 1) / 2)
         sample[:, c] = 2 * bin_index / (num_bins - 1) - 1
-    return sample.reshape(logistic_u.shape)
+    nan_logit = scores.isnan().any(dim=1, keepdim=True)  # (N, 1, S): the distribution is undefined
+    return sample.masked_fill(nan_logit, float("nan")).reshape(logistic_u.shape)

@@ -19,16 +19,15 @@ MAX_PROGRAMS = 65536
 
 @triton.jit
 def _coefficients(bias_ptr, log_scale_ptr, c, REVERSE: tl.constexpr):
-    """out = in · scale + shift: forward e^s and b e^s; reverse e^-s and -b."""
+    """out = (in + pre_shift) · scale + post_shift: forward (in + b) e^s, reverse in e^-s - b (gmk/actnorm.h:
+    not folded into in · e^s + b e^s, which gives inf - inf where e^s overflows)."""
     b = tl.load(bias_ptr + c)
     log_s = tl.load(log_scale_ptr + c)
     if REVERSE:
-        scale = tl.exp(-log_s)
-        shift = -b
+        pre_shift, scale, post_shift = 0.0, tl.exp(-log_s), -b
     else:
-        scale = tl.exp(log_s)
-        shift = b * scale
-    return scale, shift
+        pre_shift, scale, post_shift = b, tl.exp(log_s), 0.0
+    return pre_shift, scale, post_shift
 
 
 @triton.jit
@@ -40,9 +39,9 @@ def _forward_kernel(in_ptr, bias_ptr, log_scale_ptr, out_ptr, total, channels, i
     row = e // inner
     c = row % channels
     o = row // channels
-    scale, shift = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
+    pre_shift, scale, post_shift = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
     v = tl.load(in_ptr + o * s_outer + c * s_channel + i * s_inner, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + e, (v * scale + shift).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + e, ((v + pre_shift) * scale + post_shift).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -52,7 +51,7 @@ def _backward_kernel(grad_out_ptr, in_ptr, bias_ptr, log_scale_ptr, grad_in_ptr,
     pid = tl.program_id(0)
     c = (pid // parts).to(tl.int64)  # c * s_channel may pass 2^31
     begin = (pid % parts).to(tl.int64) * per_part
-    scale, shift = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
+    _, scale, _ = _coefficients(bias_ptr, log_scale_ptr, c, REVERSE)
     g_acc = tl.zeros((BLOCK,), dtype=tl.float32)
     h_acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, per_part, BLOCK):

@@ -34,6 +34,12 @@ def _softplus(z):
 
 
 @triton.jit
+def _at_least(v, low):
+    """max(v, low) that keeps a NaN v NaN (tl.maximum returns the other operand)."""
+    return tl.where(v < low, low, v)
+
+
+@triton.jit
 def _one_minus_exp_neg(t):
     """1 - e^-t for t > 0 to full relative precision: below 1/2 its Taylor series, in Horner form."""
     series = 1.0 - t * (1.0 / 8.0)
@@ -70,7 +76,7 @@ def _log_prob_in_bin(x, mu, log_scale, half_bin, log_half_bins):
     delta_a = sf_plus - cdf_minus
     delta_b = z_plus * sf_plus - z_minus * cdf_minus + width * tl.exp(-width) / one_minus_exp
     # Under 1e-5: the density at the bin centre times the bin width.
-    log_density = z_mid - log_scale - 2.0 * _softplus(z_mid) - log_half_bins
+    log_density = -_softplus(-z_mid) - _softplus(z_mid) - log_scale - log_half_bins  # -inf at z_mid = ±inf
     density_a = tl.sigmoid(-z_mid) - tl.sigmoid(z_mid)
     density_b = z_mid * density_a + 1.0
 
@@ -116,7 +122,7 @@ def _channel(row, sp_p, offset, mask, p_mean, K, x, shift, half_bin, log_half_bi
     """One channel of one component: (L, -dL/dmean, -dL/draw_log_scale); the mean is ``mean + shift``."""
     mean = _load(row, p_mean, sp_p, offset, mask)
     raw_log_scale = _load(row, p_mean + K, sp_p, offset, mask)
-    log_p, a, b = _log_prob_in_bin(x, mean + shift, tl.maximum(raw_log_scale, log_scale_min), half_bin,
+    log_p, a, b = _log_prob_in_bin(x, mean + shift, _at_least(raw_log_scale, log_scale_min), half_bin,
                                    log_half_bins)
     return log_p, a, tl.where(raw_log_scale > log_scale_min, b, 0.0)  # torch.clamp's: 0 at the bound
 
@@ -153,8 +159,10 @@ def _component(row, sp_p, offset, mask, k, K, x0, x1, x2, half_bin, log_half_bin
 
 @triton.jit
 def _add_to_logsumexp(running_max, running_sum, value):
+    """A term equal to the maximum counts 1, also at -inf (-inf - -inf would be NaN); NaN stays NaN."""
     new_max = tl.maximum(running_max, value)
-    return new_max, running_sum * tl.exp(running_max - new_max) + tl.exp(value - new_max)
+    old_scale = tl.where(running_max == new_max, 1.0, tl.exp(running_max - new_max))
+    return new_max, running_sum * old_scale + tl.where(value == new_max, 1.0, tl.exp(value - new_max))
 
 
 @triton.jit
@@ -258,9 +266,9 @@ def _round_half_even(v):
 def _sample_channel(row, sp_p, offset, mask, p_mean, K, shift, u, levels, log_scale_min):
     """mean + shift + s logit(u), clamped to [-1, 1] and rounded to the bin grid of levels + 1 bins."""
     mean = _load(row, p_mean, sp_p, offset, mask)
-    log_scale = tl.maximum(_load(row, p_mean + K, sp_p, offset, mask), log_scale_min)
+    log_scale = _at_least(_load(row, p_mean + K, sp_p, offset, mask), log_scale_min)
     value = mean + shift + tl.exp(log_scale) * (tl.log(u) - tl.log(1.0 - u))
-    value = tl.minimum(tl.maximum(value, -1.0), 1.0)
+    value = tl.where(value > 1.0, 1.0, _at_least(value, -1.0))  # clamped to [-1, 1], NaN kept
     bin_index = _round_half_even((value + 1.0) * levels * 0.5)
     return tl.math.div_rn(2.0 * bin_index, levels) - 1.0
 
@@ -273,18 +281,21 @@ def _sample_kernel(params_ptr, gumbel_ptr, logistic_ptr, sample_ptr, sp_n, sp_p,
     row, offset = params_ptr + n * sp_n, s.to(tl.int64) * sp_s
     gumbel_row, gumbel_offset = gumbel_ptr + n * sg_n, s.to(tl.int64) * sg_s
     logistic_row, logistic_offset = logistic_ptr + n * sl_n, s.to(tl.int64) * sl_s
-    # Gumbel-max: the first k with the largest logit_k - log(-log g_k), as argmax.
+    # Gumbel-max: the first k with the largest logit_k - log(-log g_k), as argmax. A NaN logit makes the
+    # position NaN: ``poison`` is added to the first mean, the later ones couple to it.
     best_score = tl.full([BLOCK], float("-inf"), tl.float32)
     best = tl.zeros([BLOCK], tl.int32)
+    poison = tl.zeros([BLOCK], tl.float32)
     for k in range(K):
         g = _uniform(gumbel_row, k, sg_k, gumbel_offset, mask)
         score = _load(row, k, sp_p, offset, mask) - tl.log(-tl.log(g))
         better = score > best_score
         best_score = tl.where(better, score, best_score)
         best = tl.where(better, k, best)
+        poison = tl.where(score != score, score, poison)
     sample_row = sample_ptr + n * C * S
     u0 = _uniform(logistic_row, 0, sl_c, logistic_offset, mask)
-    x0 = _sample_channel(row, sp_p, offset, mask, K + best, K, 0.0, u0, levels, log_scale_min)
+    x0 = _sample_channel(row, sp_p, offset, mask, K + best, K, poison, u0, levels, log_scale_min)
     tl.store(sample_row + s, x0, mask=mask)
     if C == 3:  # the later channels' means couple to the sampled, discretized, earlier ones
         t0 = _tanh(_load(row, 3 * K + best, sp_p, offset, mask), INTERPRETED)

@@ -24,12 +24,21 @@ struct Args {
   DType dtype = DType::Float32;
 };
 
-// out = in * scale + shift: forward scale = e^{log_s}, shift = b e^{log_s}; reverse scale =
-// e^{-log_s}, shift = -b. d out / d in = scale in both directions.
+// out = (in + pre_shift) * scale + post_shift: forward (in + b) e^{log_s}, reverse in e^{-log_s} - b,
+// as the reference writes them. Not folded into in * scale + b * scale: where e^{log_s} overflows, the
+// folded form gives inf - inf = NaN where (in + b) e^{log_s} is ±inf (README, non-finite values).
+// d out / d in = scale in both directions.
 template <typename T>
-GMK_HOST_DEVICE void coefficients(T bias, T log_scale, bool reverse, T& scale, T& shift) {
-  scale = LibMath::exp(reverse ? -log_scale : log_scale);
-  shift = reverse ? -bias : bias * scale;
+struct Affine {
+  T pre_shift, scale, post_shift;
+
+  GMK_HOST_DEVICE T operator()(T in) const { return (in + pre_shift) * scale + post_shift; }
+};
+
+template <typename T>
+GMK_HOST_DEVICE Affine<T> affine(T bias, T log_scale, bool reverse) {
+  const T scale = LibMath::exp(reverse ? -log_scale : log_scale);
+  return reverse ? Affine<T>{T(0), scale, -bias} : Affine<T>{bias, scale, T(0)};
 }
 
 }  // namespace gmk::actnorm

@@ -26,23 +26,26 @@ namespace gmk::cpu {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// v = n ln2 + r with |r| <= ln2/2 and n an integer, for exp and expm1. v is clamped to the normal
-// range first, [-87.3, 88.3]; NaN stays NaN. scale = 2^n, put in the exponent bits.
+// v = n ln2 + r with |r| <= ln2/2 and n an integer, for exp and expm1. v is clamped to [-104, 89]
+// first (beyond it e^v rounds to 0 or overflows to inf all the same); NaN stays NaN.
 struct ExpReduction {
-  float r, scale;
+  float r;
+  int32_t n;
 };
 
 GMK_CPU_INLINE ExpReduction reduce_exp(float v) {
   constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-06f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
-  v = v < -87.3f ? -87.3f : v;
-  v = v > 88.3f ? 88.3f : v;
+  v = v < -104.0f ? -104.0f : v;
+  v = v > 89.0f ? 89.0f : v;
   const float shifted = v * kLog2e + kRound;
   const float n = shifted - kRound;
   const float r = (v - n * kLn2Hi) - n * kLn2Lo;
-  const int32_t exponent = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kRound);
-  return {r, std::bit_cast<float>((exponent + 127) << 23)};
+  return {r, std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kRound)};
 }
+
+// 2^n for n in [-126, 127], put in the exponent bits.
+GMK_CPU_INLINE float pow2(int32_t n) { return std::bit_cast<float>((n + 127) << 23); }
 
 // e^r - 1 for |r| <= ln2/2 by its Taylor series to r^8 (truncation < 1e-9 relative).
 GMK_CPU_INLINE float expm1_series(float r) {
@@ -57,11 +60,18 @@ GMK_CPU_INLINE float expm1_series(float r) {
   return p * r;
 }
 
-// e^v for float, within 2 ulp: (1 + expm1_series(r)) times 2^n (reduce_exp). e^v for v < -87.3
-// returns e^-87.3 ~ 1.2e-38, for v > 88.3 e^88.3 ~ 2.2e38; NaN stays NaN.
+// (1 + p) 2^n for n in [-150, 128], 2^n applied as two normal factors: below the normal range the
+// product rounds to a subnormal or 0, above it overflows to inf, as e^v does.
+GMK_CPU_INLINE float scale_by_pow2(float one_plus_p, int32_t n) {
+  const int32_t half = n >> 1;
+  return one_plus_p * pow2(half) * pow2(n - half);
+}
+
+// e^v for float, within 2 ulp: (1 + expm1_series(r)) times 2^n (reduce_exp). Subnormal where e^v is,
+// 0 below, inf above 88.72; NaN stays NaN.
 GMK_CPU_INLINE float exp(float v) {
-  const auto [r, scale] = reduce_exp(v);
-  return (1.0f + expm1_series(r)) * scale;
+  const auto [r, n] = reduce_exp(v);
+  return scale_by_pow2(1.0f + expm1_series(r), n);
 }
 GMK_CPU_INLINE double exp(double v) { return std::exp(v); }
 
@@ -90,11 +100,15 @@ GMK_CPU_INLINE float tanh(float v) {
 }
 GMK_CPU_INLINE double tanh(double v) { return std::tanh(v); }
 
-// e^v - 1 for float, within 2.1 ulp: 2^n (e^r - 1) + (2^n - 1), exact in the second term and without
-// cancellation for n != 0 (|v| > ln2/2). Clamped as exp: -1 below -87.3, 2.2e38 above 88.3; NaN stays NaN.
+// e^v - 1 for float, within 2.1 ulp: for |v| <= 32, 2^n (e^r - 1) + (2^n - 1), exact in the second
+// term and without cancellation for n != 0 (|v| > ln2/2); beyond, e^v - 1 rounds to e^v (inf above
+// 88.72) or to -1. NaN stays NaN.
 GMK_CPU_INLINE float expm1(float v) {
-  const auto [r, scale] = reduce_exp(v);
-  return scale * expm1_series(r) + (scale - 1.0f);
+  const auto [r, n] = reduce_exp(v);
+  const float p = expm1_series(r);
+  const float scale = pow2(n < -64 ? -64 : (n > 64 ? 64 : n));
+  const float near = scale * p + (scale - 1.0f);
+  return v > 32.0f ? scale_by_pow2(1.0f + p, n) : (v < -32.0f ? -1.0f : near);
 }
 GMK_CPU_INLINE double expm1(double v) { return std::expm1(v); }
 

@@ -166,14 +166,16 @@ GMK_HOST_DEVICE T sample_logistic(T mu, T log_scale, T uniform, const Bins<T>& b
 }
 
 // log Σ exp(v_i), one term at a time (online: a running maximum and the sum scaled by it); one
-// exponential per term, e^-|v - max|, which scales the new term or the old sum.
+// exponential per term, e^-|v - max|, which scales the new term or the old sum. A term equal to the
+// maximum counts 1, also when both are -inf (a component of probability 0, whose -inf - -inf would
+// make the sum NaN) or +inf; a NaN term makes the sum NaN.
 template <typename Math, typename T>
 struct LogSumExp {
   T max = -std::numeric_limits<T>::infinity();
   T sum = 0;
 
   GMK_HOST_DEVICE void add(T v) {
-    const T scale = Math::exp(-abs_(v - max));
+    const T scale = Math::exp(-abs_(v == max ? T(0) : v - max));
     sum = v > max ? sum * scale + T(1) : sum + scale;
     max = max_(max, v);
   }
@@ -334,23 +336,25 @@ GMK_HOST_DEVICE void nll_backward(const Position& at, const Model<T>& model) {
 }
 
 // A component by Gumbel-max, k* = argmax_k(logits_k - log(-log g_k)) (the first on ties, as
-// torch.argmax), then the sub-pixels in order, each coupled to the sampled ones before it.
+// torch.argmax), then the sub-pixels in order, each coupled to the sampled ones before it. A NaN
+// logit makes the position's sub-pixels NaN (`poison` is added to the first mean; the others couple to it).
 template <int kChannels, typename Math, typename T, typename Position>
 GMK_HOST_DEVICE void sample(const Position& at, const Model<T>& model) {
   const Layout& layout = model.layout;
   int64_t chosen = 0;
-  T best = -std::numeric_limits<T>::infinity();
+  T best = -std::numeric_limits<T>::infinity(), poison = 0;
   for (int64_t k = 0; k < layout.mixtures; ++k) {
     const T score = at.param(layout.logit(k)) - Math::log(-Math::log(open_uniform(at.gumbel_u(k))));
     if (score > best) {
       best = score;
       chosen = k;
     }
+    poison = score != score ? score : poison;
   }
   T coef[3] = {}, coef_derivative[3] = {}, x[3] = {};
   load_coefs<kChannels, Math>(at, layout, chosen, coef, coef_derivative);
   for (int c = 0; c < kChannels; ++c) {
-    const T mu = coupled_mean(c, at.param(layout.mean(c, chosen)), coef, x);
+    const T mu = coupled_mean(c, at.param(layout.mean(c, chosen)), coef, x) + (c == 0 ? poison : T(0));
     const T log_scale = max_(at.param(layout.log_scale(c, chosen)), model.log_scale_min);
     x[c] = sample_logistic<Math>(mu, log_scale, at.logistic_u(c), model.bins);
     at.set_sample(c, x[c]);
