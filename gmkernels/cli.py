@@ -71,7 +71,7 @@ def _add_train(commands) -> None:
             ("--warmup-steps", int, "steps of linear learning-rate warm-up"),
             ("--clip-norm", float, "gradient norm clipping"), ("--ema-decay", float, "EMA of the weights"),
             ("--size", str, "model size for the data: default or tiny"),
-            ("--dtype", str, "float32, or bfloat16 (autocast; float32 weights and optimiser)"),
+            ("--dtype", str, "float32, or bfloat16 (the forward on bfloat16 copies of the float32 weights)"),
             ("--backend", str, "gmk backend: auto, reference, cpu, cuda, triton"),
             ("--device", str, "auto (a GPU when there is one), cpu or cuda"),
             ("--threads", int, "CPU threads per process (default: the cores this process may use, "

@@ -4,8 +4,8 @@ test-set bits/dim, a tqdm bar, DIR/metrics.jsonl, exact resume, DDP, and loss.pn
     gmkernels.training.train("pixelcnnpp", "runs/digits", data="digits", steps=2000)
 
 One step: the global batch of ``batch_size`` examples (a seeded permutation per epoch; each rank its
-contiguous share), forward under autocast when ``dtype="bfloat16"`` (parameters and optimiser state stay
-float32), backward, clip the gradient norm, AdamW, then EMA ← EMA + (1 − d)(θ − EMA) with
+contiguous share), forward (with ``dtype="bfloat16"`` on bfloat16 copies of the weights; parameters and
+optimiser state stay float32), backward, clip the gradient norm, AdamW, then EMA ← EMA + (1 − d)(θ − EMA) with
 d = min(ema_decay, (1 + step) / (10 + step)) (Polyak averaging as PixelCNN++ used; the ramp lets short
 runs average over their own length). Test bits/dim and samples use the EMA weights.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -136,10 +137,15 @@ def _load_data(name: str):
 
 
 def default_threads(context: distributed.Context) -> int:
-    """CPU threads per process: the cores this process may use, shared among the local ranks."""
+    """CPU threads per process: the cores this process may use that the other processes of the machine
+    leave idle (1-minute load average), shared among the local ranks; at least 1.
+
+    Threads beyond the idle cores stall in OpenMP barriers: 10 steps of a tiny PixelCNN on 2 cores with a
+    load of 11 took 0.5 s with 1 thread and 21.8 s with 2."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
-    return max(1, cores // local_ranks)
+    return max(1, min(cores, cores - busy) // local_ranks)
 
 
 @contextlib.contextmanager
@@ -236,9 +242,19 @@ class Run:
             return self.options.epochs * self.order.steps_per_epoch
         return DEFAULT_STEPS
 
-    def autocast(self):
-        return torch.autocast(self.context.device.type, dtype=DTYPES[self.options.dtype],
-                              enabled=self.options.dtype != "float32")
+    def loss_terms(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """The kind's loss terms; with ``dtype="bfloat16"`` the module runs on bfloat16 copies of its
+        floating-point parameters and buffers (``.to`` is differentiable: the float32 weights get the
+        gradients). Not autocast: gmk's ops take operands of one dtype, which autocast does not give."""
+        if self.options.dtype == "float32":
+            return self.kind.loss_terms(module, x, y, self.options.conditional)
+        low, prefix = DTYPES[self.options.dtype], "" if module is self.model else "module."
+        state = itertools.chain(self.model.named_parameters(), self.model.named_buffers())
+        weights = {prefix + name: value.to(low) if value.is_floating_point() else value for name, value in state}
+
+        def cast(*args, **kwargs):
+            return torch.func.functional_call(module, weights, args, kwargs)
+        return self.kind.loss_terms(cast, x, y, self.options.conditional)
 
     def state(self) -> dict:
         return {"model": self.name, "config": checkpoint.config_fields(self.config),
@@ -268,9 +284,7 @@ class Run:
         indices = distributed.local_batch(self.order(self.step), self.context).to(self.context.device)
         for group in self.optimizer.param_groups:
             group["lr"] = options.lr * min(1.0, (self.step + 1) / options.warmup_steps)
-        with self.autocast():
-            terms = self.kind.loss_terms(self.parallel, self.train_x[indices], self.train_y[indices],
-                                         options.conditional)
+        terms = self.loss_terms(self.parallel, self.train_x[indices], self.train_y[indices])
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), options.clip_norm)
@@ -286,10 +300,9 @@ class Run:
         indices = torch.arange(self.context.rank, len(self.test_set), self.context.world_size,
                                device=self.context.device)
         self.model.eval()
-        with self.ema.weights_in(self.model), self.autocast():
+        with self.ema.weights_in(self.model):
             for chunk in indices.split(self.options.batch_size):
-                terms = self.kind.loss_terms(self.model, self.test_x[chunk], self.test_y[chunk],
-                                             self.options.conditional)
+                terms = self.loss_terms(self.model, self.test_x[chunk], self.test_y[chunk])
                 total += torch.stack([terms[self.kind.metric].double() * len(chunk),
                                       torch.tensor(float(len(chunk)), dtype=torch.float64, device=total.device)])
         self.model.train()
