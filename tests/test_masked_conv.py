@@ -194,6 +194,18 @@ def test_large_image_runs_in_bands(backend):
     check_backend(gmk.masked_conv2d, x, weight, None, backend=backend, mask_type="B")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", [name for name in BACKENDS if name == "cpu"])
+def test_batch_runs_in_blocks_of_whole_samples(backend, layout):
+    """Small images are batched into one GEMM per block of whole samples: 25 * 64 * 48 * 48 column
+    values a sample, so 1 << 22 hold 1 sample a block and a batch of 3 makes 3 blocks; at 24 * 24, 4
+    samples fit a block and a batch of 9 makes blocks of 4, 4 and 1."""
+    for n, size in ((3, 48), (9, 24)):
+        x, weight, bias = torch.randn(n, 64, size, size), torch.randn(5, 64, 7, 7), torch.randn(5)
+        check_backend(gmk.masked_conv2d, x, weight, bias, backend=backend, mask_type="B",
+                      layout=LAYOUTS[layout], grad_layout=LAYOUTS[layout])
+
+
 # --- the masked weights ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("mask_type", "groups"), [("A", 1), ("B", 3), ("A", 3)])

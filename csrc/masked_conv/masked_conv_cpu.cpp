@@ -1,7 +1,7 @@
 // CPU kernels of the masked and shifted convolutions: GEMMs over the live taps only.
 //
-// With the T live taps in raster order and the tap-major column index k = t * Cin + c, each band of
-// output rows (M pixels) of one sample is
+// With the T live taps in raster order and the tap-major column index k = t * Cin + c, each block of
+// M output pixels (several small images, or a band of rows of one large image) is
 //   y (Cout, M) = W (Cout, T * Cin) · cols (T * Cin, M) + bias,
 //   cols[t * Cin + c][m] = x[c][pixel m moved by tap t], zero outside the image (im2col),
 // so the padding is implied and the masked taps are neither stored nor multiplied. W holds the live
@@ -30,8 +30,12 @@
 namespace gmk::masked_conv {
 namespace {
 
-// A band's columns hold at most about this many elements (16 MiB in float32), at least one row.
+// A block's columns hold at most about this many elements (16 MiB in float32), at least one row.
 constexpr int64_t kColumnsBudget = int64_t{1} << 22;
+// A parallel task copies at least this many column elements (about 20-40 us): smaller work runs on the
+// calling thread. On a busy 2-core machine every parallel region can wait a scheduler time slice for
+// its second thread (tiny PixelCNN training steps measured 40x slower), so small work is never split.
+constexpr int64_t kGrainElements = int64_t{1} << 16;
 
 // Tap (r, s) reads input pixel (i + dr, j + ds) for output pixel (i, j).
 struct Tap {
@@ -48,27 +52,33 @@ std::vector<Tap> live_taps(const Geometry& g) {
   return taps;
 }
 
-// Output rows [row0, row0 + rows).
-struct Band {
-  int64_t row0, rows;
+// A block of output pixels multiplied by one GEMM: `samples` whole images from sample n0 (small images
+// are batched, so that a GEMM is not called per image), or rows [row0, row0 + rows) of sample n0 alone
+// (samples == 1) when one image's columns exceed the budget.
+struct Block {
+  int64_t n0, samples, row0, rows;
 };
 
-// The band's (M, T * C) columns, cols[(i - row0) * W + j][t * C + c] = planes[i + dr][j + ds][c], zero
-// outside the image, in buffer; planes is (H, W, C) contiguous.
+// The block's (M, T * C) columns, cols[((s * rows) + i - row0) * W + j][t * C + c] =
+// planes[s][i + dr][j + ds][c], zero outside the image, in buffer; planes is (samples, H, W, C)
+// contiguous, the block's samples only. Parallel over image rows, at least kGrainElements per task.
 template <typename T>
-at::Tensor im2col(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& planes, const Band& band,
+at::Tensor im2col(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& planes, const Block& block,
                   const at::Tensor& buffer) {
-  const int64_t H = g.height, W = g.width, C = planes.size(2), K = static_cast<int64_t>(taps.size()) * C;
+  const int64_t H = g.height, W = g.width, C = planes.size(3), K = static_cast<int64_t>(taps.size()) * C;
   const T* x = planes.const_data_ptr<T>();
   T* cols = buffer.data_ptr<T>();
-  at::parallel_for(band.row0, band.row0 + band.rows, 1, [&](int64_t begin, int64_t end) {
-    T* out = cols + (begin - band.row0) * W * K;
-    for (int64_t i = begin; i < end; ++i) {
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, W * K));
+  at::parallel_for(0, block.samples * block.rows, grain, [&](int64_t begin, int64_t end) {
+    T* out = cols + begin * W * K;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t s = row / block.rows, i = block.row0 + row % block.rows;
+      const T* image = x + s * H * W * C;
       for (int64_t j = 0; j < W; ++j) {
         for (const Tap& tap : taps) {
           const int64_t ii = i + tap.dr, jj = j + tap.ds;
           if (0 <= ii && ii < H && 0 <= jj && jj < W) {
-            std::copy_n(x + (ii * W + jj) * C, C, out);
+            std::copy_n(image + (ii * W + jj) * C, C, out);
           } else {
             std::fill_n(out, C, T(0));
           }
@@ -77,7 +87,7 @@ at::Tensor im2col(const Geometry& g, const std::vector<Tap>& taps, const at::Ten
       }
     }
   });
-  return buffer.narrow(0, 0, band.rows * W * K).view({band.rows * W, K});
+  return buffer.narrow(0, 0, block.samples * block.rows * W * K).view({block.samples * block.rows * W, K});
 }
 
 // The taps of grad_x = the convolution of grad_y with the reflected kernel.
@@ -165,30 +175,57 @@ at::Tensor image(const void* data, int64_t channels, const Geometry& g, bool cha
   return at::from_blob(pointer, {g.batch, g.height, g.width, channels}, at::TensorOptions(type)).permute({0, 3, 1, 2});
 }
 
-// Sample n of an image as a (C, H * W) matrix (a view).
-at::Tensor pixels(const at::Tensor& image, int64_t n) { return image[n].flatten(1); }
-
-// The band's pixels of a (C, H * W) matrix.
-at::Tensor band_of(const at::Tensor& matrix, const Geometry& g, const Band& band) {
-  return matrix.narrow(1, band.row0 * g.width, band.rows * g.width);
+// The block's pixels of an image, as a (C, M) matrix in the math type: a view when it is one sample's
+// pixels in the math type, else a copy.
+at::Tensor block_pixels(const at::Tensor& image, const Block& block, const Geometry& g, at::ScalarType math) {
+  const at::Tensor pixels =
+      image.narrow(0, block.n0, block.samples).flatten(2).narrow(2, block.row0 * g.width, block.rows * g.width);
+  return pixels.transpose(0, 1).reshape({image.size(1), -1}).to(math);
 }
 
-// Sample n of an image as contiguous (H, W, C) planes in the math type (a view when it already is). From
-// NCHW, a transpose of the (C, H * W) matrix: ATen copies those in cache blocks, 1.8x faster here than
-// the equivalent permute of (C, H, W).
-at::Tensor channels_last_planes(const at::Tensor& image, int64_t n, at::ScalarType math) {
-  return pixels(image, n).t().to(math).contiguous().view({image.size(2), image.size(3), image.size(1)});
+// Writes the (C, M) result into the block's pixels of an image.
+void store_block(const at::Tensor& image, const Block& block, const Geometry& g, const at::Tensor& result) {
+  image.narrow(0, block.n0, block.samples)
+      .flatten(2)
+      .narrow(2, block.row0 * g.width, block.rows * g.width)
+      .copy_(result.view({image.size(1), block.samples, block.rows * g.width}).transpose(0, 1));
 }
 
-// A sample's output rows go in bands of this many rows: a band's columns, of up to max_k values per
-// pixel, stay within kColumnsBudget.
-int64_t band_rows(const Geometry& g, int64_t max_k) {
-  return std::clamp<int64_t>(kColumnsBudget / std::max<int64_t>(1, max_k * g.width), 1, std::max<int64_t>(1, g.height));
+// The block's samples of an image as contiguous (samples, H, W, C) planes in the math type. From NCHW,
+// a transpose of each (C, H * W) matrix: ATen copies those in cache blocks, 1.8x faster here than the
+// equivalent permute of (C, H, W).
+at::Tensor channels_last_planes(const at::Tensor& image, const Block& block, at::ScalarType math) {
+  return image.narrow(0, block.n0, block.samples)
+      .flatten(2)
+      .transpose(1, 2)
+      .to(math)
+      .contiguous()
+      .view({block.samples, image.size(2), image.size(3), image.size(1)});
 }
 
+// The blocks of the batch, in order: whole samples per block while a sample's columns, of up to max_k
+// values per pixel, fit kColumnsBudget; else bands of rows of one sample.
 template <typename Body>
-void for_each_band(const Geometry& g, int64_t rows, Body body) {
-  for (int64_t row0 = 0; row0 < g.height; row0 += rows) body(Band{row0, std::min(rows, g.height - row0)});
+void for_each_block(const Geometry& g, int64_t max_k, Body body) {
+  const int64_t per_row = std::max<int64_t>(1, max_k * g.width), per_sample = per_row * std::max<int64_t>(1, g.height);
+  if (per_sample <= kColumnsBudget) {
+    const int64_t samples = std::min(kColumnsBudget / per_sample, g.batch);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += samples) body(Block{n0, std::min(samples, g.batch - n0), 0, g.height});
+    return;
+  }
+  const int64_t rows = std::clamp<int64_t>(kColumnsBudget / per_row, 1, g.height);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t row0 = 0; row0 < g.height; row0 += rows) body(Block{n, 1, row0, std::min(rows, g.height - row0)});
+  }
+}
+
+// The column buffer of the largest block for_each_block makes.
+at::Tensor column_buffer(const Geometry& g, int64_t max_k, at::ScalarType math) {
+  int64_t largest = 0;
+  for_each_block(g, max_k, [&](const Block& block) {
+    largest = std::max(largest, block.samples * block.rows * g.width * max_k);
+  });
+  return at::empty({largest}, math);
 }
 
 template <typename scalar_t>
@@ -203,15 +240,11 @@ void forward_typed(const Args& args) {
                 : at::Tensor();
   const at::Tensor x = image(args.x, g.in_channels, g, args.x_channels_last, type);
   const at::Tensor y = image(args.y, g.out_channels, g, args.x_channels_last, type);
-  const int64_t rows = band_rows(g, w.size(1));
-  const at::Tensor buffer = at::empty({rows * g.width * w.size(1)}, math);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const at::Tensor x_n = channels_last_planes(x, n, math);
-    for_each_band(g, rows, [&](const Band& band) {
-      const at::Tensor cols = im2col<opmath_t>(g, taps, x_n, band, buffer);
-      band_of(pixels(y, n), g, band).copy_(matmul(w, cols.t(), bias));
-    });
-  }
+  const at::Tensor buffer = column_buffer(g, w.size(1), math);
+  for_each_block(g, w.size(1), [&](const Block& block) {
+    const at::Tensor cols = im2col<opmath_t>(g, taps, channels_last_planes(x, block, math), block, buffer);
+    store_block(y, block, g, matmul(w, cols.t(), bias));
+  });
 }
 
 template <typename scalar_t>
@@ -233,23 +266,19 @@ void backward_typed(const Args& args) {
                         .permute({2, 1, 0})
                         .reshape({g.in_channels, t * g.out_channels})
                   : at::Tensor();
-  const int64_t max_k = t * std::max(g.in_channels, g.out_channels), rows = band_rows(g, max_k);
-  const at::Tensor buffer = at::empty({rows * g.width * max_k}, math);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const at::Tensor x_n = args.grad_weight ? channels_last_planes(x, n, math) : at::Tensor();
-    const at::Tensor grad_y = args.grad_weight ? pixels(grad_out, n).to(math) : at::Tensor();
-    const at::Tensor grad_y_n = args.grad_x ? channels_last_planes(grad_out, n, math) : at::Tensor();
-    for_each_band(g, rows, [&](const Band& band) {
-      if (args.grad_weight) {
-        const at::Tensor cols = im2col<opmath_t>(g, taps, x_n, band, buffer);
-        grad_w.add_(matmul(band_of(grad_y, g, band), cols));
-      }
-      if (args.grad_x) {
-        const at::Tensor cols = im2col<opmath_t>(g, reflected_taps, grad_y_n, band, buffer);
-        band_of(pixels(grad_x, n), g, band).copy_(matmul(w_reflected, cols.t()));
-      }
-    });
-  }
+  const int64_t max_k = t * std::max(g.in_channels, g.out_channels);
+  const at::Tensor buffer = column_buffer(g, max_k, math);
+  for_each_block(g, max_k, [&](const Block& block) {
+    if (args.grad_weight) {
+      const at::Tensor cols = im2col<opmath_t>(g, taps, channels_last_planes(x, block, math), block, buffer);
+      grad_w.add_(matmul(block_pixels(grad_out, block, g, math), cols));
+    }
+    if (args.grad_x) {
+      const at::Tensor planes = channels_last_planes(grad_out, block, math);
+      const at::Tensor cols = im2col<opmath_t>(g, reflected_taps, planes, block, buffer);
+      store_block(grad_x, block, g, matmul(w_reflected, cols.t()));
+    }
+  });
   if (args.grad_weight) unpack_weight_grad<scalar_t, opmath_t>(g, taps, grad_w, args.grad_weight);
   if (args.grad_bias) {
     at::from_blob(args.grad_bias, {g.out_channels}, at::TensorOptions(type))
