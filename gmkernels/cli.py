@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from . import training
 
-    options = vars(args)
+    options = dict(vars(args))
     command = options.pop("command")
     if command == "train":
         model = options.pop("model")
