@@ -117,7 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     if command == "train":
         model = options.pop("model")
         out = training.train(model, options.pop("out") or f"runs/{model}", resume=options.pop("resume"), **options)
-        print(f"wrote {out}/: checkpoint.pt, metrics.jsonl, loss.png, samples.png")
+        if out is not None:  # rank 0 of a torchrun
+            print(f"wrote {out}/: checkpoint.pt, metrics.jsonl, loss.png, samples.png")
     else:
         print(f"wrote {training.sample(options.pop('dir'), **options)}")
     return 0

@@ -56,12 +56,12 @@ def stop(context: Context) -> None:
 
 
 def wrap(model: torch.nn.Module, context: Context) -> torch.nn.Module:
-    """DistributedDataParallel over ranks; some models have parameters a step leaves unused (WaveNet's
-    last residual 1x1), hence ``find_unused_parameters``."""
+    """DistributedDataParallel over ranks. ``static_graph``: every step uses the same parameters, and a
+    model may leave some unused (WaveNet's last residual 1x1) without a graph traversal per step."""
     if context.world_size == 1:
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, static_graph=True)
 
 
 def local_batch(global_batch: torch.Tensor, context: Context) -> torch.Tensor:

@@ -386,10 +386,10 @@ def _finish(run: Run, records: list[dict]) -> None:
         run.kind.show_samples(run.draw_samples(count, generator), run.train_set.describe(), run.out)
 
 
-def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Path:
+def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Path | None:
     """Train ``model`` (a name of gmk.models.MODELS) with ``options`` (TrainOptions' fields), writing to
-    ``out``; ``resume``: continue the run in ``out`` from its checkpoint, exactly. Returns ``out``.
-    Under torchrun every process calls this; rank 0 writes."""
+    ``out``; ``resume``: continue the run in ``out`` from its checkpoint, exactly. Under torchrun every
+    process calls this; rank 0 writes and gets ``out`` back, the other ranks None."""
     out = Path(out)
     model_class = kinds.model_class(model)
     previous = checkpoint.load(out) if resume else None
@@ -416,4 +416,4 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
             _loop(run)
     finally:
         distributed.stop(context)
-    return out
+    return out if context.writes else None
