@@ -16,6 +16,8 @@ namespace {
 
 // Time steps per task of the fused layer: z for R = 128 is 256 KB of float32, in L2.
 constexpr int64_t kLayerBlock = 512;
+// The least work of one parallel task of the layer (about 0.1-0.3 ms on one core).
+constexpr int64_t kTaskMultiplyAdds = int64_t{1} << 20;
 
 at::ScalarType compute_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -139,10 +141,14 @@ struct Layer {
     return bias.has_value() ? bias->to(type).view({rows, 1}) : at::zeros({rows, 1}, x.options());
   }
 
-  // Runs body(sample, t0, len) over every block of every sample, in parallel.
+  // Runs body(sample, t0, len) over every block of every sample, in parallel: a task takes at least
+  // kTaskMultiplyAdds of the layer's multiply-adds, so small layers run on the calling thread (on a busy
+  // 2-core machine each parallel region can wait a scheduler time slice for its second thread).
   template <typename Body>
   void for_each_block(Body body) const {
-    at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t per_block = std::min(t, kLayerBlock) * r * (2 * r * k + r + s);
+    const int64_t grain = std::max<int64_t>(1, kTaskMultiplyAdds / std::max<int64_t>(1, per_block));
+    at::parallel_for(0, n * blocks, grain, [&](int64_t begin, int64_t end) {
       // Worker threads do not inherit the caller's dispatch state: stay below autograd there too.
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
       for (int64_t task = begin; task < end; ++task) {
