@@ -61,7 +61,7 @@ class GatedPixelCNNConfig:
         check_size(cls.__name__, size)
         data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes)
         if size == "tiny":
-            return cls(**data, channels=2 * in_channels, layers=2, kernel_size=3, output_channels=2 * in_channels)
+            return cls(**data, channels=4 * in_channels, layers=2, kernel_size=3, output_channels=4 * in_channels)
         if image_size <= SMALL_IMAGE:
             return cls(**data, channels=16 * in_channels, layers=5, kernel_size=3,
                        output_channels=32 * in_channels)

@@ -64,7 +64,7 @@ class PixelCNNConfig:
         data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes)
         if size == "tiny":
             return cls(**data, channels=4 * in_channels, residual_blocks=1, first_kernel_size=3,
-                       output_channels=2 * in_channels)
+                       output_channels=4 * in_channels)
         if image_size <= SMALL_IMAGE:
             return cls(**data, channels=24 * in_channels, residual_blocks=4, output_channels=32 * in_channels)
         return cls(**data)
