@@ -56,8 +56,8 @@ def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a model of gmk.models and write DIR/{checkpoint.pt,"
                                 "metrics.jsonl,loss.png,samples.png}", argument_default=argparse.SUPPRESS)
     train.add_argument("model", help="pixelcnn, gated_pixelcnn, pixelcnnpp, wavenet, ... (gmk.models.MODELS)")
-    train.add_argument("--data", help="digits, shapes, shapes32, tones, a folder of PNG/JPEG images or a .npy "
-                       "array (default: digits for image models, tones for audio)")
+    train.add_argument("--data", help="digits, shapes, shapes32, tones, a folder of PNG/JPEG images or a "
+                       ".npy array (default: digits for image models, tones for audio)")
     train.add_argument("--out", default=None, help="the run's folder (default: runs/MODEL)")
     train.add_argument("--resume", action="store_true", default=False,
                        help="continue the run in --out exactly; only --steps/--epochs and the "
@@ -66,7 +66,8 @@ def _add_train(commands) -> None:
     length.add_argument("--steps", type=int, help=f"total optimiser steps (default {DEFAULT_STEPS})")
     length.add_argument("--epochs", type=int, help="passes over the training split")
     for flag, kind, text in (
-            ("--batch-size", int, "global batch size, over all processes"), ("--lr", float, "peak learning rate"),
+            ("--batch-size", int, "global batch size, over all processes"),
+            ("--lr", float, "peak learning rate"),
             ("--weight-decay", float, "AdamW's decoupled weight decay"),
             ("--warmup-steps", int, "steps of linear learning-rate warm-up"),
             ("--clip-norm", float, "gradient norm clipping"), ("--ema-decay", float, "EMA of the weights"),
@@ -116,7 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     command = options.pop("command")
     if command == "train":
         model = options.pop("model")
-        out = training.train(model, options.pop("out") or f"runs/{model}", resume=options.pop("resume"), **options)
+        out = options.pop("out") or f"runs/{model}"
+        out = training.train(model, out, resume=options.pop("resume"), **options)
         if out is not None:  # rank 0 of a torchrun
             print(f"wrote {out}/: checkpoint.pt, metrics.jsonl, loss.png, samples.png")
     else:

@@ -1,7 +1,7 @@
 """Data sets for the models, embedded or generated in code (nothing is downloaded).
 
     gmk.data.load("digits")            scikit-learn's 8x8 digits: 1 channel, 17 levels (0 … 16), 10 classes
-    gmk.data.load("shapes")            coloured circles, squares and triangles, 16x16 RGB, 256 levels, 3 classes
+    gmk.data.load("shapes")            coloured circles, squares, triangles: 16x16 RGB, 256 levels, 3 classes
     gmk.data.load("shapes32")          the same at 32x32
     gmk.data.load("tones")             sums of sine tones at 8 kHz, µ-law encoded to 256 classes (WaveNet)
     gmk.data.load("path/to/folder")    a folder of PNG/JPEG images (all of one size, square), 256 levels
@@ -46,8 +46,9 @@ class TensorSet(torch.utils.data.Dataset):
 
     def describe(self) -> dict:
         """What a model trained on this set needs to know of it (kept in checkpoints)."""
-        return {"name": self.name, "kind": self.kind, "in_channels": self.in_channels, "num_bins": self.num_bins,
-                "image_size": self.image_size, "num_classes": self.num_classes, "sample_rate": self.sample_rate}
+        return {"name": self.name, "kind": self.kind, "in_channels": self.in_channels,
+                "num_bins": self.num_bins, "image_size": self.image_size, "num_classes": self.num_classes,
+                "sample_rate": self.sample_rate}
 
 
 def _split_indices(count: int, split: str, test_count: int) -> torch.Tensor:
@@ -139,7 +140,8 @@ def _tones(split: str) -> TensorSet:
                      name="tones", sample_rate=sample_rate)
 
 
-SETS = {"digits": _digits, "shapes": _shapes(16, "shapes"), "shapes32": _shapes(32, "shapes32"), "tones": _tones}
+SETS = {"digits": _digits, "shapes": _shapes(16, "shapes"), "shapes32": _shapes(32, "shapes32"),
+        "tones": _tones}
 
 
 # --- a user's images ------------------------------------------------------------------------------
@@ -168,7 +170,8 @@ def _array(path: Path) -> torch.Tensor:
         raise ValueError(f"{path}: not a readable .npy array ({error})") from None
     if array.dtype.kind not in "ui":
         raise ValueError(f"{path}: expected an integer array of bin indices, got dtype {array.dtype}")
-    return _check_images(torch.from_numpy(array.astype(np.int64 if array.dtype != np.uint8 else np.uint8)), str(path))
+    x = torch.from_numpy(array if array.dtype == np.uint8 else array.astype(np.int64))
+    return _check_images(x, str(path))
 
 
 def _folder(path: Path) -> torch.Tensor:

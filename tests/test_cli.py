@@ -36,8 +36,8 @@ def audio_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("command", [["info", "--bogus"], ["train", "wavenet", "--bogus"], ["sample", "d", "--x"],
-                                     ["train"], ["bogus"]])
+@pytest.mark.parametrize("command", [["info", "--bogus"], ["train", "wavenet", "--bogus"],
+                                     ["sample", "d", "--x"], ["train"], ["bogus"]])
 def test_unknown_flags_and_commands_exit_2(command, capsys):
     assert gmk(*command) == 2
     assert "error:" in capsys.readouterr().err

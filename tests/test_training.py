@@ -232,7 +232,8 @@ def test_bfloat16_runs_the_forward_in_bfloat16_and_keeps_float32_weights(tmp_pat
     for dtype in ("float32", "bfloat16"):
         train(model, tmp_path / dtype, data=data, steps=2, dtype=dtype, **QUICK)
     state = checkpoint.load(tmp_path / "bfloat16")
-    assert all(value.dtype == torch.float32 for value in state["model_state"].values() if value.is_floating_point())
+    weights = state["model_state"].values()
+    assert all(value.dtype == torch.float32 for value in weights if value.is_floating_point())
     high, low = ([json.loads(line) for line in (tmp_path / dtype / "metrics.jsonl").read_text().splitlines()]
                  for dtype in ("float32", "bfloat16"))
     assert low[0]["loss"] != high[0]["loss"] and low[0]["loss"] == pytest.approx(high[0]["loss"], rel=2e-2)

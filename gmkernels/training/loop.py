@@ -105,8 +105,8 @@ def _options(model: str, previous: dict | None, given: dict, path: Path) -> Trai
         changed = sorted(name for name, value in given.items()
                          if name not in TrainOptions.RESUMABLE and value != getattr(saved, name))
         if changed:
-            raise TrainingError(f"--resume continues {path} with its own options; "
-                                f"{', '.join('--' + name.replace('_', '-') for name in changed)} cannot change")
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise TrainingError(f"--resume continues {path} with its own options; {flags} cannot change")
         if "steps" in given or "epochs" in given:
             saved = dataclasses.replace(saved, steps=None, epochs=None)
         options = dataclasses.replace(saved, **{name: given[name] for name in TrainOptions.RESUMABLE
@@ -250,7 +250,8 @@ class Run:
             return self.kind.loss_terms(module, x, y, self.options.conditional)
         low, prefix = DTYPES[self.options.dtype], "" if module is self.model else "module."
         state = itertools.chain(self.model.named_parameters(), self.model.named_buffers())
-        weights = {prefix + name: value.to(low) if value.is_floating_point() else value for name, value in state}
+        weights = {prefix + name: value.to(low) if value.is_floating_point() else value
+                   for name, value in state}
 
         def cast(*args, **kwargs):
             return torch.func.functional_call(module, weights, args, kwargs)
@@ -258,7 +259,8 @@ class Run:
 
     def state(self) -> dict:
         return {"model": self.name, "config": checkpoint.config_fields(self.config),
-                "data": self.train_set.describe(), "options": dataclasses.asdict(self.options), "step": self.step,
+                "data": self.train_set.describe(), "options": dataclasses.asdict(self.options),
+                "step": self.step,
                 "model_state": self.model.state_dict(), "ema_state": self.ema.state,
                 "optimizer_state": self.optimizer.state_dict()}
 
@@ -303,8 +305,8 @@ class Run:
         with self.ema.weights_in(self.model):
             for chunk in indices.split(self.options.batch_size):
                 terms = self.loss_terms(self.model, self.test_x[chunk], self.test_y[chunk])
-                total += torch.stack([terms[self.kind.metric].double() * len(chunk),
-                                      torch.tensor(float(len(chunk)), dtype=torch.float64, device=total.device)])
+                total[0] += terms[self.kind.metric].double() * len(chunk)
+                total[1] += len(chunk)
         self.model.train()
         total = distributed.sum_over_ranks(total, self.context)
         return (total[0] / total[1]).item()
@@ -320,7 +322,7 @@ class Run:
 
 
 def _metrics_so_far(out: Path, step: int) -> list[dict]:
-    """The records of ``out``/metrics.jsonl up to ``step`` (a resumed run drops those after its checkpoint)."""
+    """The records of ``out``/metrics.jsonl up to ``step`` (a resumed run drops the later ones)."""
     path = out / METRICS
     if not path.exists():
         return []
@@ -339,7 +341,8 @@ def _loop(run: Run) -> None:
     options, context, out = run.options, run.context, run.out
     total = run.total_steps
     if run.step >= total:
-        raise TrainingError(f"{out} is at step {run.step} already; give a larger --steps or --epochs to continue")
+        raise TrainingError(f"{out} is at step {run.step} already; give a larger --steps or --epochs "
+                            "to continue")
     records = _metrics_so_far(out, run.step) if context.writes else []
     if context.writes:
         _write_metrics(out, records)
@@ -350,7 +353,9 @@ def _loop(run: Run) -> None:
           open(out / METRICS, "a") if context.writes else contextlib.nullcontext() as metrics):
         while run.step < total:
             loss, metric = run.train_step()
-            window += torch.stack([loss.double(), metric.double(), torch.ones_like(loss, dtype=torch.float64)])
+            window[0] += loss.double()
+            window[1] += metric.double()
+            window[2] += 1
             step, last = run.step, run.step == total
             record = {}
             if step % options.log_every == 0 or last:
@@ -400,12 +405,14 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
     _prepare_out(out, resume)
     described = data[0].describe()
     if described["kind"] != model_class.kind:
-        raise TrainingError(f"{model} is an {model_class.kind} model; --data {options.data} is {described['kind']}")
+        raise TrainingError(f"{model} is an {model_class.kind} model; --data {options.data} is "
+                            f"{described['kind']}")
     if previous is None:
         config = kinds.kind_of(model_class).config(model_class, described, options.size, options.conditional)
     else:
         if previous["data"] != described:
-            raise TrainingError(f"{out / checkpoint.FILE}: was trained on other data ({previous['data']['name']})")
+            raise TrainingError(f"{out / checkpoint.FILE}: was trained on other data "
+                                f"({previous['data']['name']})")
         config = checkpoint.rebuild_config(previous, model_class, out / checkpoint.FILE)
     context = distributed.start(options.device)
     try:

@@ -24,7 +24,8 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
             raise TrainingError(f"{name} must be a positive integer, got {value!r}")
     out = Path(out) if out is not None else directory / f"sample{kind.suffixes[0]}"
     if out.suffix.lower() not in kind.suffixes:
-        raise TrainingError(f"--out {out}: a {state['model']} sample is written as {' or '.join(kind.suffixes)}")
+        raise TrainingError(f"--out {out}: a {state['model']} sample is written as "
+                            f"{' or '.join(kind.suffixes)}")
     if not out.parent.is_dir():
         raise TrainingError(f"--out {out}: no folder {out.parent}")
     context = distributed.start(device)
