@@ -10,7 +10,8 @@ import torch
 
 import gmkernels as gmk
 from conftest import backends_under_test
-from gmkernels.models import MODELS, GatedPixelCNNConfig, PixelCNNConfig, PixelCNNppConfig, WaveNet, WaveNetConfig
+from gmkernels.models import (MODELS, GatedPixelCNNConfig, PixelCNNConfig, PixelCNNppConfig, WaveNet,
+                              WaveNetConfig)
 from gmkernels.models._autoregressive import scale_bins
 
 IMAGE_MODELS = ("pixelcnn", "gated_pixelcnn", "pixelcnnpp")
@@ -71,7 +72,8 @@ def test_probabilities_of_every_image_sum_to_one(name, case):
 
 
 def chi_square_bound(dof, z=4.5):
-    """Wilson-Hilferty: the chi-square quantile with ``dof`` degrees of freedom at the normal's z (1 - 3e-6)."""
+    """Wilson-Hilferty: the chi-square quantile with ``dof`` degrees of freedom at the normal's z
+    (z = 4.5: 1 - 3e-6)."""
     return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
@@ -85,7 +87,8 @@ def test_sample_frequencies_match_the_probabilities(name):
     with gmk.use_backend("reference"):
         probs = model.eval().log_prob(images).exp()
     n = 40000
-    with gmk.use_backend("reference"):  # the fastest here on 2x2 images; the backends' twin test covers the rest
+    # The reference backend is the fastest here on 2x2 images; the twin test covers the others.
+    with gmk.use_backend("reference"):
         samples = model.sample(n, image_size=size, generator=torch.Generator().manual_seed(7))
     counts = torch.bincount(image_index(samples, num_bins), minlength=len(images)).double()
     expected = n * probs
@@ -192,7 +195,8 @@ def test_sample_is_reproducible_with_a_generator_and_temperature_sharpens(name):
     model = tiny_model(name, 3, 6, dtype=torch.float32).train()
 
     def draw(seed, temperature=1.0):
-        return model.sample(8, image_size=3, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        return model.sample(8, image_size=3, temperature=temperature, generator=generator)
 
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(draw(1), draw(2))
@@ -205,7 +209,8 @@ def test_sample_is_reproducible_with_a_generator_and_temperature_sharpens(name):
 def test_the_class_label_changes_the_likelihood_and_the_samples(name):
     model = tiny_model(name, 1, 4, num_classes=3, scale=2.0).eval()
     x = torch.randint(0, 4, (2, 1, 4, 4))
-    assert (model.log_prob(x, torch.tensor([0, 0])) - model.log_prob(x, torch.tensor([2, 2]))).abs().min() > 1e-6
+    change = model.log_prob(x, torch.tensor([0, 0])) - model.log_prob(x, torch.tensor([2, 2]))
+    assert change.abs().min() > 1e-6
     samples = [model.sample(16, y=torch.full((16,), label), generator=torch.Generator().manual_seed(3))
                for label in (0, 2)]
     assert not torch.equal(*samples)
@@ -223,24 +228,33 @@ def _call(name, method, x=None, y=None, **kwargs):
 Y = torch.tensor([0, 1])
 BAD_INPUTS = {
     "x-float": (_call("pixelcnn", "forward", torch.zeros(2, 3, 4, 4), Y), TypeError, "x must be an integer"),
-    "x-bool": (_call("pixelcnn", "log_prob", torch.zeros(2, 3, 4, 4, dtype=torch.bool), Y), TypeError, "x must"),
+    "x-bool": (_call("pixelcnn", "log_prob", torch.zeros(2, 3, 4, 4, dtype=torch.bool), Y), TypeError,
+               "x must"),
     "x-channels": (_call("pixelcnnpp", "forward", torch.zeros(2, 1, 4, 4, dtype=torch.long), Y), ValueError,
                    r"x must be \(N, C=3"),
-    "x-rank": (_call("pixelcnn", "forward", torch.zeros(3, 4, 4, dtype=torch.long), Y), ValueError, "x must be"),
-    "x-range": (_call("pixelcnnpp", "forward", torch.full((2, 3, 4, 4), 4), Y), ValueError, r"x must hold bins in \[0, 4\)"),
-    "x-negative": (_call("pixelcnn", "log_prob", torch.full((2, 3, 4, 4), -1), Y), ValueError, "x must hold bins"),
+    "x-rank": (_call("pixelcnn", "forward", torch.zeros(3, 4, 4, dtype=torch.long), Y), ValueError,
+               "x must be"),
+    "x-range": (_call("pixelcnnpp", "forward", torch.full((2, 3, 4, 4), 4), Y), ValueError,
+                r"x must hold bins in \[0, 4\)"),
+    "x-negative": (_call("pixelcnn", "log_prob", torch.full((2, 3, 4, 4), -1), Y), ValueError,
+                   "x must hold bins"),
     "y-missing": (_call("pixelcnn", "forward"), ValueError, "y .* is required"),
     "y-unconditional": (_call("gated_pixelcnn", "forward", y=Y), ValueError, "y was given"),
     "y-float": (_call("pixelcnnpp", "forward", y=Y.float()), TypeError, "y must be an int64"),
-    "y-shape": (_call("pixelcnn", "forward", y=torch.tensor([0, 1, 1])), ValueError, r"y must have shape \(2,\)"),
-    "y-range": (_call("pixelcnnpp", "forward", y=torch.tensor([0, 2])), ValueError, r"y must hold classes in \[0, 2\)"),
+    "y-shape": (_call("pixelcnn", "forward", y=torch.tensor([0, 1, 1])), ValueError,
+                r"y must have shape \(2,\)"),
+    "y-range": (_call("pixelcnnpp", "forward", y=torch.tensor([0, 2])), ValueError,
+                r"y must hold classes in \[0, 2\)"),
     "sample-n": (_call("gated_pixelcnn", "sample", n=0), ValueError, "n must be"),
-    "sample-temperature": (_call("gated_pixelcnn", "sample", n=1, temperature=0.0), ValueError, "temperature"),
+    "sample-temperature": (_call("gated_pixelcnn", "sample", n=1, temperature=0.0), ValueError,
+                           "temperature"),
     "sample-image-size": (_call("gated_pixelcnn", "sample", n=1, image_size=0), ValueError, "image_size"),
-    "sample-y": (_call("pixelcnn", "sample", n=2, y=torch.tensor([0])), ValueError, r"y must have shape \(2,\)"),
+    "sample-y": (_call("pixelcnn", "sample", n=2, y=torch.tensor([0])), ValueError,
+                 r"y must have shape \(2,\)"),
     "sample-no-y": (_call("pixelcnn", "sample", n=2), ValueError, "y .* is required"),
     "config-channels": (lambda: PixelCNNConfig(channels=256), ValueError, "channels must be a multiple of 6"),
-    "config-in-channels": (lambda: GatedPixelCNNConfig(in_channels=2), ValueError, "in_channels must be 1 or 3"),
+    "config-in-channels": (lambda: GatedPixelCNNConfig(in_channels=2), ValueError,
+                           "in_channels must be 1 or 3"),
     "config-bins": (lambda: PixelCNNppConfig(num_bins=1), ValueError, "num_bins must be an int >= 2"),
     "config-kernel": (lambda: GatedPixelCNNConfig(kernel_size=4), ValueError, "kernel_size must be odd"),
     "config-dropout": (lambda: PixelCNNppConfig(dropout=1.0), ValueError, "dropout"),
@@ -268,7 +282,8 @@ def loss_and_gradients(model, x, y, backend):
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_every_parameter_gets_a_gradient(name):
     model = tiny_model(name, 3, 4, num_classes=2, dtype=torch.float32).train()
-    loss, grads = loss_and_gradients(model, torch.randint(0, 4, (3, 3, 4, 4)), torch.tensor([0, 1, 1]), "auto")
+    x, y = torch.randint(0, 4, (3, 3, 4, 4)), torch.tensor([0, 1, 1])
+    loss, grads = loss_and_gradients(model, x, y, "auto")
     for (parameter_name, _), grad in zip(model.named_parameters(), grads):
         assert torch.isfinite(grad).all() and grad.abs().max() > 0, parameter_name
 
@@ -296,14 +311,19 @@ def test_models_registry_and_configs():
         cls = MODELS[name]
         assert cls.kind == "image"
         default = cls.config_class()
-        assert (default.in_channels, default.num_bins, default.image_size, default.num_classes) == (3, 256, 32, 0)
+        data = (default.in_channels, default.num_bins, default.image_size, default.num_classes)
+        assert data == (3, 256, 32, 0)
         assert cls.config_class.for_data(3, 256, 32) == default  # the paper's CIFAR-10 network
         digits = cls.config_class.for_data(1, 17, 8, num_classes=10)
         assert (digits.in_channels, digits.num_bins, digits.image_size, digits.num_classes) == (1, 17, 8, 10)
-        assert sum(p.numel() for p in cls(digits).parameters()) < sum(p.numel() for p in cls(default).parameters())
-    assert (PixelCNNppConfig().filters, PixelCNNppConfig().resnets, PixelCNNppConfig().mixture_components) == (160, 5, 10)
-    assert (GatedPixelCNNConfig().layers, GatedPixelCNNConfig().channels, GatedPixelCNNConfig().kernel_size) == (20, 384, 5)
-    assert (PixelCNNConfig().residual_blocks, PixelCNNConfig().first_kernel_size) == (15, 7)
+        def size(config):
+            return sum(p.numel() for p in cls(config).parameters())
+
+        assert size(digits) < size(default)
+    pp, gated, pixelcnn = PixelCNNppConfig(), GatedPixelCNNConfig(), PixelCNNConfig()
+    assert (pp.filters, pp.resnets, pp.stages, pp.mixture_components, pp.dropout) == (160, 5, 3, 10, 0.5)
+    assert (gated.layers, gated.channels, gated.kernel_size) == (20, 384, 5)
+    assert (pixelcnn.residual_blocks, pixelcnn.first_kernel_size, pixelcnn.kernel_size) == (15, 7, 3)
 
 
 # --- the benchmark family --------------------------------------------------------------------------------

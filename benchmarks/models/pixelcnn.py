@@ -82,8 +82,8 @@ def _training_case(name: str, device: str) -> Case:
     x = _images(model, TRAIN_BATCH[device], TRAIN_SIZE[device], device)
 
     def step(backend, forward=model):  # each peer its own AdamW state, on the shared parameters
-        return functools.partial(_train_step, model, forward, torch.optim.AdamW(model.parameters(), lr=1e-5), x,
-                                 backend)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        return functools.partial(_train_step, model, forward, optimizer, x, backend)
 
     peers = {GMK: step("auto"), EAGER: step("reference"),
              COMPILED: step("reference", torch.compile(model, dynamic=False))}
@@ -117,8 +117,8 @@ def _sampling_case(name: str, device: str) -> Case:
     return Case(
         name=f"{name} sample {n}×{model.config.in_channels}×{size}×{size}",
         family="pixelcnn",
-        params={"model": name, "kind": "sample", "config": {**vars(model.config)}, "batch": n, "image_size": size,
-                "network_evaluations": evaluations, "dtype": "float32"},
+        params={"model": name, "kind": "sample", "config": {**vars(model.config)}, "batch": n,
+                "image_size": size, "network_evaluations": evaluations, "dtype": "float32"},
         bytes=evaluations * activation_bytes,
         flops=2 * evaluations * macs,
         peers=peers,
@@ -129,4 +129,5 @@ def _sampling_case(name: str, device: str) -> Case:
 
 def cases(device: str, quick: bool) -> list[Case]:
     """Each model's training step and sampling; the same cases with ``quick`` (float32 only)."""
-    return [case for name in IMAGE_MODELS for case in (_training_case(name, device), _sampling_case(name, device))]
+    return [case for name in IMAGE_MODELS
+            for case in (_training_case(name, device), _sampling_case(name, device))]

@@ -66,9 +66,11 @@ def right_shift(x: torch.Tensor, columns: int = 1) -> torch.Tensor:
     return F.pad(x, (columns, 0))[:, :, :, :x.shape[3]]
 
 
-def grouped_gate(x: torch.Tensor, cond: torch.Tensor | None, groups: int, activation: str = "tanh") -> torch.Tensor:
+def grouped_gate(x: torch.Tensor, cond: torch.Tensor | None, groups: int,
+                 activation: str = "tanh") -> torch.Tensor:
     """The gated activation of x (N, 2C, H, W) laid out as ``groups`` colour groups of [filter, gate]
-    halves (each C/groups channels), so that every output channel keeps its colour group; returns (N, C, H, W).
+    halves (each C/groups channels), so that every output channel keeps its colour group; returns
+    (N, C, H, W).
 
     gmk.masked_conv2d's fused gate pairs channel j with j + C, which are in different colour groups of
     the 2C channels; a colour-masked network gates each group's own halves instead. ``cond`` broadcasts
@@ -174,7 +176,8 @@ class AutoregressiveImageModel(torch.nn.Module):
         loss = nll.mean() / math.prod(x.shape[1:])
         return {"loss": loss, "bits_per_dim": bits_per_dim(loss.detach(), 1)}
 
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None, check_inputs: bool = True) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                 check_inputs: bool = True) -> torch.Tensor:
         """log p(x) in nats per image, (N,)."""
         return -self._nll("log_prob", x, y, check_inputs)
 

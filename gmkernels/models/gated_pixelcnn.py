@@ -59,9 +59,11 @@ class GatedPixelCNNConfig:
         """A config for this data: ``"default"``, the paper's network (a smaller one for images up to
         16×16, e.g. 8×8 digits); ``"tiny"``, the smallest that runs every code path (tests)."""
         check_size(cls.__name__, size)
-        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes)
+        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size,
+                    num_classes=num_classes)
         if size == "tiny":
-            return cls(**data, channels=4 * in_channels, layers=2, kernel_size=3, output_channels=4 * in_channels)
+            return cls(**data, channels=4 * in_channels, layers=2, kernel_size=3,
+                       output_channels=4 * in_channels)
         if image_size <= SMALL_IMAGE:
             return cls(**data, channels=16 * in_channels, layers=5, kernel_size=3,
                        output_channels=32 * in_channels)
@@ -121,9 +123,11 @@ class GatedPixelCNN(SoftmaxImageModel):
         super().__init__(config)
         c, groups = config, config.in_channels
         self.layers = torch.nn.ModuleList(
-            GatedLayer(c.in_channels if index == 0 else c.channels, c.channels, c.kernel_size, groups, index == 0)
+            GatedLayer(c.in_channels if index == 0 else c.channels, c.channels, c.kernel_size, groups,
+                       first=index == 0)
             for index in range(c.layers))
-        self.class_bias = torch.nn.Embedding(c.num_classes, c.layers * 4 * c.channels) if c.num_classes else None
+        self.class_bias = (torch.nn.Embedding(c.num_classes, c.layers * 4 * c.channels) if c.num_classes
+                           else None)
         self.output1 = MaskedConv2d(c.channels, c.output_channels, 1, "B", groups)
         self.output2 = MaskedConv2d(c.output_channels, c.in_channels * c.num_bins, 1, "B", groups)
 

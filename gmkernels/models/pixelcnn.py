@@ -61,7 +61,8 @@ class PixelCNNConfig:
         """A config for this data: ``"default"``, the paper's network (a smaller one for images up to
         16×16, e.g. 8×8 digits); ``"tiny"``, the smallest that runs every code path (tests)."""
         check_size(cls.__name__, size)
-        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes)
+        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size,
+                    num_classes=num_classes)
         if size == "tiny":
             return cls(**data, channels=4 * in_channels, residual_blocks=1, first_kernel_size=3,
                        output_channels=4 * in_channels)
@@ -71,7 +72,8 @@ class PixelCNNConfig:
 
 
 class ResidualBlock(torch.nn.Module):
-    """PixelCNN's residual block (fig. 5): 2h -> 1x1 -> h -> k×k -> h -> 1x1 -> 2h, ReLU before each, mask B."""
+    """PixelCNN's residual block (fig. 5): 2h -> 1x1 -> h -> k×k -> h -> 1x1 -> 2h, a ReLU before each
+    conv, all mask B."""
 
     def __init__(self, channels: int, kernel_size: int, color_groups: int):
         super().__init__()

@@ -27,8 +27,8 @@ from ..nn.masked_conv import ShiftedConv2d
 from ..ops.gated import gated_activation
 from ..ops.logistic_mixture import discretized_logistic_mixture_nll, discretized_logistic_mixture_sample
 from ..reference.logistic_mixture import params_per_component
-from ._autoregressive import (SMALL_IMAGE, AutoregressiveImageModel, check_image_fields, check_int, check_number,
-                              check_size, down_shift, right_shift, scale_bins)
+from ._autoregressive import (SMALL_IMAGE, AutoregressiveImageModel, check_image_fields, check_int,
+                              check_number, check_size, down_shift, right_shift, scale_bins)
 
 DOWN, DOWN_RIGHT = ((2, 3), "down"), ((2, 2), "down_right")  # (kernel, shift) of the u and ul streams
 
@@ -69,7 +69,8 @@ class PixelCNNppConfig:
         16×16: on 8×8 digits it reaches ≤ 1.9 bits/dim in 10 CPU minutes); ``"tiny"``, the smallest that
         runs every code path (tests)."""
         check_size(cls.__name__, size)
-        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes)
+        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size,
+                    num_classes=num_classes)
         if size == "tiny":
             return cls(**data, filters=4, resnets=1, stages=2, mixture_components=2, dropout=0.1)
         if image_size <= SMALL_IMAGE:
@@ -120,7 +121,8 @@ class PixelCNNpp(AutoregressiveImageModel):
         ModuleList = torch.nn.ModuleList
 
         def blocks(count: int, stream: tuple, skip_channels: int) -> ModuleList:
-            return ModuleList(GatedResnet(f, stream, skip_channels, c.num_classes, c.dropout) for _ in range(count))
+            return ModuleList(GatedResnet(f, stream, skip_channels, c.num_classes, c.dropout)
+                              for _ in range(count))
 
         self.u_input = ShiftedConv2d(c.in_channels + 1, f, (2, 3), "down")
         self.ul_input_down = ShiftedConv2d(c.in_channels + 1, f, (1, 3), "down")
@@ -132,7 +134,8 @@ class PixelCNNpp(AutoregressiveImageModel):
         # Up: the first stage has ``resnets`` blocks, the others one more (for the down-sampling's output).
         self.up_u = ModuleList(blocks(c.resnets + (s > 0), DOWN, f) for s in range(c.stages))
         self.up_ul = ModuleList(blocks(c.resnets + (s > 0), DOWN_RIGHT, 2 * f) for s in range(c.stages))
-        self.upsample_u = ModuleList(torch.nn.ConvTranspose2d(f, f, DOWN[0], stride=2) for _ in range(c.stages - 1))
+        self.upsample_u = ModuleList(torch.nn.ConvTranspose2d(f, f, DOWN[0], stride=2)
+                                     for _ in range(c.stages - 1))
         self.upsample_ul = ModuleList(torch.nn.ConvTranspose2d(f, f, DOWN_RIGHT[0], stride=2)
                                       for _ in range(c.stages - 1))
         self.output = torch.nn.Conv2d(f, c.outputs, 1)
@@ -144,7 +147,8 @@ class PixelCNNpp(AutoregressiveImageModel):
 
     def network(self, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """The mixture's parameters (N, 10K or 3K, H, W) of the scaled image (N, C, H, W)."""
-        x = torch.cat([inputs, torch.ones_like(inputs[:, :1])], dim=1)  # ones: where the image is (not padding)
+        # A channel of ones tells the convolutions where the image ends and the zero padding begins.
+        x = torch.cat([inputs, torch.ones_like(inputs[:, :1])], dim=1)
         u = down_shift(self.u_input(x))
         ul = down_shift(self.ul_input_down(x)) + right_shift(self.ul_input_right(x))
         us, uls = [u], [ul]
@@ -168,7 +172,8 @@ class PixelCNNpp(AutoregressiveImageModel):
                 ul = ul_block(ul, torch.cat([u, uls.pop()], dim=1), y)
         return self.output(F.elu(ul))
 
-    def _upsample(self, index: int, u: torch.Tensor, ul: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    def _upsample(self, index: int, u: torch.Tensor, ul: torch.Tensor,
+                  size) -> tuple[torch.Tensor, torch.Tensor]:
         """The stride-2 shifted transposed convs, cropped as the paper's code does (u: its first column
         dropped, keeping the output centred; ul: the top-left), then to the skip's ``size``."""
         height, width = size
@@ -178,7 +183,8 @@ class PixelCNNpp(AutoregressiveImageModel):
 
     def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x) in nats per image (N,)."""
-        levels = scale_bins(x, self.config.num_bins, torch.float64 if output.dtype == torch.float64 else torch.float32)
+        dtype = torch.float64 if output.dtype == torch.float64 else torch.float32
+        levels = scale_bins(x, self.config.num_bins, dtype)
         nll = discretized_logistic_mixture_nll(output, levels, num_bins=self.config.num_bins,
                                                log_scale_min=self.config.log_scale_min, check_inputs=False)
         return nll.flatten(1).sum(dim=1)
