@@ -18,3 +18,12 @@ def check_like_x(op: str, name: str, x: torch.Tensor, t, shape) -> None:
         fail(op, TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
     if t.device != x.device:
         fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
+
+
+def indexable_in_32_bits(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t``, or its contiguous copy when an element lies 2^31 or more elements past its first: the kernels
+    index their weights and biases (small tensors) in 32 bits, so a view of a huge storage is copied."""
+    if t is None or t.numel() == 0:
+        return t
+    reach = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    return t if reach < 2**31 else t.contiguous()

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._checks import check_like_x, fail
+from ._checks import check_like_x, fail, indexable_in_32_bits
 from .gated import _no_context, _tanh
 from .masked_conv import _mma, _parallelism, _precision
 
@@ -414,6 +414,7 @@ def check_layer_args(op, x, conv_weight, conv_bias, res_weight, res_bias, skip_w
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   dilation: int) -> torch.Tensor:
     check_conv_args("causal_conv1d", x, weight, bias, dilation)
+    weight, bias = indexable_in_32_bits(weight), indexable_in_32_bits(bias)
     y = x.new_empty(x.shape[0], weight.shape[0], x.shape[2])
     _conv(x, weight, weight.stride(), bias, y, weight.shape[2], dilation, -1)
     return y
@@ -426,7 +427,7 @@ def causal_conv1d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torc
     check_conv_args(op, x, weight, None, dilation)
     check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], x.shape[2]))
     want_x, want_weight, want_bias = output_mask
-    grad_out = grad_out.contiguous()
+    grad_out, weight = grad_out.contiguous(), indexable_in_32_bits(weight)
     grad_x = grad_weight = grad_bias = None
     if want_x:  # W seen as (Cin, Cout, k): swap the first two strides
         grad_x = x.new_empty(x.shape)
@@ -448,6 +449,8 @@ def wavenet_layer(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
     in one launch (h never stored), then the two 1x1s on z."""
     check_layer_args("wavenet_layer", x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias,
                      cond, dilation)
+    conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias = map(
+        indexable_in_32_bits, (conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias))
     n, r, t = x.shape
     if r == 0:  # z has no channel: skip is skip_bias alone
         skip = x.new_zeros(n, skip_weight.shape[0], t)
@@ -500,6 +503,8 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
     and the weights' gradients as GEMMs over (N, T) with float32 sums."""
     op = "wavenet_layer_backward"
     check_layer_args(op, x, conv_weight, conv_bias, res_weight, None, skip_weight, None, cond, dilation)
+    conv_weight, conv_bias, res_weight, skip_weight = map(
+        indexable_in_32_bits, (conv_weight, conv_bias, res_weight, skip_weight))
     n, r, t = x.shape
     s, k = skip_weight.shape[0], conv_weight.shape[2]
     check_like_x(op, "grad_x_next", x, grad_x_next, (n, r, t))

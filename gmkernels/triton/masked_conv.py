@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._checks import check_like_x, fail
+from ._checks import check_like_x, fail, indexable_in_32_bits
 from .gated import _tanh
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -337,7 +337,7 @@ def _check_conv(op, x, weight, bias, grad_out) -> None:
     if grad_out is not None:
         check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], *x.shape[2:]))
     if x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:
-        fail(op, ValueError, f"N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
+        fail(op, ValueError, f"x's N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
 
 
 def check_masked_args(op: str, x, weight, bias, mask_type, color_groups, grad_out=None) -> _Geometry:
@@ -425,7 +425,7 @@ def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out:
     c_red, c_out = a.shape[1], out.shape[1]
     if out.numel() == 0:
         return
-    packed = _packed_weight(weight, g, transposed)
+    packed, bias = _packed_weight(weight, g, transposed), indexable_in_32_bits(bias)
 
     def grid(meta):
         return (triton.cdiv(g.pixels, meta["BM"]) * triton.cdiv(c_out, meta["BN"]),)
