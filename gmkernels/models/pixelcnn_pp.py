@@ -74,7 +74,7 @@ class PixelCNNppConfig:
         if size == "tiny":
             return cls(**data, filters=4, resnets=1, stages=2, mixture_components=2, dropout=0.1)
         if image_size <= SMALL_IMAGE:
-            return cls(**data, filters=32, resnets=2, stages=2, mixture_components=5, dropout=0.1)
+            return cls(**data, filters=32, resnets=2, stages=2, mixture_components=5)
         return cls(**data)
 
 
