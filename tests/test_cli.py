@@ -1,6 +1,7 @@
 """The ``gmk`` command: unknown flags rejected everywhere, ``gmk bench`` forwarding, ``gmk train`` and
 ``gmk sample`` end to end, and bad input (names, paths, checkpoints) as one line and exit status 2 with
 nothing overwritten."""
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import wave
 
 import pytest
 
+from gmkernels import cli
 from gmkernels.cli import main
 
 TINY = ["--size", "tiny", "--batch-size", "4", "--eval-every", "1000", "--threads", "1"]
@@ -150,3 +152,36 @@ def test_no_traceback_from_the_command_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["gmk train: error: unknown model 'bogus': expected one of "
                                                   "pixelcnn, gated_pixelcnn, pixelcnnpp, wavenet"]
+
+
+class Relaunched(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_train_and_sample_restart_under_passive_openmp(command, monkeypatch):
+    """OpenMP reads its wait policy when torch loads it: the command sets it and starts itself again."""
+    calls = []
+
+    def execv(path, args):
+        calls.append((path, args, os.environ.get("OMP_WAIT_POLICY")))
+        raise Relaunched
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setattr(sys, "argv", ["gmk", command, "runs/x"])
+    with pytest.raises(Relaunched):
+        cli.run_as_program()
+    assert calls == [(sys.executable, [sys.executable, "-m", "gmkernels", command, "runs/x"], "PASSIVE")]
+
+
+@pytest.mark.parametrize(("argv", "policy"), [(["gmk", "info"], None), (["gmk", "train", "x"], "ACTIVE")])
+def test_other_commands_and_a_set_policy_run_at_once(argv, policy, monkeypatch):
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("restarted"))
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    monkeypatch.setattr(sys, "argv", argv)
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    assert cli.run_as_program() == 7
