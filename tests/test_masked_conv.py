@@ -325,7 +325,7 @@ def test_issue18_item3_bias_of_any_strides(backend, layout):
 def test_gate_equals_conv_then_gated_activation(backend, gate, cond_kind):
     x, weight, bias = torch.randn(2, 6, 5, 7), torch.randn(12, 6, 3, 3), torch.randn(12)
     cond = {None: None, "global": torch.randn(2, 12, 1, 1), "local": torch.randn(2, 12, 5, 7)}[cond_kind]
-    kwargs = {"mask_type": "B", "color_groups": 3, "backend": backend}
+    kwargs = {"mask_type": "B", "backend": backend}
 
     def fused(x, weight, bias, cond=None):
         return gmk.masked_conv2d(x, weight, bias, gate=gate, cond=cond, **kwargs)
@@ -347,9 +347,10 @@ def test_gate_equals_conv_then_gated_activation(backend, gate, cond_kind):
 
 
 # The fused Triton op against the float64 reference: (mask_type, color_groups, k, Cin, 2C, H, W). The last
-# case has C = 18 gated channels, two of the interpreter's 16-wide channel tiles, cut by groups of 12.
-FUSED_CASES = [("A", 1, 3, 3, 8, 5, 7), ("B", 3, 3, 6, 6, 4, 5), ("A", 3, 1, 3, 12, 3, 5),
-               ("B", 1, 5, 5, 4, 5, 3), ("B", 3, 3, 6, 36, 3, 4)]
+# case has C = 18 gated channels, two of the interpreter's 16-wide channel tiles. The gate takes one colour
+# group (test_issue18_gate_with_colour_groups_is_rejected).
+FUSED_CASES = [("A", 1, 3, 3, 8, 5, 7), ("B", 1, 3, 6, 6, 4, 5), ("B", 1, 1, 3, 12, 3, 5),
+               ("B", 1, 5, 5, 4, 5, 3), ("B", 1, 3, 6, 36, 3, 4)]
 COND_KINDS = ("none", "global", "local")
 
 
@@ -472,12 +473,12 @@ def test_fused_triton_gate_bad_args(args, error, pattern):
 @pytest.mark.parametrize("bias", [True, False])
 def test_masked_conv_module_loads_a_conv2d_state_dict(bias):
     conv = torch.nn.Conv2d(6, 12, 5, padding=2, bias=bias)
-    module = gmk.nn.MaskedConv2d(6, 12, 5, mask_type="A", color_groups=3, bias=bias, gate="tanh")
+    module = gmk.nn.MaskedConv2d(6, 12, 5, mask_type="A", bias=bias, gate="tanh")
     shapes = [{key: value.shape for key, value in m.state_dict().items()} for m in (module, conv)]
     assert shapes[0] == shapes[1]
     module.load_state_dict(conv.state_dict())
     x, cond = torch.randn(2, 6, 5, 7), torch.randn(2, 12, 1, 1)
-    expected = gmk.gated_activation(reference.masked_conv2d(x, conv.weight, conv.bias, "A", 3), cond)
+    expected = gmk.gated_activation(reference.masked_conv2d(x, conv.weight, conv.bias, "A", 1), cond)
     torch.testing.assert_close(module(x, cond), expected)
     assert "mask_type='A'" in repr(module)
 
@@ -789,7 +790,7 @@ def test_gpu_gate_matches_reference(backend, gate, cond_kind):
         leaves = [t.detach().requires_grad_() for t in tensors if t is not None]
         it = iter(leaves)
         args = [None if t is None else next(it) for t in tensors]
-        y = gmk.masked_conv2d(*args[:3], mask_type="A", color_groups=3, gate=gate, cond=args[3], **kwargs)
+        y = gmk.masked_conv2d(*args[:3], mask_type="A", gate=gate, cond=args[3], **kwargs)
         return y, torch.autograd.grad(y, leaves, grad_y.to(y.dtype))
 
     y, grads = forward_backward(x, weight, bias, cond, backend=backend)
@@ -798,3 +799,13 @@ def test_gpu_gate_matches_reference(backend, gate, cond_kind):
     assert_close_sum(y, y64, torch.float32, 48 * 12)
     for grad, grad64 in zip(grads, grads64, strict=True):
         assert_close_sum(grad, grad64, torch.float32, 2 * 9 * 13 * 96)
+
+
+def test_issue18_gate_with_colour_groups_is_rejected():
+    """The fused gate pairs channels j and j + C: with colour groups they lie in different groups, and an R
+    output would see the pixel's own G input (found by the PixelCNN models' enumerated probabilities)."""
+    x, weight = torch.randn(1, 3, 4, 4), torch.randn(12, 3, 3, 3)
+    with pytest.raises(ValueError, match="gate needs color_groups=1"):
+        gmk.masked_conv2d(x, weight, mask_type="A", color_groups=3, gate="tanh")
+    with pytest.raises(ValueError, match="MaskedConv2d: gate needs color_groups=1"):
+        gmk.nn.MaskedConv2d(3, 12, 3, mask_type="A", color_groups=3, gate="tanh")

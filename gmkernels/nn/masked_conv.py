@@ -7,7 +7,7 @@ import torch
 
 from .._validation import check_bool, check_int
 from ..ops.gated import ACTIVATIONS
-from ..ops.masked_conv import SHIFTS, check_mask_arguments, masked_conv2d, shifted_conv2d
+from ..ops.masked_conv import SHIFTS, check_gate_groups, check_mask_arguments, masked_conv2d, shifted_conv2d
 
 
 class _Conv2dParameters(torch.nn.Module):
@@ -56,6 +56,7 @@ class MaskedConv2d(_Conv2dParameters):
             raise ValueError(f"MaskedConv2d: gate must be None or one of {ACTIVATIONS}, got {gate!r}")
         if gate is not None and out_channels % 2:
             raise ValueError(f"MaskedConv2d: gate needs an even out_channels (2C), got {out_channels}")
+        check_gate_groups("MaskedConv2d", gate, color_groups)
         super().__init__(in_channels, out_channels, (kernel_size, kernel_size), bias)
         self.mask_type, self.color_groups, self.gate = mask_type, color_groups, gate
 

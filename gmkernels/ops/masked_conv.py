@@ -93,6 +93,15 @@ def _check_like_x(op: str, name: str, x: torch.Tensor, t: torch.Tensor) -> None:
         raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
 
 
+def check_gate_groups(op: str, gate, color_groups: int) -> None:
+    """The fused gate pairs output channels j and j + C, which lie in different colour groups when
+    color_groups > 1: the pixel's R output would then see its G and B inputs (no longer causal)."""
+    if gate is not None and color_groups != 1:
+        raise ValueError(f"{op}: gate needs color_groups=1, got {color_groups}: the gate pairs output channels "
+                         "j and j + C, which lie in different colour groups; gate each group's own halves "
+                         "after the convolution instead (gmkernels.models._autoregressive.grouped_gate)")
+
+
 def _check_gate(op: str, x: torch.Tensor, weight: torch.Tensor, gate, cond) -> None:
     if gate is None:
         if cond is not None:
@@ -135,6 +144,7 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
         raise ValueError(f"{op}: weight's kernel must be k x k with k odd, got {tuple(weight.shape[2:])}")
     _check_mask(op, weight.shape[2], mask_type, x.shape[1], weight.shape[0], color_groups)
+    check_gate_groups(op, gate, color_groups)
     _check_gate(op, x, weight, gate, cond)
     name = MASKED_CONV.select(backend, x.device, x.dtype)
     if gate is not None and name in _GATED_OPS:  # the gate fused into the convolution's epilogue
