@@ -20,6 +20,16 @@ def check_like_x(op: str, name: str, x: torch.Tensor, t, shape) -> None:
         fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
 
 
+def check_float32_parameter(op: str, name: str, x: torch.Tensor, t, shape) -> None:
+    """``t`` is a float32 parameter of ``shape`` on x's device (the flows' kernels take float32 parameters)."""
+    if tuple(t.shape) != tuple(shape):
+        fail(op, ValueError, f"{name} must have shape ({', '.join(map(str, shape))}), got {list(t.shape)}")
+    if t.dtype != torch.float32:
+        fail(op, TypeError, f"{name} must be float32 for x of dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
+
+
 def indexable_in_32_bits(t: torch.Tensor | None) -> torch.Tensor | None:
     """``t``, or its contiguous copy when an element lies 2^31 or more elements past its first: the kernels
     index their weights and biases (small tensors) in 32 bits, so a view of a huge storage is copied."""

@@ -11,6 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import check_float32_parameter, check_like_x
+from ._common import on_device, strides_3d
+
 BLOCK = 1024
 NUM_WARPS = 4
 ELEMENTS_PER_PART = 2048
@@ -77,38 +80,10 @@ def check_args(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor,
         raise ValueError(f"{op}: x must be (N, C, positions), got shape {list(x.shape)}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    for name, p in (("bias", bias), ("log_scale", log_scale)):
-        if tuple(p.shape) != (x.shape[1],):
-            raise ValueError(f"{op}: {name} must have shape ({x.shape[1]}), got {list(p.shape)}")
-        if p.dtype != torch.float32:
-            raise TypeError(f"{op}: {name} must be float32 for x of dtype {x.dtype}, got {p.dtype}")
-        if p.device != x.device:
-            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {p.device}")
+    check_float32_parameter("actnorm", "bias", x, bias, (x.shape[1],))
+    check_float32_parameter("actnorm", "log_scale", x, log_scale, (x.shape[1],))
     if grad_out is not None:
-        if grad_out.shape != x.shape:
-            raise ValueError(f"{op}: grad_out must have x's shape {list(x.shape)}, "
-                             f"got {list(grad_out.shape)}")
-        if grad_out.dtype != x.dtype:
-            raise TypeError(f"{op}: grad_out must have x's dtype {x.dtype}, got {grad_out.dtype}")
-        if grad_out.device != x.device:
-            raise ValueError(f"{op}: grad_out must be on x's device {x.device}, got {grad_out.device}")
-
-
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    outer, channel, inner = t.stride()
-    return (0 if t.size(0) == 1 else outer, channel, 1 if t.size(2) == 1 else inner)
-
-
-def _device(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else _NoContext()
-
-
-class _NoContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+        check_like_x("actnorm", "grad_out", x, grad_out, x.shape)
 
 
 @torch.library.custom_op("gmk_triton::actnorm", mutates_args=())
@@ -117,9 +92,9 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, revers
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel():
         bias, log_scale = bias.contiguous(), log_scale.contiguous()
-        with _device(x):
+        with on_device(x):
             _forward_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-                x, bias, log_scale, out, x.numel(), x.shape[1], x.shape[2], *_strides(x),
+                x, bias, log_scale, out, x.numel(), x.shape[1], x.shape[2], *strides_3d(x),
                 REVERSE=reverse, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out
 
@@ -137,10 +112,10 @@ def actnorm_backward(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor
     sums = torch.zeros(channels, parts, 2, dtype=torch.float32, device=x.device)
     bias, log_scale = bias.contiguous(), log_scale.contiguous()
     if x.numel():
-        with _device(x):
+        with on_device(x):
             _backward_kernel[(channels * parts,)](
                 grad_out.contiguous(), x, bias, log_scale, grad_in, sums, parts, triton.cdiv(count, parts),
-                count, channels, inner, *_strides(x), REVERSE=reverse, BLOCK=BLOCK, num_warps=NUM_WARPS)
+                count, channels, inner, *strides_3d(x), REVERSE=reverse, BLOCK=BLOCK, num_warps=NUM_WARPS)
     g, h = sums.sum(1).unbind(1)
     if reverse:
         return grad_in, -g, -torch.exp(-log_scale) * h

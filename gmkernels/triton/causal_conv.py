@@ -29,8 +29,7 @@ import triton.language as tl
 
 from .._backend import triton_interpreted
 from ._checks import check_like_x, fail, indexable_in_32_bits
-from .gated import _no_context, _tanh
-from .masked_conv import _mma, _parallelism, _precision
+from ._common import mma, on_device, parallelism, precision, tanh
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PLAIN, GATE, RESIDUAL = 0, 1, 2
@@ -64,10 +63,10 @@ def _conv_tile(in_base, w_ptr, half, C_in, T, K, dilation, sign, offs_o, o_ok, o
                         mask=k_ok[:, None] & t_ok[None, :], other=0.0)
             w_offs = offs_o[:, None] * s_w_o + ik[None, :] * s_w_i + j * s_w_j
             w = tl.load(w_ptr + w_offs, mask=o_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = _mma(w, x, acc, PRECISION, INTERPRETED)
+            acc = mma(w, x, acc, PRECISION, INTERPRETED)
             if TWO:
                 w_b = tl.load(w_ptr + half * s_w_o + w_offs, mask=o_ok[:, None] & k_ok[None, :], other=0.0)
-                acc_b = _mma(w_b, x, acc_b, PRECISION, INTERPRETED)
+                acc_b = mma(w_b, x, acc_b, PRECISION, INTERPRETED)
     return acc, acc_b
 
 
@@ -121,7 +120,7 @@ def _conv_kernel(in_ptr, w_ptr, bias_ptr, cond_ptr, res_ptr, out_ptr,
     if EPILOGUE == 1:  # z = tanh(a) σ(b), a and b the halves of conv + bias + cond
         a, b = _gate_inputs(acc, acc_b, bias_ptr, s_bias, cond_ptr, n, half, offs_o, o_ok, offs_t, mask,
                             s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
-        acc = _tanh(a, INTERPRETED) * tl.sigmoid(b)
+        acc = tanh(a, INTERPRETED) * tl.sigmoid(b)
     else:
         if HAS_BIAS:
             acc += _bias(bias_ptr, s_bias, offs_o, o_ok)
@@ -130,6 +129,22 @@ def _conv_kernel(in_ptr, w_ptr, bias_ptr, cond_ptr, res_ptr, out_ptr,
         acc = acc * acc_scale + tl.load(res_ptr + r_offs, mask=mask, other=0.0).to(tl.float32) * res_scale
     out_offs = (n * C_out + offs_o[:, None]) * T + offs_t[None, :]
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _transposed_1x1(acc, w_ptr, s_w_o, s_w_i, g_ptr, n, rows, T, offs_c, c_ok, offs_t, t_ok,
+                    BK: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
+    """acc + Wᵀ g on a (channels c × time steps t) tile: W (rows, R) read as A[c, o] = W[o, c],
+    g (N, rows, T) contiguous, BK rows a step."""
+    offs_k = tl.arange(0, BK)
+    for o0 in range(0, rows, BK):
+        ok = o0 + offs_k
+        w = tl.load(w_ptr + ok[None, :] * s_w_o + offs_c[:, None] * s_w_i,
+                    mask=c_ok[:, None] & (ok < rows)[None, :], other=0.0)
+        g = tl.load(g_ptr + (n * rows + ok[:, None]) * T + offs_t[None, :],
+                    mask=(ok < rows)[:, None] & t_ok[None, :], other=0.0)
+        acc = mma(w, g, acc, PRECISION, INTERPRETED)
+    return acc
 
 
 @triton.jit
@@ -146,7 +161,6 @@ def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr
     n = tl.program_id(2).to(tl.int64)
     offs_c = tl.program_id(1) * BO + tl.arange(0, BO)
     offs_t = tl.program_id(0) * BT + tl.arange(0, BT)
-    offs_k = tl.arange(0, BK)
     c_ok, t_ok = offs_c < R, offs_t < T
     mask = c_ok[:, None] & t_ok[None, :]
     acc_a, acc_b = _conv_tile(x_ptr + n * s_x_n, w_ptr, R, R, T, K, dilation, -1, offs_c, c_ok, offs_t,
@@ -154,22 +168,11 @@ def _layer_grad_h_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, g_res_ptr, g_skip_ptr
     a, b = _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
                         s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
     grad_z = tl.zeros((BO, BT), dtype=tl.float32)
-    for o0 in range(0, R, BK):  # W_resᵀ g_res: A[c, o] = W_res[o, c]
-        ok = o0 + offs_k
-        w = tl.load(w_res_ptr + ok[None, :] * s_wr_o + offs_c[:, None] * s_wr_i,
-                    mask=c_ok[:, None] & (ok < R)[None, :], other=0.0)
-        g = tl.load(g_res_ptr + (n * R + ok[:, None]) * T + offs_t[None, :],
-                    mask=(ok < R)[:, None] & t_ok[None, :], other=0.0)
-        grad_z = _mma(w, g, grad_z, PRECISION, INTERPRETED)
-    grad_z = grad_z * scale
-    for s0 in range(0, S, BK):  # + W_skipᵀ g_skip
-        sk = s0 + offs_k
-        w = tl.load(w_skip_ptr + sk[None, :] * s_ws_o + offs_c[:, None] * s_ws_i,
-                    mask=c_ok[:, None] & (sk < S)[None, :], other=0.0)
-        g = tl.load(g_skip_ptr + (n * S + sk[:, None]) * T + offs_t[None, :],
-                    mask=(sk < S)[:, None] & t_ok[None, :], other=0.0)
-        grad_z = _mma(w, g, grad_z, PRECISION, INTERPRETED)
-    f = _tanh(a, INTERPRETED)
+    grad_z = scale * _transposed_1x1(grad_z, w_res_ptr, s_wr_o, s_wr_i, g_res_ptr, n, R, T, offs_c, c_ok,
+                                     offs_t, t_ok, BK, PRECISION, INTERPRETED)
+    grad_z = _transposed_1x1(grad_z, w_skip_ptr, s_ws_o, s_ws_i, g_skip_ptr, n, S, T, offs_c, c_ok, offs_t,
+                             t_ok, BK, PRECISION, INTERPRETED)
+    f = tanh(a, INTERPRETED)
     s, one_minus_s = _sigmoid_pair(b)
     out_type = grad_h_ptr.dtype.element_ty
     h_offs = (n * 2 * R + offs_c[:, None]) * T + offs_t[None, :]
@@ -190,7 +193,7 @@ def _one_by_one_out(z, w_ptr, b_ptr, s_b, res_ptr, out_ptr, n, rows, R, T, s_w_o
         o_ok = offs_o < rows
         w = tl.load(w_ptr + offs_o[:, None] * s_w_o + offs_c[None, :] * s_w_i,
                     mask=o_ok[:, None] & (offs_c < R)[None, :], other=0.0)
-        acc = _mma(w, z, tl.zeros((BO, BT), dtype=tl.float32), PRECISION, INTERPRETED)
+        acc = mma(w, z, tl.zeros((BO, BT), dtype=tl.float32), PRECISION, INTERPRETED)
         if HAS_BIAS:
             acc += _bias(b_ptr, s_b, offs_o, o_ok)
         mask = o_ok[:, None] & t_ok[None, :]
@@ -221,7 +224,7 @@ def _layer_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, w_res_ptr, b_res_ptr, w_skip
                               s_w_o, s_w_i, s_w_j, True, R_PAD, BT, BK, PRECISION, INTERPRETED)
     a, b = _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
                         s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
-    z = (_tanh(a, INTERPRETED) * tl.sigmoid(b)).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
+    z = (tanh(a, INTERPRETED) * tl.sigmoid(b)).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
     _one_by_one_out(z, w_res_ptr, b_res_ptr, s_res_bias, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c,
                     s_x_t, scale,
                     offs_c, offs_t, HAS_RES_BIAS, True, BO, BT, PRECISION, INTERPRETED)
@@ -255,7 +258,7 @@ def _weight_grad_kernel(g_ptr, x_ptr, partial_ptr, N, C_out, C_in, T, K, dilatio
             ts = offs_t - shift
             x = tl.load(x_base + offs_i[None, :] * s_x_c + ts[:, None] * s_x_t,
                         mask=i_ok[None, :] & (t_ok & (ts >= 0))[:, None], other=0.0)
-            acc = _mma(g, x, acc, PRECISION, INTERPRETED)
+            acc = mma(g, x, acc, PRECISION, INTERPRETED)
         g_base += C_out * T
         x_base += s_x_n
     offs = ((split * C_out + offs_o[:, None]) * C_in + offs_i[None, :]) * K + j
@@ -336,14 +339,14 @@ def _conv(inp, weight, w_strides, bias, out, kernel_size, dilation, sign, *, epi
     if out.numel() == 0:
         return
     kernel = _gated_tuned if epilogue == GATE else _conv_tuned
-    with torch.cuda.device(inp.device) if inp.is_cuda else _no_context():
+    with on_device(inp):
         kernel[lambda meta: _tiles(meta, t, c_out, n)](
             inp, weight, inp if bias is None else bias, inp if cond is None else cond,
             inp if res is None else res, out, c_in, c_out, t, kernel_size, dilation, sign, half, acc_scale,
             res_scale,
             *_strides(inp), *w_strides, _stride(bias), *_strides(cond), *_strides(res),
             EPILOGUE=epilogue, HAS_BIAS=bias is not None, HAS_COND=cond is not None,
-            PRECISION=_precision(inp.dtype), INTERPRETED=triton_interpreted())
+            PRECISION=precision(inp.dtype), INTERPRETED=triton_interpreted())
 
 
 def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
@@ -356,15 +359,15 @@ def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
     bo = bi = 16 if triton_interpreted() else 64 if min(c_out, c_in) > 32 else 32
     programs = triton.cdiv(c_out, bo) * triton.cdiv(c_in, bi) * k
     blocks = triton.cdiv(max(t, 1), BLOCK_T)
-    splits = max(1, min(triton.cdiv(_parallelism(), programs), blocks))
+    splits = max(1, min(triton.cdiv(parallelism(), programs), blocks))
     t_per_split = triton.cdiv(blocks, splits) * BLOCK_T
     splits = triton.cdiv(max(t, 1), t_per_split)
     partial = torch.zeros((splits, c_out, c_in, k), dtype=torch.float32, device=x.device)
     if t > 0 and n > 0:
-        with torch.cuda.device(x.device) if x.is_cuda else _no_context():
+        with on_device(x):
             _weight_grad_kernel[(triton.cdiv(c_out, bo), triton.cdiv(c_in, bi), k * splits)](
                 grad_out, x, partial, n, c_out, c_in, t, k, dilation, t_per_split, *_strides(x),
-                BO=bo, BI=bi, BT=BLOCK_T, PRECISION=_precision(x.dtype), INTERPRETED=triton_interpreted(),
+                BO=bo, BI=bi, BT=BLOCK_T, PRECISION=precision(x.dtype), INTERPRETED=triton_interpreted(),
                 num_warps=4)
     return (partial.sum(0) * scale).to(weight.dtype)
 
@@ -475,7 +478,7 @@ def _fused_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, s
     x_next, skip = x.new_empty(n, r, t), x.new_empty(n, s, t)
     if x_next.numel() == 0:
         return x_next, skip
-    with torch.cuda.device(x.device) if x.is_cuda else _no_context():
+    with on_device(x):
         _layer_tuned[lambda meta: (triton.cdiv(t, meta["BT"]), n)](
             x, conv_weight, x if conv_bias is None else conv_bias, x if cond is None else cond,
             res_weight, x if res_bias is None else res_bias, skip_weight, x if skip_bias is None else skip_bias,
@@ -484,7 +487,7 @@ def _fused_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, s
             _stride(conv_bias), _stride(res_bias), _stride(skip_bias),
             HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, HAS_RES_BIAS=res_bias is not None,
             HAS_SKIP_BIAS=skip_bias is not None, R_PAD=max(16, triton.next_power_of_2(r)),
-            PRECISION=_precision(x.dtype), INTERPRETED=triton_interpreted())
+            PRECISION=precision(x.dtype), INTERPRETED=triton_interpreted())
     return x_next, skip
 
 
@@ -512,13 +515,13 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
     g_res, g_skip = grad_x_next.contiguous(), grad_skip.contiguous()
     grad_h, z = x.new_empty(n, 2 * r, t), x.new_empty(n, r, t)
     if grad_h.numel():
-        with torch.cuda.device(x.device) if x.is_cuda else _no_context():
+        with on_device(x):
             _grad_h_tuned[lambda meta: _tiles(meta, t, r, n)](
                 x, conv_weight, x if conv_bias is None else conv_bias, x if cond is None else cond,
                 g_res, g_skip, res_weight, skip_weight, grad_h, z, r, s, t, k, dilation, residual_scale,
                 *_strides(x), *conv_weight.stride(), _stride(conv_bias), *_strides(cond),
                 *res_weight.stride(), *skip_weight.stride(),
-                HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, PRECISION=_precision(x.dtype),
+                HAS_BIAS=conv_bias is not None, HAS_COND=cond is not None, PRECISION=precision(x.dtype),
                 INTERPRETED=triton_interpreted())
     want = list(output_mask)
     grads = [None] * 8

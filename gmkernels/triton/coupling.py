@@ -8,13 +8,12 @@ result is the same on every run, with no atomics and no host synchronisation).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from ..reference.coupling import LAYOUTS, TRANSFORMS, logdet_dtype
+from ._common import on_device
 
 GLOW, REALNVP, ADDITIVE = 0, 1, 2
 BLOCK = 1024
@@ -249,7 +248,7 @@ def _launch(kernel, leading: tuple, x: torch.Tensor, h: torch.Tensor, transform:
     rows = (_is_rows(x, x_strides) and _is_rows(h, h_strides)
             and (transform == "additive" or layout == "halves"))
     blocks_per_sample = triton.cdiv(half * inner, BLOCK)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with on_device(x):
         kernel[(outer * blocks_per_sample,)](
             *leading, blocks_per_sample, half, inner, *x_strides, *h_strides,
             TRANSFORM=TRANSFORMS.index(transform), INTERLEAVED=layout == "interleaved", REVERSE=reverse,

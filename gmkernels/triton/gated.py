@@ -11,11 +11,8 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-
-try:
-    from triton.language.extra.libdevice import tanh as _libdevice_tanh
-except ImportError:  # older Triton
-    from triton.language.extra.cuda.libdevice import tanh as _libdevice_tanh
+from ._checks import check_like_x
+from ._common import on_device, strides_3d, tanh
 
 COND_NONE, COND_ROWS, COND_STRIDED = 0, 1, 2
 BLOCK = 1024
@@ -37,9 +34,15 @@ def _halves_offsets(o, m, half, inner, s_outer, s_channel, s_inner, ROWS: tl.con
 
 
 @triton.jit
-def _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
+def _load_halves(x_ptr, cond_ptr, blocks_per_row, half, inner,
                  sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
-                 X_ROWS: tl.constexpr, COND: tl.constexpr):
+                 X_ROWS: tl.constexpr, COND: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's row o and elements m of the output (mask: those in the row), and the halves a, b
+    of x + cond there, in float32."""
+    pid = tl.program_id(0)
+    o = (pid // blocks_per_row).to(tl.int64)
+    m = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
+    mask = m < half * inner
     a_offset, b_offset = _halves_offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, X_ROWS)
     a = tl.load(x_ptr + a_offset, mask=mask).to(tl.float32)
     b = tl.load(x_ptr + b_offset, mask=mask).to(tl.float32)
@@ -47,23 +50,7 @@ def _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
         ca_offset, cb_offset = _halves_offsets(o, m, half, inner, sc_outer, sc_channel, sc_inner, COND == 1)
         a += tl.load(cond_ptr + ca_offset, mask=mask).to(tl.float32)
         b += tl.load(cond_ptr + cb_offset, mask=mask).to(tl.float32)
-    return a, b
-
-
-@triton.jit
-def _tanh(v, INTERPRETED: tl.constexpr):
-    if INTERPRETED:  # the interpreter has no libdevice; this form is exact enough in float32 there
-        return 2.0 * tl.sigmoid(2.0 * v) - 1.0
-    else:
-        return _libdevice_tanh(v)
-
-
-@triton.jit
-def _row_block(blocks_per_row, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    o = (pid // blocks_per_row).to(tl.int64)
-    m = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
-    return o, m
+    return o, m, mask, a, b
 
 
 @triton.jit
@@ -71,12 +58,10 @@ def _gated_forward_kernel(x_ptr, cond_ptr, y_ptr, blocks_per_row, half, inner,
                           sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
                           TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
                           INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
-    o, m = _row_block(blocks_per_row, BLOCK)
+    o, m, mask, a, b = _load_halves(x_ptr, cond_ptr, blocks_per_row, half, inner, sx_outer, sx_channel,
+                                    sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND, BLOCK)
     half_len = half * inner
-    mask = m < half_len
-    a, b = _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
-                        sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND)
-    f = _tanh(a, INTERPRETED) if TANH else a
+    f = tanh(a, INTERPRETED) if TANH else a
     y = f * tl.sigmoid(b)
     tl.store(y_ptr + o * half_len + m, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -86,15 +71,13 @@ def _gated_backward_kernel(grad_y_ptr, x_ptr, cond_ptr, grad_h_ptr, blocks_per_r
                            sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
                            TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
                            INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
-    o, m = _row_block(blocks_per_row, BLOCK)
+    o, m, mask, a, b = _load_halves(x_ptr, cond_ptr, blocks_per_row, half, inner, sx_outer, sx_channel,
+                                    sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND, BLOCK)
     half_len = half * inner
-    mask = m < half_len
-    a, b = _load_halves(x_ptr, cond_ptr, o, m, mask, half, inner,
-                        sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND)
     grad_y = tl.load(grad_y_ptr + o * half_len + m, mask=mask).to(tl.float32)
     s = tl.sigmoid(b)
     if TANH:
-        f = _tanh(a, INTERPRETED)
+        f = tanh(a, INTERPRETED)
         df = 1.0 - f * f
     else:
         f = a
@@ -104,17 +87,6 @@ def _gated_backward_kernel(grad_y_ptr, x_ptr, cond_ptr, grad_h_ptr, blocks_per_r
     out_type = grad_h_ptr.dtype.element_ty
     tl.store(grad_h_ptr + o * 2 * half_len + m, grad_a.to(out_type), mask=mask)
     tl.store(grad_h_ptr + o * 2 * half_len + half_len + m, grad_b.to(out_type), mask=mask)
-
-
-def _check_tensor(name: str, t, x: torch.Tensor, shape: tuple[int, ...]) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"gmk_triton::gated: {name} must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"gmk_triton::gated: {name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != x.dtype:
-        raise TypeError(f"gmk_triton::gated: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"gmk_triton::gated: {name} must be on x's device {x.device}, got {t.device}")
 
 
 def check_args(x: torch.Tensor, cond: torch.Tensor | None, activation: str,
@@ -129,15 +101,9 @@ def check_args(x: torch.Tensor, cond: torch.Tensor | None, activation: str,
     if activation not in ("tanh", "identity"):
         raise ValueError(f"gmk_triton::gated: activation must be 'tanh' or 'identity', got {activation!r}")
     if cond is not None:
-        _check_tensor("cond", cond, x, tuple(x.shape))
+        check_like_x("gated", "cond", x, cond, x.shape)
     if grad_y is not None:
-        _check_tensor("grad_y", grad_y, x, (x.shape[0], x.shape[1] // 2, x.shape[2]))
-
-
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """Strides with those of size-1 dimensions normalised, so layout tests see through them."""
-    outer, channel, inner = t.stride()
-    return (0 if t.size(0) == 1 else outer, channel, 1 if t.size(2) == 1 else inner)
+        check_like_x("gated", "grad_y", x, grad_y, (x.shape[0], x.shape[1] // 2, x.shape[2]))
 
 
 def _is_rows(strides: tuple[int, int, int], inner: int) -> bool:
@@ -149,23 +115,15 @@ def _launch(kernel, leading: tuple, x: torch.Tensor, cond: torch.Tensor | None, 
     half = channels // 2
     if x.numel() == 0:
         return
-    x_strides = _strides(x)
-    cond_strides = (0, 0, 0) if cond is None else _strides(cond)
+    x_strides = strides_3d(x)
+    cond_strides = (0, 0, 0) if cond is None else strides_3d(cond)
     cond_mode = COND_NONE if cond is None else COND_ROWS if _is_rows(cond_strides, inner) else COND_STRIDED
     blocks_per_row = triton.cdiv(half * inner, BLOCK)
-    with torch.cuda.device(x.device) if x.is_cuda else _no_context():
+    with on_device(x):
         kernel[(outer * blocks_per_row,)](
             *leading, blocks_per_row, half, inner, *x_strides, *cond_strides,
             TANH=activation == "tanh", X_ROWS=_is_rows(x_strides, inner), COND=cond_mode,
             INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)
-
-
-class _no_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 @torch.library.custom_op("gmk_triton::gated", mutates_args=())

@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
+from ._checks import check_float32_parameter, check_like_x
+from ._common import mma, on_device, strides_3d
 
 BLOCK_S = 64
 NUM_WARPS = 4
@@ -42,20 +44,11 @@ def _conv1x1_kernel(x_ptr, w_ptr, b_ptr, y_ptr, cin, cout, inner, blocks_s, s_ou
                     other=0.0)
         x = tl.load(x_ptr + n * s_outer + cs[:, None] * s_channel + i[None, :] * s_inner,
                     mask=c_mask[:, None] & i_mask[None, :], other=0.0).to(tl.float32)
-        acc = _dot(w, x, acc, INTERPRETED)
+        acc = mma(w, x, acc, "ieee", INTERPRETED)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rows, mask=row_mask, other=0.0)[:, None]
     y = y_ptr + n * cout * inner + rows[:, None] * inner + i[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & i_mask[None, :])
-
-
-@triton.jit
-def _dot(a, b, acc, INTERPRETED: tl.constexpr):
-    """acc + a @ b in float32 with IEEE products (the interpreter takes no precision argument)."""
-    if INTERPRETED:
-        return tl.dot(a, b, acc)
-    else:
-        return tl.dot(a, b, acc, input_precision="ieee")
 
 
 @triton.jit
@@ -85,13 +78,13 @@ def _conv1x1_backward_kernel(grad_y_ptr, x_ptr, w_ptr, grad_x_ptr, grad_w_ptr, g
         g = tl.load(grad_y_ptr + n * cout * inner + rows[:, None] * inner + i[None, :],
                     mask=row_mask[:, None] & i_mask[None, :], other=0.0).to(tl.float32)
         if WANT_X:
-            grad_x = _dot(w_t, g, tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32), INTERPRETED)
+            grad_x = mma(w_t, g, tl.zeros((BLOCK_C, BLOCK_S), dtype=tl.float32), "ieee", INTERPRETED)
             tl.store(grad_x_ptr + n * cin * inner + cols[:, None] * inner + i[None, :],
                      grad_x.to(grad_x_ptr.dtype.element_ty), mask=col_mask[:, None] & i_mask[None, :])
         if WANT_PARAMS:
             x = tl.load(x_ptr + n * s_outer + cols[:, None] * s_channel + i[None, :] * s_inner,
                         mask=col_mask[:, None] & i_mask[None, :], other=0.0).to(tl.float32)
-            acc_w = _dot(g, tl.trans(x), acc_w, INTERPRETED)
+            acc_w = mma(g, tl.trans(x), acc_w, "ieee", INTERPRETED)
             acc_b += tl.sum(g, axis=1)
     if WANT_PARAMS:
         tl.store(grad_w_ptr + pid * BLOCK_O * BLOCK_C + rows[:, None] * BLOCK_C + cols[None, :], acc_w)
@@ -112,27 +105,11 @@ def check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         raise TypeError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
     if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: weight must be (Cout, C={x.shape[1]}), got shape {list(weight.shape)}")
-    params = [("weight", weight)] + ([] if bias is None else [("bias", bias)])
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]}), got {list(bias.shape)}")
-    for name, p in params:
-        if p.dtype != torch.float32:
-            raise TypeError(f"{op}: {name} must be float32 for x of dtype {x.dtype}, got {p.dtype}")
-        if p.device != x.device:
-            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {p.device}")
+    check_float32_parameter("conv1x1", "weight", x, weight, weight.shape)
+    if bias is not None:
+        check_float32_parameter("conv1x1", "bias", x, bias, (weight.shape[0],))
     if grad_y is not None:
-        shape = (x.shape[0], weight.shape[0], x.shape[2])
-        if tuple(grad_y.shape) != shape:
-            raise ValueError(f"{op}: grad_y must have shape {list(shape)}, got {list(grad_y.shape)}")
-        if grad_y.dtype != x.dtype:
-            raise TypeError(f"{op}: grad_y must have x's dtype {x.dtype}, got {grad_y.dtype}")
-        if grad_y.device != x.device:
-            raise ValueError(f"{op}: grad_y must be on x's device {x.device}, got {grad_y.device}")
-
-
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    outer, channel, inner = t.stride()
-    return (0 if t.size(0) == 1 else outer, channel, 1 if t.size(2) == 1 else inner)
+        check_like_x("conv1x1", "grad_y", x, grad_y, (x.shape[0], weight.shape[0], x.shape[2]))
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -148,19 +125,11 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     block_o, block_c = _block(cout, 64), _block(cin, 64)
     blocks_s = triton.cdiv(inner, BLOCK_S)
     grid = (n * blocks_s, triton.cdiv(cout, block_o))
-    with torch.cuda.device(x.device) if x.is_cuda else _NoContext():
+    with on_device(x):
         _conv1x1_kernel[grid](x, weight, weight if bias is None else bias, y, cin, cout, inner, blocks_s,
-                              *_strides(x), HAS_BIAS=bias is not None, INTERPRETED=triton_interpreted(),
+                              *strides_3d(x), HAS_BIAS=bias is not None, INTERPRETED=triton_interpreted(),
                               BLOCK_O=block_o, BLOCK_C=block_c, BLOCK_S=BLOCK_S, num_warps=NUM_WARPS)
     return y
-
-
-class _NoContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 @torch.library.custom_op("gmk_triton::conv1x1", mutates_args=())
@@ -188,10 +157,10 @@ def _fused_backward(grad_y, x, weight, want_x: bool, want_params: bool):
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if want_x else None
     partial_w = torch.empty(programs, block_o, block_c, dtype=torch.float32, device=x.device)
     partial_b = torch.empty(programs, block_o, dtype=torch.float32, device=x.device)
-    with torch.cuda.device(x.device) if x.is_cuda else _NoContext():
+    with on_device(x):
         _conv1x1_backward_kernel[(programs,)](
             grad_y.contiguous(), x, weight.contiguous(), x if grad_x is None else grad_x, partial_w,
-            partial_b, cin, cout, inner, blocks_s, total_blocks, per_program, *_strides(x), WANT_X=want_x,
+            partial_b, cin, cout, inner, blocks_s, total_blocks, per_program, *strides_3d(x), WANT_X=want_x,
             WANT_PARAMS=want_params, INTERPRETED=triton_interpreted(), BLOCK_O=block_o, BLOCK_C=block_c,
             BLOCK_S=BLOCK_S, num_warps=BACKWARD_WARPS)
     if not want_params:

@@ -9,7 +9,6 @@ channels statically, in float32 registers: nothing of size (N, C, K, S) is ever 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -17,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from .gated import _tanh
+from ._common import on_device, tanh
 
 PARAMS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK = 128
@@ -144,9 +143,9 @@ def _component(row, sp_p, offset, mask, k, K, x0, x1, x2, half_bin, log_half_bin
         log_p = log_p0
         a1, b1, a2, b2, t0, t1, t2 = zero, zero, zero, zero, zero, zero, zero
     else:
-        t0 = _tanh(_load(row, 3 * K + k, sp_p, offset, mask), INTERPRETED)
-        t1 = _tanh(_load(row, 6 * K + k, sp_p, offset, mask), INTERPRETED)
-        t2 = _tanh(_load(row, 9 * K + k, sp_p, offset, mask), INTERPRETED)
+        t0 = tanh(_load(row, 3 * K + k, sp_p, offset, mask), INTERPRETED)
+        t1 = tanh(_load(row, 6 * K + k, sp_p, offset, mask), INTERPRETED)
+        t2 = tanh(_load(row, 9 * K + k, sp_p, offset, mask), INTERPRETED)
         log_p0, a0, b0 = _channel(row, sp_p, offset, mask, K + k, K, x0, 0.0, half_bin, log_half_bins,
                                   log_scale_min)
         log_p1, a1, b1 = _channel(row, sp_p, offset, mask, 4 * K + k, K, x1, t0 * x0, half_bin,
@@ -298,9 +297,9 @@ def _sample_kernel(params_ptr, gumbel_ptr, logistic_ptr, sample_ptr, sp_n, sp_p,
     x0 = _sample_channel(row, sp_p, offset, mask, K + best, K, poison, u0, levels, log_scale_min)
     tl.store(sample_row + s, x0, mask=mask)
     if C == 3:  # the later channels' means couple to the sampled, discretized, earlier ones
-        t0 = _tanh(_load(row, 3 * K + best, sp_p, offset, mask), INTERPRETED)
-        t1 = _tanh(_load(row, 6 * K + best, sp_p, offset, mask), INTERPRETED)
-        t2 = _tanh(_load(row, 9 * K + best, sp_p, offset, mask), INTERPRETED)
+        t0 = tanh(_load(row, 3 * K + best, sp_p, offset, mask), INTERPRETED)
+        t1 = tanh(_load(row, 6 * K + best, sp_p, offset, mask), INTERPRETED)
+        t2 = tanh(_load(row, 9 * K + best, sp_p, offset, mask), INTERPRETED)
         u1 = _uniform(logistic_row, 1, sl_c, logistic_offset, mask)
         x1 = _sample_channel(row, sp_p, offset, mask, 4 * K + best, K, t0 * x0, u1, levels, log_scale_min)
         u2 = _uniform(logistic_row, 2, sl_c, logistic_offset, mask)
@@ -377,7 +376,7 @@ def _launch(kernel, params: torch.Tensor, num_channels: int, num_mixtures: int, 
         return
     blocks_per_sample = triton.cdiv(s, BLOCK)
     strides = [stride for t in strided for stride in t.stride()]
-    with torch.cuda.device(params.device) if params.is_cuda else contextlib.nullcontext():
+    with on_device(params):
         kernel[(n * blocks_per_sample,)](
             *pointers, *strides, s, num_mixtures, blocks_per_sample, *scalars,
             C=num_channels, INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)

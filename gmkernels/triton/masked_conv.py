@@ -6,7 +6,8 @@ Every one of these convolutions is stride 1 with output H × W: output (h, w) re
 padding is never stored). The live taps are the first ``taps`` in raster order: all kh·kw of a
 shifted kernel; for a k×k mask the k²//2 taps before the centre, then the centre tap itself when
 some channel pair passes through it (mask B, or colour groups), which joins forward input channel i
-to output channel o only when i < (o // (Cout/G) + [mask B]) · (Cin/G) (MATH.md, "Masked convolution").
+to output channel o only when i < (o // (Cout/G) + [mask B]) · (Cin/G) (docs/conventions.md,
+"Colour groups").
 
 Implicit GEMMs, accumulated in float32 with ``tl.dot``:
   forward  y[p, o]  = Σ_taps Σ_i x[p + tap, i] W[o, i, tap]      (M = N·H·W pixels, N = Cout, K = Cin)
@@ -25,28 +26,18 @@ same), else in full float32 ("ieee"). Under the interpreter (CPU tests) every ti
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
 from ._checks import check_like_x, fail, indexable_in_32_bits
-from .gated import _tanh
+from ._common import mma, on_device, parallelism, precision, tanh
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --- kernels -------------------------------------------------------------------------------------
-
-@triton.jit
-def _mma(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
-    if INTERPRETED:  # the interpreter's half-precision matmul gives NaN: multiply in float32 there
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-    else:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
-
 
 @triton.jit
 def _pixels(m, HW, W):
@@ -113,10 +104,10 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, cond_ptr, out_ptr, M, H, W, C_red, C_ou
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w_rows = w_ptr + tl.cast(t, tl.int64) * C_red * w_cols + k[:, None] * w_cols
         b = tl.load(w_rows + j[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
-        acc = _mma(a, b, acc, PRECISION, INTERPRETED)
+        acc = mma(a, b, acc, PRECISION, INTERPRETED)
         if GATE != 0:
             b = tl.load(w_rows + (j + C_out)[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
-            acc_b = _mma(a, b, acc_b, PRECISION, INTERPRETED)
+            acc_b = mma(a, b, acc_b, PRECISION, INTERPRETED)
     if CENTRE:
         if not TRANSPOSED:  # k = i, j = o: the inputs below the bound of the tile's last output
             last_o = tl.minimum((pid_n + 1) * BN, C_out) - 1
@@ -138,12 +129,12 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, cond_ptr, out_ptr, M, H, W, C_red, C_ou
                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_centre + k[:, None] * w_cols + j[None, :],
                         mask=k_ok[:, None] & j_ok[None, :] & live, other=0.0)
-            acc = _mma(a, b, acc, PRECISION, INTERPRETED)
+            acc = mma(a, b, acc, PRECISION, INTERPRETED)
             if GATE != 0:
                 live = k[:, None] < ((j[None, :] + C_out) // group_out + MASK_B) * group_in
                 b = tl.load(w_centre + k[:, None] * w_cols + (j + C_out)[None, :],
                             mask=k_ok[:, None] & j_ok[None, :] & live, other=0.0)
-                acc_b = _mma(a, b, acc_b, PRECISION, INTERPRETED)
+                acc_b = mma(a, b, acc_b, PRECISION, INTERPRETED)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + j * s_bias, mask=j_ok, other=0.0).to(tl.float32)[None, :]
         if GATE != 0:
@@ -157,7 +148,7 @@ def _conv_kernel(a_ptr, w_ptr, bias_ptr, cond_ptr, out_ptr, M, H, W, C_red, C_ou
             acc_b += tl.load(cond_ptr + cond_at + tl.cast(C_out, tl.int64) * sc_c, mask=cond_ok,
                              other=0.0).to(tl.float32)
         if GATE == 1:
-            acc = _tanh(acc, INTERPRETED)
+            acc = tanh(acc, INTERPRETED)
         acc = acc * tl.sigmoid(acc_b)
     out = n.to(tl.int64) * so_n + h.to(tl.int64) * so_h + w.to(tl.int64) * so_w
     tl.store(out_ptr + out[:, None] + j.to(tl.int64)[None, :] * so_c, acc.to(out_ptr.dtype.element_ty),
@@ -205,7 +196,7 @@ def _weight_grad_kernel(g_ptr, x_ptr, out_ptr, M, H, W, C_out, C_in,
                     mask=o_ok[:, None] & p_ok[None, :], other=0.0)
         x = tl.load(x_ptr + x_row[:, None] + i.to(tl.int64)[None, :] * sx_c,
                     mask=x_ok[:, None] & i_ok[None, :], other=0.0)
-        acc = _mma(g, x, acc, PRECISION, INTERPRETED)
+        acc = mma(g, x, acc, PRECISION, INTERPRETED)
     if CENTRE:  # zeros at the centre tap's masked pairs
         live = (t != centre) | (i[None, :] < (o[:, None] // group_out + MASK_B) * group_in)
         acc = tl.where(live, acc, 0.0)
@@ -278,27 +269,15 @@ def _weight_tiles(dtype: torch.dtype, out_channels: int, in_channels: int, taps:
     if triton_interpreted():
         return WEIGHT_TILES_INTERPRETED
     programs = triton.cdiv(out_channels, 128) * triton.cdiv(in_channels, 128) * taps
-    size = 128 if programs >= _parallelism() else 64
+    size = 128 if programs >= parallelism() else 64
     return {"BM": size, "BN": size, "BK": 32 if dtype == torch.float32 else 64}
-
-
-def _parallelism() -> int:
-    """Programs that fill the device: two per SM on a GPU; a few under the interpreter (so that the CPU
-    tests exercise the split reductions)."""
-    if triton_interpreted() or not torch.cuda.is_available():
-        return 4
-    return 2 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
 
 
 def _splits(programs: int, blocks: int) -> tuple[int, int]:
     """(splits, blocks per split) of ``blocks`` pixel blocks, so that programs × splits fills the device."""
-    wanted = max(1, min(triton.cdiv(_parallelism(), max(programs, 1)), blocks // MIN_BLOCKS_PER_SPLIT))
+    wanted = max(1, min(triton.cdiv(parallelism(), max(programs, 1)), blocks // MIN_BLOCKS_PER_SPLIT))
     per_split = triton.cdiv(blocks, wanted) if blocks else 1
     return (triton.cdiv(blocks, per_split) if blocks else 1), per_split
-
-
-def _precision(dtype: torch.dtype) -> str:
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 # --- geometry and argument checks ----------------------------------------------------------------
@@ -403,10 +382,6 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _packed_weight(weight: torch.Tensor, g: _Geometry, transposed: bool) -> torch.Tensor:
     """The live taps of weight as (taps, K, N): (taps, Cin, Cout) forward, (taps, Cout, Cin) for grad_x.
 
@@ -430,7 +405,7 @@ def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out:
     def grid(meta):
         return (triton.cdiv(g.pixels, meta["BM"]) * triton.cdiv(c_out, meta["BN"]),)
 
-    with _device(a):
+    with on_device(a):
         (_gated_tuned if gate else _conv_tuned)[grid](
             a, packed, a if bias is None else bias, a if cond is None else cond, out,
             g.pixels, g.height, g.width, c_red, c_out, packed.shape[2],
@@ -439,7 +414,7 @@ def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out:
             g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out,
             KW=g.kernel_w, TRANSPOSED=transposed, CENTRE=g.centre, MASK_B=int(g.mask_b),
             HAS_BIAS=bias is not None, GATE=gate, HAS_COND=cond is not None,
-            PRECISION=_precision(a.dtype), INTERPRETED=triton_interpreted())
+            PRECISION=precision(a.dtype), INTERPRETED=triton_interpreted())
 
 
 def _weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, g: _Geometry) -> torch.Tensor:
@@ -456,11 +431,11 @@ def _weight_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     out = by_tap if splits == 1 else torch.empty(splits, g.live_taps, cout, cin, dtype=torch.float32,
                                                  device=x.device)
     out_strides = (0, *by_tap.stride()) if splits == 1 else out.stride()
-    with _device(x):
+    with on_device(x):
         _weight_grad_kernel[(tile_count, g.live_taps, splits)](
             grad_out, x, out, g.pixels, g.height, g.width, cout, cin, *grad_out.stride(), *x.stride(),
             *out_strides, g.pad_top, g.pad_left, g.taps, g.group_in, g.group_out, per_split,
-            KW=g.kernel_w, CENTRE=g.centre, MASK_B=int(g.mask_b), PRECISION=_precision(x.dtype),
+            KW=g.kernel_w, CENTRE=g.centre, MASK_B=int(g.mask_b), PRECISION=precision(x.dtype),
             INTERPRETED=triton_interpreted(), **tiles,
             **({} if triton_interpreted() else {"num_warps": WEIGHT_WARPS, "num_stages": WEIGHT_STAGES}))
     if splits > 1:
@@ -474,7 +449,7 @@ def _bias_grad(grad_out: torch.Tensor, g: _Geometry) -> torch.Tensor:
     splits, per_split = _splits(channel_blocks, triton.cdiv(g.pixels, SUM_BLOCK_PIXELS))
     partial = torch.zeros(splits, cout, dtype=torch.float32, device=grad_out.device)
     if cout and g.pixels:
-        with _device(grad_out):
+        with on_device(grad_out):
             _channel_sum_kernel[(channel_blocks, splits)](
                 grad_out, partial, g.pixels, g.height, g.width, cout, *grad_out.stride(), per_split,
                 BP=SUM_BLOCK_PIXELS, BC=SUM_BLOCK_CHANNELS)

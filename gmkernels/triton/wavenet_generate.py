@@ -12,14 +12,12 @@ tensor cannot be cut into chunks.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from .gated import _tanh
+from ._common import on_device, tanh
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BK = 16
@@ -89,7 +87,7 @@ def _step_kernel(emb_ptr, conv_w_ptr, conv_b_ptr, res_w_ptr, res_b_ptr, skip_w_p
         tl.debug_barrier()  # every tap of this step is read: x_t may overwrite row t mod M
         if K > 1:
             tl.store(past + (t % memory) * R + rr, x, mask=r_mask)
-        z = _tanh(h_a, INTERPRETED) * tl.sigmoid(h_b)
+        z = tanh(h_a, INTERPRETED) * tl.sigmoid(h_b)
         tl.store(z_buf + rr, z, mask=r_mask)
         tl.debug_barrier()
         skip_bias = _load_vector(skip_b_ptr + l * S, S, S_P)
@@ -181,7 +179,7 @@ def wavenet_generate(embedding: torch.Tensor, conv_weight: torch.Tensor, conv_bi
     cond_packed = embedding if cond is None else cond.permute(0, 1, 3, 2).contiguous()
     cond_steps = 1 if cond is None else cond.shape[3]
     uniform = uniform.contiguous()
-    with torch.cuda.device(device) if embedding.is_cuda else contextlib.nullcontext():
+    with on_device(embedding):
         for t in range(steps):
             _step_kernel[(n,)](
                 *packed, cond_packed, uniform, layer_info, cache, scratch, prev, samples,
