@@ -10,6 +10,7 @@ from .._extension import has_extension
 from .._validation import check_bool
 from ..reference import coupling as reference
 from ..reference.coupling import LAYOUTS, TRANSFORMS
+from ._common import check_float_tensor
 
 COUPLING = OpBackends("gmk.affine_coupling")
 
@@ -20,11 +21,8 @@ def h_channels(channels: int, transform: str) -> int:
 
 
 def _check_inputs(x, h, transform: str, layout: str, reverse) -> None:
-    for name, t in (("x", x), ("h", h)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"affine_coupling: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"affine_coupling: {name} must be a floating-point tensor, got {t.dtype}")
+    check_float_tensor("affine_coupling", "x", x)
+    check_float_tensor("affine_coupling", "h", h)
     if x.dim() < 2:
         raise ValueError(f"affine_coupling: x must be (N, C, *spatial), got shape {tuple(x.shape)}")
     if x.shape[1] % 2:

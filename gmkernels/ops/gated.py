@@ -8,16 +8,14 @@ import torch
 from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
 from ..reference import gated as reference
+from ._common import check_float_tensor
 
 ACTIVATIONS = ("tanh", "identity")
 GATED = OpBackends("gmk.gated_activation")
 
 
 def _check_inputs(x, cond, activation: str, dim: int) -> int:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"gated_activation: x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"gated_activation: x must be a floating-point tensor, got {x.dtype}")
+    check_float_tensor("gated_activation", "x", x)
     if x.dim() < 2:
         raise ValueError(f"gated_activation: x must have at least 2 dimensions, got shape {tuple(x.shape)}")
     if not -x.dim() <= dim < x.dim():

@@ -31,7 +31,7 @@ from .._extension import has_extension
 from .._validation import check_bool
 from ..reference import actnorm as reference_actnorm
 from ..reference import invconv as reference
-from .actnorm import as_3d, check_parameter, check_x, compute_dtype, differentiable_backward
+from ._common import as_3d, check_parameter, check_x, compute_dtype, differentiable_backward
 
 # The four ops run the same kernels: one backend table each, so that errors name the op called.
 BACKENDS = {op: OpBackends(f"gmk.{op}") for op in
