@@ -89,7 +89,8 @@ def test_causal_conv_noncontiguous_inputs(backend, with_bias):
 
 
 def test_reference_is_padded_conv1d():
-    """MATH.md: y[t] = b + Σ_j W[:, :, j] x[t - (k-1-j) d], written out as a loop."""
+    """docs/conventions.md, "Causal convolution taps": y[t] = b + Σ_j W[:, :, j] x[t - (k-1-j) d],
+    written out as a loop."""
     x, weight, bias = conv_inputs(2, 3, 4, 3, 11, torch.float64)
     d = 2
     expected = bias[None, :, None].expand(2, 4, 11).clone()

@@ -1,6 +1,6 @@
 """WaveNet's dilated causal convolution and residual layer, as the paper writes them (plain PyTorch).
 
-WaveNet (arXiv 1609.03499, §2.1 and Fig. 4), conventions of MATH.md:
+WaveNet (arXiv 1609.03499, §2.1 and Fig. 4); docs/conventions.md, "Causal convolution and WaveNet":
     y[t] = b + Σ_{j=0}^{k-1} W[:, :, j] · x[t - (k-1-j)·d]      (zero where the index is negative)
 i.e. ``F.conv1d`` of x left-padded with (k-1)·d zeros: the last tap reads the present sample.
 Residual layer (eq. 2 with conditioning, Fig. 4):

@@ -8,18 +8,18 @@ head's output:
 - ``"softmax"`` (P = A µ-law classes): the class is the inverse CDF of softmax(output / temperature)
   at the uniform u: the number of classes c whose cumulative sum Σ_{j<=c} e_j is <= u · Σ_j e_j,
   with e_j = exp((output_j - max) / temperature) (clamped to A - 1);
-- ``"logistic_mixture"`` (P = 3K: K logits, K means, K log-scales; MATH.md): a component by the
-  same inverse CDF over the K logits at u_0, then v = µ + s (log u_1 - log(1 - u_1)) (u_1 clamped to
-  [1e-5, 1 - 1e-5], log s clamped below at ``log_scale_min``), clamped to [-1, 1], and the class
-  of the nearest of the A levels 2q / (A - 1) - 1.
+- ``"logistic_mixture"`` (P = 3K: K logits, K means, K log-scales; docs/conventions.md,
+  "Generation"): a component by the same inverse CDF over the K logits at u_0, then
+  v = µ + s (log u_1 - log(1 - u_1)) (u_1 clamped to [1e-5, 1 - 1e-5], log s clamped below at
+  ``log_scale_min``), clamped to [-1, 1], and the class of the nearest of the A levels 2q / (A - 1) - 1.
 
 The uniforms (N, T, U), U = 1 or 2, are drawn by the caller, so every backend draws the same
 samples from the same noise. ``cond`` is None or the conditioning already projected per layer,
 (L, N, 2R, 1) (global) or (L, N, 2R, T) (local), added to the dilated convolution's output.
 
-``wavenet_generate`` is the cached loop (MATH.md): per layer a ring buffer of the last (k-1)·d
-inputs, O(L) work per sample. ``wavenet_generate_by_recompute`` runs the whole network on the
-samples so far at every step (O(T²)): the definition the cached loop must agree with.
+``wavenet_generate`` is the cached loop (docs/conventions.md, "Generation"): per layer a ring buffer
+of the last (k-1)·d inputs, O(L) work per sample. ``wavenet_generate_by_recompute`` runs the whole
+network on the samples so far at every step (O(T²)): the definition the cached loop must agree with.
 """
 from __future__ import annotations
 

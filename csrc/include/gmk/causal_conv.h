@@ -1,5 +1,6 @@
-// WaveNet's dilated causal convolution and residual layer (arXiv 1609.03499, MATH.md): the geometry
-// and per-element math shared by the CPU and CUDA kernels, and the CUDA kernels' arguments.
+// WaveNet's dilated causal convolution and residual layer (arXiv 1609.03499; docs/conventions.md,
+// "Causal convolution and WaveNet"): the geometry and per-element math shared by the CPU and CUDA
+// kernels, and the CUDA kernels' arguments.
 //   y[n, o, t] = b[o] + Σ_{j<k} Σ_i W[o, i, j] · x[n, i, t - (k-1-j)·d]      (zero where the index < 0)
 //   layer: h = conv(x) + cond, z = tanh(h_a) ⊙ σ(h_b) (gmk/gated.h),
 //          x_next = (x + W_res z + b_res) · residual_scale, skip = W_skip z + b_skip

@@ -1,9 +1,8 @@
-// Discretized logistic mixture likelihood and sampling (PixelCNN++, Salimans et al. 2017,
-// arXiv 1701.05517, section 2.1; MATH.md "Discretized logistic mixture"). Math shared by the CPU and
-// CUDA kernels, templated on the compute type T (float, or double for float64 parameters) and on the
-// elementary functions, `Math` (gmk::LibMath on CUDA, gmk::cpu::Math in the CPU likelihood kernels,
-// whose float functions vectorise). The likelihood has no branches on the data: the CPU kernels
-// vectorise it across positions.
+// Discretized logistic mixture likelihood and sampling (PixelCNN++, Salimans et al. 2017, arXiv 1701.05517,
+// section 2.1; docs/conventions.md, "Discretized logistic mixture"). Math shared by the CPU and CUDA kernels,
+// templated on the compute type T (float, or double for float64 parameters) and on the elementary functions,
+// `Math` (gmk::LibMath on CUDA, gmk::cpu::Math in the CPU likelihood kernels, whose float functions
+// vectorise). The likelihood has no branches on the data: the CPU kernels vectorise it across positions.
 //
 // One position holds K components. Component k of channel c is a logistic with mean mu_ck and
 // log-scale ls_ck = max(raw_ls_ck, log_scale_min), discretized to num_bins levels on [-1, 1]:
@@ -182,8 +181,9 @@ struct LogSumExp {
   GMK_HOST_DEVICE T value() const { return max + Math::log(sum); }
 };
 
-// Parameter indices of one position in the PixelCNN++ layout (MATH.md): K logits, then for each
-// channel c a block of K means, K log-scales and K coefficients (C = 1: no coefficients).
+// Parameter indices of one position in the PixelCNN++ layout (docs/conventions.md,
+// "Parameter layout"): K logits, then for each channel c a block of K means, K log-scales and
+// K coefficients (C = 1: no coefficients).
 struct Layout {
   int64_t mixtures;  // K
 
