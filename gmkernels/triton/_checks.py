@@ -12,20 +12,20 @@ def check_like_x(op: str, name: str, x: torch.Tensor, t, shape) -> None:
     """``t`` is a tensor of ``shape`` with x's dtype and device."""
     if not isinstance(t, torch.Tensor):
         fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        fail(op, ValueError, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != x.dtype:
-        fail(op, TypeError, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
+    _check_matches(op, name, x, t, shape, x.dtype, f"have x's dtype {x.dtype}")
 
 
 def check_float32_parameter(op: str, name: str, x: torch.Tensor, t, shape) -> None:
     """``t`` is a float32 parameter of ``shape`` on x's device (the flows' kernels take float32 parameters)."""
+    _check_matches(op, name, x, t, shape, torch.float32, f"be float32 for x of dtype {x.dtype}")
+
+
+def _check_matches(op: str, name: str, x: torch.Tensor, t: torch.Tensor, shape, dtype: torch.dtype,
+                   dtype_rule: str) -> None:
     if tuple(t.shape) != tuple(shape):
-        fail(op, ValueError, f"{name} must have shape ({', '.join(map(str, shape))}), got {list(t.shape)}")
-    if t.dtype != torch.float32:
-        fail(op, TypeError, f"{name} must be float32 for x of dtype {x.dtype}, got {t.dtype}")
+        fail(op, ValueError, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if t.dtype != dtype:
+        fail(op, TypeError, f"{name} must {dtype_rule}, got {t.dtype}")
     if t.device != x.device:
         fail(op, ValueError, f"{name} must be on x's device {x.device}, got {t.device}")
 
