@@ -10,8 +10,8 @@ modules') input and output read or written once forward, twice backward (the out
 input gradient written); the parameters read forward and backward, the gradients written, and AdamW's
 read of parameter, gradient and two moments and write of three (10 passes over the parameters); FLOPs
 2 per multiply-add of the convolutions, dense over the masked taps, three passes for forward+backward.
-Sampling is timed per image (``us_per_sample`` is µs per image) at a small image size (``SAMPLE_SIZE``).
-On CPU every case is the "tiny" config on 4×4 (2×2) images: the suite runs, nothing is measured.
+Sampling is timed per image (``us_per_sample`` is µs per image) at a small image size (see _workload).
+On CPU the cases are the digits model (see _workload); with --quick the "tiny" config.
 """
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ from ..harness import COMPILED, EAGER, Case, skipped_peer
 
 IMAGE_MODELS = ("pixelcnn", "gated_pixelcnn", "pixelcnnpp")
 GMK = "gmk:auto"
-TRAIN_BATCH = {"cuda": 16, "cpu": 2}
-TRAIN_SIZE = {"cuda": 32, "cpu": 4}  # H = W of the training images
-SAMPLE_BATCH = {"cuda": 16, "cpu": 2}
-SAMPLE_SIZE = {"cuda": 8, "cpu": 2}  # H = W of the sampled images
 
-
-def _model(name: str, device: str) -> torch.nn.Module:
+# What each device runs: (config, training batch, training H = W, sampling batch, sampling H = W). CUDA: the
+# CIFAR-10 model. CPU: the digits model that `gmk train pixelcnnpp --data digits` trains (8×8, 17 levels,
+# batch 64); with --quick, the "tiny" config on 4×4 images (the suite runs, nothing is measured).
+def _workload(name: str, device: str, quick: bool) -> tuple:
     config_class = MODELS[name].config_class
-    config = config_class() if device == "cuda" else config_class.for_data(3, 256, 4, size="tiny")
-    return MODELS[name](config).to(device)
+    if device == "cuda":
+        return config_class(), 16, 32, 16, 8
+    if quick:
+        return config_class.for_data(3, 256, 4, size="tiny"), 2, 4, 2, 2
+    return config_class.for_data(1, 17, 8), 64, 8, 4, 8
 
 
 def _images(model, batch: int, size: int, device: str) -> torch.Tensor:
@@ -77,9 +78,10 @@ def _train_step(model, forward, optimizer, x, backend: str) -> torch.Tensor:
     return loss.detach()
 
 
-def _training_case(name: str, device: str) -> Case:
-    model = _model(name, device).train()
-    x = _images(model, TRAIN_BATCH[device], TRAIN_SIZE[device], device)
+def _training_case(name: str, device: str, quick: bool) -> Case:
+    config, batch, size, _, _ = _workload(name, device, quick)
+    model = MODELS[name](config).to(device).train()
+    x = _images(model, batch, size, device)
 
     def step(backend, forward=model):  # each peer its own AdamW state, on the shared parameters
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -106,9 +108,9 @@ def _sample(model, n: int, size: int, backend: str) -> torch.Tensor:
         return model.sample(n, image_size=size, generator=generator)
 
 
-def _sampling_case(name: str, device: str) -> Case:
-    model = _model(name, device).eval()
-    n, size = SAMPLE_BATCH[device], SAMPLE_SIZE[device]
+def _sampling_case(name: str, device: str, quick: bool) -> Case:
+    config, _, _, n, size = _workload(name, device, quick)
+    model = MODELS[name](config).to(device).eval()
     evaluations = size * size * len(model.sampling_steps)
     activation_bytes, macs = _counts(model, _images(model, n, size, device))
     peers = {GMK: functools.partial(_sample, model, n, size, "auto"),
@@ -130,4 +132,4 @@ def _sampling_case(name: str, device: str) -> Case:
 def cases(device: str, quick: bool) -> list[Case]:
     """Each model's training step and sampling; the same cases with ``quick`` (float32 only)."""
     return [case for name in IMAGE_MODELS
-            for case in (_training_case(name, device), _sampling_case(name, device))]
+            for case in (_training_case(name, device, quick), _sampling_case(name, device, quick))]
