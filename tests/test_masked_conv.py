@@ -435,7 +435,7 @@ def test_fused_triton_gate_opcheck():
     x = channels_last(torch.randn(2, 6, 4, 5)).requires_grad_()
     weight, bias = torch.randn(12, 6, 3, 3, requires_grad=True), torch.randn(12, requires_grad=True)
     op = torch.ops.gmk_triton.masked_conv2d_gated
-    torch.library.opcheck(op, (x, weight, bias, torch.randn(2, 12, 1, 1, requires_grad=True), "A", 3, "tanh"))
+    torch.library.opcheck(op, (x, weight, bias, torch.randn(2, 12, 1, 1, requires_grad=True), "A", 1, "tanh"))
     torch.library.opcheck(op, (x.detach(), weight, None, None, "B", 1, "identity"))
 
 
@@ -809,3 +809,6 @@ def test_issue18_gate_with_colour_groups_is_rejected():
         gmk.masked_conv2d(x, weight, mask_type="A", color_groups=3, gate="tanh")
     with pytest.raises(ValueError, match="MaskedConv2d: gate needs color_groups=1"):
         gmk.nn.MaskedConv2d(3, 12, 3, mask_type="A", color_groups=3, gate="tanh")
+    if "triton" in BACKENDS:
+        with pytest.raises(ValueError, match="gate needs color_groups=1"):
+            torch.ops.gmk_triton.masked_conv2d_gated(x, weight, None, None, "A", 3, "tanh")

@@ -344,6 +344,9 @@ def check_gated_args(op: str, x, weight, bias, cond, mask_type, color_groups, ac
     g = check_masked_args(op, x, weight, bias, mask_type, color_groups)
     if activation not in GATES:
         fail(op, ValueError, f"activation must be 'tanh' or 'identity', got {activation!r}")
+    if color_groups != 1:
+        fail(op, ValueError, f"the gate needs color_groups=1, got {color_groups}: it pairs output channels j "
+                              "and j + C, which lie in different colour groups")
     if weight.shape[0] % 2:
         fail(op, ValueError, f"the gate needs an even number of output channels (weight.shape[0]), "
                               f"got {weight.shape[0]}")
