@@ -25,6 +25,12 @@ def check_int(config: str, name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{config}: {name} must be an int >= {minimum}, got {value!r}")
 
 
+def check_odd_int(config: str, name: str, value, minimum: int = 1) -> None:
+    check_int(config, name, value, minimum)
+    if value % 2 == 0:
+        raise ValueError(f"{config}: {name} must be odd, got {value}")
+
+
 def check_number(config: str, name: str, value, low: float, high: float) -> None:
     """``value`` is a real number in [low, high)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
@@ -49,6 +55,26 @@ def check_divisible(config: str, name: str, value: int, divisor: int, why: str) 
 def check_size(config: str, size) -> None:
     if size not in SIZES:
         raise ValueError(f"{config}.for_data: size must be one of {SIZES}, got {size!r}")
+
+
+class ImageConfig:
+    """What the image models' config dataclasses share: ``for_data``, from each config's ``presets``."""
+
+    @staticmethod
+    def presets(in_channels: int) -> tuple[dict, dict]:
+        """The fields of the "tiny" network and of the small one (images up to SMALL_IMAGE)."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_data(cls, in_channels: int, num_bins: int, image_size: int, num_classes: int = 0,
+                 size: str = "default"):
+        """A config for this data: ``"default"``, the paper's network (a smaller one for images up to
+        16×16, e.g. 8×8 digits); ``"tiny"``, the smallest that runs every code path (tests)."""
+        check_size(cls.__name__, size)
+        tiny, small = cls.presets(in_channels)
+        fields = tiny if size == "tiny" else small if image_size <= SMALL_IMAGE else {}
+        return cls(in_channels=in_channels, num_bins=num_bins, image_size=image_size, num_classes=num_classes,
+                   **fields)
 
 
 def scale_bins(x: torch.Tensor, num_bins: int, dtype: torch.dtype) -> torch.Tensor:

@@ -24,12 +24,12 @@ from ..nn.masked_conv import MaskedConv2d, ShiftedConv2d
 from ..ops.gated import gated_activation
 from ..ops.masked_conv import shifted_conv2d
 from ..reference.masked_conv import conv_mask
-from ._autoregressive import (SMALL_IMAGE, SoftmaxImageModel, check_divisible, check_image_fields, check_int,
-                              check_number, check_size, down_shift, grouped_gate)
+from ._autoregressive import (ImageConfig, SoftmaxImageModel, check_divisible, check_image_fields, check_int,
+                              check_number, check_odd_int, down_shift, grouped_gate)
 
 
 @dataclass(frozen=True)
-class GatedPixelCNNConfig:
+class GatedPixelCNNConfig(ImageConfig):
     """A Gated PixelCNN's sizes. Defaults: the paper's CIFAR-10 network (20 layers of 384 channels,
     5×5 filters) with a 1023-wide output layer (1024 rounded to the three colour groups)."""
 
@@ -49,28 +49,19 @@ class GatedPixelCNNConfig:
         check_int(name, "channels", self.channels)
         check_divisible(name, "channels", self.channels, self.in_channels, "colour groups")
         check_int(name, "layers", self.layers)
-        check_int(name, "kernel_size", self.kernel_size, 3)
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"{name}: kernel_size must be odd, got {self.kernel_size}")
+        check_odd_int(name, "kernel_size", self.kernel_size, 3)
         check_int(name, "output_channels", self.output_channels)
         check_divisible(name, "output_channels", self.output_channels, self.in_channels, "colour groups")
         check_number(name, "dropout", self.dropout, 0.0, 1.0)
 
-    @classmethod
-    def for_data(cls, in_channels: int, num_bins: int, image_size: int, num_classes: int = 0,
-                 size: str = "default") -> "GatedPixelCNNConfig":
-        """A config for this data: ``"default"``, the paper's network (a smaller one for images up to
-        16×16, e.g. 8×8 digits); ``"tiny"``, the smallest that runs every code path (tests)."""
-        check_size(cls.__name__, size)
-        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size,
-                    num_classes=num_classes)
-        if size == "tiny":
-            return cls(**data, channels=4 * in_channels, layers=2, kernel_size=3,
-                       output_channels=4 * in_channels, dropout=0.1)
-        if image_size <= SMALL_IMAGE:
-            return cls(**data, channels=48 * in_channels, layers=6, kernel_size=3,
-                       output_channels=96 * in_channels, dropout=0.5)
-        return cls(**data)
+    @staticmethod
+    def presets(in_channels: int) -> tuple[dict, dict]:
+        """The "tiny" network's fields and the small one's (8×8 digits; dropout: they overfit without)."""
+        tiny = dict(channels=4 * in_channels, layers=2, kernel_size=3, output_channels=4 * in_channels,
+                    dropout=0.1)
+        small = dict(channels=48 * in_channels, layers=6, kernel_size=3, output_channels=96 * in_channels,
+                     dropout=0.5)
+        return tiny, small
 
 
 class HorizontalConv2d(ShiftedConv2d):

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ..nn.masked_conv import MaskedConv2d
-from ._autoregressive import (SMALL_IMAGE, SoftmaxImageModel, check_divisible, check_image_fields, check_int,
-                              check_number, check_size)
+from ._autoregressive import (ImageConfig, SoftmaxImageModel, check_divisible, check_image_fields, check_int,
+                              check_number, check_odd_int)
 
 
 @dataclass(frozen=True)
-class PixelCNNConfig:
+class PixelCNNConfig(ImageConfig):
     """A PixelCNN's sizes. Defaults: the paper's CIFAR-10 network (15 residual blocks, h = 128, a 1024-wide
     output layer), with 2h = 252 and O = 1023 so that h, 2h and O split into the three colour groups."""
 
@@ -50,30 +50,20 @@ class PixelCNNConfig:
                         "2h, with h split into in_channels colour groups")
         check_int(name, "residual_blocks", self.residual_blocks)
         for field in ("first_kernel_size", "kernel_size"):
-            check_int(name, field, getattr(self, field))
-            if getattr(self, field) % 2 == 0:
-                raise ValueError(f"{name}: {field} must be odd, got {getattr(self, field)}")
+            check_odd_int(name, field, getattr(self, field))
         if self.first_kernel_size == 1 and self.in_channels == 1:
             raise ValueError(f"{name}: first_kernel_size=1 with in_channels=1 sees no input (mask A)")
         check_int(name, "output_channels", self.output_channels)
         check_divisible(name, "output_channels", self.output_channels, self.in_channels, "colour groups")
         check_number(name, "dropout", self.dropout, 0.0, 1.0)
 
-    @classmethod
-    def for_data(cls, in_channels: int, num_bins: int, image_size: int, num_classes: int = 0,
-                 size: str = "default") -> "PixelCNNConfig":
-        """A config for this data: ``"default"``, the paper's network (a smaller one for images up to
-        16×16, e.g. 8×8 digits); ``"tiny"``, the smallest that runs every code path (tests)."""
-        check_size(cls.__name__, size)
-        data = dict(in_channels=in_channels, num_bins=num_bins, image_size=image_size,
-                    num_classes=num_classes)
-        if size == "tiny":
-            return cls(**data, channels=4 * in_channels, residual_blocks=1, first_kernel_size=3,
-                       output_channels=4 * in_channels, dropout=0.1)
-        if image_size <= SMALL_IMAGE:
-            return cls(**data, channels=96 * in_channels, residual_blocks=6, output_channels=96 * in_channels,
-                       dropout=0.5)
-        return cls(**data)
+    @staticmethod
+    def presets(in_channels: int) -> tuple[dict, dict]:
+        """The "tiny" network's fields and the small one's (8×8 digits; dropout: they overfit without)."""
+        tiny = dict(channels=4 * in_channels, residual_blocks=1, first_kernel_size=3,
+                    output_channels=4 * in_channels, dropout=0.1)
+        small = dict(channels=96 * in_channels, residual_blocks=6, output_channels=96 * in_channels, dropout=0.5)
+        return tiny, small
 
 
 class ResidualBlock(torch.nn.Module):
