@@ -106,13 +106,19 @@ at::Tensor as_image(const at::Tensor& b) {
   return b.contiguous().view({1, b.size(0), 1, b.size(1)});
 }
 
-// a (m, k) · b (k, n) (+ bias (m), may be undefined), row- or column-major. In float32 it runs as a 1x1
-// convolution of b with a as the filters: ATen reaches oneDNN's GEMM kernels only through convolution,
-// and on the AMD EPYC dev machine they ran 2-2.3x faster than at::mm (MKL, which takes its AVX2 path
-// on AMD): 200-235 against 105 GFLOP/s on one thread for (m, k, n) = (128, 640, 1024).
+// oneDNN's GEMM or MKL's (at::mm) for float32: MKL takes its AVX2 path on AMD processors, where oneDNN
+// ran 2-2.3x faster (AMD EPYC dev machine: 200-235 against 105 GFLOP/s on one thread for (m, k, n) =
+// (128, 640, 1024)); on the Intel Xeon dev machine MKL ran 1.3-1.6x faster than oneDNN (2 threads,
+// (32-128, 288-640, 1024-4096)).
+bool prefer_onednn_gemm() {
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+}
+
+// a (m, k) · b (k, n) (+ bias (m), may be undefined), row- or column-major. With oneDNN (see above) it
+// runs as a 1x1 convolution of b with a as the filters: ATen reaches oneDNN's GEMM only through convolution.
 at::Tensor matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {}) {
-  if (a.scalar_type() != at::kFloat || a.numel() == 0 || b.numel() == 0 || !at::hasMKLDNN() ||
-      !at::globalContext().userEnabledMkldnn()) {
+  if (a.scalar_type() != at::kFloat || a.numel() == 0 || b.numel() == 0 || !prefer_onednn_gemm()) {
     return bias.defined() ? at::addmm(bias.unsqueeze(1), a, b) : at::mm(a, b);
   }
   const at::Tensor filters = a.contiguous().view({a.size(0), a.size(1), 1, 1});
