@@ -16,7 +16,7 @@ def check_bool(function: str, name: str, value) -> None:
         raise TypeError(f"{function}: {name} must be a bool, got {value!r} ({type(value).__name__})")
 
 
-def check_int(function: str, name: str, value, minimum: int) -> None:
+def check_int(function: str, name: str, value, minimum: int = 1) -> None:
     """``value`` is an int (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{function}: {name} must be an int >= {minimum}, got {value!r}")

@@ -13,16 +13,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_int
 from ..ops.gated import gated_activation
 from ..ops.logistic_mixture import bits_per_dim
 
 SIZES = ("default", "tiny")
 SMALL_IMAGE = 16  # images up to this size get a model's small "default" network (8x8 digits)
-
-
-def check_int(config: str, name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{config}: {name} must be an int >= {minimum}, got {value!r}")
 
 
 def check_odd_int(config: str, name: str, value, minimum: int = 1) -> None:
