@@ -1,5 +1,5 @@
-"""Helpers shared by the ops' public functions and their autograd: argument checks, the flows'
-(N, C, positions) views, and the double backward written in torch ops."""
+"""Helpers shared by the ops' declarations and public functions: the tensor argument checks (each raises a
+TypeError or ValueError naming the function and the argument) and the flows' (N, C, positions) views."""
 from __future__ import annotations
 
 import math
@@ -20,6 +20,33 @@ def check_float_tensor(op: str, name: str, t) -> None:
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
+def check_tensor(function: str, name: str, t, rank: int | None = None, layout: str = "") -> None:
+    """``t`` is a floating-point tensor, of ``rank`` dimensions when given (``layout`` names them)."""
+    check_float_tensor(function, name, t)
+    if rank is not None and t.dim() != rank:
+        raise ValueError(f"{function}: {name} must be {layout or f'{rank}-D'}, got shape {tuple(t.shape)}")
+
+
+def check_like(function: str, name: str, t, x: torch.Tensor, shape=None, *, optional: bool = False) -> None:
+    """``t`` is a tensor with x's dtype and device (and ``shape`` when given); None too when ``optional``."""
+    if t is None and optional:
+        return
+    if not isinstance(t, torch.Tensor):
+        kind = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"{function}: {name} must be {kind}, got {type(t).__name__}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{function}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{function}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{function}: {name} must be on x's device {x.device}, got {t.device}")
+
+
+def check_choice(function: str, name: str, value, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{function}: {name} must be one of {choices}, got {value!r}")
+
+
 def check_x(op: str, x) -> None:
     """x is a flow's (N, C, *spatial) floating-point input."""
     check_float_tensor(op, "x", x)
@@ -36,31 +63,19 @@ def check_parameter(op: str, name: str, t, x: torch.Tensor, shape: tuple[int, ..
         raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
 
 
+def check_kernel_parameter(function: str, name: str, t, x: torch.Tensor, shape) -> None:
+    """``t`` is a parameter as the flows' kernels take it: ``shape``, on x's device, in x's compute dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{function}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype != compute_dtype(x.dtype):
+        raise TypeError(f"{function}: {name} must be {compute_dtype(x.dtype)} for x of dtype {x.dtype}, "
+                        f"got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{function}: {name} must be on x's device {x.device}, got {t.device}")
+
+
 def as_3d(x: torch.Tensor) -> torch.Tensor:
     """x (N, C, *S) as the kernels' (N, C, positions) view (a copy only where no view exists)."""
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
-
-
-def differentiable_backward(backward_op, formula, tensor_args: int) -> None:
-    """Makes ``backward_op`` differentiable (double backward: gradient penalties, Hessian-vector products).
-
-    ``formula`` computes the same outputs as ``backward_op`` from the same arguments, in torch ops; the
-    backward of the backward differentiates it (recomputing, as the kernels' backward does).
-    ``tensor_args``: how many leading arguments are tensors; the rest are passed through.
-    """
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:tensor_args])
-        ctx.rest = inputs[tensor_args:]
-
-    def backward(ctx, *grads):
-        inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
-        with torch.enable_grad():
-            outputs = formula(*inputs, *ctx.rest)
-        pairs = [(out, grad) for out, grad in zip(outputs, grads) if out is not None and grad is not None]
-        if not pairs:
-            return *(None for _ in inputs), *(None for _ in ctx.rest)
-        result = torch.autograd.grad([out for out, _ in pairs], inputs, [grad for _, grad in pairs],
-                                     allow_unused=True, create_graph=torch.is_grad_enabled())
-        return *result, *(None for _ in ctx.rest)
-
-    torch.library.register_autograd(backward_op, backward, setup_context=setup_context)

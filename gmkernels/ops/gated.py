@@ -1,51 +1,73 @@
-"""gmk.gated_activation: validate, pick a backend, run its op; autograd and fakes of the ops."""
+"""gmk.gated_activation: the declarations of gmkernels::gated{,_backward} and the public function."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from .._backend import TRITON_INSTALLED, OpBackends
-from .._extension import has_extension
 from ..reference import gated as reference
-from ._common import check_float_tensor
+from ._common import check_choice, check_float_tensor, check_like, check_tensor
+from ._declare import Autograd, Op, triton_family
 
 ACTIVATIONS = ("tanh", "identity")
-GATED = OpBackends("gmk.gated_activation")
+_triton = triton_family("gated")
 
 
-def _check_inputs(x, cond, activation: str, dim: int) -> int:
-    check_float_tensor("gated_activation", "x", x)
-    if x.dim() < 2:
-        raise ValueError(f"gated_activation: x must have at least 2 dimensions, got shape {tuple(x.shape)}")
-    if not -x.dim() <= dim < x.dim():
-        raise ValueError(f"gated_activation: dim must be in [{-x.dim()}, {x.dim() - 1}], got {dim}")
-    dim %= x.dim()
-    if x.shape[dim] % 2:
-        raise ValueError(f"gated_activation: x.shape[dim] (dim={dim}) must be even (2C channels), "
-                         f"got {x.shape[dim]}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"gated_activation: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if cond is not None:
-        _check_cond(x, cond)
-    return dim
+# --- the ops: x (outer, 2C, inner), cond None or at x's shape (any strides: broadcast by stride 0) ----
+
+def check_gated(function: str, x, cond, activation, grad_y=None) -> None:
+    check_tensor(function, "x", x, 3, "(outer, 2C, inner)")
+    if x.shape[1] % 2:
+        raise ValueError(f"{function}: x's channels (x.shape[dim], 2C) must be even, got {x.shape[1]}")
+    check_like(function, "cond", cond, x, x.shape, optional=True)
+    check_choice(function, "activation", activation, ACTIVATIONS)
+    if grad_y is not None:
+        check_like(function, "grad_y", grad_y, x, (x.shape[0], x.shape[1] // 2, x.shape[2]))
 
 
-def _check_cond(x: torch.Tensor, cond) -> None:
-    if not isinstance(cond, torch.Tensor):
-        raise TypeError(f"gated_activation: cond must be a torch.Tensor or None, got {type(cond).__name__}")
-    if cond.dtype != x.dtype:
-        raise TypeError(f"gated_activation: cond must have x's dtype {x.dtype}, got {cond.dtype}")
-    if cond.device != x.device:
-        raise ValueError(f"gated_activation: cond must be on x's device {x.device}, got {cond.device}")
-    try:
-        broadcast = torch.broadcast_shapes(cond.shape, x.shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != x.shape:
-        raise ValueError(f"gated_activation: cond of shape {tuple(cond.shape)} does not broadcast to x's "
-                         f"shape {tuple(x.shape)}")
+def _check_backward(function: str, grad_y, x, cond, activation) -> None:
+    check_gated(function, x, cond, activation, grad_y)
 
+
+def _fake(x, cond, activation):
+    return x.new_empty(x.shape[0], x.shape[1] // 2, x.shape[2])
+
+
+def _fake_backward(grad_y, x, cond, activation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _save(ctx, inputs, output):
+    x, cond, activation = inputs
+    ctx.save_for_backward(x, cond)
+    ctx.activation = activation
+
+
+def _backward(ops, ctx, grad_y):
+    x, cond = ctx.saved_tensors
+    grad_h = ops.gated_backward(grad_y, x, cond, ctx.activation)
+    return grad_h, (grad_h if cond is not None else None), None
+
+
+def _backward_formula(grad_y, x, cond, activation):
+    """grad_h = [g f'(a) σ(b), g f(a) σ'(b)] in torch ops, float32 or wider (the double backward)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    a, b = (x if cond is None else x + cond).to(dtype).chunk(2, dim=1)
+    g = grad_y.to(dtype)
+    f = torch.tanh(a) if activation == "tanh" else a
+    df = 1 - f * f if activation == "tanh" else torch.ones_like(a)
+    s = torch.sigmoid(b)
+    return torch.cat([g * df * s, g * f * s * (1 - s)], dim=1).to(x.dtype)
+
+
+GATED = Op("gated", "(Tensor x, Tensor? cond, str activation) -> Tensor", check=check_gated, fake=_fake,
+           triton=_triton and _triton.gated, autograd=Autograd(_save, _backward))
+GATED_BACKWARD = Op("gated_backward", "(Tensor grad_y, Tensor x, Tensor? cond, str activation) -> Tensor",
+                    check=_check_backward, fake=_fake_backward, triton=_triton and _triton.gated_backward,
+                    formula=_backward_formula)
+
+
+# --- the public function -----------------------------------------------------------------------------
 
 def gated_activation(x: torch.Tensor, cond: torch.Tensor | None = None, *, activation: str = "tanh",
                      dim: int = 1, backend: str = "auto") -> torch.Tensor:
@@ -55,85 +77,36 @@ def gated_activation(x: torch.Tensor, cond: torch.Tensor | None = None, *, activ
     (``"identity"``, PixelCNN++). ``cond`` broadcasts to ``x``: (N, 2C, 1, 1) for global and
     (N, 2C, H, W) for local conditioning. Returns a tensor of x's shape with C along ``dim``.
     """
-    dim = _check_inputs(x, cond, activation, dim)
-    name = GATED.select(backend, x.device, x.dtype)
-    if name == "reference":
-        return reference.gated_activation(x, cond, activation, dim)
+    function = "gated_activation"
+    dim = _check_dim(function, x, dim)
+    _check_cond_broadcasts(function, x, cond)
     outer, channels, inner = math.prod(x.shape[:dim]), x.shape[dim], math.prod(x.shape[dim + 1:])
     x3 = x.reshape(outer, channels, inner)
     cond3 = None if cond is None else cond.expand_as(x).reshape(outer, channels, inner)
-    y3 = _FORWARD_OPS[name](x3, cond3, activation)
-    return y3.reshape(*x.shape[:dim], channels // 2, *x.shape[dim + 1:])
+    GATED.check(function, x3, cond3, activation)
+    name = GATED.select(backend, x.device, x.dtype)
+    if name == "reference":
+        return reference.gated_activation(x, cond, activation, dim)
+    return GATED.run(name, x3, cond3, activation).reshape(*x.shape[:dim], channels // 2, *x.shape[dim + 1:])
 
 
-# --- autograd and fake tensors, the same for the C++ and the Triton ops -------------------------
-
-def _fake_forward(x, cond, activation):
-    return x.new_empty(x.shape[0], x.shape[1] // 2, x.shape[2])
-
-
-def _fake_backward(grad_y, x, cond, activation):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    x, cond, activation = inputs
-    ctx.save_for_backward(x, cond)
-    ctx.activation = activation
+def _check_dim(function: str, x, dim) -> int:
+    check_float_tensor(function, "x", x)
+    if x.dim() < 2:
+        raise ValueError(f"{function}: x must have at least 2 dimensions, got shape {tuple(x.shape)}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+        raise ValueError(f"{function}: dim must be an int in [{-x.dim()}, {x.dim() - 1}], got {dim!r}")
+    return dim % x.dim()
 
 
-def _setup_backward_context(ctx, inputs, output):
-    grad_y, x, cond, activation = inputs
-    ctx.save_for_backward(grad_y, x, cond)
-    ctx.activation = activation
-
-
-def _backward_of_backward(ctx, grad_grad_h):
-    """Differentiates grad_a = g f'(a) s(b), grad_b = g f(a) s'(b) (gradient penalties need it).
-
-    Written in torch ops, in float32 or wider, so that it is itself differentiable.
-    """
-    grad_y, x, cond = ctx.saved_tensors
-    compute_dtype = torch.promote_types(x.dtype, torch.float32)
-    h = (x if cond is None else x + cond).to(compute_dtype)
-    a, b = h.chunk(2, dim=1)
-    u_a, u_b = grad_grad_h.to(compute_dtype).chunk(2, dim=1)
-    g = grad_y.to(compute_dtype)
-    s = torch.sigmoid(b)
-    ds = s * (1 - s)
-    d2s = ds * (1 - 2 * s)
-    if ctx.activation == "tanh":
-        f = torch.tanh(a)
-        df = 1 - f * f
-        d2f = -2 * f * df
-    else:
-        f, df, d2f = a, torch.ones_like(a), torch.zeros_like(a)
-    grad_grad_y = u_a * df * s + u_b * f * ds
-    grad_x = torch.cat([g * (u_a * d2f * s + u_b * df * ds), g * (u_a * df * ds + u_b * f * d2s)], dim=1)
-    grad_grad_y, grad_x = grad_grad_y.to(grad_y.dtype), grad_x.to(x.dtype)
-    return grad_grad_y, grad_x, (grad_x if cond is not None else None), None
-
-
-def _register(forward_op, backward_op) -> None:
-    def backward(ctx, grad_y):
-        x, cond = ctx.saved_tensors
-        grad_h = backward_op(grad_y, x, cond, ctx.activation)
-        return grad_h, (grad_h if cond is not None else None), None
-
-    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
-    torch.library.register_autograd(backward_op, _backward_of_backward, setup_context=_setup_backward_context)
-
-
-_FORWARD_OPS = {}
-if has_extension():
-    torch.library.register_fake("gmkernels::gated")(_fake_forward)
-    torch.library.register_fake("gmkernels::gated_backward")(_fake_backward)
-    _register(torch.ops.gmkernels.gated.default, torch.ops.gmkernels.gated_backward.default)
-    _FORWARD_OPS["cpu"] = _FORWARD_OPS["cuda"] = torch.ops.gmkernels.gated
-if TRITON_INSTALLED:
-    from ..triton import gated as triton_gated
-
-    triton_gated.gated.register_fake(_fake_forward)
-    triton_gated.gated_backward.register_fake(_fake_backward)
-    _register(triton_gated.gated, triton_gated.gated_backward)
-    _FORWARD_OPS["triton"] = triton_gated.gated
+def _check_cond_broadcasts(function: str, x: torch.Tensor, cond) -> None:
+    check_like(function, "cond", cond, x, optional=True)
+    if cond is None:
+        return
+    try:
+        broadcast = torch.broadcast_shapes(cond.shape, x.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != x.shape:
+        raise ValueError(f"{function}: cond of shape {tuple(cond.shape)} does not broadcast to x's "
+                         f"shape {tuple(x.shape)}")

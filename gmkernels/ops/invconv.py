@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import TRITON_INSTALLED, OpBackends
-from .._extension import has_extension
+from .._backend import OpBackends
 from .._validation import check_bool
 from ..reference import actnorm as reference_actnorm
 from ..reference import invconv as reference
-from ._common import as_3d, check_parameter, check_x, compute_dtype, differentiable_backward
+from ._common import as_3d, check_kernel_parameter, check_like, check_parameter, check_tensor, check_x, compute_dtype
+from ._declare import Autograd, Op, triton_family
 
-# The four ops run the same kernels: one backend table each, so that errors name the op called.
-BACKENDS = {op: OpBackends(f"gmk.{op}") for op in
-            ("invertible_conv1x1", "invertible_conv1x1_lu", "actnorm_conv1x1", "actnorm_conv1x1_lu")}
+_triton = triton_family("invconv")
 
 
 class _LogAbsDet(torch.autograd.Function):
@@ -148,7 +146,7 @@ def _run(op: str, x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor | N
     name = BACKENDS[op].select(backend, x.device, x.dtype)
     dtype = compute_dtype(x.dtype)
     shift = None if shift is None else shift.to(dtype)
-    y = _OPS[name](as_3d(x), matrix.to(dtype), shift).view(x.shape)
+    y = CONV1X1.run(name, as_3d(x), matrix.to(dtype), shift).view(x.shape)
     return y, reference_actnorm.per_sample(reference_actnorm.positions(x) * logdet, x, reverse)
 
 
@@ -237,9 +235,26 @@ def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Ten
     return _run(op, x, matrix, shift, log_scale.double().sum() + log_s.double().sum(), reverse, backend)
 
 
-# --- autograd and fake tensors of conv1x1, the same for the C++ and the Triton ops ---------------
+# --- the op: x (N, C, positions) any strides; weight (Cout, C), bias None or (Cout,), float32 (float64
+# for float64 x). y = weight · x + bias at every position. ------------------------------------------
 
-def _fake_forward(x, weight, bias):
+def check_conv1x1(function: str, x, weight, bias, grad_y=None) -> None:
+    check_tensor(function, "x", x, 3, "(N, C, positions)")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        shown = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{function}: weight must be (Cout, C={x.shape[1]}), got {shown}")
+    check_kernel_parameter(function, "weight", weight, x, weight.shape)
+    if bias is not None:
+        check_kernel_parameter(function, "bias", bias, x, (weight.shape[0],))
+    if grad_y is not None:
+        check_like(function, "grad_y", grad_y, x, (x.shape[0], weight.shape[0], x.shape[2]))
+
+
+def _check_backward(function: str, grad_y, x, weight, output_mask) -> None:
+    check_conv1x1(function, x, weight, None, grad_y)
+
+
+def _fake(x, weight, bias):
     return torch.empty(x.shape[0], weight.shape[0], x.shape[2], dtype=x.dtype, device=x.device)
 
 
@@ -250,13 +265,22 @@ def _fake_backward(grad_y, x, weight, output_mask):
             weight.new_empty(weight.shape[0]) if want_bias else None)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
 
 
-def _backward_math(grad_y, x, weight, output_mask):
+def _backward(ops, ctx, grad_y):
+    x, weight = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+    output_mask = [needs_x, needs_weight, ctx.has_bias and needs_bias]
+    if not any(output_mask):
+        return None, None, None
+    return ops.conv1x1_backward(grad_y, x, weight, output_mask)
+
+
+def _backward_formula(grad_y, x, weight, output_mask):
     """What conv1x1_backward computes, in torch ops: grad_x = Wᵀ grad_y, grad_W = Σ grad_y xᵀ, Σ grad_y."""
     g = grad_y.to(weight.dtype)
     want_x, want_weight, want_bias = output_mask
@@ -265,27 +289,12 @@ def _backward_math(grad_y, x, weight, output_mask):
             g.sum((0, 2)) if want_bias else None)
 
 
-def _register(forward_op, backward_op) -> None:
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
-        output_mask = [needs_x, needs_weight, ctx.has_bias and needs_bias]
-        if not any(output_mask):
-            return None, None, None
-        return backward_op(grad_y, x, weight, output_mask)
-
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
-    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
-    differentiable_backward(backward_op, _backward_math, tensor_args=3)
-
-
-_OPS = {}
-if has_extension():
-    _register(torch.ops.gmkernels.conv1x1.default, torch.ops.gmkernels.conv1x1_backward.default)
-    _OPS["cpu"] = _OPS["cuda"] = torch.ops.gmkernels.conv1x1
-if TRITON_INSTALLED:
-    from ..triton import invconv as _triton
-
-    _register(_triton.conv1x1, _triton.conv1x1_backward)
-    _OPS["triton"] = _triton.conv1x1
+CONV1X1 = Op("conv1x1", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor", check=check_conv1x1, fake=_fake,
+             triton=_triton and _triton.conv1x1, autograd=Autograd(_save, _backward))
+CONV1X1_BACKWARD = Op(
+    "conv1x1_backward", "(Tensor grad_y, Tensor x, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+    check=_check_backward, fake=_fake_backward, triton=_triton and _triton.conv1x1_backward,
+    formula=_backward_formula)
+# The four public functions run this op: one backend table each, so that errors name the function called.
+BACKENDS = {function: OpBackends(f"gmk.{function}") for function in
+            ("invertible_conv1x1", "invertible_conv1x1_lu", "actnorm_conv1x1", "actnorm_conv1x1_lu")}

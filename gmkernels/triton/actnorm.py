@@ -1,4 +1,5 @@
-"""Triton kernels of actnorm, registered as the custom ops gmk_triton::actnorm{,_backward}.
+"""Triton kernels of actnorm and their launchers: the ops gmk_triton::actnorm{,_backward}, declared in
+ops/actnorm.py.
 
 The tensors are (N, C, positions) as for the C++ ops, parameters float32. Forward: one program per
 BLOCK elements of the contiguous output. Backward: program b works on channel b // parts and the part
@@ -11,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_float32_parameter, check_like_x
 from ._common import on_device, strides_3d
 
 BLOCK = 1024
@@ -72,23 +72,7 @@ def _backward_kernel(grad_out_ptr, in_ptr, bias_ptr, log_scale_ptr, grad_in_ptr,
     tl.store(sums_ptr + 2 * pid + 1, tl.sum(h_acc, axis=0))
 
 
-def check_args(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor,
-               grad_out: torch.Tensor | None = None) -> None:
-    """The checks of the C++ ops: x (N, C, positions), parameters (C,) float32 on x's device."""
-    op = "gmk_triton::actnorm"
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be (N, C, positions), got shape {list(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    check_float32_parameter("actnorm", "bias", x, bias, (x.shape[1],))
-    check_float32_parameter("actnorm", "log_scale", x, log_scale, (x.shape[1],))
-    if grad_out is not None:
-        check_like_x("actnorm", "grad_out", x, grad_out, x.shape)
-
-
-@torch.library.custom_op("gmk_triton::actnorm", mutates_args=())
 def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, reverse: bool) -> torch.Tensor:
-    check_args(x, bias, log_scale)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel():
         bias, log_scale = bias.contiguous(), log_scale.contiguous()
@@ -99,12 +83,10 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, revers
     return out
 
 
-@torch.library.custom_op("gmk_triton::actnorm_backward", mutates_args=())
 def actnorm_backward(grad_out: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor,
                      reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of in, bias, log_scale from G = Σ grad_out, H = Σ grad_out · in per channel:
     forward d/db = e^s G, d/dlog_s = e^s (H + b G); reverse d/db = -G, d/dlog_s = -e^-s H."""
-    check_args(x, bias, log_scale, grad_out)
     n, channels, inner = x.shape
     grad_in = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     count = n * inner

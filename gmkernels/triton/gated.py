@@ -1,4 +1,5 @@
-"""Triton kernels of the gated activation, registered as the custom ops gmk_triton::gated{,_backward}.
+"""Triton kernels of the gated activation and their launchers, the ops gmk_triton::gated{,_backward}
+(declared, with their checks, in gmkernels/ops/gated.py).
 
 The tensors are (outer, 2C, inner) as for the C++ ops. Each program takes BLOCK elements of one
 row o of the output, m = c * inner + i in [0, C * inner): when each half of a row of x is
@@ -11,7 +12,6 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._checks import check_like_x
 from ._common import on_device, strides_3d, tanh
 
 COND_NONE, COND_ROWS, COND_STRIDED = 0, 1, 2
@@ -89,23 +89,6 @@ def _gated_backward_kernel(grad_y_ptr, x_ptr, cond_ptr, grad_h_ptr, blocks_per_r
     tl.store(grad_h_ptr + o * 2 * half_len + half_len + m, grad_b.to(out_type), mask=mask)
 
 
-def check_args(x: torch.Tensor, cond: torch.Tensor | None, activation: str,
-               grad_y: torch.Tensor | None = None) -> None:
-    """The checks of the C++ ops: x is (outer, 2C, inner), cond at x's shape, grad_y at y's."""
-    if x.dim() != 3:
-        raise ValueError(f"gmk_triton::gated: x must be (outer, 2C, inner), got shape {list(x.shape)}")
-    if x.shape[1] % 2:
-        raise ValueError(f"gmk_triton::gated: x.size(1) must be even, got {x.shape[1]}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"gmk_triton::gated: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if activation not in ("tanh", "identity"):
-        raise ValueError(f"gmk_triton::gated: activation must be 'tanh' or 'identity', got {activation!r}")
-    if cond is not None:
-        check_like_x("gated", "cond", x, cond, x.shape)
-    if grad_y is not None:
-        check_like_x("gated", "grad_y", x, grad_y, (x.shape[0], x.shape[1] // 2, x.shape[2]))
-
-
 def _is_rows(strides: tuple[int, int, int], inner: int) -> bool:
     return strides[2] == 1 and strides[1] == inner
 
@@ -126,18 +109,14 @@ def _launch(kernel, leading: tuple, x: torch.Tensor, cond: torch.Tensor | None, 
             INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
-@torch.library.custom_op("gmk_triton::gated", mutates_args=())
 def gated(x: torch.Tensor, cond: torch.Tensor | None, activation: str) -> torch.Tensor:
-    check_args(x, cond, activation)
     y = x.new_empty(x.shape[0], x.shape[1] // 2, x.shape[2])
     _launch(_gated_forward_kernel, (x, x if cond is None else cond, y), x, cond, activation)
     return y
 
 
-@torch.library.custom_op("gmk_triton::gated_backward", mutates_args=())
 def gated_backward(grad_y: torch.Tensor, x: torch.Tensor, cond: torch.Tensor | None,
                    activation: str) -> torch.Tensor:
-    check_args(x, cond, activation, grad_y)
     grad_h = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_y = grad_y.contiguous()
     _launch(_gated_backward_kernel, (grad_y, x, x if cond is None else cond, grad_h), x, cond, activation)

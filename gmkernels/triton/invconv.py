@@ -1,5 +1,6 @@
 """Triton kernels of the 1x1 convolution y[n, :, i] = W x[n, :, i] + b (the invertible 1x1
-convolutions and actnorm folded into them), registered as gmk_triton::conv1x1{,_backward}.
+convolutions and actnorm folded into them): the ops gmk_triton::conv1x1{,_backward}, declared in
+ops/invconv.py.
 
 Tensors are (N, C, positions) as for the C++ ops; W and b float32. Program (n·blocks + s, o) computes
 the (BLOCK_O, BLOCK_S) tile of output channels × positions of sample n with ``tl.dot`` over blocks of
@@ -17,7 +18,6 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._checks import check_float32_parameter, check_like_x
 from ._common import mma, on_device, strides_3d
 
 BLOCK_S = 64
@@ -95,23 +95,6 @@ def _block(size: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(size)))
 
 
-def check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               grad_y: torch.Tensor | None = None) -> None:
-    """The checks of the C++ ops: x (N, C, positions), weight (Cout, C) and bias (Cout) float32."""
-    op = "gmk_triton::conv1x1"
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be (N, C, positions), got shape {list(x.shape)}")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: weight must be (Cout, C={x.shape[1]}), got shape {list(weight.shape)}")
-    check_float32_parameter("conv1x1", "weight", x, weight, weight.shape)
-    if bias is not None:
-        check_float32_parameter("conv1x1", "bias", x, bias, (weight.shape[0],))
-    if grad_y is not None:
-        check_like_x("conv1x1", "grad_y", x, grad_y, (x.shape[0], weight.shape[0], x.shape[2]))
-
-
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     n, cin, inner = x.shape
     cout = weight.shape[0]
@@ -132,9 +115,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return y
 
 
-@torch.library.custom_op("gmk_triton::conv1x1", mutates_args=())
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    check_args(x, weight, bias)
     return _launch(x, weight, bias)
 
 
@@ -168,10 +149,8 @@ def _fused_backward(grad_y, x, weight, want_x: bool, want_params: bool):
     return grad_x, partial_w.sum(0)[:cout, :cin].contiguous(), partial_b.sum(0)[:cout].contiguous()
 
 
-@torch.library.custom_op("gmk_triton::conv1x1_backward", mutates_args=())
 def conv1x1_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                      output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    check_args(x, weight, None, grad_y)
     want_x, want_weight, want_bias = output_mask
     n, cin, inner = x.shape
     cout = weight.shape[0]
