@@ -1,5 +1,5 @@
-"""gmk.discretized_logistic_mixture_{nll,sample}, gmk.bits_per_dim: validate, pick a backend, run its op;
-autograd and fakes of the ops."""
+"""gmk.discretized_logistic_mixture_{nll,sample}, gmk.bits_per_dim: the public functions and the declarations of
+gmkernels::logistic_mixture_{nll,nll_backward,sample}."""
 from __future__ import annotations
 
 import math
@@ -7,13 +7,15 @@ import numbers
 
 import torch
 
-from .._backend import TRITON_INSTALLED, OpBackends
-from .._extension import has_extension
+from .._backend import OpBackends
 from .._validation import check_bool, check_finite_number, check_generator, check_int
 from ..reference import logistic_mixture as reference
+from ._common import check_tensor
+from ._declare import Autograd, Op, triton_family
 
 REDUCTIONS = ("none", "sum", "mean")
 NUM_CHANNELS = (1, 3)
+_triton = triton_family("logistic_mixture")
 
 
 def _check_tensor(function: str, name: str, t) -> None:
@@ -92,8 +94,8 @@ def discretized_logistic_mixture_nll(params: torch.Tensor, x: torch.Tensor, *, n
     else:
         n, spatial = x.shape[0], x.shape[2:]
         s = math.prod(spatial)
-        nll = _NLL_OPS[name](params.reshape(n, params.shape[1], s), x.reshape(n, x.shape[1], s), num_bins,
-                             float(log_scale_min)).reshape(n, *spatial)
+        nll = NLL.run(name, params.reshape(n, params.shape[1], s), x.reshape(n, x.shape[1], s), num_bins,
+                      float(log_scale_min)).reshape(n, *spatial)
     if reduction == "sum":
         return nll.sum()
     return nll.mean() if reduction == "mean" else nll
@@ -121,7 +123,7 @@ def discretized_logistic_mixture_sample(params: torch.Tensor, *, num_channels: i
     noise = {"generator": generator, "device": params.device, "dtype": reference.compute_dtype(params.dtype)}
     gumbel_u = torch.rand((n, k, s), **noise)
     logistic_u = torch.rand((n, num_channels, s), **noise)
-    sample_op = reference.discretized_logistic_mixture_sample if name == "reference" else _SAMPLE_OPS[name]
+    sample_op = reference.discretized_logistic_mixture_sample if name == "reference" else SAMPLE.op(name)
     return sample_op(params3, gumbel_u, logistic_u, num_bins, float(log_scale_min)).reshape(
         n, num_channels, *spatial)
 
@@ -143,7 +145,47 @@ def bits_per_dim(nll_nats, num_subpixels: int):
     return nll_nats / (math.log(2) * num_subpixels)
 
 
-# --- autograd and fake tensors, the same for the C++ and the Triton ops -------------------------
+# --- the ops: params (N, P, S) any strides; x, logistic_u (N, C, S) and gumbel_u (N, K, S) in the compute
+# dtype (float32, float64 for float64 params); nll and grad_nll (N, S). ---------------------------------
+
+def _check_op_tensor(function: str, name: str, t, params: torch.Tensor, shape: tuple, form: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{function}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{function}: {name} must be {form} = {tuple(shape)} to match params, "
+                         f"got {tuple(t.shape)}")
+    dtype = reference.compute_dtype(params.dtype)
+    if t.dtype != dtype:
+        raise TypeError(f"{function}: {name} must be {dtype} for params of dtype {params.dtype}, got {t.dtype}")
+    if t.device != params.device:
+        raise ValueError(f"{function}: {name} must be on params' device {params.device}, got {t.device}")
+
+
+def _check_op(function: str, params, channels_name: str, channels, num_bins, log_scale_min) -> int:
+    """The checks shared by the three ops; returns K. ``channels`` (x or logistic_u) gives C."""
+    check_tensor(function, "params", params, 3, "(N, P, S)")
+    if not isinstance(channels, torch.Tensor) or channels.dim() != 3 or channels.shape[1] not in NUM_CHANNELS:
+        shown = tuple(channels.shape) if isinstance(channels, torch.Tensor) else type(channels).__name__
+        raise ValueError(f"{function}: {channels_name} must be (N, C, S) with C = 1 or 3, got {shown}")
+    n, _, s = params.shape
+    _check_op_tensor(function, channels_name, channels, params, (n, channels.shape[1], s), "(N, C, S)")
+    check_options(function, num_bins, log_scale_min)
+    return _check_params(function, params, channels.shape[1])
+
+
+def check_nll(function: str, params, x, num_bins, log_scale_min) -> None:
+    _check_op(function, params, "x", x, num_bins, log_scale_min)
+
+
+def _check_nll_backward(function: str, grad_nll, params, x, num_bins, log_scale_min) -> None:
+    _check_op(function, params, "x", x, num_bins, log_scale_min)
+    _check_op_tensor(function, "grad_nll", grad_nll, params, (params.shape[0], params.shape[2]), "(N, S)")
+
+
+def check_sample(function: str, params, gumbel_u, logistic_u, num_bins, log_scale_min) -> None:
+    k = _check_op(function, params, "logistic_u", logistic_u, num_bins, log_scale_min)
+    _check_op_tensor(function, "gumbel_u", gumbel_u, params, (params.shape[0], k, params.shape[2]), "(N, K, S)")
+
 
 def _fake_nll(params, x, num_bins, log_scale_min):
     return x.new_empty(x.shape[0], x.shape[2])
@@ -157,43 +199,30 @@ def _fake_sample(params, gumbel_u, logistic_u, num_bins, log_scale_min):
     return logistic_u.new_empty(logistic_u.shape)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     params, x, num_bins, log_scale_min = inputs
     ctx.save_for_backward(params, x)
     ctx.num_bins, ctx.log_scale_min = num_bins, log_scale_min
 
 
-def _no_double_backward(ctx, grad_grad_params):
+def _backward(ops, ctx, grad_nll):
+    params, x = ctx.saved_tensors
+    return ops.logistic_mixture_nll_backward(grad_nll, params, x, ctx.num_bins, ctx.log_scale_min), None, None, None
+
+
+def _no_double_backward(ops, ctx, grad_grad_params):
     raise RuntimeError("double backward of the logistic mixture NLL is not supported")
 
 
-def _register(nll_op, nll_backward_op, sample_op) -> None:
-    def backward(ctx, grad_nll):
-        params, x = ctx.saved_tensors
-        return nll_backward_op(grad_nll, params, x, ctx.num_bins, ctx.log_scale_min), None, None, None
-
-    torch.library.register_fake(nll_op)(_fake_nll)
-    torch.library.register_fake(nll_backward_op)(_fake_nll_backward)
-    torch.library.register_fake(sample_op)(_fake_sample)
-    torch.library.register_autograd(nll_op, backward, setup_context=_setup_context)
-    torch.library.register_autograd(nll_backward_op, _no_double_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
-
-
-NLL = OpBackends("gmk.discretized_logistic_mixture_nll")
-SAMPLE = OpBackends("gmk.discretized_logistic_mixture_sample")
-
-_NLL_OPS, _SAMPLE_OPS = {}, {}
-if has_extension():
-    _cpp = torch.ops.gmkernels
-    _register(_cpp.logistic_mixture_nll.default, _cpp.logistic_mixture_nll_backward.default,
-              _cpp.logistic_mixture_sample.default)
-    _NLL_OPS["cpu"] = _NLL_OPS["cuda"] = _cpp.logistic_mixture_nll
-    _SAMPLE_OPS["cpu"] = _SAMPLE_OPS["cuda"] = _cpp.logistic_mixture_sample
-if TRITON_INSTALLED:
-    from ..triton import logistic_mixture as _triton
-
-    _register(_triton.logistic_mixture_nll, _triton.logistic_mixture_nll_backward,
-              _triton.logistic_mixture_sample)
-    _NLL_OPS["triton"] = _triton.logistic_mixture_nll
-    _SAMPLE_OPS["triton"] = _triton.logistic_mixture_sample
+_SCALARS = "int num_bins, float log_scale_min"
+NLL = Op("logistic_mixture_nll", f"(Tensor params, Tensor x, {_SCALARS}) -> Tensor", check=check_nll,
+         fake=_fake_nll, triton=_triton and _triton.logistic_mixture_nll, autograd=Autograd(_save, _backward),
+         backends=OpBackends("gmk.discretized_logistic_mixture_nll"), dtype_of=lambda params, *rest: params)
+NLL_BACKWARD = Op("logistic_mixture_nll_backward", f"(Tensor grad_nll, Tensor params, Tensor x, {_SCALARS}) -> Tensor",
+                  check=_check_nll_backward, fake=_fake_nll_backward,
+                  triton=_triton and _triton.logistic_mixture_nll_backward,
+                  autograd=Autograd(lambda ctx, inputs, output: None, _no_double_backward),
+                  dtype_of=lambda grad_nll, params, *rest: params)
+SAMPLE = Op("logistic_mixture_sample", f"(Tensor params, Tensor gumbel_u, Tensor logistic_u, {_SCALARS}) -> Tensor",
+            check=check_sample, fake=_fake_sample, triton=_triton and _triton.logistic_mixture_sample,
+            backends=OpBackends("gmk.discretized_logistic_mixture_sample"))

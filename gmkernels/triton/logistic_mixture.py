@@ -1,5 +1,5 @@
-"""Triton kernels of the discretized logistic mixture, registered as the custom ops
-gmk_triton::logistic_mixture_{nll,nll_backward,sample}.
+"""Triton kernels of the discretized logistic mixture and their launchers: the ops
+gmk_triton::logistic_mixture_{nll,nll_backward,sample}, declared in ops/logistic_mixture.py.
 
 The tensors are those of the C++ ops: params (N, P, S) in the PixelCNN++ layout (K logits, then per
 channel K means, K log-scales and, for C = 3, K coefficients), x (N, C, S), any strides. Each program
@@ -18,7 +18,6 @@ import triton.language as tl
 from .._backend import triton_interpreted
 from ._common import on_device, tanh
 
-PARAMS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BLOCK = 128
 NUM_WARPS = 4
 LOG_DELTA_THRESHOLD = tl.constexpr(math.log(1e-5))  # below this bin mass: the bin-centre density
@@ -309,58 +308,11 @@ def _sample_kernel(params_ptr, gumbel_ptr, logistic_ptr, sample_ptr, sp_n, sp_p,
         tl.store(sample_row + 2 * S + s, x2, mask=mask)
 
 
-# --- argument checks and launchers ---------------------------------------------------------------
+# --- launchers ---------------------------------------------------------------
 
-def _check_tensor(op: str, name: str, t, form: str, dtypes: tuple[torch.dtype, ...],
-                  device: torch.device | None = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"gmk_triton::{op}: {name} must be a tensor, got {type(t).__name__}")
-    if t.dim() != form.count(",") + 1:
-        raise ValueError(f"gmk_triton::{op}: {name} must be {form}, got shape {list(t.shape)}")
-    if t.dtype not in dtypes:
-        names = ", ".join(str(dtype).removeprefix("torch.") for dtype in dtypes)
-        raise TypeError(f"gmk_triton::{op}: {name} must be {names}, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"gmk_triton::{op}: {name} must be on params' device {device}, got {t.device}")
-
-
-def _check_shape(op: str, name: str, t: torch.Tensor, shape: tuple[int, ...], form: str) -> None:
-    if tuple(t.shape) != shape:
-        raise ValueError(f"gmk_triton::{op}: {name} must be {form} = {list(shape)} to match params, "
-                         f"got {list(t.shape)}")
-
-
-def check_args(op: str, params, channels_name: str, channels, num_bins: int, grad_nll=None,
-               gumbel_u=None) -> int:
-    """The checks of the C++ op ``op``; returns K.
-
-    params is (N, P, S); ``channels`` (x for the NLL ops, logistic_u for sampling) is (N, C, S),
-    float32, and gives C; P = 10K for C = 3, 3K for C = 1.
-    """
-    _check_tensor(op, "params", params, "(N, P, S)", PARAMS_DTYPES)
-    _check_tensor(op, channels_name, channels, "(N, C, S)", (torch.float32,), params.device)
-    n, p, s = params.shape
-    num_channels = channels.shape[1]
-    if num_channels not in (1, 3):
-        raise ValueError(f"gmk_triton::{op}: {channels_name}.size(1) must be 1 or 3 channels, "
-                         f"got {num_channels}")
-    _check_shape(op, channels_name, channels, (n, num_channels, s), "(N, C, S)")
-    per_component = 10 if num_channels == 3 else 3
-    if p == 0 or p % per_component:
-        raise ValueError(f"gmk_triton::{op}: params.size(1) must be {per_component}K for {num_channels} "
-                         f"channel(s) (K logits, then the per-channel blocks), got {p}")
-    num_mixtures = p // per_component
-    if not isinstance(num_bins, int) or isinstance(num_bins, bool):
-        raise TypeError(f"gmk_triton::{op}: num_bins must be an int, got {type(num_bins).__name__}")
-    if num_bins < 2:
-        raise ValueError(f"gmk_triton::{op}: num_bins must be at least 2, got {num_bins}")
-    if grad_nll is not None:
-        _check_tensor(op, "grad_nll", grad_nll, "(N, S)", (torch.float32,), params.device)
-        _check_shape(op, "grad_nll", grad_nll, (n, s), "(N, S)")
-    if gumbel_u is not None:
-        _check_tensor(op, "gumbel_u", gumbel_u, "(N, K, S)", (torch.float32,), params.device)
-        _check_shape(op, "gumbel_u", gumbel_u, (n, num_mixtures, s), "(N, K, S)")
-    return num_mixtures
+def _mixtures(params: torch.Tensor, num_channels: int) -> int:
+    """K, from params' P = 10K (3 channels) or 3K (1 channel)."""
+    return params.shape[1] // (10 if num_channels == 3 else 3)
 
 
 def _bins(num_bins: int) -> tuple[float, float]:
@@ -382,31 +334,27 @@ def _launch(kernel, params: torch.Tensor, num_channels: int, num_mixtures: int, 
             C=num_channels, INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
-@torch.library.custom_op("gmk_triton::logistic_mixture_nll", mutates_args=())
 def logistic_mixture_nll(params: torch.Tensor, x: torch.Tensor, num_bins: int,
                          log_scale_min: float) -> torch.Tensor:
-    num_mixtures = check_args("logistic_mixture_nll", params, "x", x, num_bins)
+    num_mixtures = _mixtures(params, x.shape[1])
     nll = torch.empty(params.shape[0], params.shape[2], dtype=torch.float32, device=params.device)
     _launch(_nll_kernel, params, x.shape[1], num_mixtures, (params, x, nll), (params, x),
             (*_bins(num_bins), log_scale_min))
     return nll
 
 
-@torch.library.custom_op("gmk_triton::logistic_mixture_nll_backward", mutates_args=())
 def logistic_mixture_nll_backward(grad_nll: torch.Tensor, params: torch.Tensor, x: torch.Tensor,
                                   num_bins: int, log_scale_min: float) -> torch.Tensor:
-    num_mixtures = check_args("logistic_mixture_nll_backward", params, "x", x, num_bins, grad_nll=grad_nll)
+    num_mixtures = _mixtures(params, x.shape[1])
     grad_params = torch.empty(params.shape, dtype=params.dtype, device=params.device)
     _launch(_nll_backward_kernel, params, x.shape[1], num_mixtures, (grad_nll, params, x, grad_params),
             (grad_nll, params, x), (*_bins(num_bins), log_scale_min))
     return grad_params
 
 
-@torch.library.custom_op("gmk_triton::logistic_mixture_sample", mutates_args=())
 def logistic_mixture_sample(params: torch.Tensor, gumbel_u: torch.Tensor, logistic_u: torch.Tensor,
                             num_bins: int, log_scale_min: float) -> torch.Tensor:
-    num_mixtures = check_args("logistic_mixture_sample", params, "logistic_u", logistic_u, num_bins,
-                              gumbel_u=gumbel_u)
+    num_mixtures = gumbel_u.shape[1]
     sample = torch.empty(logistic_u.shape, dtype=torch.float32, device=params.device)
     _launch(_sample_kernel, params, logistic_u.shape[1], num_mixtures,
             (params, gumbel_u, logistic_u, sample), (params, gumbel_u, logistic_u),
