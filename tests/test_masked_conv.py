@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("exact_float32")
 
 
 # The backends that run here and have these ops.
-BACKENDS = [name for name in backends_under_test("cpu") if name in masked_conv_ops._MASKED_OPS]
+BACKENDS = [name for name in backends_under_test("cpu") if name == "reference" or masked_conv_ops.MASKED_CONV.has(name)]
 MASK_TYPES = ("A", "B")
 
 def channels_last(t):
@@ -443,7 +443,7 @@ def test_fused_triton_gate_opcheck():
 # exception, what it names.
 _X, _W = torch.randn(2, 6, 5, 5), torch.randn(8, 6, 3, 3)
 GATED_BAD_ARGS = {
-    "activation": ((_X, _W, None, None, "B", 1, "relu"), ValueError, "activation"),
+    "gate": ((_X, _W, None, None, "B", 1, "relu"), ValueError, "gate"),
     "odd-cout": ((_X, _W[:7], None, None, "B", 1, "tanh"), ValueError, "output channels"),
     "cond-shape": ((_X, _W, None, torch.randn(2, 4, 1, 1), "B", 1, "tanh"), ValueError, "cond"),
     "cond-dtype": ((_X, _W, None, torch.randn(2, 8, 1, 1).double(), "B", 1, "tanh"), TypeError, "cond"),
@@ -457,11 +457,9 @@ GATED_BAD_ARGS = {
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend")
 @pytest.mark.parametrize(("args", "error", "pattern"), GATED_BAD_ARGS.values(), ids=GATED_BAD_ARGS.keys())
 def test_fused_triton_gate_bad_args(args, error, pattern):
-    from gmkernels.triton.masked_conv import check_gated_args
-
     cond = args[3]
     if cond is not None and cond.device != args[0].device:  # the dispatcher sends a meta cond to the fake
-        call = functools.partial(check_gated_args, "masked_conv2d_gated", *args)
+        call = functools.partial(masked_conv_ops.check_masked_gated, "gmk_triton::masked_conv2d_gated", *args)
     else:
         call = functools.partial(torch.ops.gmk_triton.masked_conv2d_gated, *args)
     with pytest.raises(error, match=pattern):

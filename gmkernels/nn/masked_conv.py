@@ -7,7 +7,7 @@ import torch
 
 from .._validation import check_bool, check_int
 from ..ops.gated import ACTIVATIONS
-from ..ops.masked_conv import SHIFTS, check_gate_groups, check_mask_arguments, masked_conv2d, shifted_conv2d
+from ..ops.masked_conv import check_gate_groups, check_mask_arguments, check_shift, masked_conv2d, shifted_conv2d
 
 
 class _Conv2dParameters(torch.nn.Module):
@@ -79,11 +79,7 @@ class ShiftedConv2d(_Conv2dParameters):
         kh, kw = _kernel_pair("ShiftedConv2d", kernel_size)
         check_int("ShiftedConv2d", "in_channels", in_channels, 1)
         check_int("ShiftedConv2d", "out_channels", out_channels, 1)
-        if shift not in SHIFTS:
-            raise ValueError(f"ShiftedConv2d: shift must be one of {SHIFTS}, got {shift!r}")
-        if shift == "down" and kw % 2 == 0:
-            raise ValueError(f"ShiftedConv2d: shift 'down' needs an odd kernel width, "
-                             f"got kernel_size={(kh, kw)}")
+        check_shift("ShiftedConv2d", shift, kw)
         super().__init__(in_channels, out_channels, (kh, kw), bias)
         self.shift = shift
 

@@ -1,5 +1,5 @@
-"""Triton kernels of the masked (PixelCNN) and shifted (PixelCNN++) convolutions, registered as the
-custom ops gmk_triton::{masked,shifted}_conv2d{,_backward} with the signatures of the C++ ops.
+"""Triton kernels of the masked (PixelCNN) and shifted (PixelCNN++) convolutions and their launchers: the ops
+gmk_triton::{masked,shifted}_conv2d{,_backward} and masked_conv2d_gated, declared in ops/masked_conv.py.
 
 Every one of these convolutions is stride 1 with output H × W: output (h, w) reads input
 (h + r - pad_top, w + s - pad_left) through tap (r, s), zero outside the image (masked loads: the
@@ -31,10 +31,9 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._checks import check_like_x, fail, indexable_in_32_bits
+from ._checks import indexable_in_32_bits
 from ._common import mma, on_device, parallelism, precision, tanh
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --- kernels -------------------------------------------------------------------------------------
@@ -286,6 +285,8 @@ class _Geometry:
     """The convolution of x (N, Cin, H, W) with weight (Cout, Cin, kh, kw): padding, live taps, mask."""
 
     def __init__(self, x, weight, pad_top, pad_left, taps, centre, mask_b=False, color_groups=1):
+        if x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:  # the kernels index pixels in 32 bits
+            raise ValueError(f"gmk_triton: x's N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
         self.batch, self.in_channels, self.height, self.width = x.shape
         self.out_channels, _, self.kernel_h, self.kernel_w = weight.shape
         self.pad_top, self.pad_left = pad_top, pad_left
@@ -299,80 +300,14 @@ class _Geometry:
         return self.taps + self.centre
 
 
-def _check_conv(op, x, weight, bias, grad_out) -> None:
-    """The checks of the C++ ops common to both convolutions."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        fail(op, ValueError, f"x must be (N, Cin, H, W), got {getattr(x, 'shape', type(x).__name__)}")
-    if x.dtype not in DTYPES:
-        fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[1] != x.shape[1]:
-        fail(op, ValueError, f"weight must be (Cout, Cin={x.shape[1]}, kh, kw), "
-                              f"got shape {list(getattr(weight, 'shape', []))}")
-    check_like_x(op, "weight", x, weight, weight.shape)
-    if 0 in weight.shape[2:]:
-        fail(op, ValueError, f"weight's kernel must not be empty, got {list(weight.shape)}")
-    if bias is not None:
-        check_like_x(op, "bias", x, bias, weight.shape[:1])
-    if grad_out is not None:
-        check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], *x.shape[2:]))
-    if x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:
-        fail(op, ValueError, f"x's N·H·W must be below 2^31 pixels, got shape {list(x.shape)}")
-
-
-def check_masked_args(op: str, x, weight, bias, mask_type, color_groups, grad_out=None) -> _Geometry:
-    """The checks of the C++ op ``op`` (gmkernels::masked_conv2d*); returns the geometry."""
-    _check_conv(op, x, weight, bias, grad_out)
+def _masked_geometry(x, weight, mask_type: str, color_groups: int) -> _Geometry:
     k = weight.shape[2]
-    if weight.shape[3] != k or k % 2 == 0:
-        fail(op, ValueError, f"weight's kernel must be k x k with k odd, got {k} x {weight.shape[3]}")
-    if mask_type not in ("A", "B"):
-        fail(op, ValueError, f"mask_type must be 'A' or 'B', got {mask_type!r}")
-    cin, cout = x.shape[1], weight.shape[0]
-    if isinstance(color_groups, bool) or not isinstance(color_groups, int) or color_groups < 1 \
-            or cin % color_groups or cout % color_groups:
-        fail(op, ValueError, f"color_groups must be a positive divisor of Cin={cin} and Cout={cout}, "
-                              f"got {color_groups!r}")
     centre = mask_type == "B" or color_groups > 1
-    if k == 1 and not centre:
-        fail(op, ValueError, "mask_type 'A' with a 1x1 kernel and color_groups=1 masks every tap")
     return _Geometry(x, weight, k // 2, k // 2, k * k // 2, centre, mask_type == "B", color_groups)
 
 
-def check_gated_args(op: str, x, weight, bias, cond, mask_type, color_groups, activation) -> _Geometry:
-    """The checks of the fused op: check_masked_args's, an even Cout = 2C, the activation, and cond
-    (None, or a tensor of x's dtype and device that broadcasts to the convolution's output)."""
-    g = check_masked_args(op, x, weight, bias, mask_type, color_groups)
-    if activation not in GATES:
-        fail(op, ValueError, f"activation must be 'tanh' or 'identity', got {activation!r}")
-    if color_groups != 1:
-        fail(op, ValueError, f"the gate needs color_groups=1, got {color_groups}: it pairs output channels j "
-                              "and j + C, which lie in different colour groups")
-    if weight.shape[0] % 2:
-        fail(op, ValueError, f"the gate needs an even number of output channels (weight.shape[0]), "
-                              f"got {weight.shape[0]}")
-    if cond is not None:
-        out_shape = (x.shape[0], weight.shape[0], *x.shape[2:])
-        if not isinstance(cond, torch.Tensor):
-            fail(op, TypeError, f"cond must be a tensor or None, got {type(cond).__name__}")
-        try:
-            broadcast = torch.broadcast_shapes(cond.shape, out_shape)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != out_shape:
-            fail(op, ValueError, f"cond of shape {list(cond.shape)} does not broadcast to the "
-                                  f"convolution's output shape {list(out_shape)}")
-        check_like_x(op, "cond", x, cond, cond.shape)
-    return g
-
-
-def check_shifted_args(op: str, x, weight, bias, shift, grad_out=None) -> _Geometry:
-    """The checks of the C++ op ``op`` (gmkernels::shifted_conv2d*); returns the geometry."""
-    _check_conv(op, x, weight, bias, grad_out)
-    if shift not in ("down", "down_right"):
-        fail(op, ValueError, f"shift must be 'down' or 'down_right', got {shift!r}")
+def _shifted_geometry(x, weight, shift: str) -> _Geometry:
     kh, kw = weight.shape[2:]
-    if shift == "down" and kw % 2 == 0:
-        fail(op, ValueError, f"shift 'down' needs weight's kernel width kw odd, got {kw}")
     return _Geometry(x, weight, kh - 1, (kw - 1) // 2 if shift == "down" else kw - 1, kh * kw, False)
 
 
@@ -477,47 +412,42 @@ def _backward(grad_out, x, weight, g: _Geometry, output_mask):
     return grad_x, grad_weight, grad_bias
 
 
-# --- the ops (autograd and fakes: gmkernels/ops/masked_conv.py) -----------------------------------
+# --- the ops (declared, with their checks, fakes and autograd, in gmkernels/ops/masked_conv.py) -----------------------------------
 
-@torch.library.custom_op("gmk_triton::masked_conv2d", mutates_args=())
 def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask_type: str,
                   color_groups: int) -> torch.Tensor:
-    g = check_masked_args("masked_conv2d", x, weight, bias, mask_type, color_groups)
+    g = _masked_geometry(x, weight, mask_type, color_groups)
     return _forward(x, weight, bias, g)
 
 
-@torch.library.custom_op("gmk_triton::masked_conv2d_backward", mutates_args=())
 def masked_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mask_type: str,
                            color_groups: int, output_mask: list[bool]
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = check_masked_args("masked_conv2d_backward", x, weight, None, mask_type, color_groups, grad_out)
+    g = _masked_geometry(x, weight, mask_type, color_groups)
     return _backward(grad_out, x, weight, g, output_mask)
 
 
-@torch.library.custom_op("gmk_triton::masked_conv2d_gated", mutates_args=())
 def masked_conv2d_gated(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         cond: torch.Tensor | None, mask_type: str, color_groups: int,
-                        activation: str) -> torch.Tensor:
+                        gate: str) -> torch.Tensor:
     """The masked convolution to Cout = 2C channels h, then f(a) sigmoid(b) of the halves of h + cond
     (cond broadcast to h), fused: returns (N, C, H, W); h is never stored."""
-    g = check_gated_args("masked_conv2d_gated", x, weight, bias, cond, mask_type, color_groups, activation)
+    g = _masked_geometry(x, weight, mask_type, color_groups)
     y = torch.empty((g.batch, g.out_channels // 2, g.height, g.width), dtype=x.dtype, device=x.device,
                     memory_format=_layout(x))
     full = (g.batch, g.out_channels, g.height, g.width)
-    _conv(x, weight, bias, y, g, transposed=False, gate=GATES[activation],
+    _conv(x, weight, bias, y, g, transposed=False, gate=GATES[gate],
           cond=None if cond is None else cond.expand(full))
     return y
 
 
-@torch.library.custom_op("gmk_triton::shifted_conv2d", mutates_args=())
 def shifted_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    shift: str) -> torch.Tensor:
-    g = check_shifted_args("shifted_conv2d", x, weight, bias, shift)
+    g = _shifted_geometry(x, weight, shift)
     return _forward(x, weight, bias, g)
 
 
-@torch.library.custom_op("gmk_triton::shifted_conv2d_backward", mutates_args=())
 def shifted_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift: str,
                             output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = check_shifted_args("shifted_conv2d_backward", x, weight, None, shift, grad_out)
+    g = _shifted_geometry(x, weight, shift)
     return _backward(grad_out, x, weight, g, output_mask)
