@@ -3,7 +3,7 @@
 // tests prepare the tensors (layouts, packed weights) as the ops do. No torch header.
 #include <cstdint>
 
-#include "gated/gated.h"
+#include "gmk/gated.h"
 #include "logistic_mixture/logistic_mixture.h"
 #include "masked_conv/masked_conv.h"
 
