@@ -57,8 +57,10 @@ TORCH_LIBRARY(gmkernels, m) {
         "-> (Tensor, Tensor, Tensor)");
   // coupling (NICE / RealNVP / Glow affine and additive coupling): x (outer, C, inner), C even, any
   // strides; h (outer, C, inner) holding r and t ((outer, C/2, inner), t only, for "additive");
-  // transform "glow" | "realnvp" | "additive"; layout "halves" | "interleaved". Returns y (x's shape,
-  // contiguous, x_a passed through) and logdet (outer) = ±Σ log s, float32 (float64 for float64 x).
+  // transform "glow" | "realnvp" | "additive"; layout "halves" | "interleaved", or "checkerboard" |
+  // "checkerboard_odd" with x (outer, C, H, W), any C, and h (outer, 2C or C, H, W) (x_a at (i + j) even
+  // or odd; docs/conventions.md). Returns y (x's shape, contiguous, x_a passed through) and logdet
+  // (outer) = ±Σ log s, float32 (float64 for float64 x).
   m.def("coupling(Tensor x, Tensor h, str transform, str layout, bool reverse) -> (Tensor, Tensor)");
   // Gradients with respect to x and h (contiguous), recomputing the forward from x and h.
   m.def("coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor h, str transform, str layout, "

@@ -13,15 +13,16 @@ from conftest import (assert_close, assert_nonfinite_as_reference, backends_unde
 
 BACKENDS = backends_under_test("cpu")
 TRANSFORMS = ("glow", "realnvp", "additive")
-LAYOUTS = ("halves", "interleaved")
+LAYOUTS = ("halves", "interleaved", "checkerboard", "checkerboard_odd")
+CHECKERBOARD = ("checkerboard", "checkerboard_odd")
 DIRECTIONS = (False, True)  # reverse
 GPU_BACKENDS = ("cuda", "triton")
 
 
-def make_inputs(shape, transform, dtype=torch.float32, device="cpu", h_scale=1.0):
-    """x of ``shape`` and h with the channels ``transform`` needs."""
+def make_inputs(shape, transform, dtype=torch.float32, device="cpu", h_scale=1.0, layout="halves"):
+    """x of ``shape`` and h with the channels ``transform`` and ``layout`` need."""
     x = torch.randn(shape, dtype=dtype, device=device)
-    h_shape = (shape[0], coupling_ops.h_channels(shape[1], transform), *shape[2:])
+    h_shape = (shape[0], coupling_ops.h_channels(shape[1], transform, layout), *shape[2:])
     return x, h_scale * torch.randn(h_shape, dtype=dtype, device=device)
 
 
@@ -73,8 +74,31 @@ def test_reference_is_the_papers_formula():
     assert torch.equal(logdet, torch.zeros(3, dtype=torch.float64))
 
 
-# Shapes: 4-D images, odd sizes, a single channel pair, rank 2 (no positions) and rank 5.
+def test_reference_checkerboard_is_realnvp_masked_coupling():
+    """RealNVP eq. 9: y = b ⊙ x + (1 - b) ⊙ (x ⊙ e^r + t), b = 1 where i + j is even (odd for
+    "checkerboard_odd"), over the last two dimensions; logdet = Σ (1 - b) r."""
+    x, h = torch.randn(2, 3, 4, 5, 7, dtype=torch.float64), torch.randn(2, 6, 4, 5, 7, dtype=torch.float64)
+    r, t = h[:, :3], h[:, 3:]
+    i, j = torch.arange(5)[:, None], torch.arange(7)[None, :]
+    for layout, b in (("checkerboard", (i + j) % 2 == 0), ("checkerboard_odd", (i + j) % 2 == 1)):
+        b = b.double()
+        y, logdet = reference_coupling.affine_coupling(x, h, "realnvp", layout)
+        torch.testing.assert_close(y, b * x + (1 - b) * (x * torch.exp(r) + t))
+        torch.testing.assert_close(logdet, ((1 - b) * r).sum((1, 2, 3, 4)))
+    x1, h1 = torch.randn(2, 1, 6, dtype=torch.float64), torch.randn(2, 1, 6, dtype=torch.float64)
+    y, _ = reference_coupling.affine_coupling(x1, h1, "additive", "checkerboard")  # one dimension: j even is x_a
+    torch.testing.assert_close(y[..., 0::2], x1[..., 0::2])
+    torch.testing.assert_close(y[..., 1::2], x1[..., 1::2] + h1[..., 1::2])
+
+
+# Shapes: 4-D images, odd sizes, a single channel pair, rank 2 (no positions) and rank 5; the
+# checkerboard takes any C and needs a spatial dimension.
 SHAPES = [(2, 6, 5, 7), (3, 2, 33), (1, 10), (2, 4, 3, 4, 5)]
+CHECKERBOARD_SHAPES = [(2, 3, 5, 7), (3, 1, 33), (2, 4, 6, 1), (1, 2, 4, 8), (2, 2, 3, 4, 5)]
+
+
+def shapes_for(layout):
+    return CHECKERBOARD_SHAPES if layout in CHECKERBOARD else SHAPES
 
 
 @pytest.mark.parametrize("reverse", DIRECTIONS)
@@ -82,9 +106,9 @@ SHAPES = [(2, 6, 5, 7), (3, 2, 33), (1, 10), (2, 4, 3, 4, 5)]
 @pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32(backend, transform, layout, reverse):
-    for shape in SHAPES:
-        check_backend(*make_inputs(shape, transform), backend=backend, transform=transform, layout=layout,
-                      reverse=reverse)
+    for shape in shapes_for(layout):
+        check_backend(*make_inputs(shape, transform, layout=layout), backend=backend, transform=transform,
+                      layout=layout, reverse=reverse)
 
 
 @pytest.mark.parametrize("reverse", DIRECTIONS)
@@ -92,9 +116,9 @@ def test_float32(backend, transform, layout, reverse):
 @pytest.mark.parametrize(("backend", "dtype"), [(b, d) for b in BACKENDS for d in supported_dtypes(b)
                                                 if d != torch.float32])
 def test_other_dtypes(backend, dtype, transform, reverse):
-    layout = "interleaved" if reverse else "halves"
-    check_backend(*make_inputs((3, 8, 5, 9), transform, dtype), backend=backend, transform=transform,
-                  layout=layout, reverse=reverse)
+    for layout in ("interleaved", "checkerboard_odd") if reverse else ("halves", "checkerboard"):
+        check_backend(*make_inputs((3, 8, 5, 9), transform, dtype, layout=layout), backend=backend,
+                      transform=transform, layout=layout, reverse=reverse)
 
 
 def channels_last(t):
@@ -110,8 +134,8 @@ STORAGE = {"noncontiguous": noncontiguous, "misaligned": misaligned, "channels_l
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_storage(backend, dtype, storage, layout):
     for transform, reverse in (("glow", False), ("realnvp", True), ("additive", False)):
-        check_backend(*make_inputs((2, 8, 4, 6), transform, dtype), backend=backend, storage=storage,
-                      transform=transform, layout=layout, reverse=reverse)
+        check_backend(*make_inputs((2, 8, 4, 6), transform, dtype, layout=layout), backend=backend,
+                      storage=storage, transform=transform, layout=layout, reverse=reverse)
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (3, 4, 1), (2, 4, 5)])
@@ -139,12 +163,17 @@ def test_storage_helpers_keep_values_and_change_strides():
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_reverse_recovers_x(backend, transform, layout):
     """reverse(forward(x)) = x in float32 to 1e-5 relative error; the reverse negates the logdet."""
-    x, h = make_inputs((4, 12, 8, 8), transform)
+    x, h = make_inputs((4, 12, 8, 7), transform, layout=layout)
     options = {"transform": transform, "layout": layout, "backend": backend}
     y, logdet = gmk.affine_coupling(x, h, **options)
     x_again, logdet_reverse = gmk.affine_coupling(y, h, reverse=True, **options)
     assert (torch.linalg.vector_norm(x_again - x) / torch.linalg.vector_norm(x)).item() <= 1e-5
-    assert torch.equal(x_again[:, :6], x[:, :6])  # x_a passes through both ways, bit for bit
+    if layout in CHECKERBOARD:
+        a = ~reference_coupling.checkerboard_b(x.shape[2:], layout)
+        assert torch.equal(x_again[..., a], x[..., a]) and torch.equal(y[..., a], x[..., a])
+        assert not torch.equal(y[..., ~a], x[..., ~a])
+    else:
+        assert torch.equal(x_again[:, :6], x[:, :6])  # x_a passes through both ways, bit for bit
     torch.testing.assert_close(logdet_reverse, -logdet, rtol=1e-6, atol=1e-6)
 
 
@@ -175,7 +204,8 @@ FLOAT64_BACKENDS = ["reference", *(b for b in BACKENDS if torch.float64 in suppo
 @pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
 def test_logdet_is_log_det_jacobian(backend, transform, layout, reverse):
     """With h held fixed the Jacobian is diagonal: its log|det| in float64 is the op's logdet."""
-    x, h = make_inputs((2, 4, 3, 1), transform, torch.float64, h_scale=2.0)
+    shape = (2, 3, 3, 2) if layout in CHECKERBOARD else (2, 4, 3, 1)
+    x, h = make_inputs(shape, transform, torch.float64, h_scale=2.0, layout=layout)
     options = {"transform": transform, "layout": layout, "reverse": reverse, "backend": backend}
     check_logdet_is_log_det_jacobian(lambda v: gmk.affine_coupling(v, h, **options), x)
 
@@ -185,7 +215,8 @@ def test_logdet_is_log_det_jacobian(backend, transform, layout, reverse):
 @pytest.mark.parametrize("transform", TRANSFORMS)
 @pytest.mark.parametrize("backend", ["reference", "cpu"] if "cpu" in BACKENDS else ["reference"])
 def test_gradcheck(backend, transform, layout, reverse):
-    x, h = make_inputs((2, 4, 3), transform, torch.float64)
+    x, h = make_inputs((2, 3, 2, 3) if layout in CHECKERBOARD else (2, 4, 3), transform, torch.float64,
+                       layout=layout)
     assert torch.autograd.gradcheck(
         lambda x, h: gmk.affine_coupling(x, h, transform=transform, layout=layout, reverse=reverse,
                                          backend=backend),
@@ -268,12 +299,15 @@ LOW_LEVEL_OPS = [
 
 @pytest.mark.parametrize(("transform", "layout", "reverse"),
                          [("glow", "halves", False), ("glow", "interleaved", True),
-                          ("realnvp", "halves", True), ("additive", "halves", False)])
+                          ("realnvp", "halves", True), ("additive", "halves", False),
+                          ("glow", "checkerboard", False), ("realnvp", "checkerboard_odd", True),
+                          ("additive", "checkerboard", True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("namespace", "device"), LOW_LEVEL_OPS)
 def test_opcheck(namespace, device, dtype, transform, layout, reverse):
     ops = getattr(torch.ops, namespace)
-    x, h = make_inputs((3, 6, 5), transform, dtype, device)
+    shape = (3, 3, 4, 5) if layout in CHECKERBOARD else (3, 6, 5)  # the ops' checkerboard x is (N, C, H, W)
+    x, h = make_inputs(shape, transform, dtype, device, layout=layout)
     grad_y = torch.randn_like(x)
     grad_logdet = torch.randn(3, device=device)
     options = (transform, layout, reverse)
@@ -291,7 +325,11 @@ LOW_LEVEL_BAD_ARGS = {
     "h-inner": (lambda x, h, g, gl: (g, gl, x, h[:, :, :4], "glow", "halves", False), r"\bh\b"),
     "h-dtype": (lambda x, h, g, gl: (g, gl, x, h.double(), "glow", "halves", False), r"\bh\b"),
     "transform": (lambda x, h, g, gl: (g, gl, x, h, "affine", "halves", False), "transform"),
-    "layout": (lambda x, h, g, gl: (g, gl, x, h, "glow", "checkerboard", False), "layout"),
+    "layout": (lambda x, h, g, gl: (g, gl, x, h, "glow", "diagonal", False), "layout"),
+    "checkerboard-x-3d": (lambda x, h, g, gl: (g, gl, x, torch.cat([h, h], 1), "glow", "checkerboard", False),
+                          r"\bx\b"),
+    "checkerboard-h-channels": (lambda x, h, g, gl: (g[..., None], gl, x[..., None], h[..., None], "glow",
+                                                     "checkerboard", False), r"\bh\b"),
     "grad_y-shape": (lambda x, h, g, gl: (g[:, :4], gl, x, h, "glow", "halves", False), "grad_y"),
     "grad_logdet-shape": (lambda x, h, g, gl: (g, gl[:2], x, h, "glow", "halves", False), "grad_logdet"),
     "grad_logdet-dtype": (lambda x, h, g, gl: (g, gl.double(), x, h, "glow", "halves", False), "grad_logdet"),
@@ -328,8 +366,12 @@ BAD_INPUTS = {
     "x-1d": (lambda: (torch.randn(4), torch.randn(4), {}), ValueError, r"\bx\b"),
     "transform": (lambda: (torch.randn(2, 4, 3), torch.randn(2, 4, 3), {"transform": "affine"}), ValueError,
                   "transform"),
-    "layout": (lambda: (torch.randn(2, 4, 3), torch.randn(2, 4, 3), {"layout": "checkerboard"}), ValueError,
+    "layout": (lambda: (torch.randn(2, 4, 3), torch.randn(2, 4, 3), {"layout": "diagonal"}), ValueError,
                "layout"),
+    "checkerboard-no-spatial": (lambda: (torch.randn(2, 3), torch.randn(2, 6), {"layout": "checkerboard"}),
+                                ValueError, r"\bx\b"),
+    "checkerboard-h-channels": (lambda: (torch.randn(2, 3, 4), torch.randn(2, 3, 4), {"layout": "checkerboard"}),
+                                ValueError, r"\bh\b"),
     "reverse": (lambda: (torch.randn(2, 4, 3), torch.randn(2, 4, 3), {"reverse": "yes"}), TypeError,
                 "reverse"),
     "backend": (lambda: (torch.randn(2, 4, 3), torch.randn(2, 4, 3), {"backend": "fastest"}), ValueError,
@@ -386,13 +428,14 @@ def test_auto_falls_back_to_reference_on_meta_tensors():
 
 
 @pytest.mark.skipif(not gmk.has_extension(), reason="the cpu backend needs gmkernels._C")
-def test_torch_compile_keeps_the_ops_in_one_graph():
+@pytest.mark.parametrize("layout", ["halves", "checkerboard"])
+def test_torch_compile_keeps_the_ops_in_one_graph(layout):
     """fullgraph=True fails on any graph break; the generated code must call the C++ ops themselves."""
     from torch._inductor.utils import run_and_get_code
 
     def loss(x, h):
-        y, logdet = gmk.affine_coupling(x, h, backend="cpu")
-        x_again, _ = gmk.affine_coupling(y, h, reverse=True, backend="cpu")
+        y, logdet = gmk.affine_coupling(x, h, layout=layout, backend="cpu")
+        x_again, _ = gmk.affine_coupling(y, h, layout=layout, reverse=True, backend="cpu")
         return x_again.square().sum() + y.square().sum() - logdet.sum()
 
     def loss_and_grads(function, x, h):
@@ -400,7 +443,7 @@ def test_torch_compile_keeps_the_ops_in_one_graph():
         value = function(x, h)
         return value, *torch.autograd.grad(value, (x, h))
 
-    x, h = make_inputs((2, 6, 5, 5), "glow")
+    x, h = make_inputs((2, 6, 5, 5), "glow", layout=layout)
     torch._dynamo.reset()
     compiled = torch.compile(loss, fullgraph=True, backend="inductor")
     results, code = run_and_get_code(loss_and_grads, compiled, x, h)
@@ -427,7 +470,7 @@ def test_gpu_backends_match_reference(backend, dtype, shape, storage, grad_stora
     for transform in TRANSFORMS:
         for layout in LAYOUTS:
             for reverse in DIRECTIONS:
-                x, h = make_inputs(shape, transform, dtype, "cuda")
+                x, h = make_inputs(shape, transform, dtype, "cuda", layout=layout)
                 check_backend(x, h, backend=backend, storage=storage, grad_storage=grad_storage,
                               transform=transform, layout=layout, reverse=reverse)
 
@@ -492,3 +535,20 @@ def test_issue18_nonfinite_values_as_the_reference(backend, transform, reverse):
     expected_y, expected_logdet = reference_coupling.affine_coupling(x, h, transform, "halves", reverse)
     assert_nonfinite_as_reference(y, expected_y, torch.float32)
     assert_nonfinite_as_reference(logdet, expected_logdet, torch.float32)
+
+
+@pytest.mark.parametrize("layout", CHECKERBOARD)
+@pytest.mark.parametrize("transform", reference_coupling.TRANSFORMS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkerboard_nonfinite_values_as_the_reference(backend, transform, layout):
+    """Non-finite x, r and t at both halves' positions: x_a's stay as they are (h is not read there),
+    x_b's follow the formula, in both directions."""
+    values = torch.tensor([INF, -INF, NAN, 0.0, 1.0, 1e30, -1e30, 100.0, -1000.0, 3.0, -200.0, 90.0])
+    x = values.roll(5).reshape(1, 1, 3, 4).expand(2, 3, 3, 4).clone()
+    h_channels = coupling_ops.h_channels(3, transform, layout)
+    h = torch.stack([values.roll(k) for k in range(h_channels)]).reshape(1, h_channels, 3, 4).repeat(2, 1, 1, 1)
+    for reverse in DIRECTIONS:
+        y, logdet = gmk.affine_coupling(x, h, transform=transform, layout=layout, reverse=reverse, backend=backend)
+        expected_y, expected_logdet = reference_coupling.affine_coupling(x, h, transform, layout, reverse)
+        assert_nonfinite_as_reference(y, expected_y, torch.float32)
+        assert_nonfinite_as_reference(logdet, expected_logdet, torch.float32)

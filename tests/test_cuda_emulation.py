@@ -694,7 +694,7 @@ def test_coupling(emu, case, dtype):
     grad_logdet_buffer = Buffer(grad_logdet)
     vector = storage in ("contiguous", "broadcast") and inner % 4 == 0  # a stride-0 channel is a multiple of 4
     for transform_code, transform in enumerate(coupling_reference.TRANSFORMS):
-        for layout_code, layout in enumerate(coupling_reference.LAYOUTS):
+        for layout_code, layout in enumerate(coupling_reference.CHANNEL_LAYOUTS):
             if transform == "additive" and layout == "interleaved":
                 continue
             h_channels = half if transform == "additive" else channels
@@ -731,6 +731,74 @@ def test_coupling(emu, case, dtype):
                 try:
                     assert_close(y.view, y64, dtype, "forward")
                     assert_close(logdet.view, logdet64, torch.float32, "forward", terms=half * inner)
+                    assert_close(grad_x.view, grad_x64, dtype, "grad")
+                    assert_close(grad_h.view, grad_h64, dtype, "grad")
+                except AssertionError as error:
+                    raise AssertionError(f"{context}: {error}") from None
+                for buffer in (y, logdet, grad_x, grad_h, workspace):
+                    buffer.check_guards()
+            for buffer in (x_buffer, h_buffer):
+                buffer.check_unchanged()
+    grad_y_buffer.check_unchanged()
+    grad_logdet_buffer.check_unchanged()
+
+
+# (outer, channels, height, width, storage of x and h): one block; two blocks per sample (3 * 30 * 25 =
+# 2250 > 2048: the workspace and the second kernel's sum); strided; odd width; a single position.
+CHECKERBOARD_CASES = {
+    "small": (2, 3, 4, 5, "contiguous"),
+    "two-blocks": (2, 3, 30, 25, "contiguous"),
+    "strided": (1, 4, 6, 7, "strided"),
+    "misaligned": (2, 2, 3, 3, "misaligned"),
+    "one-position": (1, 2, 1, 1, "contiguous"),
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", CHECKERBOARD_CASES.values(), ids=CHECKERBOARD_CASES.keys())
+def test_coupling_checkerboard(emu, case, dtype):
+    """The checkerboard layouts: y, logdet, grad_x and grad_h of every transform and direction."""
+    outer, channels, height, width, storage = case
+    inner = height * width
+    grad_y = torch.randn(outer, channels, inner, dtype=dtype)
+    grad_y_buffer = Buffer(grad_y)
+    grad_logdet = torch.randn(outer)
+    grad_logdet_buffer = Buffer(grad_logdet)
+    for transform_code, transform in enumerate(coupling_reference.TRANSFORMS):
+        for layout in coupling_reference.CHECKERBOARD_LAYOUTS:
+            layout_code = coupling_reference.LAYOUTS.index(layout)
+            h_channels = channels if transform == "additive" else 2 * channels
+            x_buffer, x_view = _stored(torch.randn(outer, channels, inner, dtype=dtype), storage)
+            h_buffer, h_view = _stored(torch.randn(outer, h_channels, inner, dtype=dtype), storage)
+            x, h = x_view.clone(), h_view.clone()
+            for reverse in (False, True):
+                sizes = _longs(outer, channels, inner, width)
+                floats = emu.lib.gmk_emu_coupling_workspace(outer, channels, inner, transform_code)
+                workspace = Buffer.empty((max(floats, 1),), torch.float32)
+                y = Buffer.empty((outer, channels, inner), dtype)
+                logdet = Buffer(torch.zeros(outer)) if transform == "additive" else Buffer.empty((outer,), torch.float32)
+                common = (sizes, transform_code, layout_code, reverse, DTYPE_CODES[dtype], x_buffer.ptr,
+                          _normalised(x_view, (0, 0, 1)), h_buffer.ptr, _normalised(h_view, (0, 0, 1)))
+                launches = emu.run("gmk_emu_coupling", 0, *common, None, None, y.ptr, None, logdet.ptr, workspace.ptr)
+                assert all("checkerboard_forward_kernel" in name for name in launches[:1]), launches
+                assert len(launches) == (2 if floats else 1), launches
+                grad_x = Buffer.empty((outer, channels, inner), dtype)
+                grad_h = Buffer.empty((outer, h_channels, inner), dtype)
+                emu.run("gmk_emu_coupling", 1, *common, grad_y_buffer.ptr, grad_logdet_buffer.ptr, grad_x.ptr,
+                        grad_h.ptr, None, None)
+
+                leaves = [x.double().view(outer, channels, height, width).requires_grad_(),
+                          h.double().view(outer, h_channels, height, width).requires_grad_()]
+                y64, logdet64 = coupling_reference.affine_coupling(*leaves, transform, layout, reverse)
+                outputs, grads = [y64], [grad_y.double().view_as(y64)]
+                if logdet64.requires_grad:
+                    outputs.append(logdet64)
+                    grads.append(grad_logdet.double())
+                grad_x64, grad_h64 = (g.flatten(2) for g in torch.autograd.grad(outputs, leaves, grads))
+                context = f"{transform} {layout} reverse={reverse}"
+                try:
+                    assert_close(y.view, y64.flatten(2), dtype, "forward")
+                    assert_close(logdet.view, logdet64, torch.float32, "forward", terms=channels * inner)
                     assert_close(grad_x.view, grad_x64, dtype, "grad")
                     assert_close(grad_h.view, grad_h64, dtype, "grad")
                 except AssertionError as error:

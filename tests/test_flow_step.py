@@ -7,7 +7,7 @@ import gmkernels as gmk
 from conftest import assert_close
 
 TRANSFORMS = ("glow", "realnvp", "additive")
-LAYOUTS = ("halves", "interleaved")
+LAYOUTS = ("halves", "interleaved", "checkerboard", "checkerboard_odd")
 
 
 def randomise(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
@@ -66,7 +66,11 @@ def test_coupling_module_logdet_is_log_det_jacobian(transform, layout):
     x = torch.randn(2, 4, 3, 2, dtype=torch.float64)
     check_logdet_is_log_det_jacobian(module, x)
     jacobian = torch.autograd.functional.jacobian(lambda v: module(v)[0], x)
-    assert jacobian[0, 2:, :, :, 0, :2].abs().sum() > 0  # y_b depends on x_a through the network
+    if layout.startswith("checkerboard"):  # y_b depends on x_a through the network
+        b = gmk.reference.coupling.checkerboard_b(x.shape[2:], layout)
+        assert jacobian[0][:, b][..., ~b].abs().sum() > 0
+    else:
+        assert jacobian[0, 2:, :, :, 0, :2].abs().sum() > 0
 
 
 def test_coupling_module_starts_as_glow_zero_init():
@@ -79,6 +83,14 @@ def test_coupling_module_starts_as_glow_zero_init():
     y, logdet = gmk.nn.AffineCoupling(6, hidden_channels=8, transform="additive")(x)
     assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(2))
 
+
+def test_checkerboard_coupling_module_starts_as_a_constant_scale_on_x_b():
+    x = torch.randn(2, 3, 4, 5)
+    y, logdet = gmk.nn.AffineCoupling(3, hidden_channels=8, layout="checkerboard")(x)
+    b = (torch.arange(4)[:, None] + torch.arange(5)[None, :]) % 2 == 1
+    s = torch.sigmoid(torch.tensor(2.0))
+    torch.testing.assert_close(y, torch.where(b, x * s, x))
+    torch.testing.assert_close(logdet, torch.full((2,), 3 * int(b.sum()) * torch.log(s).item()))
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("transform", TRANSFORMS)
@@ -111,7 +123,8 @@ BAD_COUPLING_ARGS = {
     "zero-channels": ((0,), {}, "num_channels"),
     "hidden": ((4,), {"hidden_channels": 0}, "hidden_channels"),
     "transform": ((4,), {"transform": "affine"}, "transform"),
-    "layout": ((4,), {"layout": "checkerboard"}, "layout"),
+    "layout": ((4,), {"layout": "diagonal"}, "layout"),
+    "checkerboard-zero-channels": ((0,), {"layout": "checkerboard"}, "num_channels"),
 }
 
 

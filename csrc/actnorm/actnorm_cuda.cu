@@ -99,17 +99,6 @@ bool fits_32_bits(const Args& p) {
   return total < kLimit && last < kLimit;
 }
 
-template <typename Launch>
-cudaError_t with_type(DType dtype, Launch launch) {
-  switch (dtype) {
-    case DType::Float32: launch(float{}); break;
-    case DType::Float16: launch(__half{}); break;
-    case DType::BFloat16: launch(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 int64_t backward_parts_cuda(int64_t outer, int64_t channels, int64_t inner) {
@@ -121,13 +110,14 @@ cudaError_t forward_cuda(const Args& args, cudaStream_t stream) {
   const int64_t total = args.outer * args.channels * args.inner;
   const auto blocks = static_cast<unsigned>(std::min((total + kThreads - 1) / kThreads, kMaxBlocks));
   const bool narrow = fits_32_bits(args);
-  return with_type(args.dtype, [&](auto tag) {
+  return with_cuda_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (narrow) {
       forward_kernel<T, uint32_t><<<blocks, kThreads, 0, stream>>>(args);
     } else {
       forward_kernel<T, int64_t><<<blocks, kThreads, 0, stream>>>(args);
     }
+    return cudaGetLastError();
   });
 }
 
@@ -135,13 +125,14 @@ cudaError_t backward_cuda(const Args& args, cudaStream_t stream) {
   const int64_t blocks = args.channels * args.parts;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const bool narrow = fits_32_bits(args);
-  return with_type(args.dtype, [&](auto tag) {
+  return with_cuda_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (narrow) {
       backward_kernel<T, uint32_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
     } else {
       backward_kernel<T, int64_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
     }
+    return cudaGetLastError();
   });
 }
 

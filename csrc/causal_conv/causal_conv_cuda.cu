@@ -311,17 +311,6 @@ __global__ void __launch_bounds__(kThreads) layer_grad_h_kernel(LayerArgs p) {
   }
 }
 
-// Calls fn with a null pointer of the CUDA element type of dtype.
-template <typename Fn>
-cudaError_t with_cuda_type(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(static_cast<float*>(nullptr));
-    case DType::Float16: return fn(static_cast<__half*>(nullptr));
-    case DType::BFloat16: return fn(static_cast<__nv_bfloat16*>(nullptr));
-    default: return cudaErrorInvalidValue;  // float64 is rejected by the ops
-  }
-}
-
 bool fits_grid_x(int64_t blocks) { return blocks >= 1 && blocks <= 0x7fffffff; }
 
 }  // namespace
@@ -330,8 +319,8 @@ cudaError_t conv_cuda(const ConvArgs& args, cudaStream_t stream) {
   const int64_t blocks_x = args.batch * ((args.length + kConvT - 1) / kConvT);
   const int64_t blocks_y = (args.out_channels + kConvO - 1) / kConvO;
   if (!fits_grid_x(blocks_x) || blocks_y > 65535) return cudaErrorInvalidConfiguration;
-  return with_cuda_type(args.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  return with_cuda_type(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
     conv_kernel<T><<<dim3(blocks_x, blocks_y), kThreads, 0, stream>>>(args);
     return cudaGetLastError();
   });
@@ -341,8 +330,8 @@ cudaError_t weight_grad_cuda(const WeightGradArgs& args, cudaStream_t stream) {
   const int64_t tiles = ((args.out_channels + kGradTile - 1) / kGradTile) *
                         ((args.in_channels + kGradTile - 1) / kGradTile);
   if (!fits_grid_x(args.splits) || tiles > 65535 || args.kernel_size > 65535) return cudaErrorInvalidConfiguration;
-  return with_cuda_type(args.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  return with_cuda_type(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
     weight_grad_kernel<T><<<dim3(args.splits, tiles, args.kernel_size), kThreads, 0, stream>>>(args);
     return cudaGetLastError();
   });
@@ -368,8 +357,8 @@ cudaError_t launch_layer(Kernel kernel, const LayerArgs& args, int64_t rows_in_s
 }  // namespace
 
 cudaError_t layer_cuda(const LayerArgs& args, cudaStream_t stream) {
-  return with_cuda_type(args.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  return with_cuda_type(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
     return launch_layer(layer_kernel<T>, args, args.residual, stream);
   });
 }
@@ -386,8 +375,8 @@ cudaError_t max_layer_residual_cuda(bool backward, int64_t* max_residual) {
 }
 
 cudaError_t layer_grad_h_cuda(const LayerArgs& args, cudaStream_t stream) {
-  return with_cuda_type(args.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  return with_cuda_type(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
     return launch_layer(layer_grad_h_kernel<T>, args, 2 * args.residual, stream);
   });
 }

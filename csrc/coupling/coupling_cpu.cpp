@@ -4,7 +4,9 @@
 // in place where they are contiguous float or double, through buffers of the math type otherwise
 // (strided inputs, half types). The row of x_a (grad_y_a) is copied through on the way. The forward
 // keeps one double partial sum of log s per row and adds a sample's rows in order at the end: the
-// same logdet for any number of threads.
+// same logdet for any number of threads. Checkerboard layouts: a row is one channel of x; its runs
+// stay within a spatial row (x_a and x_b alternate along it), every element is transformed and then
+// x_a's elements (every other one) are passed through: y = x, zero log s, gradients as identity.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -78,12 +80,18 @@ void copy_row(const void* base, const Strides3& s, int64_t o, int64_t c, int64_t
 // out[j] = image of z[j], log_s[j] = log s; returns the sum of log s (in double, 4 partial sums).
 // __restrict__: the outputs never overlap the inputs (fresh tensors or buffers), which lets the
 // compiler vectorise without runtime overlap checks (too many of them for the backward's 7 arrays).
+// pass_from: the first x_a element of a checkerboard run (x_a at pass_from, pass_from + 2, ...), or
+// n when every element is x_b.
 template <Transform kTransform, bool kReverse, typename T>
 GMK_CPU_INLINE double forward_math(const T* __restrict__ z, const T* __restrict__ r, const T* __restrict__ t,
-                                   T* __restrict__ out, T* __restrict__ log_s, int64_t n) {
+                                   T* __restrict__ out, T* __restrict__ log_s, int64_t n, int64_t pass_from) {
   for (int64_t j = 0; j < n; ++j) {
     out[j] = apply<kTransform, kReverse, cpu::Math>(z[j], kTransform == Transform::Additive ? T(0) : r[j], t[j],
                                                     log_s[j]);
+  }
+  for (int64_t j = pass_from; j < n; j += 2) {
+    out[j] = z[j];
+    log_s[j] = T(0);
   }
   if constexpr (kTransform == Transform::Additive) return 0.0;
   double sums[4] = {0.0, 0.0, 0.0, 0.0};
@@ -99,7 +107,7 @@ GMK_CPU_INLINE double forward_math(const T* __restrict__ z, const T* __restrict_
 template <Transform kTransform, bool kReverse, typename T>
 GMK_CPU_INLINE void backward_math(const T* __restrict__ z, const T* __restrict__ r, const T* __restrict__ t,
                                   const T* __restrict__ g, T grad_logdet, T* __restrict__ grad_z,
-                                  T* __restrict__ grad_r, T* __restrict__ grad_t, int64_t n) {
+                                  T* __restrict__ grad_r, T* __restrict__ grad_t, int64_t n, int64_t pass_from) {
   for (int64_t j = 0; j < n; ++j) {
     T gz, gr, gt;
     backward<kTransform, kReverse, cpu::Math>(z[j], kTransform == Transform::Additive ? T(0) : r[j], t[j], g[j],
@@ -107,6 +115,11 @@ GMK_CPU_INLINE void backward_math(const T* __restrict__ z, const T* __restrict__
     grad_z[j] = gz;
     if constexpr (kTransform != Transform::Additive) grad_r[j] = gr;
     grad_t[j] = gt;
+  }
+  for (int64_t j = pass_from; j < n; j += 2) {
+    grad_z[j] = g[j];
+    if constexpr (kTransform != Transform::Additive) grad_r[j] = T(0);
+    grad_t[j] = T(0);
   }
 }
 
@@ -128,42 +141,73 @@ GMK_CPU_INLINE auto with_transform(Transform transform, bool reverse, Fn&& fn) {
 
 template <typename T>
 GMK_CPU_INLINE double forward_loop(Transform transform, bool reverse, const T* z, const T* r, const T* t, T* out,
-                                   T* log_s, int64_t n) {
+                                   T* log_s, int64_t n, int64_t pass_from) {
   return with_transform(transform, reverse, [&]<Transform kTransform, bool kReverse>() {
-    return forward_math<kTransform, kReverse>(z, r, t, out, log_s, n);
+    return forward_math<kTransform, kReverse>(z, r, t, out, log_s, n, pass_from);
   });
 }
 
 template <typename T>
 GMK_CPU_INLINE void backward_loop(Transform transform, bool reverse, const T* z, const T* r, const T* t, const T* g,
-                                  T grad_logdet, T* grad_z, T* grad_r, T* grad_t, int64_t n) {
+                                  T grad_logdet, T* grad_z, T* grad_r, T* grad_t, int64_t n, int64_t pass_from) {
   with_transform(transform, reverse, [&]<Transform kTransform, bool kReverse>() {
-    backward_math<kTransform, kReverse>(z, r, t, g, grad_logdet, grad_z, grad_r, grad_t, n);
+    backward_math<kTransform, kReverse>(z, r, t, g, grad_logdet, grad_z, grad_r, grad_t, n, pass_from);
   });
 }
 
 GMK_CPU_CLONES double forward_run(Transform transform, bool reverse, const float* z, const float* r, const float* t,
-                                  float* out, float* log_s, int64_t n) {
-  return forward_loop(transform, reverse, z, r, t, out, log_s, n);
+                                  float* out, float* log_s, int64_t n, int64_t pass_from) {
+  return forward_loop(transform, reverse, z, r, t, out, log_s, n, pass_from);
 }
 double forward_run(Transform transform, bool reverse, const double* z, const double* r, const double* t,
-                   double* out, double* log_s, int64_t n) {
-  return forward_loop(transform, reverse, z, r, t, out, log_s, n);
+                   double* out, double* log_s, int64_t n, int64_t pass_from) {
+  return forward_loop(transform, reverse, z, r, t, out, log_s, n, pass_from);
 }
 GMK_CPU_CLONES void backward_run(Transform transform, bool reverse, const float* z, const float* r, const float* t,
                                  const float* g, float grad_logdet, float* grad_z, float* grad_r, float* grad_t,
-                                 int64_t n) {
-  backward_loop(transform, reverse, z, r, t, g, grad_logdet, grad_z, grad_r, grad_t, n);
+                                 int64_t n, int64_t pass_from) {
+  backward_loop(transform, reverse, z, r, t, g, grad_logdet, grad_z, grad_r, grad_t, n, pass_from);
 }
 void backward_run(Transform transform, bool reverse, const double* z, const double* r, const double* t,
-                  const double* g, double grad_logdet, double* grad_z, double* grad_r, double* grad_t, int64_t n) {
-  backward_loop(transform, reverse, z, r, t, g, grad_logdet, grad_z, grad_r, grad_t, n);
+                  const double* g, double grad_logdet, double* grad_z, double* grad_r, double* grad_t, int64_t n,
+                  int64_t pass_from) {
+  backward_loop(transform, reverse, z, r, t, g, grad_logdet, grad_z, grad_r, grad_t, n, pass_from);
 }
 
 // --- the rows ----------------------------------------------------------------------------------
 
 template <typename scalar_t>
 using logdet_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Calls run(i0, n, pass_from) for the runs of a row: up to kRun elements; for a checkerboard within
+// one spatial row, pass_from the run's first x_a element (see forward_math), else n.
+template <typename Run>
+void for_each_run(const Args& args, Run run) {
+  if (!is_checkerboard(args.layout)) {
+    for (int64_t i0 = 0; i0 < args.inner; i0 += kRun) {
+      const int64_t n = std::min(kRun, args.inner - i0);
+      run(i0, n, n);
+    }
+    return;
+  }
+  for (int64_t row = 0; row < args.inner; row += args.width) {
+    for (int64_t j0 = 0; j0 < args.width; j0 += kRun) {
+      const int64_t n = std::min(kRun, args.width - j0);
+      run(row + j0, n, checkerboard_b(args.layout, args.width, row + j0) ? 1 : 0);
+    }
+  }
+}
+
+// Channel of x holding row c of x_b, and offsets (in rows of inner) of x_a's and x_b's rows in the
+// contiguous output: a checkerboard channel holds both.
+struct RowPlace {
+  int64_t x_b_channel, out_a, out_b;
+};
+
+inline RowPlace row_place(const Args& args, int64_t o, int64_t c) {
+  if (is_checkerboard(args.layout)) return {c, o * args.half + c, o * args.half + c};
+  return {args.half + c, o * 2 * args.half + c, o * 2 * args.half + args.half + c};
+}
 
 template <typename scalar_t>
 void forward_typed(const Args& args) {
@@ -174,20 +218,19 @@ void forward_typed(const Args& args) {
   for_each_row(args, [&](int64_t o, int64_t c) {
     const int64_t r_c = r_channel(args.layout, args.half, c);
     const int64_t t_c = t_channel(args.transform, args.layout, args.half, c);
-    scalar_t* y_a = y + (o * 2 * args.half + c) * args.inner;
-    scalar_t* y_b = y_a + args.half * args.inner;
-    copy_row(args.x, args.x_strides, o, c, args.inner, y_a);
+    const RowPlace place = row_place(args, o, c);
+    scalar_t* y_b = y + place.out_b * args.inner;
+    if (!is_checkerboard(args.layout)) copy_row(args.x, args.x_strides, o, c, args.inner, y + place.out_a * args.inner);
     double sum = 0.0;
-    for (int64_t i0 = 0; i0 < args.inner; i0 += kRun) {
-      const int64_t n = std::min(kRun, args.inner - i0);
+    for_each_run(args, [&](int64_t i0, int64_t n, int64_t pass_from) {
       opmath_t z_buffer[kRun], r_buffer[kRun], t_buffer[kRun], out_buffer[kRun], log_s[kRun];
-      const opmath_t* z = read_run<scalar_t>(args.x, args.x_strides, o, args.half + c, i0, n, z_buffer);
+      const opmath_t* z = read_run<scalar_t>(args.x, args.x_strides, o, place.x_b_channel, i0, n, z_buffer);
       const opmath_t* r = additive ? nullptr : read_run<scalar_t>(args.h, args.h_strides, o, r_c, i0, n, r_buffer);
       const opmath_t* t = read_run<scalar_t>(args.h, args.h_strides, o, t_c, i0, n, t_buffer);
       opmath_t* out = write_run(y_b + i0, out_buffer);
-      sum += forward_run(args.transform, args.reverse, z, r, t, out, log_s, n);
+      sum += forward_run(args.transform, args.reverse, z, r, t, out, log_s, n, pass_from);
       finish_run(out, n, y_b + i0);
-    }
+    });
     if (!additive) row_sums[o * args.half + c] = sum;
   });
   auto* logdet = static_cast<logdet_t<scalar_t>*>(args.logdet);
@@ -203,35 +246,37 @@ void backward_typed(const Args& args) {
   using opmath_t = at::opmath_type<scalar_t>;
   const bool additive = args.transform == Transform::Additive;
   const int64_t h_channels = additive ? args.half : 2 * args.half;
-  const Strides3 dense{2 * args.half * args.inner, args.inner, 1};  // grad_y: contiguous, x's shape
+  const int64_t x_channels = is_checkerboard(args.layout) ? args.half : 2 * args.half;
+  const Strides3 dense{x_channels * args.inner, args.inner, 1};  // grad_y: contiguous, x's shape
   const auto* grad_logdet = static_cast<const logdet_t<scalar_t>*>(args.grad_logdet);
   auto* grad_x = static_cast<scalar_t*>(args.out);
   auto* grad_h = static_cast<scalar_t*>(args.grad_h);
   for_each_row(args, [&](int64_t o, int64_t c) {
     const int64_t r_c = r_channel(args.layout, args.half, c);
     const int64_t t_c = t_channel(args.transform, args.layout, args.half, c);
-    scalar_t* grad_x_a = grad_x + (o * 2 * args.half + c) * args.inner;
-    scalar_t* grad_x_b = grad_x_a + args.half * args.inner;
+    const RowPlace place = row_place(args, o, c);
+    scalar_t* grad_x_b = grad_x + place.out_b * args.inner;
     scalar_t* grad_r_row = grad_h + (o * h_channels + r_c) * args.inner;
     scalar_t* grad_t_row = grad_h + (o * h_channels + t_c) * args.inner;
-    copy_row(args.grad_y, dense, o, c, args.inner, grad_x_a);  // x_a passes through
+    if (!is_checkerboard(args.layout)) {
+      copy_row(args.grad_y, dense, o, c, args.inner, grad_x + place.out_a * args.inner);  // x_a passes through
+    }
     const opmath_t gl = static_cast<opmath_t>(grad_logdet[o]);
-    for (int64_t i0 = 0; i0 < args.inner; i0 += kRun) {
-      const int64_t n = std::min(kRun, args.inner - i0);
+    for_each_run(args, [&](int64_t i0, int64_t n, int64_t pass_from) {
       opmath_t z_buffer[kRun], r_buffer[kRun], t_buffer[kRun], g_buffer[kRun];
       opmath_t grad_z_buffer[kRun], grad_r_buffer[kRun], grad_t_buffer[kRun];
-      const opmath_t* z = read_run<scalar_t>(args.x, args.x_strides, o, args.half + c, i0, n, z_buffer);
+      const opmath_t* z = read_run<scalar_t>(args.x, args.x_strides, o, place.x_b_channel, i0, n, z_buffer);
       const opmath_t* r = additive ? nullptr : read_run<scalar_t>(args.h, args.h_strides, o, r_c, i0, n, r_buffer);
       const opmath_t* t = read_run<scalar_t>(args.h, args.h_strides, o, t_c, i0, n, t_buffer);
-      const opmath_t* g = read_run<scalar_t>(args.grad_y, dense, o, args.half + c, i0, n, g_buffer);
+      const opmath_t* g = read_run<scalar_t>(args.grad_y, dense, o, place.x_b_channel, i0, n, g_buffer);
       opmath_t* grad_z = write_run(grad_x_b + i0, grad_z_buffer);
       opmath_t* grad_r = additive ? nullptr : write_run(grad_r_row + i0, grad_r_buffer);
       opmath_t* grad_t = write_run(grad_t_row + i0, grad_t_buffer);
-      backward_run(args.transform, args.reverse, z, r, t, g, gl, grad_z, grad_r, grad_t, n);
+      backward_run(args.transform, args.reverse, z, r, t, g, gl, grad_z, grad_r, grad_t, n, pass_from);
       finish_run(grad_z, n, grad_x_b + i0);
       if (!additive) finish_run(grad_r, n, grad_r_row + i0);
       finish_run(grad_t, n, grad_t_row + i0);
-    }
+    });
   });
 }
 

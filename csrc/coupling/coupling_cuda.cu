@@ -11,6 +11,10 @@
 // order) and writes it to logdet directly when the sample has one block, else to a workspace slot;
 // a second kernel then sums each sample's slots in double with one warp. No atomics: the result
 // is the same on every run.
+//
+// Checkerboard layouts: block b of sample o owns elements m = c * inner + p of the sample's x (every
+// channel holds x_a and x_b); each thread takes 8 single elements (strided path, any strides),
+// transforms those of x_b and copies those of x_a.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -225,6 +229,87 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const Args p, int64_
   }
 }
 
+template <typename T, Transform kTransform, bool kReverse>
+__global__ void __launch_bounds__(kThreads) checkerboard_forward_kernel(const Args p, int64_t blocks_per_sample) {
+  constexpr bool kAdditive = kTransform == Transform::Additive;
+  const int64_t o = blockIdx.x / blocks_per_sample;
+  const int64_t block_start = (blockIdx.x - o * blocks_per_sample) * kCudaBlockElements;
+  const int64_t len = p.half * p.inner;
+  const T* x = static_cast<const T*>(p.x);
+  const T* h = static_cast<const T*>(p.h);
+  T* y = static_cast<T*>(p.out);
+  const Strides3& xs = p.x_strides;
+  const Strides3& hs = p.h_strides;
+  float log_sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t m = element_of<false>(block_start, k);
+    if (m >= len) break;
+    const int64_t c = m / p.inner, i = m - c * p.inner;
+    const T x_value = x[o * xs.outer + c * xs.channel + i * xs.inner];
+    if (!checkerboard_b(p.layout, p.width, i)) {
+      y[o * len + m] = x_value;  // x_a
+      continue;
+    }
+    const int64_t r_offset = o * hs.outer + c * hs.channel + i * hs.inner;
+    const float t = to_float(h[kAdditive ? r_offset : r_offset + p.half * hs.channel]);
+    const float r = kAdditive ? 0.0f : to_float(h[r_offset]);
+    float log_s;
+    y[o * len + m] = from_float<T>(apply<kTransform, kReverse>(to_float(x_value), r, t, log_s));
+    log_sum += log_s;
+  }
+  if constexpr (!kAdditive) {
+    const float sum = block_sum(log_sum);
+    if (threadIdx.x == 0) {
+      if (blocks_per_sample == 1) {
+        static_cast<float*>(p.logdet)[o] = kReverse ? -sum : sum;
+      } else {
+        static_cast<float*>(p.workspace)[blockIdx.x] = sum;
+      }
+    }
+  }
+}
+
+template <typename T, Transform kTransform, bool kReverse>
+__global__ void __launch_bounds__(kThreads) checkerboard_backward_kernel(const Args p, int64_t blocks_per_sample) {
+  constexpr bool kAdditive = kTransform == Transform::Additive;
+  const int64_t o = blockIdx.x / blocks_per_sample;
+  const int64_t block_start = (blockIdx.x - o * blocks_per_sample) * kCudaBlockElements;
+  const int64_t len = p.half * p.inner;
+  const T* x = static_cast<const T*>(p.x);
+  const T* h = static_cast<const T*>(p.h);
+  const T* grad_y = static_cast<const T*>(p.grad_y);
+  T* grad_x = static_cast<T*>(p.out);
+  T* grad_h = static_cast<T*>(p.grad_h);
+  const Strides3& xs = p.x_strides;
+  const Strides3& hs = p.h_strides;
+  const float grad_logdet = static_cast<const float*>(p.grad_logdet)[o];
+  // grad_h is contiguous (outer, 2 * half or half, inner): r's rows, then t's.
+  T* grad_r = grad_h + o * (kAdditive ? 1 : 2) * len;
+  T* grad_t = kAdditive ? grad_r : grad_r + len;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t m = element_of<false>(block_start, k);
+    if (m >= len) break;
+    const int64_t c = m / p.inner, i = m - c * p.inner;
+    if (!checkerboard_b(p.layout, p.width, i)) {
+      grad_x[o * len + m] = grad_y[o * len + m];  // x_a passes through
+      if constexpr (!kAdditive) grad_r[m] = from_float<T>(0.0f);
+      grad_t[m] = from_float<T>(0.0f);
+      continue;
+    }
+    const int64_t r_offset = o * hs.outer + c * hs.channel + i * hs.inner;
+    const float z = to_float(x[o * xs.outer + c * xs.channel + i * xs.inner]);
+    const float t = to_float(h[kAdditive ? r_offset : r_offset + p.half * hs.channel]);
+    const float r = kAdditive ? 0.0f : to_float(h[r_offset]);
+    float gz, gr, gt;
+    backward<kTransform, kReverse>(z, r, t, to_float(grad_y[o * len + m]), grad_logdet, gz, gr, gt);
+    grad_x[o * len + m] = from_float<T>(gz);
+    if constexpr (!kAdditive) grad_r[m] = from_float<T>(gr);
+    grad_t[m] = from_float<T>(gt);
+  }
+}
+
 template <typename T>
 bool aligned(const void* ptr) {
   return reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * kVec) == 0;
@@ -249,15 +334,23 @@ cudaError_t launch_typed(const Args& p, bool backward_pass, cudaStream_t stream)
   const int64_t blocks = p.outer * blocks_per_sample;
   if (blocks == 0) return cudaSuccess;
   if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration;
-  const bool vector = vector_path<T>(p);
+  const bool vector = !is_checkerboard(p.layout) && vector_path<T>(p);
   const dim3 grid(static_cast<unsigned>(blocks));
-  if (backward_pass) {
+  if (is_checkerboard(p.layout)) {
+    if (backward_pass) {
+      checkerboard_backward_kernel<T, kTransform, kReverse><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
+      return cudaGetLastError();
+    }
+    checkerboard_forward_kernel<T, kTransform, kReverse><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
+  } else if (backward_pass) {
     if (vector) backward_kernel<T, kTransform, kReverse, true><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
     else backward_kernel<T, kTransform, kReverse, false><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
     return cudaGetLastError();
+  } else if (vector) {
+    forward_kernel<T, kTransform, kReverse, true><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
+  } else {
+    forward_kernel<T, kTransform, kReverse, false><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
   }
-  if (vector) forward_kernel<T, kTransform, kReverse, true><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
-  else forward_kernel<T, kTransform, kReverse, false><<<grid, kThreads, 0, stream>>>(p, blocks_per_sample);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || kTransform == Transform::Additive || blocks_per_sample == 1) return err;
   const dim3 sum_grid(static_cast<unsigned>((p.outer + kWarps - 1) / kWarps));

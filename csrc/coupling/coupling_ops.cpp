@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "coupling/coupling.h"
 #include "gmk/aten.h"
@@ -25,7 +26,11 @@ Transform parse_transform(c10::string_view transform) {
 
 Layout parse_layout(c10::string_view layout) {
   if (layout == "halves") return Layout::Halves;
-  TORCH_CHECK_VALUE(layout == "interleaved", kOp, ": layout must be 'halves' or 'interleaved', got '", layout, "'");
+  if (layout == "checkerboard") return Layout::Checkerboard;
+  if (layout == "checkerboard_odd") return Layout::CheckerboardOdd;
+  TORCH_CHECK_VALUE(layout == "interleaved", kOp,
+                    ": layout must be 'halves', 'interleaved', 'checkerboard' or 'checkerboard_odd', got '", layout,
+                    "'");
   return Layout::Interleaved;
 }
 
@@ -46,30 +51,55 @@ at::ScalarType logdet_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// The (outer, C, inner) views the kernels read: x and h themselves for the channel layouts; for a
+// checkerboard, x and h are (outer, C, height, width), viewed (copied where no view exists) as
+// (outer, C, height * width).
+struct Views {
+  at::Tensor x, h;
+};
+
+// Checks x and h, fills views and returns the kernels' arguments (pointers into views).
 Args make_args(const at::Tensor& x, const at::Tensor& h, c10::string_view transform, c10::string_view layout,
-               bool reverse) {
-  TORCH_CHECK_VALUE(x.dim() == 3, kOp, ": x must be (outer, C, inner), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(1) % 2 == 0, kOp, ": x.size(1) must be even (C = 2 * half), got ", x.size(1));
+               bool reverse, Views& views) {
   Args args;
-  args.dtype = to_dtype(kOp, "x", x);
   args.transform = parse_transform(transform);
   args.layout = parse_layout(layout);
   args.reverse = reverse;
+  const bool checkerboard = is_checkerboard(args.layout);
+  if (checkerboard) {
+    TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": x must be (outer, C, height, width) for layout '", layout,
+                      "', got shape ", x.sizes());
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 3, kOp, ": x must be (outer, C, inner), got shape ", x.sizes());
+    TORCH_CHECK_VALUE(x.size(1) % 2 == 0, kOp, ": x.size(1) must be even (C = 2 * half), got ", x.size(1));
+  }
+  args.dtype = to_dtype(kOp, "x", x);
   args.outer = x.size(0);
-  args.half = x.size(1) / 2;
-  args.inner = x.size(2);
+  args.half = checkerboard ? x.size(1) : x.size(1) / 2;
   const int64_t h_channels = args.transform == Transform::Additive ? args.half : 2 * args.half;
-  check_tensor(x, h, "h", {args.outer, h_channels, args.inner}, x.scalar_type());
-  args.x = x.data_ptr();
-  args.x_strides = strides_of(x);
-  args.h = h.data_ptr();
-  args.h_strides = strides_of(h);
+  std::vector<int64_t> h_sizes = x.sizes().vec();
+  h_sizes[1] = h_channels;
+  check_tensor(x, h, "h", h_sizes, x.scalar_type());
+  if (checkerboard) {
+    args.width = x.size(3);
+    views.x = x.reshape({args.outer, args.half, x.size(2) * x.size(3)});
+    views.h = h.reshape({args.outer, h_channels, x.size(2) * x.size(3)});
+  } else {
+    views.x = x;
+    views.h = h;
+  }
+  args.inner = views.x.size(2);
+  args.x = views.x.data_ptr();
+  args.x_strides = strides_of(views.x);
+  args.h = views.h.data_ptr();
+  args.h_strides = strides_of(views.h);
   return args;
 }
 
 std::tuple<at::Tensor, at::Tensor> coupling(const at::Tensor& x, const at::Tensor& h, c10::string_view transform,
                                             c10::string_view layout, bool reverse) {
-  Args args = make_args(x, h, transform, layout, reverse);
+  Views views;
+  Args args = make_args(x, h, transform, layout, reverse, views);
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const auto logdet_options = x.options().dtype(logdet_type(x));
   const bool sums = args.transform != Transform::Additive && x.numel() > 0;
@@ -89,7 +119,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
                                                      const at::Tensor& x, const at::Tensor& h,
                                                      c10::string_view transform, c10::string_view layout,
                                                      bool reverse) {
-  Args args = make_args(x, h, transform, layout, reverse);
+  Views views;
+  Args args = make_args(x, h, transform, layout, reverse, views);
   check_tensor(x, grad_y, "grad_y", x.sizes(), x.scalar_type());
   check_tensor(x, grad_logdet, "grad_logdet", {args.outer}, logdet_type(x));
   const at::Tensor grad_y_dense = grad_y.contiguous();

@@ -7,9 +7,9 @@
 
 #include <algorithm>
 
-#include "gated/gated.h"
 #include "gmk/aten.h"
 #include "gmk/cpu_math.h"
+#include "gmk/gated.h"
 
 namespace gmk::gated {
 namespace {

@@ -8,7 +8,7 @@
 #include <cuda_fp16.h>
 
 #include "gmk/cuda_types.cuh"
-#include "gated/gated.h"
+#include "gmk/gated.h"
 
 namespace gmk::gated {
 namespace {
@@ -216,16 +216,10 @@ cudaError_t launch_typed(const Args& p, cudaStream_t stream) {
 
 template <bool kBackward>
 cudaError_t launch(const Args& p, cudaStream_t stream) {
-  auto with_type = [&](auto tag) {
+  return with_cuda_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     return p.tanh ? launch_typed<T, true, kBackward>(p, stream) : launch_typed<T, false, kBackward>(p, stream);
-  };
-  switch (p.dtype) {
-    case DType::Float32: return with_type(float{});
-    case DType::Float16: return with_type(__half{});
-    case DType::BFloat16: return with_type(__nv_bfloat16{});
-    default: return cudaErrorInvalidValue;
-  }
+  });
 }
 
 }  // namespace

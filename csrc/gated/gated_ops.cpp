@@ -1,11 +1,12 @@
-// gmkernels::gated and gmkernels::gated_backward: argument checks, dtype and device, then the
-// CPU or CUDA kernel. Autograd and fake tensors are registered in gmkernels/ops/gated.py.
+// gmkernels::gated and gmkernels::gated_backward: one body per op (argument checks, Args, outputs)
+// shared by the CPU and the CUDA implementation, which differ only in the kernel they launch.
+// Autograd and fake tensors are registered in gmkernels/ops/gated.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "gated/gated.h"
 #include "gmk/aten.h"
+#include "gmk/gated.h"
 
 namespace gmk::gated {
 namespace {
@@ -49,34 +50,59 @@ Args make_args(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::
   return args;
 }
 
-at::Tensor gated(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+template <typename Launch>
+at::Tensor gated(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation,
+                 Launch launch) {
   Args args = make_args(x, cond, activation);
   at::Tensor y = at::empty({args.outer, args.half, args.inner}, x.options());
   args.out = y.data_ptr();
-  run_on_device("gmkernels::gated", x, x.numel(), args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  launch(x.numel(), args);
   return y;
 }
 
+template <typename Launch>
 at::Tensor gated_backward(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
-                          c10::string_view activation) {
+                          c10::string_view activation, Launch launch) {
   Args args = make_args(x, cond, activation);
   check_like_x(x, grad_y, "grad_y", {args.outer, args.half, args.inner});
   const at::Tensor grad_y_dense = grad_y.contiguous();
   at::Tensor grad_h = at::empty({args.outer, 2 * args.half, args.inner}, x.options());
   args.grad_y = grad_y_dense.data_ptr();
   args.out = grad_h.data_ptr();
-  run_on_device("gmkernels::gated_backward", x, x.numel(), args, backward_cpu,
-                GMK_CUDA_FN(backward_cuda));
+  launch(x.numel(), args);
   return grad_h;
 }
 
-}  // namespace
-
-void register_ops(torch::Library& m) {
-  m.impl("gated", &gated);
-  m.impl("gated_backward", &gated_backward);
+at::Tensor gated_cpu(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+  return gated(x, cond, activation, on_cpu(forward_cpu));
+}
+at::Tensor gated_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
+                              c10::string_view activation) {
+  return gated_backward(grad_y, x, cond, activation, on_cpu(backward_cpu));
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+at::Tensor gated_cuda(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+  return gated(x, cond, activation, on_cuda("gmkernels::gated", x, forward_cuda));
+}
+at::Tensor gated_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
+                               c10::string_view activation) {
+  return gated_backward(grad_y, x, cond, activation, on_cuda("gmkernels::gated_backward", x, backward_cuda));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("gated", &gated_cpu);
+  m.impl("gated_backward", &gated_backward_cpu);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("gated", &gated_cuda);
+  m.impl("gated_backward", &gated_backward_cuda);
+}
+#endif
 
 }  // namespace gmk::gated

@@ -70,13 +70,10 @@ cudaError_t conv1x1_cuda(const Args& args, cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(padded_rows(args.out_channels) * args.in_channels) * sizeof(float);
   const int64_t positions = args.outer * args.inner;
   const auto blocks = static_cast<unsigned>(std::min((positions + kThreads - 1) / kThreads, kMaxBlocks));
-  switch (args.dtype) {
-    case DType::Float32: conv1x1_kernel<float><<<blocks, kThreads, shared, stream>>>(args); break;
-    case DType::Float16: conv1x1_kernel<__half><<<blocks, kThreads, shared, stream>>>(args); break;
-    case DType::BFloat16: conv1x1_kernel<__nv_bfloat16><<<blocks, kThreads, shared, stream>>>(args); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return with_cuda_type(args.dtype, [&](auto tag) {
+    conv1x1_kernel<decltype(tag)><<<blocks, kThreads, shared, stream>>>(args);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace gmk::invconv

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "gmk/cuda_types.cuh"
 #include "logistic_mixture/logistic_mixture.h"
 
 namespace gmk::logistic_mixture {
@@ -28,7 +29,7 @@ cudaError_t launch(const Args& args, cudaStream_t stream) {
   const int64_t positions = args.batch * args.positions;
   if (positions == 0) return cudaSuccess;
   const dim3 grid((positions + kThreads - 1) / kThreads);
-  auto with_param = [&](auto param_tag) {
+  return with_cuda_type(args.dtype, [&](auto param_tag) {
     using Param = decltype(param_tag);
     if (args.channels == 3) {
       position_kernel<kOp, 3, Param><<<grid, kThreads, 0, stream>>>(args);
@@ -36,13 +37,7 @@ cudaError_t launch(const Args& args, cudaStream_t stream) {
       position_kernel<kOp, 1, Param><<<grid, kThreads, 0, stream>>>(args);
     }
     return cudaGetLastError();
-  };
-  switch (args.dtype) {
-    case DType::Float32: return with_param(float{});
-    case DType::Float16: return with_param(__half{});
-    case DType::BFloat16: return with_param(__nv_bfloat16{});
-    default: return cudaErrorInvalidValue;
-  }
+  });
 }
 
 }  // namespace

@@ -393,16 +393,6 @@ cudaError_t weight_grad_typed(const WeightGradArgs& p, cudaStream_t stream) {
   });
 }
 
-template <typename Fn>
-cudaError_t with_cuda_type(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(float{});
-    case DType::Float16: return fn(__half{});
-    case DType::BFloat16: return fn(__nv_bfloat16{});
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 }  // namespace
 
 cudaError_t tap_gemm_cuda(const TapGemmArgs& args, cudaStream_t stream) {

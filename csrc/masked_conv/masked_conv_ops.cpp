@@ -125,7 +125,7 @@ at::Tensor forward_cuda(const char* op, const Geometry& g, const at::Tensor& x, 
   args.b = b.const_data_ptr();
   args.bias = bias_dense.defined() ? bias_dense.const_data_ptr() : nullptr;
   args.out = y.data_ptr();
-  if (y.numel() > 0) run_cuda(op, x, args, tap_gemm_cuda);
+  run_cuda(op, x, y.numel(), args, tap_gemm_cuda);
   return y;
 }
 
@@ -158,7 +158,7 @@ Grads backward_cuda(const char* op, const Geometry& g, const at::Tensor& grad_ou
     args.a = go.const_data_ptr();
     args.b = b.const_data_ptr();
     args.out = grad_x.data_ptr();
-    if (grad_x.numel() > 0) run_cuda(op, x, args, tap_gemm_cuda);
+    run_cuda(op, x, grad_x.numel(), args, tap_gemm_cuda);
   }
   if (want_weight) {
     const at::Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -176,7 +176,7 @@ Grads backward_cuda(const char* op, const Geometry& g, const at::Tensor& grad_ou
     args.x = x_cl.const_data_ptr();
     args.grad_out = go.const_data_ptr();
     args.partial = partial.data_ptr<float>();
-    if (positions > 0 && partial.numel() > 0) run_cuda(op, x, args, weight_grad_cuda);
+    run_cuda(op, x, positions * partial.numel(), args, weight_grad_cuda);
     grad_weight = at::zeros(weight.sizes(), weight.options());
     grad_weight.flatten(2).narrow(2, 0, taps).copy_(partial.sum(0).permute({2, 1, 0}));
   }

@@ -526,22 +526,12 @@ cudaError_t launch_typed(const Args& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t max_active_clusters_cuda(const Args& args, int* clusters) {
-  switch (args.dtype) {
-    case DType::Float32: return cluster_capacity<float>(args, clusters);
-    case DType::Float16: return cluster_capacity<__half>(args, clusters);
-    case DType::BFloat16: return cluster_capacity<__nv_bfloat16>(args, clusters);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_cuda_type(args.dtype, [&](auto tag) { return cluster_capacity<decltype(tag)>(args, clusters); });
 }
 
 cudaError_t generate_cuda(const Args& args, cudaStream_t stream) {
   static_assert(kMaxBatchPerBlock * 32 <= kGenerateThreads, "one warp samples each element of a block");
-  switch (args.dtype) {
-    case DType::Float32: return launch_typed<float>(args, stream);
-    case DType::Float16: return launch_typed<__half>(args, stream);
-    case DType::BFloat16: return launch_typed<__nv_bfloat16>(args, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_cuda_type(args.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(args, stream); });
 }
 
 }  // namespace gmk::wavenet_generate

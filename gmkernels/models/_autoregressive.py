@@ -4,7 +4,12 @@ loss terms, the softmax head and the raster-order sampling loop.
 Images are integer bins x (N, C, H, W), C = 1 or 3, in [0, num_bins); a model sees them scaled to
 2v/(num_bins-1) - 1 in [-1, 1]. A model subclasses :class:`AutoregressiveImageModel` and provides
 ``network`` (the scaled image -> the head's output per position), ``nll`` (per image) and ``draw``
-(one sampling step at one pixel).
+(one sampling step at one pixel), and for cached sampling ``cached_network`` (a :class:`CachedNetwork`).
+
+Cached sampling (Ramachandran et al. 2017, arXiv 1704.06001): each convolution keeps the last rows of its
+input map that its kernel reads (:class:`Rows`), and the network is evaluated at the one new position a
+sampling step needs (:class:`CachedConv`, :class:`Pointwise`); what sees only the rows above (a vertical
+stack) is computed once per row for the whole row.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from ..ops.gated import gated_activation
 from ..ops.logistic_mixture import bits_per_dim
 
 SIZES = ("default", "tiny")
+METHODS = ("cached", "naive")
 SMALL_IMAGE = 16  # images up to this size get a model's small "default" network (8x8 digits)
 
 
@@ -103,6 +109,92 @@ def grouped_gate(x: torch.Tensor, cond: torch.Tensor | None, groups: int,
     return gated_activation(x.unflatten(1, split), cond, activation=activation, dim=2).flatten(1, 3)
 
 
+# --- cached evaluation: caches of rows and convolutions evaluated on them -------------------------------
+
+class Rows:
+    """The cache of a convolution's input map (N, C, ·, W): its last ``height`` rows, with ``left`` and
+    ``right`` columns of zero padding. The last row is the one being computed; rows above a map's first
+    row and the padding stay zero (the convolutions' zero padding)."""
+
+    def __init__(self, like: torch.Tensor, channels: int, height: int, width: int, left: int, right: int):
+        self.data = like.new_zeros(like.shape[0], channels, height, left + width + right)
+        self.left, self.width = left, width
+
+    def advance(self) -> None:
+        """A new last row, zero until written; the oldest row leaves."""
+        if self.data.shape[2] > 1:
+            self.data[:, :, :-1] = self.data[:, :, 1:].clone()
+        self.data[:, :, -1] = 0
+
+    def write(self, start: int, values: torch.Tensor) -> None:
+        """Columns start … start + m - 1 of the last row from values (N, C, m)."""
+        self.data[:, :, -1, self.left + start:self.left + start + values.shape[2]] = values
+
+
+class CachedConv:
+    """A convolution evaluated at output columns of its input cache's last row. ``weight`` (Cout, Cin, kh,
+    kw): a masked kernel multiplied by its mask and cut to its rows at and above the output; the window of
+    output column j starts ``before`` columns left of j and takes the cache's last kh rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, before: int):
+        self.weight, self.bias, self.before = weight.detach(), None if bias is None else bias.detach(), before
+        self.matrix = self.weight.flatten(1).t().contiguous()  # (Cin·kh·kw, Cout): a window's order
+
+    def __call__(self, rows: Rows, start: int, count: int = 1, stride: int = 1) -> torch.Tensor:
+        """The outputs (N, Cout, count) at columns start, start + stride, …"""
+        kh, kw = self.weight.shape[2:]
+        first = rows.left + start - self.before
+        window = rows.data[:, :, -kh:, first:first + (count - 1) * stride + kw]
+        if count == 1:  # one position: a matrix product is cheaper than a convolution call
+            flat = window.reshape(window.shape[0], -1)
+            out = flat @ self.matrix if self.bias is None else torch.addmm(self.bias, flat, self.matrix)
+            return out.unsqueeze(2)
+        return F.conv2d(window, self.weight, self.bias, stride=(1, stride))[:, :, 0]
+
+
+class Pointwise:
+    """A 1x1 convolution (weight (Cout, Cin, 1, 1), masked weights multiplied by their mask) on values
+    (N, Cin, m)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight.detach()[:, :, :, 0], None if bias is None else bias.detach()
+        self.matrix = self.weight[:, :, 0].t().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] == 1:
+            flat = x[:, :, 0]
+            out = flat @ self.matrix if self.bias is None else torch.addmm(self.bias, flat, self.matrix)
+            return out.unsqueeze(2)
+        return F.conv1d(x, self.weight, self.bias)
+
+
+class CachedNetwork:
+    """A model's network evaluated incrementally in raster order (see the module's docstring).
+
+    The sampling loop calls ``begin_row(i)`` before row i's first pixel, then at each pixel j, per
+    sampling step, ``output(j)`` (the network's output at (i, j), (N, P), for the image drawn so far)
+    and ``write(j, channels, levels)`` (the scaled values (N, len(channels)) just drawn there).
+    """
+
+    def begin_row(self, i: int) -> None:
+        raise NotImplementedError
+
+    def output(self, j: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+def deepest_level(position: int, levels: int) -> int:
+    """The largest s < levels with position a multiple of 2^s: the resolutions a stride-2 network runs at
+    this row or column ("cache every, run every" of Ramachandran et al.)."""
+    s = 0
+    while s + 1 < levels and position % (2 ** (s + 1)) == 0:
+        s += 1
+    return s
+
+
 # --- the model contract ----------------------------------------------------------------------------------
 
 class AutoregressiveImageModel(torch.nn.Module):
@@ -135,6 +227,10 @@ class AutoregressiveImageModel(torch.nn.Module):
 
     def draw(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
              generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cached_network(self, n: int, size: int, y: torch.Tensor | None) -> CachedNetwork:
+        """The network evaluated incrementally on n images of size × size (labels y), in eval mode."""
         raise NotImplementedError
 
     # --- checks ------------------------------------------------------------------------------------
@@ -207,12 +303,18 @@ class AutoregressiveImageModel(torch.nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, image_size: int | None = None, y: torch.Tensor | None = None,
-               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               method: str = "cached") -> torch.Tensor:
         """n images (n, C, H, W) int64 in [0, num_bins), H = W = ``image_size`` (default: the config's),
-        drawn in raster order (and R, G, B within a pixel), the whole network evaluated once per step,
-        in eval mode (no dropout). The noise comes from ``generator`` (on the model's device): the same
-        generator state gives the same images. ``temperature`` (> 0) flattens (> 1) or sharpens (< 1)
-        each step's distribution; 1 samples the model (see the model's ``draw``)."""
+        drawn in raster order (and R, G, B within a pixel), in eval mode (no dropout). The noise comes
+        from ``generator`` (on the model's device): the same generator state gives the same images.
+        ``temperature`` (> 0) flattens (> 1) or sharpens (< 1) each step's distribution; 1 samples the
+        model (see the model's ``draw``).
+
+        ``method="cached"`` evaluates the network only where a step changes it, from caches of each
+        convolution's input rows (Ramachandran et al. 2017); ``"naive"`` runs the whole network at every
+        step. Both draw the same noise and give the same images (up to float rounding of an output that
+        falls on a bin boundary)."""
         name = f"{type(self).__name__}.sample"
         check_int(name, "n", n)
         size = self.config.image_size if image_size is None else image_size
@@ -220,20 +322,39 @@ class AutoregressiveImageModel(torch.nn.Module):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not 0 < temperature < math.inf:
             raise ValueError(f"{name}: temperature must be a positive finite number, got {temperature!r}")
+        if method not in METHODS:
+            raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
         self._check_y("sample", y, n, check_inputs=True)
         x = torch.zeros(n, self.config.in_channels, size, size, dtype=torch.long, device=self._device)
         training = self.training
         self.eval()
         try:
-            for i in range(size):
-                for j in range(size):
-                    for channels in self.sampling_steps:
-                        output = self.network(scale_bins(x, self.config.num_bins, self._dtype), y)
-                        x[:, list(channels), i, j] = self.draw(output[:, :, i, j], channels, temperature,
-                                                               generator)
+            if method == "naive":
+                self._sample_naive(x, y, temperature, generator)
+            else:
+                self._sample_cached(x, y, temperature, generator)
         finally:
             self.train(training)
         return x
+
+    def _sample_naive(self, x: torch.Tensor, y, temperature: float, generator) -> None:
+        size = x.shape[2]
+        for i in range(size):
+            for j in range(size):
+                for channels in self.sampling_steps:
+                    output = self.network(scale_bins(x, self.config.num_bins, self._dtype), y)[:, :, i, j]
+                    x[:, list(channels), i, j] = self.draw(output, channels, temperature, generator)
+
+    def _sample_cached(self, x: torch.Tensor, y, temperature: float, generator) -> None:
+        size = x.shape[2]
+        network = self.cached_network(x.shape[0], size, y)
+        for i in range(size):
+            network.begin_row(i)
+            for j in range(size):
+                for channels in self.sampling_steps:
+                    bins = self.draw(network.output(j), channels, temperature, generator)
+                    x[:, list(channels), i, j] = bins
+                    network.write(j, channels, scale_bins(bins, self.config.num_bins, self._dtype))
 
 
 class SoftmaxImageModel(AutoregressiveImageModel):

@@ -11,6 +11,8 @@ channel c's logits at a pixel see the earlier pixels and sub-pixels < c of that 
 conditioning (num_classes > 0): a learned bias per class added in each block after the k×k conv.
 ``dropout`` (not in the paper; 0 by default) drops the k×k conv's activations in each block: small data
 sets (8×8 digits) overfit without it.
+Cached sampling (``sample(method="cached")``): each k×k conv keeps its input's last k//2 + 1 rows and
+is evaluated at the new pixel only, with the kernel's rows at and above the centre.
 The original network has a blind spot (the mask B stack never sees the pixels up and to the right
 beyond its k//2-per-layer cone); Gated PixelCNN removes it.
 """
@@ -22,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..nn.masked_conv import MaskedConv2d
-from ._autoregressive import (ImageConfig, SoftmaxImageModel, check_divisible, check_image_fields, check_int,
-                              check_number, check_odd_int)
+from ..reference.masked_conv import conv_mask
+from ._autoregressive import (CachedConv, CachedNetwork, ImageConfig, Pointwise, Rows, SoftmaxImageModel,
+                              check_divisible, check_image_fields, check_int, check_number, check_odd_int)
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,58 @@ class PixelCNN(SoftmaxImageModel):
         for block, bias in zip(self.blocks, biases):
             x = block(x, bias)
         return self.output2(F.relu(self.output1(F.relu(x))))
+
+    def cached_network(self, n: int, size: int, y: torch.Tensor | None) -> CachedNetwork:
+        return CachedPixelCNN(self, n, size, y)
+
+
+def masked_step(conv: MaskedConv2d) -> CachedConv:
+    """The masked conv at one position from its input's last k//2 + 1 rows (the rows below are masked)."""
+    k = conv.kernel_size[0]
+    mask = conv_mask(k, conv.mask_type, conv.in_channels, conv.out_channels, conv.color_groups)
+    return CachedConv((conv.weight * mask.to(conv.weight))[:, :, :k // 2 + 1], conv.bias, k // 2)
+
+
+def masked_pointwise(conv: MaskedConv2d) -> Pointwise:
+    return Pointwise(conv.weight * conv_mask(1, conv.mask_type, conv.in_channels, conv.out_channels,
+                                             conv.color_groups).to(conv.weight), conv.bias)
+
+
+def input_rows(conv: MaskedConv2d, like: torch.Tensor, size: int) -> Rows:
+    k = conv.kernel_size[0]
+    return Rows(like, conv.in_channels, k // 2 + 1, size, k // 2, k // 2)
+
+
+class CachedPixelCNN(CachedNetwork):
+    """PixelCNN at one pixel per step: every layer's value there, from the caches of the image and of each
+    block's k×k conv input. The colour masks make the values of colour group g final once the pixel's
+    sub-pixels < g are drawn, so the last step of a pixel leaves every cache final."""
+
+    def __init__(self, model: PixelCNN, n: int, size: int, y: torch.Tensor | None):
+        like = model.output2.weight.new_empty(n, 0)
+        self.image = input_rows(model.input_conv, like, size)
+        self.input_conv = masked_step(model.input_conv)
+        self.blocks = [(masked_pointwise(b.reduce), input_rows(b.conv, like, size), masked_step(b.conv),
+                        masked_pointwise(b.expand)) for b in model.blocks]
+        self.biases = [None] * len(self.blocks)
+        if model.class_bias is not None:
+            self.biases = model.class_bias(y).view(n, len(self.blocks), -1, 1).unbind(1)
+        self.output1, self.output2 = masked_pointwise(model.output1), masked_pointwise(model.output2)
+
+    def begin_row(self, i: int) -> None:
+        self.image.advance()
+        for _, rows, _, _ in self.blocks:
+            rows.advance()
+
+    def output(self, j: int) -> torch.Tensor:
+        x = self.input_conv(self.image, j)
+        for (reduce, rows, conv, expand), bias in zip(self.blocks, self.biases):
+            rows.write(j, F.relu(reduce(F.relu(x))))
+            h = conv(rows, j)
+            if bias is not None:
+                h = h + bias
+            x = x + expand(F.relu(h))
+        return self.output2(F.relu(self.output1(F.relu(x))))[:, :, 0]
+
+    def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
+        self.image.data[:, list(channels), -1, self.image.left + j] = levels

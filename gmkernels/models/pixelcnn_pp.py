@@ -14,6 +14,12 @@ Output: 1x1(elu(ul)) -> a discretized logistic mixture of K components per pixel
 Differences from the paper's code: no weight normalisation (plain initialisation; the second conv of
 each block scaled by 0.1 as its init_scale), and up-sampled maps are cropped to the skip's size, so
 any H and W work.
+
+Cached sampling (``sample(method="cached")``, Ramachandran et al. 2017): the u stream sees only the rows
+above, so it runs once per row for the whole row; the ul stream runs at the new pixel only. Every shifted
+conv keeps its input's last 2 rows. A map at resolution H/2^s runs at the rows and columns that are
+multiples of 2^s ("cache every, run every": its caches take a row every 2^s image rows), and the
+up-sampling reads the coarser map's last row (u) or position (ul).
 """
 from __future__ import annotations
 
@@ -27,8 +33,9 @@ from ..nn.masked_conv import ShiftedConv2d
 from ..ops.gated import gated_activation
 from ..ops.logistic_mixture import discretized_logistic_mixture_nll, discretized_logistic_mixture_sample
 from ..reference.logistic_mixture import params_per_component
-from ._autoregressive import (AutoregressiveImageModel, ImageConfig, check_image_fields, check_int, check_number,
-                              down_shift, right_shift, scale_bins)
+from ._autoregressive import (AutoregressiveImageModel, CachedConv, CachedNetwork, ImageConfig, Pointwise,
+                              Rows, check_image_fields, check_int, check_number, deepest_level, down_shift,
+                              right_shift, scale_bins)
 
 DOWN, DOWN_RIGHT = ((2, 3), "down"), ((2, 2), "down_right")  # (kernel, shift) of the u and ul streams
 
@@ -199,3 +206,174 @@ class PixelCNNpp(AutoregressiveImageModel):
                                                      num_bins=c.num_bins, log_scale_min=c.log_scale_min,
                                                      generator=generator)[:, :, 0]
         return torch.round((levels + 1) * ((c.num_bins - 1) / 2)).long()
+
+    def cached_network(self, n: int, size: int, y: torch.Tensor | None) -> CachedNetwork:
+        return CachedPixelCNNpp(self, n, size, y)
+
+
+def _shifted_step(conv: ShiftedConv2d) -> CachedConv:
+    kw = conv.kernel_size[1]
+    return CachedConv(conv.weight, conv.bias, (kw - 1) // 2 if conv.shift == "down" else kw - 1)
+
+
+def _input_rows(conv: ShiftedConv2d, like: torch.Tensor, width: int) -> Rows:
+    kh, kw = conv.kernel_size
+    before = (kw - 1) // 2 if conv.shift == "down" else kw - 1
+    return Rows(like, conv.in_channels, kh, width, before, kw - 1 - before)
+
+
+class CachedPixelCNNpp(CachedNetwork):
+    """PixelCNN++ with the u stream per row and the ul stream per pixel, at each resolution when its row
+    or position comes (see the module). ``rows[conv]`` is the cache of a shifted conv's input, at the
+    resolution of that input; ``steps[conv]`` the conv on it."""
+
+    def __init__(self, model: PixelCNNpp, n: int, size: int, y: torch.Tensor | None):
+        self.model, c = model, model.config
+        like = model.output.weight.new_empty(n, 0)
+        self.widths = [size]
+        for _ in range(1, c.stages):
+            self.widths.append((self.widths[-1] + 1) // 2)
+        self.image = Rows(like, c.in_channels + 1, 2, size, 1, 1)
+        self.rows, self.steps, self.level_rows = {}, {}, [[] for _ in range(c.stages)]
+        self.pointwise, self.conds = {}, {}
+        for level in range(c.stages):
+            up = c.stages - 1 - level  # the up pass's stage at this level
+            for block in (*model.down_u[level], *model.down_ul[level], *model.up_u[up], *model.up_ul[up]):
+                self._add_block(block, like, level, y)
+            if level + 1 < c.stages:
+                for conv in (model.downsample_u[level], model.downsample_ul[level]):
+                    self._add_conv(conv, like, level)
+        for conv in (model.u_input, model.ul_input_down, model.ul_input_right):
+            self.steps[conv] = _shifted_step(conv)
+        self.output_conv = Pointwise(model.output.weight, model.output.bias)
+        self.u_down = [None] * c.stages  # per level: its current row of each down u (the skips)
+        self.u_up = [None] * c.stages  # per level: its current row of each up u
+        self.ul_up_row = [like.new_zeros(n, c.filters, width) for width in self.widths]  # the last up ul
+        self.ul_from_above = None  # (N, F, W): the down-shifted ul_input_down of this row
+        self.row = -1
+
+    def _add_conv(self, conv: ShiftedConv2d, like: torch.Tensor, level: int) -> None:
+        self.rows[conv] = _input_rows(conv, like, self.widths[level])
+        self.level_rows[level].append(self.rows[conv])
+        self.steps[conv] = _shifted_step(conv)
+
+    def _add_block(self, block: GatedResnet, like: torch.Tensor, level: int, y: torch.Tensor | None) -> None:
+        for conv in (block.conv1, block.conv2):
+            self._add_conv(conv, like, level)
+        if block.skip is not None:
+            self.pointwise[block] = Pointwise(block.skip.weight, block.skip.bias)
+        self.conds[block] = None if block.class_bias is None else block.class_bias(y)[:, :, None]
+
+    def _resnet(self, block: GatedResnet, x: torch.Tensor, skip: torch.Tensor | None,
+                start: int) -> torch.Tensor:
+        """The gated resnet at columns start … start + m - 1 of its level's current row; x, skip
+        (N, ·, m)."""
+        count = x.shape[2]
+        self.rows[block.conv1].write(start, concat_elu(x))
+        h = self.steps[block.conv1](self.rows[block.conv1], start, count)
+        if skip is not None:
+            h = h + self.pointwise[block](concat_elu(skip))
+        self.rows[block.conv2].write(start, concat_elu(h))
+        h = self.steps[block.conv2](self.rows[block.conv2], start, count)
+        return x + gated_activation(h, self.conds[block], activation="identity")
+
+    # --- the u stream: once per row ---------------------------------------------------------------
+
+    def begin_row(self, i: int) -> None:
+        m, stages = self.model, self.model.config.stages
+        self.row = i
+        if i == 0:  # the down shift's zero row
+            u = self.image.data.new_zeros(self.image.data.shape[0], m.config.filters, self.widths[0])
+            self.ul_from_above = torch.zeros_like(u)
+        else:  # from image rows i - 2 and i - 1
+            u = self.steps[m.u_input](self.image, 0, self.widths[0])
+            self.ul_from_above = self.steps[m.ul_input_down](self.image, 0, self.widths[0])
+        self.image.advance()
+        ones = self.image.data[:, -1, -1]  # the channel of ones, in the new row
+        ones[:, self.image.left:self.image.left + self.widths[0]] = 1
+        top = deepest_level(i, stages)
+        for level in range(top + 1):
+            for rows in self.level_rows[level]:
+                rows.advance()
+        for level in range(top + 1):
+            u = self._u_down(level, u)
+        for level in reversed(range(top + 1)):
+            self._u_up(level, i >> level)
+
+    def _u_down(self, level: int, u: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if level > 0:  # a stride-2 shifted conv on the finer level's last two rows
+            conv = m.downsample_u[level - 1]
+            u = self.steps[conv](self.rows[conv], 0, self.widths[level], stride=2)
+        skips = [u]
+        for block in m.down_u[level]:
+            u = self._resnet(block, u, None, 0)
+            skips.append(u)
+        self.u_down[level] = skips
+        if level + 1 < m.config.stages:
+            self.rows[m.downsample_u[level]].write(0, u)
+        return u
+
+    def _u_up(self, level: int, row: int) -> None:
+        m, stages = self.model, self.model.config.stages
+        stage = stages - 1 - level
+        skips = list(self.u_down[level])
+        if level == stages - 1:
+            u = skips.pop()
+        else:  # the transposed conv of the coarser level's row row // 2, cropped as in _upsample
+            coarse = self.u_up[level + 1][-1][:, :, None]
+            conv = m.upsample_u[stage - 1]
+            u = F.conv_transpose2d(coarse, conv.weight, conv.bias, stride=2)[:, :, row % 2,
+                                                                             1:self.widths[level] + 1]
+        ups = []
+        for block in m.up_u[stage]:
+            u = self._resnet(block, u, skips.pop(), 0)
+            ups.append(u)
+        self.u_up[level] = ups
+
+    # --- the ul stream: once per pixel ------------------------------------------------------------
+
+    def output(self, j: int) -> torch.Tensor:
+        m, stages = self.model, self.model.config.stages
+        ul = self.ul_from_above[:, :, j:j + 1]
+        if j > 0:  # the right shift: ul_input_right at (i, j - 1)
+            ul = ul + self.steps[m.ul_input_right](self.image, j - 1)
+        top = min(deepest_level(self.row, stages), deepest_level(j, stages))
+        skips = []
+        for level in range(top + 1):
+            ul = self._ul_down(level, j >> level, ul)
+            skips.append(ul)
+        for level in reversed(range(top + 1)):
+            ul = self._ul_up(level, self.row >> level, j >> level, skips[level])
+        return self.output_conv(F.elu(ul))[:, :, 0]
+
+    def _ul_down(self, level: int, column: int, ul: torch.Tensor) -> list[torch.Tensor]:
+        m = self.model
+        if level > 0:  # the stride-2 shifted conv at the finer level's (2r, 2c)
+            conv = m.downsample_ul[level - 1]
+            ul = self.steps[conv](self.rows[conv], 2 * column)
+        skips = [ul]
+        for block, u in zip(m.down_ul[level], self.u_down[level][1:]):
+            ul = self._resnet(block, ul, u[:, :, column:column + 1], column)
+            skips.append(ul)
+        if level + 1 < m.config.stages:
+            self.rows[m.downsample_ul[level]].write(column, ul)
+        return skips
+
+    def _ul_up(self, level: int, row: int, column: int, skips: list[torch.Tensor]) -> torch.Tensor:
+        m, stages = self.model, self.model.config.stages
+        stage = stages - 1 - level
+        skips = list(skips)
+        if level == stages - 1:
+            ul = skips.pop()
+        else:  # one tap of the 2×2 stride-2 transposed conv: the coarser level's (row // 2, column // 2)
+            conv = m.upsample_ul[stage - 1]
+            coarse = self.ul_up_row[level + 1][:, :, column // 2]
+            ul = torch.addmm(conv.bias, coarse, conv.weight[:, :, row % 2, column % 2]).unsqueeze(2)
+        for block, u in zip(m.up_ul[stage], self.u_up[level]):
+            ul = self._resnet(block, ul, torch.cat([u[:, :, column:column + 1], skips.pop()], dim=1), column)
+        self.ul_up_row[level][:, :, column] = ul[:, :, 0]
+        return ul
+
+    def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
+        self.image.data[:, list(channels), -1, self.image.left + j] = levels

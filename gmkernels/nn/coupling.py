@@ -5,7 +5,7 @@ import torch
 
 from .._validation import check_finite_number, check_input, check_int
 from ..ops.coupling import affine_coupling, h_channels
-from ..reference.coupling import LAYOUTS, TRANSFORMS
+from ..reference.coupling import CHECKERBOARD_LAYOUTS, LAYOUTS, TRANSFORMS, checkerboard_b
 
 
 class ZeroConv2d(torch.nn.Module):
@@ -33,7 +33,9 @@ class AffineCoupling(torch.nn.Module):
 
     The coupling network (Glow, arXiv 1807.03039 §3.3): 3×3 conv to ``hidden_channels``, ReLU, 1×1
     conv, ReLU, zero-initialised 3×3 conv (:class:`ZeroConv2d`) to C channels (r and t; C/2, t only,
-    for ``transform="additive"``), read as ``layout`` says. The convolutions are cuDNN's
+    for ``transform="additive"``), read as ``layout`` says. With ``layout="checkerboard"`` or
+    ``"checkerboard_odd"`` (RealNVP's spatial split; any C) the network sees every channel of x
+    times the x_a mask, plus the mask as one more channel, and gives 2C channels (C for additive). The convolutions are cuDNN's
     (``torch.nn.Conv2d``); the first two are initialised N(0, 0.05²) with zero bias, as in the popular
     PyTorch port. ``forward(x) -> (y, logdet)``, ``reverse(y) -> x``.
     """
@@ -41,24 +43,25 @@ class AffineCoupling(torch.nn.Module):
     def __init__(self, num_channels: int, hidden_channels: int = 512, transform: str = "glow",
                  layout: str = "halves"):
         super().__init__()
-        check_int("AffineCoupling", "num_channels", num_channels, 2)
-        if num_channels % 2:
+        if layout not in LAYOUTS:
+            raise ValueError(f"AffineCoupling: layout must be one of {LAYOUTS}, got {layout!r}")
+        checkerboard = layout in CHECKERBOARD_LAYOUTS
+        check_int("AffineCoupling", "num_channels", num_channels, 1 if checkerboard else 2)
+        if num_channels % 2 and not checkerboard:
             raise ValueError(f"AffineCoupling: num_channels must be even (halves x_a, x_b), "
                              f"got {num_channels}")
         check_int("AffineCoupling", "hidden_channels", hidden_channels, 1)
         if transform not in TRANSFORMS:
             raise ValueError(f"AffineCoupling: transform must be one of {TRANSFORMS}, got {transform!r}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"AffineCoupling: layout must be one of {LAYOUTS}, got {layout!r}")
         self.num_channels, self.hidden_channels = num_channels, hidden_channels
         self.transform, self.layout = transform, layout
-        half = num_channels // 2
+        net_in = num_channels + 1 if checkerboard else num_channels // 2
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(half, hidden_channels, 3, padding=1),
+            torch.nn.Conv2d(net_in, hidden_channels, 3, padding=1),
             torch.nn.ReLU(),
             torch.nn.Conv2d(hidden_channels, hidden_channels, 1),
             torch.nn.ReLU(),
-            ZeroConv2d(hidden_channels, h_channels(num_channels, transform)),
+            ZeroConv2d(hidden_channels, h_channels(num_channels, transform, layout)),
         )
         for conv in (self.net[0], self.net[2]):
             torch.nn.init.normal_(conv.weight, 0.0, 0.05)
@@ -66,6 +69,9 @@ class AffineCoupling(torch.nn.Module):
 
     def _h(self, x: torch.Tensor) -> torch.Tensor:
         check_input("AffineCoupling", x, self.num_channels, rank=4)
+        if self.layout in CHECKERBOARD_LAYOUTS:
+            a = (~checkerboard_b(x.shape[2:], self.layout, x.device)).to(x.dtype).expand(x.shape[0], 1, -1, -1)
+            return self.net(torch.cat([x * a, a], dim=1))
         return self.net(x[:, : self.num_channels // 2])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

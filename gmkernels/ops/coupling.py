@@ -9,31 +9,34 @@ from .._backend import TRITON_INSTALLED, OpBackends
 from .._extension import has_extension
 from .._validation import check_bool
 from ..reference import coupling as reference
-from ..reference.coupling import LAYOUTS, TRANSFORMS
+from ..reference.coupling import CHECKERBOARD_LAYOUTS, LAYOUTS, TRANSFORMS
 from ._common import check_float_tensor
 
 COUPLING = OpBackends("gmk.affine_coupling")
 
 
-def h_channels(channels: int, transform: str) -> int:
+def h_channels(channels: int, transform: str, layout: str = "halves") -> int:
     """Channels of the coupling network's output for x with ``channels`` channels."""
-    return channels // 2 if transform == "additive" else channels
+    transformed = channels if layout in CHECKERBOARD_LAYOUTS else channels // 2
+    return transformed if transform == "additive" else 2 * transformed
 
 
 def _check_inputs(x, h, transform: str, layout: str, reverse) -> None:
     check_float_tensor("affine_coupling", "x", x)
     check_float_tensor("affine_coupling", "h", h)
-    if x.dim() < 2:
-        raise ValueError(f"affine_coupling: x must be (N, C, *spatial), got shape {tuple(x.shape)}")
-    if x.shape[1] % 2:
-        raise ValueError(f"affine_coupling: x must have an even number of channels C (x_a, x_b halves), "
-                         f"got C = {x.shape[1]}")
     if transform not in TRANSFORMS:
         raise ValueError(f"affine_coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"affine_coupling: layout must be one of {LAYOUTS}, got {layout!r}")
+    checkerboard = layout in CHECKERBOARD_LAYOUTS
+    if x.dim() < (3 if checkerboard else 2):
+        shape = "(N, C, *spatial) with a spatial dimension" if checkerboard else "(N, C, *spatial)"
+        raise ValueError(f"affine_coupling: x must be {shape} for layout={layout!r}, got shape {tuple(x.shape)}")
+    if x.shape[1] % 2 and not checkerboard:
+        raise ValueError(f"affine_coupling: x must have an even number of channels C (x_a, x_b halves), "
+                         f"got C = {x.shape[1]}")
     check_bool("affine_coupling", "reverse", reverse)
-    expected = (x.shape[0], h_channels(x.shape[1], transform), *x.shape[2:])
+    expected = (x.shape[0], h_channels(x.shape[1], transform, layout), *x.shape[2:])
     if tuple(h.shape) != expected:
         what = "t" if transform == "additive" else "r and t"
         raise ValueError(f"affine_coupling: h must have shape {expected} ({what} for x of shape "
@@ -51,7 +54,11 @@ def affine_coupling(x: torch.Tensor, h: torch.Tensor, *, transform: str = "glow"
     ``x`` (N, C, *spatial), C even, is split into halves ``x_a, x_b``; ``h`` is the coupling
     network's output on ``x_a``: raw scale ``r`` and shift ``t`` (C channels; C/2 channels, t
     only, for ``"additive"``), as its first and second half (``layout="halves"``) or as
-    ``t = h[:, 0::2], r = h[:, 1::2]`` (``"interleaved"``, Glow's TF code). ``y`` is x with
+    ``t = h[:, 0::2], r = h[:, 1::2]`` (``"interleaved"``, Glow's TF code). RealNVP's checkerboard
+    (``layout="checkerboard"``; any C, at least one spatial dimension): x_a is every channel at the
+    positions (i, j) of the last two spatial dimensions with i + j even (odd for
+    ``"checkerboard_odd"``), x_b the others; h has 2C channels (C for ``"additive"``), r and t as
+    halves at every position, read at x_b's positions only. ``y`` is x with
     ``x_b`` replaced by ``(x_b + t)·σ(r + 2)`` (``"glow"``), ``x_b·exp(r) + t`` (``"realnvp"``) or
     ``x_b + t`` (``"additive"``), and ``logdet`` (N,) is Σ log s over the channels and positions
     of each sample (float32; float64 for float64 x). ``reverse=True`` maps y back to x and
@@ -61,11 +68,22 @@ def affine_coupling(x: torch.Tensor, h: torch.Tensor, *, transform: str = "glow"
     name = COUPLING.select(backend, x.device, x.dtype)
     if name == "reference":
         return reference.affine_coupling(x, h, transform, layout, reverse)
-    n, channels = x.shape[:2]
-    inner = math.prod(x.shape[2:])
-    y3, logdet = _FORWARD_OPS[name](x.reshape(n, channels, inner), h.reshape(n, h.shape[1], inner),
-                                    transform, layout, reverse)
-    return y3.view(x.shape), logdet
+    view = _checkerboard_view if layout in CHECKERBOARD_LAYOUTS else _channel_view
+    y_view, logdet = _FORWARD_OPS[name](view(x), view(h), transform, layout, reverse)
+    return y_view.view(x.shape), logdet
+
+
+def _channel_view(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, *S) as the ops' (outer, C, inner)."""
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+def _checkerboard_view(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, *S) as the ops' (N, C', H, W): the spatial dimensions before the last two join the
+    channels (the mask does not depend on them); one spatial dimension L is (1, L)."""
+    if t.dim() == 3:
+        return t.unsqueeze(2)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:-2]), *t.shape[-2:])
 
 
 # --- autograd and fake tensors, the same for the C++ and the Triton ops -------------------------

@@ -4,7 +4,9 @@ The tensors are those of the C++ ops: x (N, C, S) and h (N, C or C/2, S), any st
 takes BLOCK elements m = c * S + s of one sample's x_b: it reads x_a, x_b, r and t once, writes
 y_a = x_a and y_b into the contiguous y (no concatenation), and its partial sum of log s into one
 slot per program; the slots of a sample are then added by ``sum`` (a fixed-order reduction, so the
-result is the same on every run, with no atomics and no host synchronisation).
+result is the same on every run, with no atomics and no host synchronisation). Checkerboard layouts
+(x (N, C, H, W), h (N, 2C or C, H, W)): a program takes BLOCK elements m = c * H * W + p of one
+sample's x, transforms the x_b positions and copies the x_a ones.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.coupling import LAYOUTS, TRANSFORMS, logdet_dtype
+from ..reference.coupling import CHECKERBOARD_LAYOUTS, LAYOUTS, TRANSFORMS, logdet_dtype
 from ._common import on_device
 
 GLOW, REALNVP, ADDITIVE = 0, 1, 2
@@ -42,6 +44,62 @@ def _glow_scale(r):
     log_s = tl.minimum(v, 0.0) - _log1p_unit(e)
     ratio = tl.where(positive, e, 1.0 / e)
     return s, one_minus_s, log_s, ratio
+
+
+@triton.jit
+def _forward_math(z, r, t, TRANSFORM: tl.constexpr, REVERSE: tl.constexpr):
+    """(image of z, log s) for one transform and direction (log s 0 for additive)."""
+    if TRANSFORM == 2:
+        log_s = tl.zeros_like(z)
+        if REVERSE:
+            out = z - t
+        else:
+            out = z + t
+    elif TRANSFORM == 0:
+        s, one_minus_s, log_s, ratio = _glow_scale(r)
+        if REVERSE:
+            out = z * (1.0 + ratio) - t
+        else:
+            out = (z + t) * s
+    else:
+        log_s = r
+        if REVERSE:
+            out = (z - t) * tl.exp(-r)
+        else:
+            out = z * tl.exp(r) + t
+    return out, log_s
+
+
+@triton.jit
+def _backward_math(z, r, t, g, gl, TRANSFORM: tl.constexpr, REVERSE: tl.constexpr):
+    """The gradients of z, r and t of gmk::coupling::backward (gmk/coupling.h), written out per transform."""
+    if TRANSFORM == 2:
+        grad_z = g
+        grad_r = tl.zeros_like(g)
+        if REVERSE:
+            grad_t = -g
+        else:
+            grad_t = g
+    elif TRANSFORM == 0:
+        s, one_minus_s, log_s, ratio = _glow_scale(r)
+        if REVERSE:
+            grad_z = g * (1.0 + ratio)
+            grad_t = -g
+            grad_r = -(g * z * ratio + gl * one_minus_s)
+        else:
+            grad_z = g * s
+            grad_t = grad_z
+            grad_r = (g * (z + t) * s + gl) * one_minus_s
+    else:
+        if REVERSE:
+            grad_z = g * tl.exp(-r)
+            grad_t = -grad_z
+            grad_r = -(grad_z * (z - t) + gl)
+        else:
+            grad_z = g * tl.exp(r)
+            grad_t = g
+            grad_r = grad_z * z + gl
+    return grad_z, grad_r, grad_t
 
 
 @triton.jit
@@ -113,24 +171,11 @@ def _coupling_forward_kernel(x_ptr, h_ptr, y_ptr, sums_ptr, blocks_per_sample, h
     z = tl.load(x_ptr + xb, mask=mask, other=0.0).to(tl.float32)
     t = tl.load(h_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
     if TRANSFORM == 2:
-        if REVERSE:
-            out = z - t
-        else:
-            out = z + t
+        r = t  # unused
     else:
         r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
-        if TRANSFORM == 0:
-            s, one_minus_s, log_s, ratio = _glow_scale(r)
-            if REVERSE:
-                out = z * (1.0 + ratio) - t
-            else:
-                out = (z + t) * s
-        else:
-            log_s = r
-            if REVERSE:
-                out = (z - t) * tl.exp(-r)
-            else:
-                out = z * tl.exp(r) + t
+    out, log_s = _forward_math(z, r, t, TRANSFORM, REVERSE)
+    if TRANSFORM != 2:
         tl.store(sums_ptr + pid, tl.sum(tl.where(mask, log_s, 0.0), axis=0))
     tl.store(y_ptr + yb, out.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -153,35 +198,90 @@ def _coupling_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, grad_x_
     gl = tl.load(grad_logdet_ptr + o).to(tl.float32)
     out_type = grad_x_ptr.dtype.element_ty
     if TRANSFORM == 2:
-        grad_z = g
-        if REVERSE:
-            grad_t = -g
-        else:
-            grad_t = g
+        r = t  # unused
     else:
         r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
-        if TRANSFORM == 0:
-            s, one_minus_s, log_s, ratio = _glow_scale(r)
-            if REVERSE:
-                grad_z = g * (1.0 + ratio)
-                grad_t = -g
-                grad_r = -(g * z * ratio + gl * one_minus_s)
-            else:
-                grad_z = g * s
-                grad_t = grad_z
-                grad_r = (g * (z + t) * s + gl) * one_minus_s
-        else:
-            if REVERSE:
-                grad_z = g * tl.exp(-r)
-                grad_t = -grad_z
-                grad_r = -(grad_z * (z - t) + gl)
-            else:
-                grad_z = g * tl.exp(r)
-                grad_t = g
-                grad_r = grad_z * z + gl
+    grad_z, grad_r, grad_t = _backward_math(z, r, t, g, gl, TRANSFORM, REVERSE)
+    if TRANSFORM != 2:
         tl.store(grad_h_ptr + gr, grad_r.to(out_type), mask=mask)
     tl.store(grad_x_ptr + yb, grad_z.to(out_type), mask=mask)
     tl.store(grad_h_ptr + gt, grad_t.to(out_type), mask=mask)
+
+
+@triton.jit
+def _checkerboard_offsets(o, m, channels, inner, width, sx_outer, sx_channel, sx_inner, sh_outer, sh_channel,
+                          sh_inner, ODD: tl.constexpr):
+    """Element m = c * inner + p of a sample's x (int32, as in _offsets): offsets of x, r, t (strided), of
+    y (contiguous), of r, t in a contiguous h; and whether the element is in x_b."""
+    c = m // inner
+    p = m - c * inner
+    i = p // width
+    in_b = ((i + (p - i * width) + ODD) % 2) == 1
+    c = c.to(tl.int64)
+    p = p.to(tl.int64)
+    x = o * sx_outer + c * sx_channel + p * sx_inner
+    r = o * sh_outer + c * sh_channel + p * sh_inner
+    t = r + channels * sh_channel
+    y = o * channels * inner + m
+    gr = o * 2 * channels * inner + m
+    gt = gr + channels * inner
+    return x, r, t, y, gr, gt, in_b
+
+
+@triton.jit
+def _checkerboard_forward_kernel(x_ptr, h_ptr, y_ptr, sums_ptr, blocks_per_sample, channels, inner, width,
+                                 sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+                                 TRANSFORM: tl.constexpr, ODD: tl.constexpr, REVERSE: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    pid, o, m, mask = _program_elements(blocks_per_sample, channels, inner, BLOCK)
+    x_off, r_off, t_off, y_off, _, _, in_b = _checkerboard_offsets(o, m, channels, inner, width, sx_outer,
+                                                                   sx_channel, sx_inner, sh_outer, sh_channel,
+                                                                   sh_inner, ODD)
+    if TRANSFORM == 2:
+        t_off = r_off  # additive: h is t
+    load_b = mask & in_b
+    x = tl.load(x_ptr + x_off, mask=mask)
+    z = x.to(tl.float32)
+    t = tl.load(h_ptr + t_off, mask=load_b, other=0.0).to(tl.float32)
+    if TRANSFORM == 2:
+        r = t  # unused
+    else:
+        r = tl.load(h_ptr + r_off, mask=load_b, other=0.0).to(tl.float32)
+    out, log_s = _forward_math(z, r, t, TRANSFORM, REVERSE)
+    if TRANSFORM != 2:
+        tl.store(sums_ptr + pid, tl.sum(tl.where(load_b, log_s, 0.0), axis=0))
+    tl.store(y_ptr + y_off, tl.where(in_b, out.to(y_ptr.dtype.element_ty), x), mask=mask)
+
+
+@triton.jit
+def _checkerboard_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, grad_x_ptr, grad_h_ptr,
+                                  blocks_per_sample, channels, inner, width,
+                                  sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+                                  TRANSFORM: tl.constexpr, ODD: tl.constexpr, REVERSE: tl.constexpr,
+                                  BLOCK: tl.constexpr):
+    pid, o, m, mask = _program_elements(blocks_per_sample, channels, inner, BLOCK)
+    x_off, r_off, t_off, y_off, gr, gt, in_b = _checkerboard_offsets(o, m, channels, inner, width, sx_outer,
+                                                                     sx_channel, sx_inner, sh_outer, sh_channel,
+                                                                     sh_inner, ODD)
+    if TRANSFORM == 2:
+        t_off = r_off
+        gt = o * channels * inner + m
+    load_b = mask & in_b
+    grad_y = tl.load(grad_y_ptr + y_off, mask=mask)
+    g = grad_y.to(tl.float32)
+    z = tl.load(x_ptr + x_off, mask=load_b, other=0.0).to(tl.float32)
+    t = tl.load(h_ptr + t_off, mask=load_b, other=0.0).to(tl.float32)
+    gl = tl.load(grad_logdet_ptr + o).to(tl.float32)
+    out_type = grad_x_ptr.dtype.element_ty
+    if TRANSFORM == 2:
+        r = t  # unused
+    else:
+        r = tl.load(h_ptr + r_off, mask=load_b, other=0.0).to(tl.float32)
+    grad_z, grad_r, grad_t = _backward_math(z, r, t, g, gl, TRANSFORM, REVERSE)
+    if TRANSFORM != 2:
+        tl.store(grad_h_ptr + gr, tl.where(in_b, grad_r, 0.0).to(out_type), mask=mask)
+    tl.store(grad_x_ptr + y_off, tl.where(in_b, grad_z.to(out_type), grad_y), mask=mask)
+    tl.store(grad_h_ptr + gt, tl.where(in_b, grad_t, 0.0).to(out_type), mask=mask)
 
 
 def _check_tensor(name: str, t, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
@@ -197,24 +297,29 @@ def _check_tensor(name: str, t, shape: tuple[int, ...], dtype: torch.dtype, devi
 
 def check_args(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str, grad_y=None,
                grad_logdet=None) -> None:
-    """The checks of the C++ ops: x (outer, C, inner) with C even, h (outer, C or C/2, inner)."""
-    if x.dim() != 3:
-        raise ValueError(f"gmk_triton::coupling: x must be (outer, C, inner), got shape {list(x.shape)}")
-    if x.shape[1] % 2:
-        raise ValueError(f"gmk_triton::coupling: x.size(1) must be even (C = 2 * half), got {x.shape[1]}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"gmk_triton::coupling: x must be float32, float16 or bfloat16, got {x.dtype}")
+    """The checks of the C++ ops: x (outer, C, inner) with C even, h (outer, C or C/2, inner); for a
+    checkerboard layout x (outer, C, height, width), h (outer, 2C or C, height, width)."""
     if transform not in TRANSFORMS:
         raise ValueError(f"gmk_triton::coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"gmk_triton::coupling: layout must be one of {LAYOUTS}, got {layout!r}")
-    outer, channels, inner = x.shape
-    h_channels = channels // 2 if transform == "additive" else channels
-    _check_tensor("h", h, (outer, h_channels, inner), x.dtype, x.device)
+    checkerboard = layout in CHECKERBOARD_LAYOUTS
+    if checkerboard and x.dim() != 4:
+        raise ValueError(f"gmk_triton::coupling: x must be (outer, C, height, width) for layout {layout!r}, "
+                         f"got shape {list(x.shape)}")
+    if not checkerboard and x.dim() != 3:
+        raise ValueError(f"gmk_triton::coupling: x must be (outer, C, inner), got shape {list(x.shape)}")
+    if not checkerboard and x.shape[1] % 2:
+        raise ValueError(f"gmk_triton::coupling: x.size(1) must be even (C = 2 * half), got {x.shape[1]}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"gmk_triton::coupling: x must be float32, float16 or bfloat16, got {x.dtype}")
+    transformed = x.shape[1] if checkerboard else x.shape[1] // 2
+    h_shape = (x.shape[0], transformed if transform == "additive" else 2 * transformed, *x.shape[2:])
+    _check_tensor("h", h, h_shape, x.dtype, x.device)
     if grad_y is not None:
         _check_tensor("grad_y", grad_y, tuple(x.shape), x.dtype, x.device)
     if grad_logdet is not None:
-        _check_tensor("grad_logdet", grad_logdet, (outer,), logdet_dtype(x.dtype), x.device)
+        _check_tensor("grad_logdet", grad_logdet, (x.shape[0],), logdet_dtype(x.dtype), x.device)
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -239,6 +344,9 @@ def _is_rows(t: torch.Tensor, strides: tuple[int, int, int]) -> bool:
 
 def _launch(kernel, leading: tuple, x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
             reverse: bool) -> None:
+    if layout in CHECKERBOARD_LAYOUTS:
+        _launch_checkerboard(kernel, leading, x, h, transform, layout, reverse)
+        return
     outer, channels, inner = x.shape
     half = channels // 2
     if half * inner > 2**31 - BLOCK:  # m = c * inner + i, and its last program's lanes, in int32
@@ -255,19 +363,47 @@ def _launch(kernel, leading: tuple, x: torch.Tensor, h: torch.Tensor, transform:
             ROWS=rows, BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
+def _launch_checkerboard(kernel, leading: tuple, x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
+                         reverse: bool) -> None:
+    """x, h (outer, C, height, width) as (outer, C, height * width) (a copy where no view exists)."""
+    outer, channels, height, width = x.shape
+    inner = height * width
+    if channels * inner > 2**31 - BLOCK:
+        raise ValueError(f"gmk_triton::coupling: C * positions must be below 2^31 - {BLOCK}, "
+                         f"got {channels * inner}")
+    x3, h3 = x.reshape(outer, channels, inner), h.reshape(outer, h.shape[1], inner)
+    blocks_per_sample = triton.cdiv(channels * inner, BLOCK)
+    with on_device(x):
+        kernel[(outer * blocks_per_sample,)](
+            *leading[:-4], x3, h3, *leading[-2:], blocks_per_sample, channels, inner, width,
+            *_strides(x3), *_strides(h3), TRANSFORM=TRANSFORMS.index(transform),
+            ODD=int(layout == "checkerboard_odd"), REVERSE=reverse, BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+_KERNELS = {False: (_coupling_forward_kernel, _coupling_backward_kernel),
+            True: (_checkerboard_forward_kernel, _checkerboard_backward_kernel)}
+
+
+def _transformed_elements(x: torch.Tensor, layout: str) -> int:
+    """Elements of x_b per sample, or of x for a checkerboard (the kernels' m range)."""
+    per_sample = x[0].numel() if x.shape[0] else 0
+    return per_sample if layout in CHECKERBOARD_LAYOUTS else per_sample // 2
+
+
 @torch.library.custom_op("gmk_triton::coupling", mutates_args=())
 def coupling(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
              reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     check_args(x, h, transform, layout)
-    outer, channels, inner = x.shape
+    outer = x.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    blocks_per_sample = triton.cdiv(channels // 2 * inner, BLOCK)
+    blocks_per_sample = triton.cdiv(_transformed_elements(x, layout), BLOCK)
     if transform == "additive" or x.numel() == 0:
         sums = torch.zeros(outer, 1, dtype=torch.float32, device=x.device)
     else:
         sums = torch.empty(outer, blocks_per_sample, dtype=torch.float32, device=x.device)
     if x.numel() > 0:
-        _launch(_coupling_forward_kernel, (x, h, y, sums), x, h, transform, layout, reverse)
+        forward_kernel = _KERNELS[layout in CHECKERBOARD_LAYOUTS][0]
+        _launch(forward_kernel, (x, h, y, sums), x, h, transform, layout, reverse)
     logdet = sums.sum(dim=1, dtype=torch.float64).float()  # the blocks' float32 sums added in float64, as on CUDA
     return y, -logdet if reverse else logdet
 
@@ -280,5 +416,6 @@ def coupling_backward(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.
     grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
     if x.numel() > 0:
         leading = (grad_y.contiguous(), grad_logdet.contiguous(), x, h, grad_x, grad_h)
-        _launch(_coupling_backward_kernel, leading, x, h, transform, layout, reverse)
+        backward_kernel = _KERNELS[layout in CHECKERBOARD_LAYOUTS][1]
+        _launch(backward_kernel, leading, x, h, transform, layout, reverse)
     return grad_x, grad_h

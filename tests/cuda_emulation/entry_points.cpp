@@ -3,7 +3,7 @@
 // tests prepare the tensors (layouts, packed weights) as the ops do. No torch header.
 #include <cstdint>
 
-#include "gated/gated.h"
+#include "gmk/gated.h"
 #include "logistic_mixture/logistic_mixture.h"
 #include "masked_conv/masked_conv.h"
 
@@ -154,7 +154,8 @@ int gmk_emu_actnorm(int backward, int64_t outer, int64_t channels, int64_t inner
   return backward ? gmk::actnorm::backward_cuda(args, nullptr) : gmk::actnorm::forward_cuda(args, nullptr);
 }
 
-// sizes: outer, half, inner; transform 0 glow, 1 realnvp, 2 additive; layout 0 halves, 1 interleaved.
+// sizes: outer, half, inner (and width, for a checkerboard); transform 0 glow, 1 realnvp, 2 additive;
+// layout 0 halves, 1 interleaved, 2 checkerboard, 3 checkerboard_odd.
 int64_t gmk_emu_coupling_workspace(int64_t outer, int64_t half, int64_t inner, int transform) {
   gmk::coupling::Args args;
   args.outer = outer;
@@ -184,6 +185,7 @@ int gmk_emu_coupling(int backward, const int64_t* sizes, int transform, int layo
   args.workspace = workspace;
   args.transform = static_cast<gmk::coupling::Transform>(transform);
   args.layout = static_cast<gmk::coupling::Layout>(layout);
+  if (gmk::coupling::is_checkerboard(args.layout)) args.width = sizes[3];
   args.reverse = reverse != 0;
   args.dtype = static_cast<gmk::DType>(dtype);
   return backward ? gmk::coupling::backward_cuda(args, nullptr) : gmk::coupling::forward_cuda(args, nullptr);

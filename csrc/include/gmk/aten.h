@@ -40,13 +40,18 @@ void with_scalar_type(DType dtype, Fn fn) {
   }
 }
 
-// Runs the CPU or the CUDA kernel on args, for tensors on t's device: nothing when there is no work;
-// on CUDA under a device guard, on the current stream, with the launch error raised as op's.
+// Runs the CPU kernel on args unless there is no work.
+template <typename Args, typename CpuFn>
+void run_cpu(int64_t work, const Args& args, CpuFn cpu) {
+  if (work > 0) cpu(args);
+}
+
 #if defined(GMK_WITH_CUDA)
-// Runs the CUDA kernel on args for CUDA tensor t: under a device guard, on the current stream, with
-// the launch error raised as op's.
+// Runs the CUDA kernel on args for CUDA tensor t unless there is no work: under a device guard, on
+// the current stream, with the launch error raised as op's.
 template <typename Args, typename CudaFn>
-void run_cuda(const char* op, const at::Tensor& t, const Args& args, CudaFn cuda) {
+void run_cuda(const char* op, const at::Tensor& t, int64_t work, const Args& args, CudaFn cuda) {
+  if (work == 0) return;
   TORCH_CHECK_TYPE(args.dtype != DType::Float64, op, ": float64 is not supported on CUDA");
   const c10::cuda::CUDAGuard guard(t.device());
   const cudaError_t err = cuda(args, c10::cuda::getCurrentCUDAStream().stream());
@@ -54,14 +59,28 @@ void run_cuda(const char* op, const at::Tensor& t, const Args& args, CudaFn cuda
 }
 #endif
 
+// The kernel launchers an op's shared body takes, launch(work, args): on_cpu(fn) runs the CPU kernel
+// fn; on_cuda(op, t, fn) runs the CUDA kernel fn for CUDA tensor t (as run_cuda).
+template <typename CpuFn>
+auto on_cpu(CpuFn cpu) {
+  return [cpu](int64_t work, const auto& args) { run_cpu(work, args, cpu); };
+}
+#if defined(GMK_WITH_CUDA)
+template <typename CudaFn>
+auto on_cuda(const char* op, const at::Tensor& t, CudaFn cuda) {
+  return [op, &t, cuda](int64_t work, const auto& args) { run_cuda(op, t, work, args, cuda); };
+}
+#endif
+
+// Deprecated shape kept for the families not yet split by dispatch key (coupling): the CPU or CUDA
+// kernel for tensors on t's device.
 template <typename Args, typename CpuFn, typename CudaFn>
 void run_on_device(const char* op, const at::Tensor& t, int64_t work, const Args& args, CpuFn cpu, CudaFn cuda) {
-  if (work == 0) return;
-  if (t.is_cpu()) return cpu(args);
+  if (t.is_cpu()) return run_cpu(work, args, cpu);
 #if defined(GMK_WITH_CUDA)
-  if (t.is_cuda()) return run_cuda(op, t, args, cuda);
+  if (t.is_cuda()) return run_cuda(op, t, work, args, cuda);
 #endif
-  TORCH_CHECK(false, op, ": no kernel for device ", t.device());
+  TORCH_CHECK(work == 0, op, ": no kernel for device ", t.device());
 }
 
 }  // namespace gmk

@@ -1,10 +1,14 @@
 // Affine and additive coupling (NICE arXiv 1410.8516 eq. 5, RealNVP arXiv 1605.08803 eq. 6-7, Glow
 // arXiv 1807.03039 table 1): per-element math shared by the CPU and CUDA kernels.
 //
-// x is (outer, 2 * half, inner): x_a its first half of the channels, x_b the second. h holds the
-// coupling network's raw scale r and shift t per element of x_b (only t for additive). The op
-// writes y = [x_a; f(x_b)] and the per-sample sum of log s; reverse maps y back to x and the sum
-// is negated.
+// Channel layouts: x is (outer, 2 * half, inner), x_a its first half of the channels, x_b the
+// second. Checkerboard layouts (RealNVP §3.4): x is (outer, half, inner), inner = height * width
+// row-major, and each channel holds both: x_a at the positions (i, j) with i + j even
+// (Checkerboard) or odd (CheckerboardOdd), x_b at the others. h holds the coupling network's raw
+// scale r and shift t per element of x_b (only t for additive); a checkerboard's h is laid out as
+// Halves over every position, and only x_b's positions are read. The op writes y (x_a passed
+// through, x_b transformed) and the per-sample sum of log s; reverse maps y back to x and the sum is
+// negated.
 #pragma once
 #include <cmath>
 
@@ -20,16 +24,29 @@ enum class Transform : int {
 
 // Where r and t of channel c (of half) sit among h's channels.
 enum class Layout : int {
-  Halves,      // r = h[:, c], t = h[:, half + c]
-  Interleaved  // t = h[:, 2c], r = h[:, 2c + 1] (Glow's TF code)
+  Halves,          // r = h[:, c], t = h[:, half + c]
+  Interleaved,     // t = h[:, 2c], r = h[:, 2c + 1] (Glow's TF code)
+  Checkerboard,    // x_b: (i + j) odd; r, t as Halves, with half = C
+  CheckerboardOdd  // x_b: (i + j) even
 };
 
-// x and h: (outer, C, inner) with any strides, C = 2 * half; h has 2 * half channels (half for
-// additive). Forward writes y (outer, 2 * half, inner, contiguous) and logdet (outer; float for the
+GMK_HOST_DEVICE bool is_checkerboard(Layout layout) {
+  return layout == Layout::Checkerboard || layout == Layout::CheckerboardOdd;
+}
+
+// Whether position p = i * width + j of a checkerboard channel is in x_b.
+GMK_HOST_DEVICE bool checkerboard_b(Layout layout, int64_t width, int64_t p) {
+  const int64_t i = p / width;
+  return ((i + (p - i * width) + (layout == Layout::CheckerboardOdd ? 1 : 0)) & 1) != 0;
+}
+
+// x and h: (outer, C, inner) with any strides, C = 2 * half (C = half for a checkerboard, whose
+// rows have width elements); h has 2 * half channels (half for additive). Forward writes y (outer, 2 * half, inner, contiguous) and logdet (outer; float for the
 // float types, double for float64). Backward reads grad_y (contiguous, x's shape) and grad_logdet
 // (outer, logdet's type), writes grad_x (x's shape) and grad_h (h's shape), both contiguous.
 struct Args {
   int64_t outer = 0, half = 0, inner = 0;
+  int64_t width = 1;           // checkerboard layouts: the length of a spatial row (inner % width == 0)
   const void* x = nullptr;
   Strides3 x_strides;
   const void* h = nullptr;
@@ -48,11 +65,11 @@ struct Args {
 
 // Channel offsets (in channels of h) of r and t for channel c of x_b.
 GMK_HOST_DEVICE int64_t r_channel(Layout layout, int64_t half, int64_t c) {
-  return layout == Layout::Halves ? c : 2 * c + 1;
+  return layout == Layout::Interleaved ? 2 * c + 1 : c;
 }
 GMK_HOST_DEVICE int64_t t_channel(Transform transform, Layout layout, int64_t half, int64_t c) {
   if (transform == Transform::Additive) return c;
-  return layout == Layout::Halves ? half + c : 2 * c;
+  return layout == Layout::Interleaved ? 2 * c : half + c;
 }
 
 // log(1 + e) for e in [0, 1] to a few ulp on Math::log alone (Goldberg's correction): u = 1 + e

@@ -6,6 +6,10 @@
 
 #include "gmk/common.h"
 
+#if defined(GMK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
 namespace gmk::gated {
 
 // x and cond are (outer, 2 * half, inner) with any strides; cond may be null.
@@ -51,5 +55,14 @@ GMK_HOST_DEVICE void backward(T a, T b, T grad_y, T& grad_a, T& grad_b) {
   grad_a = grad_y * df * s;
   grad_b = grad_y * f * s * one_minus_s;
 }
+
+// The kernels (gated_cpu.cpp, gated_cuda.cu), called by gated_ops.cpp: forward writes y, backward grad_h.
+void forward_cpu(const Args& args);
+void backward_cpu(const Args& args);
+
+#if defined(GMK_WITH_CUDA)
+cudaError_t forward_cuda(const Args& args, cudaStream_t stream);
+cudaError_t backward_cuda(const Args& args, cudaStream_t stream);
+#endif
 
 }  // namespace gmk::gated

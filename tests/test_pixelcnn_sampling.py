@@ -1,0 +1,107 @@
+"""Cached sampling of the image models (issue 17, Ramachandran et al. 2017): the same images as naive
+sampling for the same generator, for every model, grey and RGB, with and without class conditioning, on
+many seeds, odd image sizes and several resolutions (PixelCNN++'s stride-2 stages)."""
+import pytest
+import torch
+
+from gmkernels.models import (GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig, PixelCNNpp,
+                              PixelCNNppConfig)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def build(name, in_channels, num_classes, dtype=torch.float64, **sizes):
+    """A small model with every parameter doubled (sharper distributions: a wrong output moves samples)."""
+    common = dict(in_channels=in_channels, num_bins=8, image_size=5, num_classes=num_classes)
+    if name == "pixelcnn":
+        defaults = dict(channels=4 * in_channels, residual_blocks=2, first_kernel_size=5,
+                        output_channels=4 * in_channels, dropout=0.1)
+        model = PixelCNN(PixelCNNConfig(**common, **{**defaults, **sizes}))
+    elif name == "gated_pixelcnn":
+        defaults = dict(channels=4 * in_channels, layers=3, kernel_size=5, output_channels=4 * in_channels,
+                        dropout=0.1)
+        model = GatedPixelCNN(GatedPixelCNNConfig(**common, **{**defaults, **sizes}))
+    else:
+        defaults = dict(filters=4, resnets=2, stages=3, mixture_components=2, dropout=0.1)
+        model = PixelCNNpp(PixelCNNppConfig(**common, **{**defaults, **sizes}))
+    model = model.to(dtype)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(2.0)
+    return model
+
+
+def both_methods(model, n, seed, **kwargs):
+    return [model.sample(n, generator=torch.Generator().manual_seed(seed), method=method, **kwargs)
+            for method in ("naive", "cached")]
+
+
+MODELS = ("pixelcnn", "gated_pixelcnn", "pixelcnnpp")
+DATA = {"grey": (1, 0), "rgb": (3, 0), "grey-conditional": (1, 3), "rgb-conditional": (3, 2)}
+
+
+@pytest.mark.parametrize("data", DATA)
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_sampling_gives_the_naive_images(name, data):
+    in_channels, num_classes = DATA[data]
+    model = build(name, in_channels, num_classes)
+    y = torch.arange(3) % num_classes if num_classes else None
+    for seed in range(6):
+        naive, cached = both_methods(model, 3, seed, y=y)
+        assert torch.equal(naive, cached), f"seed {seed}"
+        assert naive.unique().numel() > 2  # the samples vary: a wrong cache would show
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 7, 9])
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_sampling_at_other_image_sizes(name, size):
+    """Odd sizes leave a half-width column and row at PixelCNN++'s coarser resolutions; size 1 is the first
+    pixel alone (the zero rows of the shifts)."""
+    model = build(name, 3, 0)
+    for seed in range(2):
+        naive, cached = both_methods(model, 2, seed, image_size=size)
+        assert torch.equal(naive, cached), f"seed {seed}"
+
+
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_cached_pixelcnnpp_at_each_number_of_stages(stages):
+    model = build("pixelcnnpp", 3, 2, stages=stages, resnets=1)
+    y = torch.tensor([0, 1])
+    for seed in range(2):
+        naive, cached = both_methods(model, 2, seed, y=y, image_size=9)
+        assert torch.equal(naive, cached), f"seed {seed}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_sampling_in_float32_and_at_a_temperature(name):
+    """float32: the two methods' outputs differ by rounding only, which moves no sample on these seeds."""
+    model = build(name, 3, 0, dtype=torch.float32)
+    for seed, temperature in ((0, 1.0), (1, 0.7), (2, 1.6)):
+        naive, cached = both_methods(model, 4, seed, temperature=temperature)
+        assert torch.equal(naive, cached), f"seed {seed}, temperature {temperature}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_is_the_default_and_never_runs_the_whole_network(name, monkeypatch):
+    model = build(name, 1, 0).train()
+    naive = model.sample(2, generator=torch.Generator().manual_seed(5), method="naive")
+
+    def whole_network(*args):
+        raise AssertionError("the whole network ran")
+
+    monkeypatch.setattr(model, "network", whole_network)
+    assert torch.equal(model.sample(2, generator=torch.Generator().manual_seed(5)), naive)
+    assert model.training  # restored after sampling in eval mode
+
+
+@pytest.mark.parametrize("method", ["fast", "", None, 1])
+def test_a_bad_method_raises_naming_it(method):
+    model = build("pixelcnn", 1, 0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        model.sample(1, method=method)
