@@ -1,4 +1,5 @@
-"""Triton kernels of the coupling layer, registered as the custom ops gmk_triton::coupling{,_backward}.
+"""Triton kernels of the coupling layer and their launchers: the ops gmk_triton::coupling{,_backward}, declared
+in ops/coupling.py.
 
 The tensors are those of the C++ ops: x (N, C, S) and h (N, C or C/2, S), any strides. Each program
 takes BLOCK elements m = c * S + s of one sample's x_b: it reads x_a, x_b, r and t once, writes
@@ -14,13 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.coupling import CHECKERBOARD_LAYOUTS, LAYOUTS, TRANSFORMS, logdet_dtype
+from ..reference.coupling import CHECKERBOARD_LAYOUTS, TRANSFORMS
 from ._common import on_device
 
 GLOW, REALNVP, ADDITIVE = 0, 1, 2
 BLOCK = 1024
 NUM_WARPS = 4
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -284,44 +284,6 @@ def _checkerboard_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, gra
     tl.store(grad_h_ptr + gt, tl.where(in_b, grad_t, 0.0).to(out_type), mask=mask)
 
 
-def _check_tensor(name: str, t, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"gmk_triton::coupling: {name} must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"gmk_triton::coupling: {name} must have shape {list(shape)}, got {list(t.shape)}")
-    if t.dtype != dtype:
-        raise TypeError(f"gmk_triton::coupling: {name} must be {dtype}, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"gmk_triton::coupling: {name} must be on x's device {device}, got {t.device}")
-
-
-def check_args(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str, grad_y=None,
-               grad_logdet=None) -> None:
-    """The checks of the C++ ops: x (outer, C, inner) with C even, h (outer, C or C/2, inner); for a
-    checkerboard layout x (outer, C, height, width), h (outer, 2C or C, height, width)."""
-    if transform not in TRANSFORMS:
-        raise ValueError(f"gmk_triton::coupling: transform must be one of {TRANSFORMS}, got {transform!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"gmk_triton::coupling: layout must be one of {LAYOUTS}, got {layout!r}")
-    checkerboard = layout in CHECKERBOARD_LAYOUTS
-    if checkerboard and x.dim() != 4:
-        raise ValueError(f"gmk_triton::coupling: x must be (outer, C, height, width) for layout {layout!r}, "
-                         f"got shape {list(x.shape)}")
-    if not checkerboard and x.dim() != 3:
-        raise ValueError(f"gmk_triton::coupling: x must be (outer, C, inner), got shape {list(x.shape)}")
-    if not checkerboard and x.shape[1] % 2:
-        raise ValueError(f"gmk_triton::coupling: x.size(1) must be even (C = 2 * half), got {x.shape[1]}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"gmk_triton::coupling: x must be float32, float16 or bfloat16, got {x.dtype}")
-    transformed = x.shape[1] if checkerboard else x.shape[1] // 2
-    h_shape = (x.shape[0], transformed if transform == "additive" else 2 * transformed, *x.shape[2:])
-    _check_tensor("h", h, h_shape, x.dtype, x.device)
-    if grad_y is not None:
-        _check_tensor("grad_y", grad_y, tuple(x.shape), x.dtype, x.device)
-    if grad_logdet is not None:
-        _check_tensor("grad_logdet", grad_logdet, (x.shape[0],), logdet_dtype(x.dtype), x.device)
-
-
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     """Strides with those of size-1 dimensions normalised (a size-1 dimension is never stepped)."""
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
@@ -390,10 +352,8 @@ def _transformed_elements(x: torch.Tensor, layout: str) -> int:
     return per_sample if layout in CHECKERBOARD_LAYOUTS else per_sample // 2
 
 
-@torch.library.custom_op("gmk_triton::coupling", mutates_args=())
 def coupling(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
              reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    check_args(x, h, transform, layout)
     outer = x.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     blocks_per_sample = triton.cdiv(_transformed_elements(x, layout), BLOCK)
@@ -408,10 +368,8 @@ def coupling(x: torch.Tensor, h: torch.Tensor, transform: str, layout: str,
     return y, -logdet if reverse else logdet
 
 
-@torch.library.custom_op("gmk_triton::coupling_backward", mutates_args=())
 def coupling_backward(grad_y: torch.Tensor, grad_logdet: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
                       transform: str, layout: str, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    check_args(x, h, transform, layout, grad_y, grad_logdet)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device)
     if x.numel() > 0:
