@@ -18,9 +18,9 @@ pytestmark = pytest.mark.usefixtures("exact_float32")
 
 
 # The backends that run here and have these ops; the Triton interpreter is slow: it gets fewer cases.
-BACKENDS = [name for name in backends_under_test("cpu") if name in causal_conv_ops._CONV_OPS]
+BACKENDS = [name for name in backends_under_test("cpu") if name == "reference" or causal_conv_ops.CAUSAL_CONV.has(name)]
 FAST_BACKENDS = [name for name in BACKENDS if name != "triton"]
-GPU_BACKENDS = [name for name in ("cuda", "triton") if name in causal_conv_ops._CONV_OPS]
+GPU_BACKENDS = [name for name in ("cuda", "triton") if causal_conv_ops.CAUSAL_CONV.has(name)]
 
 def grads_of(function, inputs, grad_outputs):
     """function(*inputs) and the gradients of the tensor inputs (None stays None)."""

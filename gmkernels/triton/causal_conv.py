@@ -1,5 +1,5 @@
-"""Triton kernels of WaveNet's dilated causal convolution and residual layer, registered as the custom
-ops gmk_triton::{causal_conv1d, wavenet_layer}{,_backward} with the signatures of the C++ ops.
+"""Triton kernels of WaveNet's dilated causal convolution and residual layer and their launchers: the ops
+gmk_triton::{causal_conv1d, wavenet_layer}{,_backward}, declared in ops/causal_conv.py.
 
 Implicit GEMMs over the k taps, accumulated in float32 with ``tl.dot``; the zero padding is a masked
 load (t - shift < 0), never stored:
@@ -28,10 +28,9 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._checks import check_like_x, fail, indexable_in_32_bits
+from ._checks import indexable_in_32_bits
 from ._common import mma, on_device, parallelism, precision, tanh
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PLAIN, GATE, RESIDUAL = 0, 1, 2
 BLOCK_T = 64
 
@@ -372,63 +371,18 @@ def _weight_grad(grad_out, x, weight, dilation, scale=1.0):
     return (partial.sum(0) * scale).to(weight.dtype)
 
 
-# --- argument checks (the C++ ops' checks) -------------------------------------------------------
+# --- the ops (declared, with their checks, fakes and autograd, in gmkernels/ops/causal_conv.py) -----------------------------------
 
-def check_conv_args(op, x, weight, bias, dilation, weight_name="weight", bias_name="bias") -> None:
-    if x.dtype not in DTYPES:
-        fail(op, TypeError, f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.dim() != 3:
-        fail(op, ValueError, f"x must be (N, Cin, T), got shape {list(x.shape)}")
-    if weight.dim() != 3 or weight.shape[1] != x.shape[1] or weight.shape[2] < 1:
-        fail(op, ValueError,
-              f"{weight_name} must be (Cout, Cin={x.shape[1]}, k >= 1), got shape {list(weight.shape)}")
-    check_like_x(op, weight_name, x, weight, weight.shape)
-    if bias is not None:
-        check_like_x(op, bias_name, x, bias, (weight.shape[0],))
-    if dilation < 1:
-        fail(op, ValueError, f"dilation must be >= 1, got {dilation}")
-    if (weight.shape[2] - 1) * dilation > 2**63 - 1:
-        fail(op, ValueError, f"dilation={dilation} with kernel size k={weight.shape[2]} reaches back "
-                              f"(k-1)·dilation, more than 64-bit offsets hold (2^63 - 1)")
-
-
-def check_layer_args(op, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond,
-                     dilation) -> None:
-    check_conv_args(op, x, conv_weight, conv_bias, dilation, "conv_weight", "conv_bias")
-    n, r, t = x.shape
-    if conv_weight.shape[0] != 2 * r:
-        fail(op, ValueError,
-              f"conv_weight must be (2R={2 * r}, R={r}, k), got shape {list(conv_weight.shape)}")
-    check_like_x(op, "res_weight", x, res_weight, (r, r))
-    if res_bias is not None:
-        check_like_x(op, "res_bias", x, res_bias, (r,))
-    if skip_weight.dim() != 2 or skip_weight.shape[1] != r or skip_weight.shape[0] < 1:
-        fail(op, ValueError, f"skip_weight must be (S >= 1, R={r}), got shape {list(skip_weight.shape)}")
-    check_like_x(op, "skip_weight", x, skip_weight, skip_weight.shape)
-    if skip_bias is not None:
-        check_like_x(op, "skip_bias", x, skip_bias, (skip_weight.shape[0],))
-    if cond is not None:
-        check_like_x(op, "cond", x, cond, (n, 2 * r, t))
-
-
-# --- the ops (autograd and fakes: gmkernels/ops/causal_conv.py) -----------------------------------
-
-@torch.library.custom_op("gmk_triton::causal_conv1d", mutates_args=())
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   dilation: int) -> torch.Tensor:
-    check_conv_args("causal_conv1d", x, weight, bias, dilation)
     weight, bias = indexable_in_32_bits(weight), indexable_in_32_bits(bias)
     y = x.new_empty(x.shape[0], weight.shape[0], x.shape[2])
     _conv(x, weight, weight.stride(), bias, y, weight.shape[2], dilation, -1)
     return y
 
 
-@torch.library.custom_op("gmk_triton::causal_conv1d_backward", mutates_args=())
 def causal_conv1d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, dilation: int,
                            output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    op = "causal_conv1d_backward"
-    check_conv_args(op, x, weight, None, dilation)
-    check_like_x(op, "grad_out", x, grad_out, (x.shape[0], weight.shape[0], x.shape[2]))
     want_x, want_weight, want_bias = output_mask
     grad_out, weight = grad_out.contiguous(), indexable_in_32_bits(weight)
     grad_x = grad_weight = grad_bias = None
@@ -443,15 +397,12 @@ def causal_conv1d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torc
     return grad_x, grad_weight, grad_bias
 
 
-@torch.library.custom_op("gmk_triton::wavenet_layer", mutates_args=())
 def wavenet_layer(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
                   res_weight: torch.Tensor, res_bias: torch.Tensor | None, skip_weight: torch.Tensor,
                   skip_bias: torch.Tensor | None, cond: torch.Tensor | None, dilation: int,
                   residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One launch for R <= MAX_FUSED_RESIDUAL (neither h nor z stored); else z = gate(conv + bias + cond)
     in one launch (h never stored), then the two 1x1s on z."""
-    check_layer_args("wavenet_layer", x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias,
-                     cond, dilation)
     conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias = map(
         indexable_in_32_bits, (conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias))
     n, r, t = x.shape
@@ -495,7 +446,6 @@ _EightTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, to
                       torch.Tensor, torch.Tensor]
 
 
-@torch.library.custom_op("gmk_triton::wavenet_layer_backward", mutates_args=())
 def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x: torch.Tensor,
                            conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
                            res_weight: torch.Tensor, skip_weight: torch.Tensor, cond: torch.Tensor | None,
@@ -504,14 +454,10 @@ def wavenet_layer_backward(grad_x_next: torch.Tensor, grad_skip: torch.Tensor, x
     output_mask asks for (None otherwise). One pass recomputes h and writes grad_h and z (h itself is never
     stored); then grad_x = the mirrored convolution of grad_h + residual_scale · grad_x_next (one launch),
     and the weights' gradients as GEMMs over (N, T) with float32 sums."""
-    op = "wavenet_layer_backward"
-    check_layer_args(op, x, conv_weight, conv_bias, res_weight, None, skip_weight, None, cond, dilation)
     conv_weight, conv_bias, res_weight, skip_weight = map(
         indexable_in_32_bits, (conv_weight, conv_bias, res_weight, skip_weight))
     n, r, t = x.shape
     s, k = skip_weight.shape[0], conv_weight.shape[2]
-    check_like_x(op, "grad_x_next", x, grad_x_next, (n, r, t))
-    check_like_x(op, "grad_skip", x, grad_skip, (n, s, t))
     g_res, g_skip = grad_x_next.contiguous(), grad_skip.contiguous()
     grad_h, z = x.new_empty(n, 2 * r, t), x.new_empty(n, r, t)
     if grad_h.numel():

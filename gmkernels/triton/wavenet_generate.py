@@ -1,4 +1,5 @@
-"""Triton kernel of WaveNet generation, registered as the custom op gmk_triton::wavenet_generate.
+"""Triton kernel of WaveNet generation and its launcher: the op gmk_triton::wavenet_generate, declared in
+ops/wavenet_generate.py.
 
 One launch per step, one program per batch element: the program embeds the previous sample, runs
 every layer (dilated convolution over the ring buffers, conditioning, gate, residual and skip
@@ -19,7 +20,6 @@ import triton.language as tl
 from .._backend import triton_interpreted
 from ._common import on_device, tanh
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BK = 16
 NUM_WARPS = 4
 MIXTURE_EPS = tl.constexpr(1e-5)
@@ -140,22 +140,12 @@ def _power_of_2(n: int) -> int:
     return max(2, triton.next_power_of_2(n))
 
 
-@torch.library.custom_op("gmk_triton::wavenet_generate", mutates_args=())
 def wavenet_generate(embedding: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
                      res_weight: torch.Tensor, res_bias: torch.Tensor, skip_weight: torch.Tensor,
                      skip_bias: torch.Tensor, head_weight1: torch.Tensor, head_bias1: torch.Tensor,
                      head_weight2: torch.Tensor, head_bias2: torch.Tensor, cond: torch.Tensor | None,
                      uniform: torch.Tensor, dilations: list[int], start_class: int, residual_scale: float,
                      temperature: float, head: str, log_scale_min: float) -> torch.Tensor:
-    from ..ops.wavenet_generate import check_args  # the checks of the C++ op (that module imports this one)
-
-    weights = (embedding, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, head_weight1,
-               head_bias1, head_weight2, head_bias2)
-    if embedding.dtype not in DTYPES:
-        raise TypeError(f"gmk_triton::wavenet_generate: embedding must be float32, float16 or bfloat16, got "
-                        f"{embedding.dtype}")
-    check_args(weights, dilations, uniform, cond, start_class, residual_scale, temperature, head,
-               log_scale_min)
     a, r = embedding.shape
     n_layers, k = conv_weight.shape[0], conv_weight.shape[3]
     s, h, p = skip_weight.shape[1], head_weight1.shape[0], head_weight2.shape[0]
