@@ -14,6 +14,7 @@ from . import nn, reference
 from ._backend import BACKENDS, available_backends, use_backend
 from ._extension import build_info, has_extension
 from .ops.actnorm import actnorm
+from .ops.bias_act import bias_act
 from .ops.causal_conv import causal_conv1d, wavenet_layer
 from .ops.coupling import affine_coupling
 from .ops.gated import gated_activation
@@ -21,6 +22,7 @@ from .ops.invconv import actnorm_conv1x1, actnorm_conv1x1_lu, invertible_conv1x1
 from .ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nll,
                                    discretized_logistic_mixture_sample)
 from .ops.masked_conv import conv_mask, masked_conv2d, shifted_conv2d
+from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 from .mu_law import mu_law_decode, mu_law_encode
 from . import models  # noqa: E402  (after the ops: models are built on them)
 from . import data  # noqa: E402
@@ -31,4 +33,5 @@ __all__ = [
     "discretized_logistic_mixture_nll", "discretized_logistic_mixture_sample", "gated_activation", "has_extension",
     "invertible_conv1x1", "invertible_conv1x1_lu", "masked_conv2d", "models", "mu_law_decode", "mu_law_encode", "nn", "reference", "shifted_conv2d",
     "use_backend", "wavenet_layer",
+    "bias_act", "downsample2d", "filter2d", "setup_filter", "upfirdn2d", "upsample2d",
 ]

@@ -7,7 +7,7 @@
 
 #include <algorithm>
 
-#include "actnorm/actnorm.h"
+#include "gmk/actnorm.h"
 #include "gmk/aten.h"
 #include "gmk/cpu_math.h"
 

@@ -11,7 +11,7 @@
 #include <cstdint>
 
 #include "gmk/cuda_types.cuh"
-#include "actnorm/actnorm.h"
+#include "gmk/actnorm.h"
 
 namespace gmk::actnorm {
 namespace {

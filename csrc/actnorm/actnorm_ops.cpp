@@ -1,5 +1,6 @@
-// gmkernels::actnorm and gmkernels::actnorm_backward: argument checks, dtype and device, then the
-// CPU or CUDA kernel. The log-determinant, autograd and fake tensors are in gmkernels/ops/actnorm.py.
+// gmkernels::actnorm and gmkernels::actnorm_backward: one body per op (argument checks, Args, outputs)
+// shared by the CPU and the CUDA implementation, which differ in the kernel they launch and, backward,
+// in the partial sums it writes. The log-determinant, autograd and fake tensors are in gmkernels/ops/actnorm.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/TensorOperators.h>
@@ -9,13 +10,15 @@
 
 #include <tuple>
 
-#include "actnorm/actnorm.h"
+#include "gmk/actnorm.h"
 #include "gmk/aten.h"
 
 namespace gmk::actnorm {
 namespace {
 
 constexpr const char* kOp = "gmkernels::actnorm";
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 Strides3 strides_of(const at::Tensor& t) {
   return {t.size(0) == 1 ? 0 : t.stride(0), t.stride(1), t.size(2) == 1 ? 1 : t.stride(2)};
@@ -55,21 +58,25 @@ Args make_args(const at::Tensor& in, const at::Tensor& bias, const at::Tensor& l
   return args;
 }
 
-at::Tensor actnorm(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale, bool reverse) {
+template <typename Launch>
+at::Tensor actnorm(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale, bool reverse,
+                   Launch launch) {
   at::Tensor bias_dense, log_scale_dense;
   Args args = make_args(x, bias, log_scale, reverse, bias_dense, log_scale_dense);
   at::Tensor out = at::empty(x.sizes(), x.options());
   args.out = out.data_ptr();
-  run_on_device(kOp, x, x.numel(), args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  launch(x.numel(), args);
   return out;
 }
 
 // Gradients with respect to in, bias and log_scale of out = (in + b) e^s, reverse in e^{-s} - b, from
 // G = sum(grad_out) and H = sum(grad_out * in) per channel: forward d/db = e^s G,
-// d/dlog_s = e^s (H + b G); reverse d/db = -G, d/dlog_s = -e^{-s} H.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                const at::Tensor& bias,
-                                                                const at::Tensor& log_scale, bool reverse) {
+// d/dlog_s = e^s (H + b G); reverse d/db = -G, d/dlog_s = -e^{-s} H. The kernel writes G and H as
+// sum_type partial sums, parts(outer, channels, inner) per channel.
+template <typename Parts, typename Launch>
+Grads actnorm_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& bias,
+                       const at::Tensor& log_scale, bool reverse, at::ScalarType sum_type, Parts parts,
+                       Launch launch) {
   at::Tensor bias_dense, log_scale_dense;
   Args args = make_args(x, bias, log_scale, reverse, bias_dense, log_scale_dense);
   TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), kOp, ": grad_out must have x's shape ", x.sizes(), ", got ",
@@ -82,16 +89,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(const at::Tensor
   at::Tensor grad_in = at::empty(x.sizes(), x.options());
   args.grad_out = grad_dense.data_ptr();
   args.out = grad_in.data_ptr();
-  at::ScalarType sum_type = at::kDouble;
-#if defined(GMK_WITH_CUDA)
-  if (x.is_cuda()) {
-    sum_type = at::kFloat;
-    args.parts = backward_parts_cuda(args.outer, args.channels, args.inner);
-  }
-#endif
+  args.parts = parts(args.outer, args.channels, args.inner);
   at::Tensor sums = at::zeros({args.channels, args.parts, 2}, x.options().dtype(sum_type));
   args.sums = sums.data_ptr();
-  run_on_device("gmkernels::actnorm_backward", x, x.numel(), args, backward_cpu, GMK_CUDA_FN(backward_cuda));
+  launch(x.numel(), args);
   const at::Tensor totals = sums.sum(1).to(compute_type(x));
   const at::Tensor g = totals.select(1, 0), h = totals.select(1, 1);
   if (reverse) {
@@ -101,13 +102,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(const at::Tensor
   return {grad_in, scale * g, scale * (h + bias_dense * g)};
 }
 
-}  // namespace
-
-void register_ops(torch::Library& m) {
-  m.impl("actnorm", &actnorm);
-  m.impl("actnorm_backward", &actnorm_backward);
+at::Tensor actnorm_on_cpu(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale, bool reverse) {
+  return actnorm(x, bias, log_scale, reverse, on_cpu(forward_cpu));
+}
+// backward_cpu sums each channel in one float64 pair.
+Grads actnorm_backward_on_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& bias,
+                              const at::Tensor& log_scale, bool reverse) {
+  const auto one_part = [](int64_t, int64_t, int64_t) { return int64_t{1}; };
+  return actnorm_backward(grad_out, x, bias, log_scale, reverse, at::kDouble, one_part, on_cpu(backward_cpu));
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+at::Tensor actnorm_on_cuda(const at::Tensor& x, const at::Tensor& bias, const at::Tensor& log_scale, bool reverse) {
+  return actnorm(x, bias, log_scale, reverse, on_cuda(kOp, x, forward_cuda));
+}
+Grads actnorm_backward_on_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& bias,
+                               const at::Tensor& log_scale, bool reverse) {
+  return actnorm_backward(grad_out, x, bias, log_scale, reverse, at::kFloat, backward_parts_cuda,
+                          on_cuda("gmkernels::actnorm_backward", x, backward_cuda));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("actnorm", &actnorm_on_cpu);
+  m.impl("actnorm_backward", &actnorm_backward_on_cpu);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("actnorm", &actnorm_on_cuda);
+  m.impl("actnorm_backward", &actnorm_backward_on_cuda);
+}
+#endif
 
 }  // namespace gmk::actnorm

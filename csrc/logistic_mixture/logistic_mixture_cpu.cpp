@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "gmk/cpu_math.h"
-#include "logistic_mixture/logistic_mixture.h"
+#include "gmk/logistic_mixture.h"
 
 namespace gmk::logistic_mixture {
 namespace {

@@ -9,7 +9,7 @@
 #include <cuda_fp16.h>
 
 #include "gmk/cuda_types.cuh"
-#include "logistic_mixture/logistic_mixture.h"
+#include "gmk/logistic_mixture.h"
 
 namespace gmk::logistic_mixture {
 namespace {

@@ -1,6 +1,7 @@
 // gmkernels::logistic_mixture_nll, logistic_mixture_nll_backward and logistic_mixture_sample:
-// argument checks, dtypes and device, then the CPU or CUDA kernel. Autograd and fake tensors are
-// registered in gmkernels/ops/logistic_mixture.py.
+// one body per op (argument checks, Args, outputs) shared by the CPU and the CUDA implementation,
+// which differ only in the kernel they launch. Autograd and fake tensors are registered in
+// gmkernels/ops/logistic_mixture.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -8,7 +9,7 @@
 #include <cmath>
 
 #include "gmk/aten.h"
-#include "logistic_mixture/logistic_mixture.h"
+#include "gmk/logistic_mixture.h"
 
 namespace gmk::logistic_mixture {
 namespace {
@@ -62,19 +63,21 @@ Args make_args(const char* op, const at::Tensor& params, const at::Tensor& data,
   return args;
 }
 
+template <typename Launch>
 at::Tensor logistic_mixture_nll(const at::Tensor& params, const at::Tensor& x, int64_t num_bins,
-                                double log_scale_min) {
+                                double log_scale_min, Launch launch) {
   Args args = make_args(kNll, params, x, "x", num_bins, log_scale_min);
   at::Tensor nll = at::empty({args.batch, args.positions}, params.options().dtype(data_dtype(params)));
   args.x = x.data_ptr();
   args.x_strides = strides_of(x);
   args.out = nll.data_ptr();
-  run_on_device(kNll, params, args.batch * args.positions, args, nll_cpu, GMK_CUDA_FN(nll_cuda));
+  launch(args.batch * args.positions, args);
   return nll;
 }
 
+template <typename Launch>
 at::Tensor logistic_mixture_nll_backward(const at::Tensor& grad_nll, const at::Tensor& params, const at::Tensor& x,
-                                         int64_t num_bins, double log_scale_min) {
+                                         int64_t num_bins, double log_scale_min, Launch launch) {
   Args args = make_args(kNllBackward, params, x, "x", num_bins, log_scale_min);
   check_like_params(kNllBackward, "grad_nll", grad_nll, params, {args.batch, args.positions}, data_dtype(params));
   at::Tensor grad_params = at::empty(params.sizes(), params.options());
@@ -83,13 +86,13 @@ at::Tensor logistic_mixture_nll_backward(const at::Tensor& grad_nll, const at::T
   args.grad_nll = grad_nll.data_ptr();
   args.grad_nll_strides = {grad_nll.stride(0), 0, grad_nll.stride(1)};
   args.out = grad_params.data_ptr();
-  run_on_device(kNllBackward, params, args.batch * args.positions, args, nll_backward_cpu,
-                GMK_CUDA_FN(nll_backward_cuda));
+  launch(args.batch * args.positions, args);
   return grad_params;
 }
 
+template <typename Launch>
 at::Tensor logistic_mixture_sample(const at::Tensor& params, const at::Tensor& gumbel_u, const at::Tensor& logistic_u,
-                                   int64_t num_bins, double log_scale_min) {
+                                   int64_t num_bins, double log_scale_min, Launch launch) {
   Args args = make_args(kSample, params, logistic_u, "logistic_u", num_bins, log_scale_min);
   check_like_params(kSample, "gumbel_u", gumbel_u, params, {args.batch, args.mixtures, args.positions},
                     data_dtype(params));
@@ -100,18 +103,52 @@ at::Tensor logistic_mixture_sample(const at::Tensor& params, const at::Tensor& g
   args.logistic_u = logistic_u.data_ptr();
   args.logistic_u_strides = strides_of(logistic_u);
   args.out = samples.data_ptr();
-  run_on_device(kSample, params, args.batch * args.positions, args, sample_cpu, GMK_CUDA_FN(sample_cuda));
+  launch(args.batch * args.positions, args);
   return samples;
 }
 
-}  // namespace
-
-void register_ops(torch::Library& m) {
-  m.impl("logistic_mixture_nll", &logistic_mixture_nll);
-  m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward);
-  m.impl("logistic_mixture_sample", &logistic_mixture_sample);
+at::Tensor logistic_mixture_nll_on_cpu(const at::Tensor& params, const at::Tensor& x, int64_t num_bins, double log_scale_min) {
+  return logistic_mixture_nll(params, x, num_bins, log_scale_min, on_cpu(nll_cpu));
+}
+at::Tensor logistic_mixture_nll_backward_on_cpu(const at::Tensor& grad_nll, const at::Tensor& params, const at::Tensor& x,
+                               int64_t num_bins, double log_scale_min) {
+  return logistic_mixture_nll_backward(grad_nll, params, x, num_bins, log_scale_min, on_cpu(nll_backward_cpu));
+}
+at::Tensor logistic_mixture_sample_on_cpu(const at::Tensor& params, const at::Tensor& gumbel_u, const at::Tensor& logistic_u,
+                         int64_t num_bins, double log_scale_min) {
+  return logistic_mixture_sample(params, gumbel_u, logistic_u, num_bins, log_scale_min, on_cpu(sample_cpu));
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+at::Tensor logistic_mixture_nll_on_cuda(const at::Tensor& params, const at::Tensor& x, int64_t num_bins, double log_scale_min) {
+  return logistic_mixture_nll(params, x, num_bins, log_scale_min, on_cuda(kNll, params, nll_cuda));
+}
+at::Tensor logistic_mixture_nll_backward_on_cuda(const at::Tensor& grad_nll, const at::Tensor& params, const at::Tensor& x,
+                                int64_t num_bins, double log_scale_min) {
+  return logistic_mixture_nll_backward(grad_nll, params, x, num_bins, log_scale_min,
+                                       on_cuda(kNllBackward, params, nll_backward_cuda));
+}
+at::Tensor logistic_mixture_sample_on_cuda(const at::Tensor& params, const at::Tensor& gumbel_u, const at::Tensor& logistic_u,
+                          int64_t num_bins, double log_scale_min) {
+  return logistic_mixture_sample(params, gumbel_u, logistic_u, num_bins, log_scale_min,
+                                 on_cuda(kSample, params, sample_cuda));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("logistic_mixture_nll", &logistic_mixture_nll_on_cpu);
+  m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward_on_cpu);
+  m.impl("logistic_mixture_sample", &logistic_mixture_sample_on_cpu);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("logistic_mixture_nll", &logistic_mixture_nll_on_cuda);
+  m.impl("logistic_mixture_nll_backward", &logistic_mixture_nll_backward_on_cuda);
+  m.impl("logistic_mixture_sample", &logistic_mixture_sample_on_cuda);
+}
+#endif
 
 }  // namespace gmk::logistic_mixture

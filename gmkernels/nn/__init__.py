@@ -1,5 +1,6 @@
 """Drop-in nn.Modules built on gmkernels' ops."""
 from .actnorm import ActNorm
+from .bias_act import FusedLeakyReLU
 from .causal_conv import CausalConv1d, WaveNetLayer
 from .coupling import AffineCoupling
 from .flow import FlowStep, Squeeze2d
@@ -7,7 +8,8 @@ from .gated import GatedActivation
 from .invconv import InvConv2d, InvConv2dLU
 from .logistic_mixture import DiscretizedLogisticMixtureLoss
 from .masked_conv import MaskedConv2d, ShiftedConv2d
+from .upfirdn2d import Blur, Downsample2d, Upsample2d
 
 __all__ = ["ActNorm", "AffineCoupling", "CausalConv1d", "DiscretizedLogisticMixtureLoss", "FlowStep",
            "GatedActivation", "InvConv2d", "InvConv2dLU", "MaskedConv2d", "ShiftedConv2d", "Squeeze2d",
-           "WaveNetLayer"]
+           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d"]

@@ -76,7 +76,62 @@ class AudioKind:
         pictures.save_wav(samples, data["sample_rate"], directory / "samples.wav")
 
 
-KINDS = {"image": ImageKind(), "audio": AudioKind()}
+class GANKind(ImageKind):
+    """DCGAN, StyleGAN2: two optimiser steps per training step, the discriminator's then the
+    generator's (one AdamW over both parameter groups: a step moves only the parameters that have a
+    gradient), R1 every ``r1_interval`` steps, the EMA over the whole model (its generator samples).
+    The test metric is FID on a classifier's features (gmk.metrics): ``len(test split)`` samples of the
+    EMA generator (with the test split's labels when conditional, the same latents at every
+    evaluation) against the test images; also at step 0 (the untrained generator's)."""
+
+    metric = "fid"
+    data_kind = "image"
+    evaluates_at_start = True
+    CLASSIFIER = "classifier.pt"
+
+    def optimizer(self, run) -> torch.optim.Optimizer:
+        if run.context.world_size > 1:
+            raise TrainingError(f"{run.name} trains in one process (its two optimiser steps are not "
+                                "wrapped in DistributedDataParallel)")
+        if run.options.dtype != "float32":
+            raise TrainingError(f"{run.name} trains in float32 only, not --dtype {run.options.dtype}")
+        return torch.optim.AdamW(run.model.optimizer_groups(), lr=run.options.lr,
+                                 weight_decay=run.options.weight_decay)
+
+    def train_step(self, run, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """The discriminator's step (with R1 when the step is a multiple of r1_interval), then the
+        generator's on as many generated images; returns the detached ``loss`` (the generator's),
+        ``d_loss`` and, on R1 steps, ``r1``."""
+        from ..models._gan import frozen
+
+        model, labels = run.model, y if run.options.conditional else None
+        regularize = run.step % model.config.r1_interval == 0
+        d_terms = model.discriminator_terms(x, labels, regularize=regularize)
+        run.optimise(d_terms["loss"], model.discriminator.parameters())
+        with frozen(model.discriminator):
+            g_terms = model.generator_terms(x.shape[0], labels)
+            run.optimise(g_terms["loss"], model.generator.parameters())
+        return {"loss": g_terms["loss"].detach(), "d_loss": d_terms["d_loss"]}
+
+    def evaluate(self, run) -> float:
+        from ..metrics import classifier_features, frechet_distance
+        from .loop import derived_seed
+
+        if getattr(run, "fid_reference", None) is None:
+            extract = classifier_features(run.train_set, cache=run.out / self.CLASSIFIER)
+            run.fid_reference = extract, extract(run.test_set.x)
+        extract, reference = run.fid_reference
+        generator = torch.Generator(run.context.device).manual_seed(derived_seed("fid", run.options.seed))
+        labels = run.test_y if run.options.conditional else None
+        with run.ema.weights_in(run.model):
+            samples = run.model.sample(len(run.test_set), y=labels, generator=generator)
+        return frechet_distance(reference, extract(samples))
+
+    def save_loss_plot(self, records: list[dict], path: Path) -> None:
+        pictures.save_gan_plot(records, path)
+
+
+KINDS = {"image": ImageKind(), "audio": AudioKind(), "gan": GANKind()}
 
 
 def model_class(name: str):
@@ -89,3 +144,8 @@ def model_class(name: str):
 
 def kind_of(model_class_) -> ImageKind | AudioKind:
     return KINDS[model_class_.kind]
+
+
+def data_kind(model_class_) -> str:
+    """The kind of data ("image", "audio") the model trains on: its adapter's ``data_kind``, else its kind."""
+    return getattr(kind_of(model_class_), "data_kind", model_class_.kind)

@@ -220,8 +220,11 @@ class Run:
         torch.manual_seed(derived_seed("init", options.seed))
         self.model = model_class(config).to(device)
         self.ema = EMA(self.model, options.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr,
-                                           weight_decay=options.weight_decay)
+        if hasattr(self.kind, "optimizer"):  # a kind with its own parameter groups (GANs)
+            self.optimizer = self.kind.optimizer(self)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr,
+                                               weight_decay=options.weight_decay)
         self.parallel = distributed.wrap(self.model, context)
         self.order = BatchOrder(len(self.train_set), options.batch_size, options.seed)
         if self.order.steps_per_epoch == 0:
@@ -279,25 +282,39 @@ class Run:
 
     # --- one step ---------------------------------------------------------------------------------
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step; returns (loss, metric) of this rank's share, detached, not synchronised."""
+    def optimise(self, loss: torch.Tensor, parameters) -> None:
+        """Backward ``loss`` from zeroed gradients, clip the norm of the gradient of ``parameters``
+        (those that have one: the optimiser steps only them), optimiser step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(list(parameters), self.options.clip_norm)
+        self.optimizer.step()
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One training step; returns the terms logged ({"loss": ..., metric: ...}, or the kind's own)
+        of this rank's share, detached, not synchronised."""
         options = self.options
         torch.manual_seed(derived_seed("step", options.seed, self.step, self.context.rank))
         indices = distributed.local_batch(self.order(self.step), self.context).to(self.context.device)
         for group in self.optimizer.param_groups:
             group["lr"] = options.lr * min(1.0, (self.step + 1) / options.warmup_steps)
-        terms = self.loss_terms(self.parallel, self.train_x[indices], self.train_y[indices])
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), options.clip_norm)
-        self.optimizer.step()
+        x, y = self.train_x[indices], self.train_y[indices]
+        if hasattr(self.kind, "train_step"):  # a kind with steps of its own (GANs: D, then G)
+            logged = self.kind.train_step(self, x, y)
+        else:
+            terms = self.loss_terms(self.parallel, x, y)
+            self.optimise(terms["loss"], self.model.parameters())
+            logged = {"loss": terms["loss"].detach(), self.kind.metric: terms[self.kind.metric].detach()}
         self.ema.update(self.model, self.step)
         self.step += 1
-        return terms["loss"].detach(), terms[self.kind.metric].detach()
+        return logged
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """The test split's mean ``metric`` under the EMA weights (each rank a strided share)."""
+        """The test split's mean ``metric`` under the EMA weights (each rank a strided share), or the
+        kind's own evaluation."""
+        if hasattr(self.kind, "evaluate"):
+            return self.kind.evaluate(self)
         total = torch.zeros(2, dtype=torch.float64, device=self.context.device)
         indices = torch.arange(self.context.rank, len(self.test_set), self.context.world_size,
                                device=self.context.device)
@@ -346,33 +363,40 @@ def _loop(run: Run) -> None:
     records = _metrics_so_far(out, run.step) if context.writes else []
     if context.writes:
         _write_metrics(out, records)
-    window = torch.zeros(3, dtype=torch.float64, device=context.device)  # loss, metric, steps
+    window, steps_in_window = {}, 0  # the sums of the logged terms since the last record
     started = time.perf_counter()
+    test_key = f"test_{run.kind.metric}"
+    if run.step == 0 and getattr(run.kind, "evaluates_at_start", False):
+        record = {"step": 0, test_key: run.evaluate()}
+        if context.writes:
+            records.append(record)
+            _write_metrics(out, records)
     with (tqdm(total=total, initial=run.step, disable=None if context.writes else True, dynamic_ncols=True,
                desc=f"{run.name} on {run.train_set.name}") as bar,
           open(out / METRICS, "a") if context.writes else contextlib.nullcontext() as metrics):
         while run.step < total:
-            loss, metric = run.train_step()
-            window[0] += loss.double()
-            window[1] += metric.double()
-            window[2] += 1
+            for name, value in run.train_step().items():
+                window[name] = window.get(name, 0) + value.double()
+            steps_in_window += 1
             step, last = run.step, run.step == total
             record = {}
             if step % options.log_every == 0 or last:
-                sums = distributed.sum_over_ranks(window, context).tolist()
+                names = list(window)
+                sums = distributed.sum_over_ranks(torch.stack([window[name] for name in names]), context)
+                means = (sums / (steps_in_window * context.world_size)).tolist()
                 record = {"step": step, "epoch": (step - 1) // run.order.steps_per_epoch,
-                          "loss": sums[0] / sums[2], run.kind.metric: sums[1] / sums[2],
+                          **dict(zip(names, means)),
                           "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": run.grad_norm.item(),
                           "seconds": round(time.perf_counter() - started, 3)}
-                window.zero_()
+                window, steps_in_window = {}, 0
             if step % options.eval_every == 0 or last:
-                record = {"step": step, **record, f"test_{run.kind.metric}": run.evaluate()}
+                record = {"step": step, **record, test_key: run.evaluate()}
             if record and context.writes:
                 records.append(record)
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
-                bar.set_postfix({key: f"{record[key]:.4g}" for key in ("loss", run.kind.metric,
-                                                                         f"test_{run.kind.metric}")
+                bar.set_postfix({key: f"{record[key]:.4g}" for key in ("loss", run.kind.metric, "d_loss",
+                                                                         test_key)
                                  if key in record})
             if (step % options.checkpoint_every == 0 or last) and context.writes:
                 checkpoint.save(out, run.state())
@@ -384,7 +408,10 @@ def _loop(run: Run) -> None:
 def _finish(run: Run, records: list[dict]) -> None:
     from . import pictures
 
-    pictures.save_loss_plot(records, run.kind.metric, run.out / "loss.png")
+    if hasattr(run.kind, "save_loss_plot"):
+        run.kind.save_loss_plot(records, run.out / "loss.png")
+    else:
+        pictures.save_loss_plot(records, run.kind.metric, run.out / "loss.png")
     count = run.kind.default_samples if run.options.samples is None else run.options.samples
     if count:
         generator = torch.Generator(run.context.device).manual_seed(run.options.seed)
@@ -400,12 +427,12 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
     previous = checkpoint.load(out) if resume else None
     options = _options(model, previous, options, out / checkpoint.FILE)
     if options.data is None:
-        options = dataclasses.replace(options, data="digits" if model_class.kind == "image" else "tones")
+        options = dataclasses.replace(options, data="digits" if kinds.data_kind(model_class) == "image" else "tones")
     data = _load_data(options.data)
     _prepare_out(out, resume)
     described = data[0].describe()
-    if described["kind"] != model_class.kind:
-        raise TrainingError(f"{model} is an {model_class.kind} model; --data {options.data} is "
+    if described["kind"] != kinds.data_kind(model_class):
+        raise TrainingError(f"{model} is an {kinds.data_kind(model_class)} model; --data {options.data} is "
                             f"{described['kind']}")
     if previous is None:
         config = kinds.kind_of(model_class).config(model_class, described, options.size, options.conditional)

@@ -33,6 +33,25 @@ def save_loss_plot(records: list[dict], metric: str, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def save_gan_plot(records: list[dict], path: Path) -> None:
+    """A GAN's curves: the generator's and the discriminator's losses (top) and the test FID (bottom,
+    logarithmic) against the step."""
+    figure, (losses, fid) = _figure(rows=2, height=3.0)
+    for axes, key, label, style in ((losses, "loss", "generator loss", "-"),
+                                    (losses, "d_loss", "discriminator loss", "-"),
+                                    (fid, "test_fid", "test FID (EMA generator, classifier features)", "o-")):
+        points = [(record["step"], record[key]) for record in records if key in record]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, style, label=label, markersize=3)
+    fid.set_yscale("log")
+    for axes in (losses, fid):
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.savefig(path, dpi=100)
+
+
 def image_grid(images: torch.Tensor, num_bins: int, cell: int = 64) -> torch.Tensor:
     """(n, C, H, W) bin indices -> one (rows·(H'+1)+1, cols·(W'+1)+1, C) uint8 picture, each image
     scaled up by an integer factor to about ``cell`` pixels and framed by grey lines."""

@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "gmk/gated.h"
-#include "logistic_mixture/logistic_mixture.h"
+#include "gmk/logistic_mixture.h"
 #include "masked_conv/masked_conv.h"
 
 namespace {
@@ -122,7 +122,7 @@ int gmk_emu_weight_grad(const int64_t* geometry, int dtype, int allow_tf32, int6
 }  // extern "C"
 
 // --- flows and WaveNet ------------------------------------------------------------------------------
-#include "actnorm/actnorm.h"
+#include "gmk/actnorm.h"
 #include "causal_conv/causal_conv.h"
 #include "coupling/coupling.h"
 #include "invconv/invconv.h"

@@ -3,6 +3,10 @@
 #pragma once
 #include "gmk/common.h"
 
+#if defined(GMK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
 namespace gmk::actnorm {
 
 // in (outer, channels, inner), any strides: x forward, y in reverse. bias and log_scale (channels)
@@ -40,5 +44,16 @@ GMK_HOST_DEVICE Affine<T> affine(T bias, T log_scale, bool reverse) {
   const T scale = LibMath::exp(reverse ? -log_scale : log_scale);
   return reverse ? Affine<T>{T(0), scale, -bias} : Affine<T>{bias, scale, T(0)};
 }
+
+// Entry points of the actnorm kernels, called by actnorm_ops.cpp.
+void forward_cpu(const Args& args);
+void backward_cpu(const Args& args);
+
+#if defined(GMK_WITH_CUDA)
+cudaError_t forward_cuda(const Args& args, cudaStream_t stream);
+cudaError_t backward_cuda(const Args& args, cudaStream_t stream);
+// How many partial sums per channel backward_cuda writes (Args::parts) for these sizes.
+int64_t backward_parts_cuda(int64_t outer, int64_t channels, int64_t inner);
+#endif
 
 }  // namespace gmk::actnorm

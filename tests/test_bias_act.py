@@ -1,0 +1,312 @@
+"""gmk.bias_act: the reference against StyleGAN2-ADA's formulas, every backend against the float64 reference
+(forward, first, second and third derivatives), what autograd saves, the low-level ops and bad input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gmkernels as gmk
+import gmkernels.ops.bias_act as ops
+import gmkernels.reference.bias_act as reference
+from conftest import assert_close, backends_under_test, noncontiguous, supported_dtypes
+
+BACKENDS = [name for name in backends_under_test("cpu") if name in ops.BIAS_ACT.backends.dtypes]
+ACTS = ops.ACTIVATIONS
+SQRT2 = math.sqrt(2)
+
+
+def formula(v, act):
+    """The activations written out independently of the reference (v = x + b), with their default gains."""
+    s = 1 / (1 + torch.exp(-v))
+    return {
+        "linear": (v, 1.0), "relu": (torch.where(v > 0, v, 0 * v), SQRT2),
+        "lrelu": (torch.where(v > 0, v, 0.2 * v), SQRT2), "tanh": ((1 - torch.exp(-2 * v)) / (1 + torch.exp(-2 * v)), 1.0),
+        "sigmoid": (s, 1.0), "elu": (torch.where(v > 0, v, torch.exp(v) - 1), 1.0),
+        "selu": (reference.SELU_SCALE * torch.where(v > 0, v, reference.SELU_ALPHA * (torch.exp(v) - 1)), 1.0),
+        "softplus": (torch.log(1 + torch.exp(v)), 1.0), "swish": (v * s, SQRT2),
+    }[act]
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_reference_is_stylegan2s_formula(act):
+    x, b = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    expected, gain = formula(x + b[:, None], act)
+    torch.testing.assert_close(reference.bias_act(x, b, 1, act), expected * gain)
+    torch.testing.assert_close(gmk.bias_act(x, b, act=act, backend="reference"), expected * gain)
+    clamped = (expected * 3).clamp(-0.5, 0.5)
+    torch.testing.assert_close(gmk.bias_act(x, b, act=act, gain=3, clamp=0.5, backend="reference"), clamped)
+
+
+def test_defaults():
+    assert [ops.default_gain(act) for act in ("relu", "lrelu", "swish", "tanh", "linear")] == [SQRT2] * 3 + [1, 1]
+    x = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(gmk.bias_act(x, act="lrelu"), F.leaky_relu(x, 0.2) * SQRT2)
+    # alpha is lrelu's alone; dim counts from the end when negative
+    torch.testing.assert_close(gmk.bias_act(x, act="elu", alpha=0.7), F.elu(x))
+    b = torch.randn(3, dtype=torch.float64)
+    torch.testing.assert_close(gmk.bias_act(x, b, dim=-1, act="relu", gain=1), F.relu(x + b))
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_clamp_gradient_is_zero_where_active(act):
+    """The true derivative where −clamp < y < clamp, zero elsewhere (the original's CUDA op passed linear's)."""
+    x = torch.linspace(-4, 4, 41, dtype=torch.float64).reshape(1, 41).requires_grad_()
+    y = gmk.bias_act(x, act=act, gain=2.0, clamp=1.0, backend="reference")
+    grad, = torch.autograd.grad(y.sum(), x)
+    unclamped = x.detach().clone().requires_grad_()
+    u = gmk.bias_act(unclamped, act=act, gain=2.0, backend="reference")
+    true, = torch.autograd.grad(u.sum(), unclamped)
+    inside = (u.detach() > -1) & (u.detach() < 1)
+    assert inside.any() and (~inside).any() or act == "sigmoid"
+    torch.testing.assert_close(grad[inside], true[inside])
+    assert torch.equal(grad[~inside], torch.zeros_like(grad[~inside]))
+
+
+# --- every backend against the float64 reference ------------------------------------------------------
+
+def clamp_clear_of(u: torch.Tensor, candidates=(0.7, 1.1, 1.7, 2.3, 3.1)) -> float:
+    """A clamp that no |u| lies within 2 % of: in half types, y rounds to the clamp within that distance,
+    and the kernels read the clamp off y (docs/conventions.md, "Bias and activation")."""
+    for clamp in candidates:
+        if not ((u.abs() - clamp).abs() < 0.02 * clamp).any():
+            return clamp
+    pytest.fail("no clamp candidate clear of the values")
+
+
+def run(x, b, backend, create_graph=False, **kwargs):
+    """y and the gradients of x (and b) for a fixed random grad_y."""
+    leaves = [t.detach().requires_grad_() for t in (x, b) if t is not None]
+    y = gmk.bias_act(*leaves, backend=backend, **kwargs)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(x.dtype)
+    return y, torch.autograd.grad(y, leaves, grad_y, create_graph=create_graph), leaves
+
+
+def check_backend(x, b, backend, layout=None, **kwargs):
+    """``backend`` on x (re-stored by ``layout``) against the reference on x's values in float64."""
+    stored = x if layout is None else layout(x)
+    y, grads, _ = run(stored, b, backend, **kwargs)
+    y64, grads64, _ = run(x.double(), None if b is None else b.double(), "reference", **kwargs)
+    assert (y.dtype, y.shape) == (x.dtype, x.shape)
+    if layout is not None and stored.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
+        assert y.is_contiguous(memory_format=torch.channels_last), "y must keep x's channels_last layout"
+    assert_close(y, y64, x.dtype)
+    for grad, grad64 in zip(grads, grads64, strict=True):
+        assert_close(grad, grad64, x.dtype, "grad", terms=x.numel() // grad.numel())
+    return y, grads
+
+
+def inputs(shape, dim, dtype, scale=2.0):
+    x = (scale * torch.randn(shape)).to(dtype)
+    return x, torch.randn(shape[dim]).to(dtype)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize(("backend", "dtype"), [(b, d) for b in BACKENDS for d in supported_dtypes(b)])
+def test_backend_matches_reference(backend, dtype, act):
+    x, b = inputs((3, 7, 5, 3), 1, dtype)
+    check_backend(x, b, backend, act=act)
+    u = gmk.bias_act(x.double(), b.double(), act=act, gain=1.5, backend="reference")
+    check_backend(x, b, backend, act=act, gain=1.5, clamp=clamp_clear_of(u))
+    check_backend(x, None, backend, act=act, alpha=0.3)
+
+
+# (shape, dim): ranks 1 to 5, the bias along the first, a middle and the last dimension, odd sizes
+SHAPES_AND_DIMS = [((7,), 0), ((5, 3), -1), ((3, 5), 0), ((2, 9, 1, 7), 1), ((2, 3, 5, 7), -1),
+                   ((2, 33, 3, 5), 2), ((2, 3, 2, 3, 5), 1), ((1, 1, 1), 1), ((4, 257, 2), 1)]
+
+
+@pytest.mark.parametrize(("shape", "dim"), SHAPES_AND_DIMS)
+@pytest.mark.parametrize("act", ["lrelu", "swish", "linear"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shapes_and_dims(backend, act, shape, dim):
+    x, b = inputs(shape, dim, torch.float32)
+    check_backend(x, b, backend, act=act, dim=dim, clamp=1.3)
+
+
+def channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("act", ["lrelu", "tanh", "linear"])
+@pytest.mark.parametrize("layout", [channels_last, noncontiguous])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layouts(backend, dtype, layout, act):
+    x, b = inputs((3, 6, 5, 7), 1, dtype)
+    check_backend(x, b, backend, layout=layout, act=act, clamp=None if dtype != torch.float32 else 2.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_expanded_input(backend):
+    x = torch.randn(1, 4, 3, 5).expand(3, 4, 3, 5)
+    b = torch.randn(4)
+    y = gmk.bias_act(x, b, act="lrelu", backend=backend)
+    assert_close(y, gmk.bias_act(x.double(), b.double(), act="lrelu", backend="reference"), torch.float32)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_gradcheck_and_gradgradcheck(backend, act):
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    # away from the kinks of relu/lrelu/elu/selu and from the clamp, where finite differences straddle them
+    with torch.no_grad():
+        x += 0.1 * torch.sign(x + b[:, None])
+        u = gmk.bias_act(x, b, act=act, gain=1.3, backend="reference")
+    clamp = clamp_clear_of(u, candidates=(1.1, 1.7, 2.3, 3.1, 4.3))
+    function = lambda x, b: gmk.bias_act(x, b, act=act, gain=1.3, clamp=clamp, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(function, (x, b))
+    assert torch.autograd.gradgradcheck(function, (x, b))
+
+
+@pytest.mark.parametrize("act", ["swish", "tanh", "softplus", "lrelu"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_and_third_derivatives_match_reference(backend, act):
+    """R1 differentiates the gradient; the third derivative falls back to formulas in torch ops."""
+    x, b = inputs((2, 3, 4), 1, torch.float64, scale=1.5)
+    results = []
+    for name in ("reference", backend):
+        xr, br = x.clone().requires_grad_(), b.clone().requires_grad_()
+        y = gmk.bias_act(xr, br, act=act, clamp=2.5, backend=name)
+        g, = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum(), xr,
+                                 create_graph=True)
+        penalty = (g * g * g).sum()
+        second = torch.autograd.grad(penalty, (xr, br), create_graph=True, allow_unused=True)
+        third = torch.autograd.grad(sum((s * s).sum() for s in second if s is not None), (xr,), allow_unused=True)
+        results.append((*second, *third))
+    for got, expected in zip(results[1], results[0], strict=True):
+        if expected is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, expected)
+
+
+# --- what autograd saves -------------------------------------------------------------------------------
+
+def saved_shapes(act, clamp, backend):
+    x, b = torch.randn(2, 3, 4, requires_grad=True), torch.randn(3, requires_grad=True)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gmk.bias_act(x, b, act=act, clamp=clamp, backend=backend)
+    return sorted(shapes)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saves_no_more_than_the_original(backend):
+    assert saved_shapes("linear", None, backend) == []
+    assert saved_shapes("lrelu", None, backend) == [(2, 3, 4)]  # y
+    assert saved_shapes("relu", 1.0, backend) == [(2, 3, 4)]
+    assert saved_shapes("linear", 1.0, backend) == [(2, 3, 4)]  # y: the clamp's mask
+    assert saved_shapes("swish", None, backend) == [(2, 3, 4), (3,)]  # x and b
+
+
+# --- low-level ops -------------------------------------------------------------------------------------
+
+LOW_LEVEL_OPS = [
+    pytest.param("gmkernels", "cpu", id="cpp-cpu"),
+    *([pytest.param("gmk_triton", "cpu", id="triton-cpu")] if "triton" in BACKENDS else []),
+]
+LOW_LEVEL_OPS = [p for p in LOW_LEVEL_OPS if p.values[0] == "gmk_triton" or "cpu" in BACKENDS]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("act", "clamp"), [("lrelu", None), ("swish", 1.5), ("linear", 0.5), ("linear", None)])
+@pytest.mark.parametrize(("namespace", "device"), LOW_LEVEL_OPS)
+def test_opcheck(namespace, device, act, clamp, dtype):
+    operators = getattr(torch.ops, namespace)
+    x = torch.randn(3, 4, 5, dtype=dtype, device=device)
+    b = torch.randn(4, dtype=dtype, device=device)
+    args = (1, act, 0.2, 1.4, clamp)
+    torch.library.opcheck(operators.bias_act, (x.requires_grad_(), b.requires_grad_(), *args))
+    y = operators.bias_act(x.detach(), b.detach(), *args)
+    saved = ops.saved_input(act, clamp)
+    grad = torch.randn_like(x).requires_grad_()
+    backward_args = (grad, x.detach() if saved == "x" else None, b.detach() if saved == "x" else None,
+                     y if saved == "y" else None, *args)
+    torch.library.opcheck(operators.bias_act_backward, backward_args)
+    if act in ops.SMOOTH:
+        torch.library.opcheck(operators.bias_act_backward2, (torch.randn_like(x), grad.detach(), x.detach(),
+                                                             b, *args))
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+BAD_INPUTS = {
+    "unknown-act": (lambda x, b: dict(x=x, act="gelu"), ValueError, "act"),
+    "x-not-tensor": (lambda x, b: dict(x=[1.0]), TypeError, r"\bx\b"),
+    "x-integer": (lambda x, b: dict(x=x.int()), TypeError, r"\bx\b"),
+    "b-2d": (lambda x, b: dict(x=x, b=b[None]), ValueError, r"\bb\b"),
+    "b-wrong-size": (lambda x, b: dict(x=x, b=b[:2]), ValueError, r"\bb\b"),
+    "b-dtype": (lambda x, b: dict(x=x, b=b.double()), TypeError, r"\bb\b"),
+    "b-device": (lambda x, b: dict(x=x, b=b.to("meta")), ValueError, r"\bb\b"),
+    "dim-out-of-range": (lambda x, b: dict(x=x, b=b, dim=3), ValueError, "dim"),
+    "dim-float": (lambda x, b: dict(x=x, b=b, dim=1.0), ValueError, "dim"),
+    "clamp-negative": (lambda x, b: dict(x=x, clamp=-1.0), ValueError, "clamp"),
+    "clamp-nan": (lambda x, b: dict(x=x, clamp=float("nan")), ValueError, "clamp"),
+    "gain-inf": (lambda x, b: dict(x=x, gain=float("inf")), ValueError, "gain"),
+    "alpha-string": (lambda x, b: dict(x=x, act="lrelu", alpha="0.2"), ValueError, "alpha"),
+    "alpha-negative-lrelu": (lambda x, b: dict(x=x, act="lrelu", alpha=-0.1), ValueError, "alpha"),
+    "backend": (lambda x, b: dict(x=x, backend="fast"), ValueError, "backend"),
+    "cuda-on-cpu": (lambda x, b: dict(x=x, backend="cuda"), ValueError, "backend 'cuda'"),
+}
+
+
+@pytest.mark.parametrize(("make", "error", "pattern"), BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_naming_the_argument(make, error, pattern):
+    kwargs = make(torch.randn(2, 3, 4), torch.randn(3))
+    with pytest.raises(error, match=pattern):
+        gmk.bias_act(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_nonfinite_as_reference(backend):
+    values = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 30.0, -30.0, 100.0, -100.0])
+    x = values.reshape(1, -1)
+    for act in ACTS:
+        y = gmk.bias_act(x, act=act, backend=backend)
+        expected = gmk.bias_act(x.double(), act=act, backend="reference")
+        assert torch.equal(y.isnan(), expected.isnan()), act
+        finite = expected.isfinite()
+        assert torch.equal(y[~finite & ~expected.isnan()], expected[~finite & ~expected.isnan()].float()), act
+        assert_close(y[finite], expected[finite], torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_empty(backend):
+    y = gmk.bias_act(torch.randn(0, 3, 2), torch.randn(3), act="lrelu", backend=backend)
+    assert y.shape == (0, 3, 2)
+
+
+# --- the module ----------------------------------------------------------------------------------------
+
+def test_fused_leaky_relu_is_rosinalitys():
+    module = gmk.nn.FusedLeakyReLU(5)
+    with torch.no_grad():
+        module.bias.normal_()
+    x = torch.randn(2, 5, 3, 3)
+    expected = F.leaky_relu(x + module.bias[None, :, None, None], 0.2) * SQRT2
+    assert_close(module(x), expected, torch.float32)
+    module(x).sum().backward()
+    assert module.bias.grad is not None and module.bias.grad.shape == (5,)
+    no_bias = gmk.nn.FusedLeakyReLU(5, negative_slope=0.1, scale=1.0, bias=False)
+    assert_close(no_bias(x), F.leaky_relu(x, 0.1), torch.float32)
+    assert "negative_slope=0.1" in repr(no_bias)
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [({"channels": 0}, "channels"), ({"channels": 3, "negative_slope": -1},
+                                                                                  "negative_slope"),
+                                                 ({"channels": 3, "scale": float("nan")}, "scale")])
+def test_fused_leaky_relu_rejects_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        gmk.nn.FusedLeakyReLU(**kwargs)
+
+
+def test_fused_leaky_relu_rejects_wrong_channels():
+    with pytest.raises(ValueError, match="input"):
+        gmk.nn.FusedLeakyReLU(4)(torch.randn(2, 3, 5))
