@@ -27,6 +27,7 @@ from .._extension import has_extension
 
 CPP_NAMESPACE, TRITON_NAMESPACE = "gmkernels", "gmk_triton"
 _LIBRARIES: dict[str, torch.library.Library] = {}
+DECLARED: dict[str, Op] = {}  # every declared op by name (tests walk it)
 
 
 def triton_family(family: str) -> ModuleType | None:
@@ -66,6 +67,9 @@ class Op:
     def __init__(self, name: str, schema: str, *, check: Callable, fake: Callable, triton: Callable | None = None,
                  autograd: Autograd | None = None, formula: Callable | None = None,
                  backends: OpBackends | None = None, cpp: bool = True, dtype_of: Callable | None = None):
+        if name in DECLARED:
+            raise RuntimeError(f"op {name!r} is declared twice")
+        DECLARED[name] = self
         self.name, self.schema, self.check, self.fake = name, schema, check, fake
         self.dtype_of = dtype_of or _first_tensor
         self.backends = backends or OpBackends(name)
