@@ -73,19 +73,19 @@ at::Tensor gated_backward(const at::Tensor& grad_y, const at::Tensor& x, const s
   return grad_h;
 }
 
-at::Tensor gated_cpu(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+at::Tensor gated_on_cpu(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
   return gated(x, cond, activation, on_cpu(forward_cpu));
 }
-at::Tensor gated_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
+at::Tensor gated_backward_on_cpu(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
                               c10::string_view activation) {
   return gated_backward(grad_y, x, cond, activation, on_cpu(backward_cpu));
 }
 
 #if defined(GMK_WITH_CUDA)
-at::Tensor gated_cuda(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
+at::Tensor gated_on_cuda(const at::Tensor& x, const std::optional<at::Tensor>& cond, c10::string_view activation) {
   return gated(x, cond, activation, on_cuda("gmkernels::gated", x, forward_cuda));
 }
-at::Tensor gated_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
+at::Tensor gated_backward_on_cuda(const at::Tensor& grad_y, const at::Tensor& x, const std::optional<at::Tensor>& cond,
                                c10::string_view activation) {
   return gated_backward(grad_y, x, cond, activation, on_cuda("gmkernels::gated_backward", x, backward_cuda));
 }
@@ -94,14 +94,14 @@ at::Tensor gated_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x, co
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
-  m.impl("gated", &gated_cpu);
-  m.impl("gated_backward", &gated_backward_cpu);
+  m.impl("gated", &gated_on_cpu);
+  m.impl("gated_backward", &gated_backward_on_cpu);
 }
 
 #if defined(GMK_WITH_CUDA)
 TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
-  m.impl("gated", &gated_cuda);
-  m.impl("gated_backward", &gated_backward_cuda);
+  m.impl("gated", &gated_on_cuda);
+  m.impl("gated_backward", &gated_backward_on_cuda);
 }
 #endif
 

@@ -11,7 +11,7 @@
 
 #include "gmk/cpu_math.h"
 #include "gmk/gated.h"
-#include "wavenet_generate/wavenet_generate.h"
+#include "gmk/wavenet_generate.h"
 
 namespace gmk::wavenet_generate {
 namespace {

@@ -22,7 +22,7 @@
 
 #include "gmk/cuda_types.cuh"
 #include "gmk/gated.h"
-#include "wavenet_generate/wavenet_generate.h"
+#include "gmk/wavenet_generate.h"
 
 namespace gmk::wavenet_generate {
 namespace {

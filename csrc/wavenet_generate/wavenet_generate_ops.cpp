@@ -1,6 +1,7 @@
-// gmkernels::wavenet_generate: argument checks, the weights repacked input-major (in the compute type
-// on CPU, in their dtype on CUDA), the ring buffers allocated, then the CPU loop or the persistent CUDA
-// kernel (after its shared-memory plan). Fake tensors are registered in gmkernels/ops/wavenet_generate.py.
+// gmkernels::wavenet_generate: one body (argument checks, the weights repacked input-major, the ring
+// buffers allocated) shared by the CPU implementation (weights in the compute type, the CPU loop) and
+// the CUDA one (weights in their dtype, the persistent kernel after its shared-memory plan). Fake
+// tensors are registered in gmkernels/ops/wavenet_generate.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -9,7 +10,7 @@
 #include <vector>
 
 #include "gmk/aten.h"
-#include "wavenet_generate/wavenet_generate.h"
+#include "gmk/wavenet_generate.h"
 
 namespace gmk::wavenet_generate {
 namespace {
@@ -30,6 +31,9 @@ const void* repack(const at::Tensor& t, at::IntArrayRef dims, at::ScalarType typ
   return keep.back().data_ptr();
 }
 
+// The weights are stored in the compute type when weights_in_compute_type, else in their dtype;
+// launch(a, layer_info) runs the kernel.
+template <typename Launch>
 at::Tensor wavenet_generate(const at::Tensor& embedding, const at::Tensor& conv_weight, const at::Tensor& conv_bias,
                             const at::Tensor& res_weight, const at::Tensor& res_bias, const at::Tensor& skip_weight,
                             const at::Tensor& skip_bias, const at::Tensor& head_weight1,
@@ -37,7 +41,7 @@ at::Tensor wavenet_generate(const at::Tensor& embedding, const at::Tensor& conv_
                             const at::Tensor& head_bias2, const std::optional<at::Tensor>& cond,
                             const at::Tensor& uniform, at::IntArrayRef dilations, int64_t start_class,
                             double residual_scale, double temperature, c10::string_view head,
-                            double log_scale_min) {
+                            double log_scale_min, bool weights_in_compute_type, Launch launch) {
   Args a;
   a.dtype = to_dtype(kOp, "embedding", embedding);
   TORCH_CHECK_VALUE(embedding.dim() == 2 && embedding.size(0) >= 2 && embedding.size(1) >= 1, kOp,
@@ -116,7 +120,7 @@ at::Tensor wavenet_generate(const at::Tensor& embedding, const at::Tensor& conv_
   a.cache_per_batch = offset;
 
   const at::ScalarType compute = a.dtype == DType::Float64 ? at::kDouble : at::kFloat;
-  const at::ScalarType stored = embedding.is_cpu() ? compute : embedding.scalar_type();
+  const at::ScalarType stored = weights_in_compute_type ? compute : embedding.scalar_type();
   std::vector<at::Tensor> keep;
   a.embedding = repack(embedding, {0, 1}, stored, keep);
   a.conv_weight = repack(conv_weight, {0, 3, 2, 1}, stored, keep);
@@ -139,47 +143,83 @@ at::Tensor wavenet_generate(const at::Tensor& embedding, const at::Tensor& conv_
   a.samples = samples.data_ptr<int64_t>();
 
   a.layer_info = info;
-  at::Tensor layer_info_device;
-#if defined(GMK_WITH_CUDA)
-  if (embedding.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(embedding.device());
-    int shared_optin = 0, multiprocessors = 0, major = 0, minor = 0;
-    const int device = embedding.get_device();
-    TORCH_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-                    cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
-                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess,
-                kOp, ": cannot query the device's limits");
-    const auto plan_for = [&](int64_t compute_capability) {
-      const CudaPlan plan = plan_cuda(r, s, h, p, n_layers, k, a.batch, embedding.element_size(), a.mixture,
-                                      shared_optin, multiprocessors, compute_capability);
-      TORCH_CHECK_VALUE(plan.error.empty(), plan.error);
-      a.cluster_size = plan.cluster_size;
-      a.batch_per_block = plan.batch_per_block;
-      a.shared_bytes = plan.shared_bytes;
-      a.weights_in_shared = plan.weights_in_shared;
-    };
-    plan_for(10 * major + minor);
-    if (a.cluster_size > 0) {  // every element's cluster must be resident at once, else the block kernel
-      int clusters = 0;
-      const cudaError_t err = max_active_clusters_cuda(a, &clusters);
-      TORCH_CHECK(err == cudaSuccess, kOp, ": cannot query the cluster occupancy: ", cudaGetErrorString(err));
-      if (clusters < a.batch) plan_for(0);
-    }
-    layer_info_device = layer_info.to(embedding.device());
-    a.layer_info = layer_info_device.data_ptr<int64_t>();
-  }
-#endif
-  run_on_device(kOp, embedding, a.batch * a.steps, a, generate_cpu, GMK_CUDA_FN(generate_cuda));
+  launch(a, layer_info);
   return samples;
 }
 
-}  // namespace
-
-void register_ops(torch::Library& m) {
-  m.impl("wavenet_generate", &wavenet_generate);
+at::Tensor wavenet_generate_on_cpu(const at::Tensor& embedding, const at::Tensor& conv_weight,
+                                   const at::Tensor& conv_bias, const at::Tensor& res_weight, const at::Tensor& res_bias,
+                                   const at::Tensor& skip_weight, const at::Tensor& skip_bias,
+                                   const at::Tensor& head_weight1, const at::Tensor& head_bias1,
+                                   const at::Tensor& head_weight2, const at::Tensor& head_bias2,
+                                   const std::optional<at::Tensor>& cond, const at::Tensor& uniform,
+                                   at::IntArrayRef dilations, int64_t start_class, double residual_scale,
+                                   double temperature, c10::string_view head, double log_scale_min) {
+  const auto launch = [](const Args& a, const at::Tensor&) { run_cpu(a.batch * a.steps, a, generate_cpu); };
+  return wavenet_generate(embedding, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, head_weight1,
+                          head_bias1, head_weight2, head_bias2, cond, uniform, dilations, start_class,
+                          residual_scale, temperature, head, log_scale_min, true, launch);
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+// The persistent kernel's plan for embedding's device (Args::cluster_size, batch_per_block, shared_bytes,
+// weights_in_shared): the cluster kernel where every element's cluster can be resident at once, else
+// the block kernel.
+void plan_on_device(Args& a, const at::Tensor& embedding) {
+  const c10::cuda::CUDAGuard guard(embedding.device());
+  int shared_optin = 0, multiprocessors = 0, major = 0, minor = 0;
+  const int device = embedding.get_device();
+  TORCH_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess,
+              kOp, ": cannot query the device's limits");
+  const auto plan_for = [&](int64_t compute_capability) {
+    const CudaPlan plan = plan_cuda(a.residual, a.skip, a.hidden, a.outputs, a.layers, a.kernel_size, a.batch,
+                                    embedding.element_size(), a.mixture, shared_optin, multiprocessors,
+                                    compute_capability);
+    TORCH_CHECK_VALUE(plan.error.empty(), plan.error);
+    a.cluster_size = plan.cluster_size;
+    a.batch_per_block = plan.batch_per_block;
+    a.shared_bytes = plan.shared_bytes;
+    a.weights_in_shared = plan.weights_in_shared;
+  };
+  plan_for(10 * major + minor);
+  if (a.cluster_size > 0) {  // every element's cluster must be resident at once, else the block kernel
+    int clusters = 0;
+    const cudaError_t err = max_active_clusters_cuda(a, &clusters);
+    TORCH_CHECK(err == cudaSuccess, kOp, ": cannot query the cluster occupancy: ", cudaGetErrorString(err));
+    if (clusters < a.batch) plan_for(0);
+  }
+}
+
+at::Tensor wavenet_generate_on_cuda(const at::Tensor& embedding, const at::Tensor& conv_weight,
+                                    const at::Tensor& conv_bias, const at::Tensor& res_weight,
+                                    const at::Tensor& res_bias,
+                                    const at::Tensor& skip_weight, const at::Tensor& skip_bias,
+                                    const at::Tensor& head_weight1, const at::Tensor& head_bias1,
+                                    const at::Tensor& head_weight2, const at::Tensor& head_bias2,
+                                    const std::optional<at::Tensor>& cond, const at::Tensor& uniform,
+                                    at::IntArrayRef dilations, int64_t start_class, double residual_scale,
+                                    double temperature, c10::string_view head, double log_scale_min) {
+  const auto launch = [&](Args& a, const at::Tensor& layer_info) {
+    plan_on_device(a, embedding);
+    const at::Tensor layer_info_device = layer_info.to(embedding.device());
+    a.layer_info = layer_info_device.data_ptr<int64_t>();
+    run_cuda(kOp, embedding, a.batch * a.steps, a, generate_cuda);
+  };
+  return wavenet_generate(embedding, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, head_weight1,
+                          head_bias1, head_weight2, head_bias2, cond, uniform, dilations, start_class,
+                          residual_scale, temperature, head, log_scale_min, false, launch);
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) { m.impl("wavenet_generate", &wavenet_generate_on_cpu); }
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) { m.impl("wavenet_generate", &wavenet_generate_on_cuda); }
+#endif
 
 }  // namespace gmk::wavenet_generate

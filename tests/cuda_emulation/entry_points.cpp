@@ -296,7 +296,7 @@ int64_t gmk_emu_max_layer_residual(int backward) {
 }  // extern "C"
 
 // --- WaveNet generation --------------------------------------------------------------------------------
-#include "wavenet_generate/wavenet_generate.h"
+#include "gmk/wavenet_generate.h"
 
 extern "C" {
 

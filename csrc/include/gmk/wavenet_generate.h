@@ -8,6 +8,10 @@
 
 #include "gmk/common.h"
 
+#if defined(GMK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
 namespace gmk::wavenet_generate {
 
 // All weights are stored input-major ("transposed") by the op, so that the threads (CUDA) or the
@@ -149,5 +153,14 @@ inline CudaPlan plan_cuda(int64_t r, int64_t s, int64_t h, int64_t p, int64_t la
   plan.shared_bytes = plan.weights_in_shared ? weights_offset + plan.weight_bytes : activations;
   return plan;
 }
+
+// Entry points of the WaveNet generation kernels, called by wavenet_generate_ops.cpp.
+void generate_cpu(const Args& args);
+
+#if defined(GMK_WITH_CUDA)
+cudaError_t generate_cuda(const Args& args, cudaStream_t stream);
+// How many clusters of the cluster kernel (args.cluster_size, args.shared_bytes) can be resident at once.
+cudaError_t max_active_clusters_cuda(const Args& args, int* clusters);
+#endif
 
 }  // namespace gmk::wavenet_generate
