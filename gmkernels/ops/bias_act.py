@@ -95,8 +95,10 @@ def _bias_shape(x: torch.Tensor, dim: int) -> list[int]:
     return [-1 if i == dim else 1 for i in range(x.dim())]
 
 
-def _other_dims(x: torch.Tensor, dim: int) -> list[int]:
-    return [i for i in range(x.dim()) if i != dim]
+def _sum_except(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """t summed over every dimension but ``dim`` (t itself when it has no other: sum over [] sums all)."""
+    others = [i for i in range(t.dim()) if i != dim]
+    return t.sum(others) if others else t
 
 
 def second_derivative(act: str, v: torch.Tensor) -> torch.Tensor:
@@ -139,7 +141,7 @@ def _backward(ops, ctx, grad_y):
     x, b, y = ctx.saved_tensors
     dim = ctx.args[0]
     grad_v = ops.bias_act_backward(grad_y, x, b, y, *ctx.args)
-    grad_b = grad_v.sum(_other_dims(grad_v, dim)) if ctx.has_bias and ctx.needs_input_grad[1] else None
+    grad_b = _sum_except(grad_v, dim) if ctx.has_bias and ctx.needs_input_grad[1] else None
     return grad_v, grad_b, None, None, None, None, None
 
 
@@ -157,12 +159,11 @@ def _backward_backward(ops, ctx, h):
     if act in SMOOTH and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         d_x = ops.bias_act_backward2(h, grad, x, b, *ctx.args)
         if b is not None and ctx.needs_input_grad[2]:
-            d_b = d_x.sum(_other_dims(d_x, dim))
+            d_b = _sum_except(d_x, dim)
     return d_grad, d_x, d_b, None, None, None, None, None, None
 
 
-# Which backends have kernels: the reference until the C++/Triton kernels below are registered.
-_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES}
+_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES}
 
 _SCHEMA_ARGS = "int dim, str act, float alpha, float gain, float? clamp"
 BIAS_ACT = Op("bias_act", f"(Tensor x, Tensor? b, {_SCHEMA_ARGS}) -> Tensor", check=check_bias_act, fake=_fake,
