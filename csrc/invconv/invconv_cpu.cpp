@@ -1,10 +1,11 @@
-// The 1x1 convolution on the CPU: per sample, a GEMM of the (out, in) weight with the (in, positions)
-// view of x (oneDNN/MKL through at::baddbmm), in the weight's dtype; half inputs are widened to
-// float first and the result rounded once.
+// The 1x1 convolution as ATen's batched GEMM, on the CPU (and on CUDA where the kernel does not apply):
+// per sample, a GEMM of the (out, in) weight with the (in, positions) view of x (oneDNN/MKL through
+// at::baddbmm; cuBLAS on CUDA), in the weight's dtype; half inputs are widened to float first and the
+// result rounded once.
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 
-#include "invconv/invconv.h"
+#include "gmk/invconv.h"
 
 namespace gmk::invconv {
 

@@ -12,7 +12,7 @@
 #include <algorithm>
 
 #include "gmk/cuda_types.cuh"
-#include "invconv/invconv.h"
+#include "gmk/invconv.h"
 
 namespace gmk::invconv {
 namespace {

@@ -1,6 +1,6 @@
-// gmkernels::conv1x1 and gmkernels::conv1x1_backward: argument checks, then the CUDA kernel (weight
-// in shared memory, x streamed once) or the batched GEMM (CPU tensors; CUDA tensors whose weight does
-// not fit in shared memory). The invertible 1x1 convolutions and their fusion with actnorm
+// gmkernels::conv1x1 and gmkernels::conv1x1_backward: argument checks, then on CPU the batched GEMM,
+// on CUDA the kernel (weight in shared memory, x streamed once) or, for float64 or a weight that does
+// not fit in shared memory, the batched GEMM (cuBLAS). The backward's body is shared by both devices. The invertible 1x1 convolutions and their fusion with actnorm
 // (gmkernels/ops/invconv.py) build weight and bias from their parameters and call these ops.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -12,12 +12,14 @@
 #include <tuple>
 
 #include "gmk/aten.h"
-#include "invconv/invconv.h"
+#include "gmk/invconv.h"
 
 namespace gmk::invconv {
 namespace {
 
 constexpr const char* kOp = "gmkernels::conv1x1";
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -47,36 +49,41 @@ Strides3 strides_of(const at::Tensor& t) {
   return {t.size(0) == 1 ? 0 : t.stride(0), t.stride(1), t.size(2) == 1 ? 1 : t.stride(2)};
 }
 
-at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+at::Tensor conv1x1_on_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_args(x, weight, bias);
-#if defined(GMK_WITH_CUDA)
-  if (x.is_cuda() && x.scalar_type() != at::kDouble && conv1x1_cuda_fits(weight.size(1), weight.size(0))) {
-    const at::Tensor weight_dense = weight.contiguous();
-    const std::optional<at::Tensor> bias_dense = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
-    Args args;
-    args.dtype = to_dtype(kOp, "x", x);
-    args.outer = x.size(0);
-    args.in_channels = x.size(1);
-    args.out_channels = weight.size(0);
-    args.inner = x.size(2);
-    args.x = x.data_ptr();
-    args.x_strides = strides_of(x);
-    args.weight = weight_dense.data_ptr<float>();
-    args.bias = bias_dense.has_value() ? bias_dense->data_ptr<float>() : nullptr;
-    at::Tensor y = at::empty({args.outer, args.out_channels, args.inner}, x.options());
-    args.out = y.data_ptr();
-    run_on_device(kOp, x, y.numel(), args, [](const Args&) {}, conv1x1_cuda);
-    return y;
-  }
-#endif
   return conv1x1_gemm(x, weight, bias);
 }
 
+#if defined(GMK_WITH_CUDA)
+at::Tensor conv1x1_on_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_args(x, weight, bias);
+  if (x.scalar_type() == at::kDouble || !conv1x1_cuda_fits(weight.size(1), weight.size(0))) {
+    return conv1x1_gemm(x, weight, bias);
+  }
+  const at::Tensor weight_dense = weight.contiguous();
+  const std::optional<at::Tensor> bias_dense = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
+  Args args;
+  args.dtype = to_dtype(kOp, "x", x);
+  args.outer = x.size(0);
+  args.in_channels = x.size(1);
+  args.out_channels = weight.size(0);
+  args.inner = x.size(2);
+  args.x = x.data_ptr();
+  args.x_strides = strides_of(x);
+  args.weight = weight_dense.data_ptr<float>();
+  args.bias = bias_dense.has_value() ? bias_dense->data_ptr<float>() : nullptr;
+  at::Tensor y = at::empty({args.outer, args.out_channels, args.inner}, x.options());
+  args.out = y.data_ptr();
+  run_cuda(kOp, x, y.numel(), args, conv1x1_cuda);
+  return y;
+}
+#endif
+
 // grad_x = weightᵀ · grad_y (the same kernel), grad_weight = Σ_samples grad_y · xᵀ (a batched GEMM),
-// grad_bias = Σ grad_y, the latter two in the weight's dtype.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor& grad_y, const at::Tensor& x,
-                                                                const at::Tensor& weight,
-                                                                std::array<bool, 3> output_mask) {
+// grad_bias = Σ grad_y, the latter two in the weight's dtype; conv1x1 is the device's forward.
+template <typename Conv1x1>
+Grads conv1x1_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                       std::array<bool, 3> output_mask, Conv1x1 conv1x1) {
   check_args(x, weight, std::nullopt);
   TORCH_CHECK_VALUE(grad_y.dim() == 3 && grad_y.size(0) == x.size(0) && grad_y.size(1) == weight.size(0) &&
                         grad_y.size(2) == x.size(2),
@@ -96,13 +103,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1x1_backward(const at::Tensor
   return {grad_x, grad_weight, grad_bias};
 }
 
-}  // namespace
-
-void register_ops(torch::Library& m) {
-  m.impl("conv1x1", &conv1x1);
-  m.impl("conv1x1_backward", &conv1x1_backward);
+Grads conv1x1_backward_on_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                              std::array<bool, 3> output_mask) {
+  return conv1x1_backward(grad_y, x, weight, output_mask, conv1x1_on_cpu);
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+Grads conv1x1_backward_on_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                               std::array<bool, 3> output_mask) {
+  return conv1x1_backward(grad_y, x, weight, output_mask, conv1x1_on_cuda);
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("conv1x1", &conv1x1_on_cpu);
+  m.impl("conv1x1_backward", &conv1x1_backward_on_cpu);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("conv1x1", &conv1x1_on_cuda);
+  m.impl("conv1x1_backward", &conv1x1_backward_on_cuda);
+}
+#endif
 
 }  // namespace gmk::invconv

@@ -1,17 +1,18 @@
-// Entry points of the 1x1 convolution kernels (the invertible 1x1 convolution and actnorm fused
-// into it), called by invconv_ops.cpp: y[o, :, i] = weight · x[o, :, i] + bias at every position.
+// The 1x1 convolution (the invertible 1x1 convolution and actnorm fused into it): y[o, :, i] =
+// weight · x[o, :, i] + bias at every position. The kernels' arguments and entry points, called by
+// invconv_ops.cpp. No torch header: .cu files include this.
 #pragma once
-#include "gmk/common.h"
-
-#if !defined(__CUDACC__)  // .cu files include no torch header
-#include <ATen/core/Tensor.h>
-
 #include <optional>
-#endif
+
+#include "gmk/common.h"
 
 #if defined(GMK_WITH_CUDA)
 #include <cuda_runtime_api.h>
 #endif
+
+namespace at {
+class Tensor;  // only named here: the CPU side takes tensors (below)
+}  // namespace at
 
 namespace gmk::invconv {
 
@@ -27,11 +28,10 @@ struct Args {
   DType dtype = DType::Float32;
 };
 
-#if !defined(__CUDACC__)
-// The CPU kernel, and the fallback where the CUDA kernel does not apply: a batched GEMM over the
-// (channels, positions) view of each sample, in the weight's dtype (float, or double).
+// The CPU implementation, and CUDA's where the kernel does not apply (invconv_cpu.cpp): a batched GEMM
+// over the (channels, positions) view of each sample, in the weight's dtype (float, or double). It is
+// ATen's GEMM (MKL/oneDNN, cuBLAS), so it takes tensors rather than Args.
 at::Tensor conv1x1_gemm(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
-#endif
 
 #if defined(GMK_WITH_CUDA)
 // Whether conv1x1_cuda takes these channel counts (the weight must fit in shared memory).
