@@ -96,6 +96,9 @@ def _add_sample(commands) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--length", type=int, help="audio samples per clip (default 0.1 s)")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    sample.add_argument("--method", choices=("cached", "naive"),
+                        help="image models: cached (default; the network evaluated only where a step changes "
+                             "it) or naive (the whole network per step; the same images, slower)")
 
 
 def _parser() -> argparse.ArgumentParser:

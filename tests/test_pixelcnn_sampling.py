@@ -105,3 +105,65 @@ def test_a_bad_method_raises_naming_it(method):
     model = build("pixelcnn", 1, 0)
     with pytest.raises(ValueError, match="method must be one of"):
         model.sample(1, method=method)
+
+
+# --- gmk sample --method --------------------------------------------------------------------------------
+
+def gmk(*args) -> int:
+    from gmkernels.cli import main
+
+    try:
+        return main([str(arg) for arg in args])
+    except SystemExit as exit_:
+        return exit_.code
+
+
+TINY = ["--size", "tiny", "--batch-size", "4", "--eval-every", "1000", "--threads", "1"]
+
+
+def test_gmk_sample_method_cached_and_naive_write_the_same_grid(tmp_path):
+    run = tmp_path / "run"
+    assert gmk("train", "pixelcnnpp", "--data", "digits", "--conditional", "--steps", "1", "--samples", "0",
+               "--out", run, *TINY) == 0
+    grids = {}
+    for method in ("cached", "naive"):
+        out = tmp_path / f"{method}.png"
+        assert gmk("sample", run, "--n", 4, "--seed", 2, "--method", method, "--out", out) == 0
+        grids[method] = out.read_bytes()
+    assert grids["cached"] == grids["naive"]
+    assert gmk("sample", run, "--n", 4, "--seed", 2, "--out", tmp_path / "default.png") == 0
+    assert (tmp_path / "default.png").read_bytes() == grids["cached"]
+
+
+def test_gmk_sample_method_is_checked(tmp_path, capsys):
+    run = tmp_path / "audio"
+    assert gmk("train", "wavenet", "--steps", "1", "--samples", "0", "--out", run, *TINY) == 0
+    assert gmk("sample", run, "--method", "naive") == 2
+    assert "--method chooses how an image model samples" in capsys.readouterr().err
+    assert gmk("sample", run, "--method", "fast") == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------
+
+def test_the_sampling_benchmark_runs_through_the_harness():
+    harness = pytest.importorskip("gmkernels.benchmarks.harness")
+    bench = pytest.importorskip("gmkernels.benchmarks.models.pixelcnn_sampling")
+    assert "pixelcnn_sampling" in harness.family_names()
+    cases = bench.cases("cpu", quick=True)
+    assert {case.params["model"] for case in cases} == set(MODELS)
+    for case in cases[:2] + cases[-1:]:
+        result = harness.run_case(case, "cpu", repeats=1, copy_gbps=1.0)
+        by_peer = {peer["peer"]: peer for peer in result["results"]}
+        assert set(by_peer) == {"gmk:cached", "naive"} and all(p["status"] == "ok" for p in by_peer.values())
+        assert by_peer["naive"]["speedup_vs_eager"] == 1.0
+        assert by_peer["gmk:cached"]["samples_per_s"] == pytest.approx(
+            case.params["batch"] / (by_peer["gmk:cached"]["median_ms"] / 1e3))
+
+
+def test_the_sampling_benchmark_measures_both_methods_once(capsys):
+    bench = pytest.importorskip("gmkernels.benchmarks.models.pixelcnn_sampling")
+    rows = bench.measure("digits", "cpu", (2,), ("gated_pixelcnn",), image_size=3)
+    assert len(rows) == 1 and rows[0]["same_images"]
+    assert rows[0]["speedup"] == pytest.approx(rows[0]["naive_s"] / rows[0]["cached_s"])
+    assert "| gated_pixelcnn | 1×3×3, 17 levels | 2 |" in bench.markdown(rows, bench._environment("cpu"))

@@ -1,6 +1,7 @@
 """``gmk sample DIR``: samples of a trained run's EMA weights, as a PNG grid (images) or a .wav (audio)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -9,11 +10,15 @@ from . import checkpoint, distributed, kinds
 from .errors import TrainingError
 
 
+METHODS = ("cached", "naive")
+
+
 def sample(directory: str | Path, *, n: int | None = None, out: str | Path | None = None, seed: int = 0,
-           length: int | None = None, device: str = "auto") -> Path:
+           length: int | None = None, device: str = "auto", method: str | None = None) -> Path:
     """Draw ``n`` samples (default 64 images or 4 audio clips of ``length`` samples, default 0.1 s) from
     the checkpoint in ``directory`` with ``seed``; write them to ``out`` (default DIR/sample.png or
-    DIR/sample.wav) and return its path."""
+    DIR/sample.wav) and return its path. ``method``: an image model's sampling method, "cached" (its
+    default) or "naive" (the same images, slower)."""
     directory = Path(directory)
     path = directory / checkpoint.FILE
     state = checkpoint.load(directory)
@@ -22,6 +27,11 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
     for name, value in (("--n", n), ("--length", length)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+    if method is not None and method not in METHODS:
+        raise TrainingError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method is not None and kind.suffixes != (".png",):
+        raise TrainingError(f"--method chooses how an image model samples; {state['model']} generates audio "
+                            "with its own cached generation")
     out = Path(out) if out is not None else directory / f"sample{kind.suffixes[0]}"
     if out.suffix.lower() not in kind.suffixes:
         raise TrainingError(f"--out {out}: a {state['model']} sample is written as "
@@ -32,6 +42,8 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
     model = model_class(checkpoint.rebuild_config(state, model_class, path)).to(context.device)
     checkpoint.load_weights(model, state["ema_state"], path, "EMA weights")
     model.eval()
+    if method is not None:  # the adapter calls model.sample(count, y=..., generator=...)
+        model.sample = functools.partial(model.sample, method=method)
     generator = torch.Generator(context.device).manual_seed(seed)
     conditional = state["options"]["conditional"]
     with torch.no_grad():
