@@ -26,10 +26,11 @@ from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsa
 from .mu_law import mu_law_decode, mu_law_encode
 from . import models  # noqa: E402  (after the ops: models are built on them)
 from . import data  # noqa: E402
+from . import metrics  # noqa: E402
 
 __all__ = [
     "actnorm", "actnorm_conv1x1", "actnorm_conv1x1_lu", "affine_coupling", "BACKENDS", "available_backends",
-    "bits_per_dim", "build_info", "causal_conv1d", "conv_mask", "data",
+    "bits_per_dim", "build_info", "causal_conv1d", "conv_mask", "data", "metrics",
     "discretized_logistic_mixture_nll", "discretized_logistic_mixture_sample", "gated_activation", "has_extension",
     "invertible_conv1x1", "invertible_conv1x1_lu", "masked_conv2d", "models", "mu_law_decode", "mu_law_encode", "nn", "reference", "shifted_conv2d",
     "use_backend", "wavenet_layer",

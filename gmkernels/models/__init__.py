@@ -1,15 +1,19 @@
 """Complete models built on gmkernels' ops. ``MODELS``: the command-line name of each model -> its class
-(``config_class``: its config dataclass; ``kind``: "image" or "audio")."""
+(``config_class``: its config dataclass; ``kind``: "image", "audio" or "gan", the training adapter of
+gmkernels.training.kinds)."""
+from .dcgan import DCGAN, DCGANConfig
 from .gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from .glow import Glow, GlowConfig
 from .pixelcnn import PixelCNN, PixelCNNConfig
 from .pixelcnn_pp import PixelCNNpp, PixelCNNppConfig
 from .realnvp import RealNVP, RealNVPConfig
+from .stylegan2 import StyleGAN2, StyleGAN2Config
 from .wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN, "pixelcnnpp": PixelCNNpp, "wavenet": WaveNet,
-          "glow": Glow, "realnvp": RealNVP}
+          "dcgan": DCGAN, "glow": Glow, "realnvp": RealNVP, "stylegan2": StyleGAN2}
 
-__all__ = ["MODELS", "GatedPixelCNN", "GatedPixelCNNConfig", "Glow", "GlowConfig", "RealNVP", "RealNVPConfig",
-           "PixelCNN", "PixelCNNConfig", "PixelCNNpp",
-           "PixelCNNppConfig", "WaveNet", "WaveNetConfig"]
+__all__ = ["MODELS", "DCGAN", "DCGANConfig", "GatedPixelCNN", "GatedPixelCNNConfig", "Glow", "GlowConfig",
+           "RealNVP", "RealNVPConfig", "PixelCNN", "PixelCNNConfig", "PixelCNNpp",
+           "PixelCNNppConfig", "StyleGAN2", "StyleGAN2Config",
+           "WaveNet", "WaveNetConfig"]

@@ -137,16 +137,23 @@ class GANModel(torch.nn.Module):
         """n images (n, C, H, W) int64 in [0, num_bins) from latents drawn with ``generator`` (a
         torch.Generator on the model's device; the same state gives the same images). ``truncation`` ψ
         in [0, 1] pulls each latent toward the mean one (1: the model's distribution, 0: one image per
-        class); ``y`` the class labels (n,) of a conditional model."""
+        class); ``y`` the class labels (n,) of a conditional model. The network's own noise
+        (StyleGAN2's per-pixel noise) comes from a seed drawn from ``generator``; the global generator
+        is left as it was."""
         name = f"{type(self).__name__}.sample"
         check_int(name, "n", n)
         check_number(name, "truncation", truncation, 0.0, 1.0 + 1e-12)
         check_generator(name, generator, self._device)
         self._check_y("sample", y, n)
+        z = self.latents(n, generator)
+        seed = int(torch.randint(2 ** 62, (), generator=generator, device=self._device))
+        devices = [self._device] if self._device.type == "cuda" else []
         training = self.training
         self.eval()
         try:
-            return self.to_bins(self.generator(self.latents(n, generator), y, truncation))
+            with torch.random.fork_rng(devices=devices):  # the network's own noise, from ``generator`` too
+                torch.manual_seed(seed)
+                return self.to_bins(self.generator(z, y, truncation))
         finally:
             self.train(training)
 
