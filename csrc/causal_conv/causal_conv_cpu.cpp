@@ -8,7 +8,7 @@
 
 #include <algorithm>
 
-#include "causal_conv/causal_conv.h"
+#include "gmk/causal_conv.h"
 #include "gmk/cpu_math.h"
 
 namespace gmk::causal_conv {

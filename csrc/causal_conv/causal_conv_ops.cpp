@@ -1,5 +1,6 @@
-// gmkernels::causal_conv1d, causal_conv1d_backward and wavenet_layer: argument checks, then the CPU
-// or CUDA kernels. Autograd and fake tensors are registered in gmkernels/ops/causal_conv.py.
+// gmkernels::causal_conv1d, causal_conv1d_backward, wavenet_layer and wavenet_layer_backward: one check
+// function per op shared by the CPU implementation (ATen GEMMs, causal_conv_cpu.cpp) and the CUDA one
+// (the kernels, fed from here). Autograd and fake tensors are registered in gmkernels/ops/causal_conv.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -10,7 +11,7 @@
 #include <limits>
 #include <tuple>
 
-#include "causal_conv/causal_conv.h"
+#include "gmk/causal_conv.h"
 #include "gmk/aten.h"
 
 namespace gmk::causal_conv {
@@ -46,6 +47,76 @@ void check_conv(const char* op, const at::Tensor& x, const at::Tensor& weight, c
                     " reaches back (k-1)·dilation, more than 64-bit offsets hold (2^63 - 1)");
 }
 
+// grad_out (N, Cout, T) of the convolution of x (N, Cin, T) with weight (Cout, Cin, k).
+void check_conv_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                         int64_t dilation) {
+  check_conv(op, x, weight, std::nullopt, dilation);
+  check_like_x(op, x, grad_out, "grad_out", {x.size(0), weight.size(0), x.size(2)});
+}
+
+// The layer's shapes: x (N, R, T), conv_weight (2R, R, k), res_weight (R, R), skip_weight (S, R), the
+// biases (2R), (R), (S) and cond (N, 2R, T) where given.
+void check_layer(const char* op, const at::Tensor& x, const at::Tensor& conv_weight,
+                 const std::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
+                 const std::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
+                 const std::optional<at::Tensor>& skip_bias, const std::optional<at::Tensor>& cond, int64_t dilation) {
+  check_conv(op, x, conv_weight, conv_bias, dilation, "conv_weight", "conv_bias");
+  const int64_t n = x.size(0), r = x.size(1), t = x.size(2);
+  TORCH_CHECK_VALUE(conv_weight.size(0) == 2 * r, op, ": conv_weight must be (2R=", 2 * r, ", R=", r,
+                    ", k), got shape ", conv_weight.sizes());
+  check_like_x(op, x, res_weight, "res_weight", {r, r});
+  if (res_bias.has_value()) check_like_x(op, x, *res_bias, "res_bias", {r});
+  TORCH_CHECK_VALUE(skip_weight.dim() == 2 && skip_weight.size(1) == r && skip_weight.size(0) >= 1, op,
+                    ": skip_weight must be (S >= 1, R=", r, "), got shape ", skip_weight.sizes());
+  check_like_x(op, x, skip_weight, "skip_weight", skip_weight.sizes());
+  if (skip_bias.has_value()) check_like_x(op, x, *skip_bias, "skip_bias", {skip_weight.size(0)});
+  if (cond.has_value()) check_like_x(op, x, *cond, "cond", {n, 2 * r, t});
+}
+
+// The layer's backward: the forward's operands (no output biases) and grad_x_next, grad_skip.
+void check_layer_backward(const at::Tensor& grad_x_next, const at::Tensor& grad_skip, const at::Tensor& x,
+                          const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+                          const at::Tensor& res_weight, const at::Tensor& skip_weight,
+                          const std::optional<at::Tensor>& cond, int64_t dilation) {
+  check_layer(kLayerBackward, x, conv_weight, conv_bias, res_weight, std::nullopt, skip_weight, std::nullopt, cond,
+              dilation);
+  check_like_x(kLayerBackward, x, grad_x_next, "grad_x_next", x.sizes());
+  check_like_x(kLayerBackward, x, grad_skip, "grad_skip", {x.size(0), skip_weight.size(0), x.size(2)});
+}
+
+at::Tensor causal_conv1d_on_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                int64_t dilation) {
+  check_conv(kConv, x, weight, bias, dilation);
+  return conv_cpu(x, weight, bias, dilation);
+}
+
+Grads causal_conv1d_backward_on_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                    int64_t dilation, std::array<bool, 3> output_mask) {
+  check_conv_backward(kConvBackward, grad_out, x, weight, dilation);
+  return conv_backward_cpu(grad_out, x, weight, dilation, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor> wavenet_layer_on_cpu(
+    const at::Tensor& x, const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+    const at::Tensor& res_weight, const std::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
+    const std::optional<at::Tensor>& skip_bias, const std::optional<at::Tensor>& cond, int64_t dilation,
+    double residual_scale) {
+  check_layer(kLayer, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation);
+  return layer_cpu(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation,
+                   residual_scale);
+}
+
+LayerGrads wavenet_layer_backward_on_cpu(const at::Tensor& grad_x_next, const at::Tensor& grad_skip,
+                                         const at::Tensor& x, const at::Tensor& conv_weight,
+                                         const std::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
+                                         const at::Tensor& skip_weight, const std::optional<at::Tensor>& cond,
+                                         int64_t dilation, double residual_scale, std::array<bool, 8> output_mask) {
+  check_layer_backward(grad_x_next, grad_skip, x, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation);
+  return layer_backward_cpu(grad_x_next, grad_skip, x, conv_weight, conv_bias, res_weight, skip_weight, cond,
+                            dilation, residual_scale, output_mask);
+}
+
+#if defined(GMK_WITH_CUDA)
 Strides3 strides_of(const at::Tensor& t) {  // size-1 dimensions get stride 0: never stepped over
   const auto stride = [&](int64_t d) { return t.size(d) == 1 ? int64_t{0} : t.stride(d); };
   return {stride(0), stride(1), stride(2)};
@@ -56,10 +127,6 @@ const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_dat
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
 }
-
-#if defined(GMK_WITH_CUDA)
-// run_on_device's CPU function for the CUDA-only paths below (CPU tensors never reach them).
-constexpr auto kNoCpu = [](const auto&) { TORCH_CHECK(false, "gmkernels: unreachable CPU path"); };
 
 // out (N, Cout, T) = the causal convolution (sign -1) or its grad_x (sign +1) of `in` with `weight`
 // seen as (Cout, Cin, k) through the given strides.
@@ -82,11 +149,9 @@ void conv_on_cuda(const char* op, const at::Tensor& in, const at::Tensor& weight
   args.bias = data_or_null(bias);
   args.out = out.data_ptr();
   args.dtype = to_dtype(op, "x", in);
-  run_on_device(op, in, out.numel(), args, kNoCpu, conv_cuda);
+  run_cuda(op, in, out.numel(), args, conv_cuda);
 }
-#endif
 
-#if defined(GMK_WITH_CUDA)
 // The CUDA layer kernels keep a block's h (2R x 32 floats, the backward) or z (R x 32) in shared memory:
 // R is bounded by kMaxCudaResidual and by the shared memory of x's device.
 void check_cuda_layer(const char* op, const at::Tensor& x, bool backward) {
@@ -143,30 +208,21 @@ at::Tensor weight_grad_on_cuda(const char* op, const at::Tensor& g, const at::Te
   args.x_strides = strides_of(in);
   args.partial = partial.data_ptr<float>();
   args.dtype = to_dtype(op, "x", in);
-  run_on_device(op, in, partial.numel(), args, kNoCpu, weight_grad_cuda);
+  run_cuda(op, in, partial.numel(), args, weight_grad_cuda);
   return partial.sum(0).mul_(scale).to(dtype);
 }
-#endif
 
-at::Tensor causal_conv1d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                         int64_t dilation) {
+at::Tensor causal_conv1d_on_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 int64_t dilation) {
   check_conv(kConv, x, weight, bias, dilation);
-  if (x.is_cpu()) return conv_cpu(x, weight, bias, dilation);
-#if defined(GMK_WITH_CUDA)
   at::Tensor y = at::empty({x.size(0), weight.size(0), x.size(2)}, x.options());
   conv_on_cuda(kConv, x, weight.contiguous(), 0, 1, weight.size(0), contiguous_or_undefined(bias), dilation, -1, y);
   return y;
-#else
-  TORCH_CHECK(false, kConv, ": no kernel for device ", x.device());
-#endif
 }
 
-Grads causal_conv1d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-                             int64_t dilation, std::array<bool, 3> output_mask) {
-  check_conv(kConvBackward, x, weight, std::nullopt, dilation);
-  check_like_x(kConvBackward, x, grad_out, "grad_out", {x.size(0), weight.size(0), x.size(2)});
-  if (x.is_cpu()) return conv_backward_cpu(grad_out, x, weight, dilation, output_mask);
-#if defined(GMK_WITH_CUDA)
+Grads causal_conv1d_backward_on_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                     int64_t dilation, std::array<bool, 3> output_mask) {
+  check_conv_backward(kConvBackward, grad_out, x, weight, dilation);
   const auto [want_x, want_weight, want_bias] = output_mask;
   const at::Tensor g = grad_out.contiguous(), w = weight.contiguous();
   at::Tensor grad_x, grad_weight, grad_bias;
@@ -178,45 +234,14 @@ Grads causal_conv1d_backward(const at::Tensor& grad_out, const at::Tensor& x, co
                                                     weight.scalar_type());
   if (want_bias) grad_bias = g.sum({0, 2}, false, at::kFloat).to(weight.scalar_type());
   return {grad_x, grad_weight, grad_bias};
-#else
-  TORCH_CHECK(false, kConvBackward, ": no kernel for device ", x.device());
-#endif
 }
 
-// The layer's shapes: x (N, R, T), conv_weight (2R, R, k), res_weight (R, R), skip_weight (S, R), the
-// biases (2R), (R), (S) and cond (N, 2R, T) where given.
-void check_layer(const char* op, const at::Tensor& x, const at::Tensor& conv_weight,
-                 const std::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
-                 const std::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
-                 const std::optional<at::Tensor>& skip_bias, const std::optional<at::Tensor>& cond, int64_t dilation) {
-  check_conv(op, x, conv_weight, conv_bias, dilation, "conv_weight", "conv_bias");
-  const int64_t n = x.size(0), r = x.size(1), t = x.size(2);
-  TORCH_CHECK_VALUE(conv_weight.size(0) == 2 * r, op, ": conv_weight must be (2R=", 2 * r, ", R=", r,
-                    ", k), got shape ", conv_weight.sizes());
-  check_like_x(op, x, res_weight, "res_weight", {r, r});
-  if (res_bias.has_value()) check_like_x(op, x, *res_bias, "res_bias", {r});
-  TORCH_CHECK_VALUE(skip_weight.dim() == 2 && skip_weight.size(1) == r && skip_weight.size(0) >= 1, op,
-                    ": skip_weight must be (S >= 1, R=", r, "), got shape ", skip_weight.sizes());
-  check_like_x(op, x, skip_weight, "skip_weight", skip_weight.sizes());
-  if (skip_bias.has_value()) check_like_x(op, x, *skip_bias, "skip_bias", {skip_weight.size(0)});
-  if (cond.has_value()) check_like_x(op, x, *cond, "cond", {n, 2 * r, t});
-}
-
-
-std::tuple<at::Tensor, at::Tensor> wavenet_layer(const at::Tensor& x, const at::Tensor& conv_weight,
-                                                 const std::optional<at::Tensor>& conv_bias,
-                                                 const at::Tensor& res_weight,
-                                                 const std::optional<at::Tensor>& res_bias,
-                                                 const at::Tensor& skip_weight,
-                                                 const std::optional<at::Tensor>& skip_bias,
-                                                 const std::optional<at::Tensor>& cond, int64_t dilation,
-                                                 double residual_scale) {
+std::tuple<at::Tensor, at::Tensor> wavenet_layer_on_cuda(
+    const at::Tensor& x, const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+    const at::Tensor& res_weight, const std::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
+    const std::optional<at::Tensor>& skip_bias, const std::optional<at::Tensor>& cond, int64_t dilation,
+    double residual_scale) {
   check_layer(kLayer, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation);
-  if (x.is_cpu()) {
-    return layer_cpu(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation,
-                     residual_scale);
-  }
-#if defined(GMK_WITH_CUDA)
   check_cuda_layer(kLayer, x, false);
   const at::Tensor cw = conv_weight.contiguous(), rw = res_weight.contiguous(), sw = skip_weight.contiguous();
   const at::Tensor cb = contiguous_or_undefined(conv_bias), rb = contiguous_or_undefined(res_bias);
@@ -236,27 +261,16 @@ std::tuple<at::Tensor, at::Tensor> wavenet_layer(const at::Tensor& x, const at::
   args.skip_bias = data_or_null(sb);
   args.x_next = x_next.data_ptr();
   args.skip = skip.data_ptr();
-  run_on_device(kLayer, x, x_next.numel(), args, kNoCpu, layer_cuda);
+  run_cuda(kLayer, x, x_next.numel(), args, layer_cuda);
   return {x_next, skip};
-#else
-  TORCH_CHECK(false, kLayer, ": no kernel for device ", x.device());
-#endif
 }
 
-LayerGrads wavenet_layer_backward(const at::Tensor& grad_x_next, const at::Tensor& grad_skip, const at::Tensor& x,
-                                  const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
-                                  const at::Tensor& res_weight, const at::Tensor& skip_weight,
-                                  const std::optional<at::Tensor>& cond, int64_t dilation, double residual_scale,
-                                  std::array<bool, 8> output_mask) {
-  check_layer(kLayerBackward, x, conv_weight, conv_bias, res_weight, std::nullopt, skip_weight, std::nullopt, cond,
-              dilation);
-  check_like_x(kLayerBackward, x, grad_x_next, "grad_x_next", x.sizes());
-  check_like_x(kLayerBackward, x, grad_skip, "grad_skip", {x.size(0), skip_weight.size(0), x.size(2)});
-  if (x.is_cpu()) {
-    return layer_backward_cpu(grad_x_next, grad_skip, x, conv_weight, conv_bias, res_weight, skip_weight, cond,
-                              dilation, residual_scale, output_mask);
-  }
-#if defined(GMK_WITH_CUDA)
+LayerGrads wavenet_layer_backward_on_cuda(const at::Tensor& grad_x_next, const at::Tensor& grad_skip,
+                                          const at::Tensor& x, const at::Tensor& conv_weight,
+                                          const std::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
+                                          const at::Tensor& skip_weight, const std::optional<at::Tensor>& cond,
+                                          int64_t dilation, double residual_scale, std::array<bool, 8> output_mask) {
+  check_layer_backward(grad_x_next, grad_skip, x, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation);
   check_cuda_layer(kLayerBackward, x, true);
   const char* op = kLayerBackward;
   const int64_t n = x.size(0), r = x.size(1), t = x.size(2), k = conv_weight.size(2);
@@ -269,7 +283,7 @@ LayerGrads wavenet_layer_backward(const at::Tensor& grad_x_next, const at::Tenso
   args.grad_skip = g_skip.const_data_ptr();
   args.grad_h = grad_h.data_ptr();
   args.z = z.data_ptr();
-  run_on_device(op, x, grad_h.numel(), args, kNoCpu, layer_grad_h_cuda);
+  run_cuda(op, x, grad_h.numel(), args, layer_grad_h_cuda);
 
   const auto [want_x, want_w, want_b, want_rw, want_rb, want_sw, want_sb, want_cond] = output_mask;
   const at::ScalarType dtype = x.scalar_type();
@@ -289,20 +303,25 @@ LayerGrads wavenet_layer_backward(const at::Tensor& grad_x_next, const at::Tenso
   if (want_sb) grad_sb = g_skip.sum({0, 2}, false, at::kFloat).to(dtype);
   if (want_cond && cond.has_value()) grad_cond = grad_h;
   return grads;
-#else
-  TORCH_CHECK(false, kLayerBackward, ": no kernel for device ", x.device());
-#endif
 }
+#endif
 
 }  // namespace
 
-void register_ops(torch::Library& m) {
-  m.impl("causal_conv1d", &causal_conv1d);
-  m.impl("causal_conv1d_backward", &causal_conv1d_backward);
-  m.impl("wavenet_layer", &wavenet_layer);
-  m.impl("wavenet_layer_backward", &wavenet_layer_backward);
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("causal_conv1d", &causal_conv1d_on_cpu);
+  m.impl("causal_conv1d_backward", &causal_conv1d_backward_on_cpu);
+  m.impl("wavenet_layer", &wavenet_layer_on_cpu);
+  m.impl("wavenet_layer_backward", &wavenet_layer_backward_on_cpu);
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("causal_conv1d", &causal_conv1d_on_cuda);
+  m.impl("causal_conv1d_backward", &causal_conv1d_backward_on_cuda);
+  m.impl("wavenet_layer", &wavenet_layer_on_cuda);
+  m.impl("wavenet_layer_backward", &wavenet_layer_backward_on_cuda);
+}
+#endif
 
 }  // namespace gmk::causal_conv

@@ -1,14 +1,25 @@
 // WaveNet's dilated causal convolution and residual layer (arXiv 1609.03499; docs/conventions.md,
 // "Causal convolution and WaveNet"): the geometry and per-element math shared by the CPU and CUDA
-// kernels, and the CUDA kernels' arguments.
+// kernels, the CUDA kernels' arguments, and the entry points.
 //   y[n, o, t] = b[o] + Σ_{j<k} Σ_i W[o, i, j] · x[n, i, t - (k-1-j)·d]      (zero where the index < 0)
 //   layer: h = conv(x) + cond, z = tanh(h_a) ⊙ σ(h_b) (gmk/gated.h),
 //          x_next = (x + W_res z + b_res) · residual_scale, skip = W_skip z + b_skip
 #pragma once
+#include <array>
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 #include "gmk/common.h"
 #include "gmk/gated.h"
+
+#if defined(GMK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace at {
+class Tensor;  // only named here: the CPU entry points take tensors (end of file)
+}  // namespace at
 
 namespace gmk::causal_conv {
 
@@ -81,5 +92,39 @@ template <typename T>
 GMK_HOST_DEVICE T residual_out(T x, T acc, T bias, T residual_scale) {
   return (x + acc + bias) * residual_scale;
 }
+
+// Entry points, called by causal_conv_ops.cpp (which checks the arguments). The CPU side is ATen's
+// GEMMs on shifted views of the tensors (causal_conv_cpu.cpp), so it takes tensors, which this header
+// only names; the CUDA kernels take the arguments above.
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+// Gradients of x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond.
+using LayerGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor>;
+
+at::Tensor conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                    int64_t dilation);
+Grads conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t dilation,
+                        std::array<bool, 3> output_mask);
+std::tuple<at::Tensor, at::Tensor> layer_cpu(const at::Tensor& x, const at::Tensor& conv_weight,
+                                             const std::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
+                                             const std::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
+                                             const std::optional<at::Tensor>& skip_bias,
+                                             const std::optional<at::Tensor>& cond, int64_t dilation,
+                                             double residual_scale);
+LayerGrads layer_backward_cpu(const at::Tensor& grad_x_next, const at::Tensor& grad_skip, const at::Tensor& x,
+                              const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
+                              const at::Tensor& res_weight, const at::Tensor& skip_weight,
+                              const std::optional<at::Tensor>& cond, int64_t dilation, double residual_scale,
+                              std::array<bool, 8> output_mask);
+
+#if defined(GMK_WITH_CUDA)
+cudaError_t conv_cuda(const ConvArgs& args, cudaStream_t stream);
+cudaError_t weight_grad_cuda(const WeightGradArgs& args, cudaStream_t stream);
+cudaError_t layer_cuda(const LayerArgs& args, cudaStream_t stream);
+// grad_h and z of the layer's backward, from grad_x_next and grad_skip (h recomputed, never stored).
+cudaError_t layer_grad_h_cuda(const LayerArgs& args, cudaStream_t stream);
+// The largest R the layer kernels (backward: layer_grad_h_cuda) fit in the current device's shared memory.
+cudaError_t max_layer_residual_cuda(bool backward, int64_t* max_residual);
+#endif
 
 }  // namespace gmk::causal_conv
