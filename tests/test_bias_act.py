@@ -309,3 +309,34 @@ def test_fused_leaky_relu_rejects_bad_arguments(kwargs, pattern):
 def test_fused_leaky_relu_rejects_wrong_channels():
     with pytest.raises(ValueError, match="input"):
         gmk.nn.FusedLeakyReLU(4)(torch.randn(2, 3, 5))
+
+
+LOW_LEVEL_BAD_ARGS = {
+    "act": (lambda x, b: (x, b, 1, "gelu", 0.2, 1.0, None), "act"),
+    "b-shape": (lambda x, b: (x, b[:2], 1, "lrelu", 0.2, 1.0, None), r"\bb\b"),
+    "b-dtype": (lambda x, b: (x, b.double(), 1, "lrelu", 0.2, 1.0, None), r"\bb\b"),
+    "dim": (lambda x, b: (x, b, 3, "lrelu", 0.2, 1.0, None), "dim"),
+    "clamp": (lambda x, b: (x, b, 1, "lrelu", 0.2, 1.0, -1.0), "clamp"),
+    "alpha": (lambda x, b: (x, b, 1, "lrelu", -0.2, 1.0, None), "alpha"),
+}
+
+
+@pytest.mark.parametrize(("make_args", "pattern"), LOW_LEVEL_BAD_ARGS.values(), ids=LOW_LEVEL_BAD_ARGS.keys())
+@pytest.mark.parametrize(("namespace", "device"), LOW_LEVEL_OPS)
+def test_low_level_ops_reject_bad_arguments(namespace, device, make_args, pattern):
+    operators = getattr(torch.ops, namespace)
+    args = make_args(torch.randn(2, 3, 4, device=device), torch.randn(3, device=device))
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):
+        operators.bias_act(*args)
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):  # the backward's checks as well
+        operators.bias_act_backward(args[0], args[0], args[1], args[0], *args[2:])
+
+
+@pytest.mark.parametrize(("namespace", "device"), LOW_LEVEL_OPS)
+def test_low_level_backward_needs_what_the_act_reads(namespace, device):
+    operators = getattr(torch.ops, namespace)
+    grad = torch.randn(2, 3, device=device)
+    with pytest.raises((ValueError, RuntimeError), match=r"\bx\b"):
+        operators.bias_act_backward(grad, None, None, grad, 1, "swish", 0.0, 1.0, None)
+    with pytest.raises((ValueError, RuntimeError), match=r"\by\b"):
+        operators.bias_act_backward(grad, grad, None, None, 1, "lrelu", 0.2, 1.0, None)

@@ -75,7 +75,8 @@ def check_backend(x, f, backend, layout=None, **kwargs):
     stored = x if layout is None else layout(x)
     leaf = stored.detach().requires_grad_()
     y = gmk.upfirdn2d(leaf, f, backend=backend, **kwargs)
-    grad, = torch.autograd.grad(y, leaf, grad_output(y))
+    grad_y = grad_output(y)  # the gradient's layout follows grad_y's, as the output's follows x's
+    grad, = torch.autograd.grad(y, leaf, grad_y if layout is None else layout(grad_y))
     leaf64 = x.double().requires_grad_()
     y64 = gmk.upfirdn2d(leaf64, f.double(), backend="reference", **kwargs)
     grad64, = torch.autograd.grad(y64, leaf64, grad_output(y64).to(y.dtype).double())
@@ -102,8 +103,11 @@ FILTERS = {"4x4": gmk.setup_filter(TAPS_4), "12-separable": gmk.setup_filter(TAP
 @pytest.mark.parametrize(("up", "down", "padding", "taps"), CONFIGS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_matches_reference(backend, up, down, padding, taps, f):
-    check_backend(torch.randn(2, 3, 7, 5), f, backend, up=up, down=down, padding=padding, gain=1.3)
-    check_backend(torch.randn(1, 2, 6, 9), f, backend, up=up, down=down, padding=padding, flip_filter=True)
+    # the configuration's padding on top of the filter's full reach (fw - 1, fh - 1 on each side)
+    fh, fw = (f.shape[0], f.shape[0]) if f.dim() == 1 else f.shape
+    pads = (padding[0] + fw - 1, padding[1] + fw - 1, padding[2] + fh - 1, padding[3] + fh - 1)
+    check_backend(torch.randn(2, 3, 7, 5), f, backend, up=up, down=down, padding=pads, gain=1.3)
+    check_backend(torch.randn(1, 2, 6, 9), f, backend, up=up, down=down, padding=pads, flip_filter=True)
 
 
 @pytest.mark.parametrize("layout", [channels_last, noncontiguous])
@@ -111,18 +115,22 @@ def test_backend_matches_reference(backend, up, down, padding, taps, f):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_layouts(backend, up, down, layout):
     f = FILTERS["4x4"] if up * down < 4 else FILTERS["12-separable"]
-    fw = f.shape[-1]
-    padding = ((fw + up - 1) // 2, (fw - up) // 2) if up > 1 else ((fw - down + 1) // 2, (fw - down) // 2)
     check_backend(torch.randn(2, 5, 9, 11), f, backend, layout=layout, up=up, down=down,
-                  padding=(padding[0], padding[1], padding[0], padding[1]))
+                  padding=resampling_padding(f.shape[-1], up, down))
+
+
+def resampling_padding(taps: int, up: int, down: int) -> tuple[int, int, int, int]:
+    """upsample2d's / downsample2d's padding (output up × or 1/down × the input's size)."""
+    pad0, pad1 = ((taps + up - 1) // 2, (taps - up) // 2) if up > 1 else ((taps - down + 1) // 2, (taps - down) // 2)
+    return pad0, pad1, pad0, pad1
 
 
 @pytest.mark.parametrize("f", [FILTERS["4x4"], FILTERS["12-separable"]], ids=["4x4", "12-separable"])
 @pytest.mark.parametrize(("backend", "dtype"), [(b, d) for b in BACKENDS for d in supported_dtypes(b)])
 def test_dtypes(backend, dtype, f):
     x = torch.randn(2, 3, 8, 7).to(dtype)
-    check_backend(x, f, backend, up=2, padding=(2, 1, 2, 1))
-    check_backend(x, f, backend, down=2, padding=1)
+    check_backend(x, f, backend, up=2, padding=resampling_padding(f.shape[-1], 2, 1))
+    check_backend(x, f, backend, down=2, padding=resampling_padding(f.shape[-1], 1, 2))
 
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
@@ -253,3 +261,36 @@ def test_modules_reject_bad_arguments():
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_empty_batch(backend):
     assert gmk.upsample2d(torch.randn(0, 3, 4, 4), F4, backend=backend).shape == (0, 3, 8, 8)
+
+
+# --- the low-level op ----------------------------------------------------------------------------------
+
+LOW_LEVEL_OPS = [pytest.param(namespace, id=namespace) for namespace, backend in
+                 (("gmkernels", "cpu"), ("gmk_triton", "triton")) if backend in BACKENDS]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [None, channels_last])
+@pytest.mark.parametrize(("up", "down", "padding"), [((2, 2), (1, 1), (2, 1, 2, 1)), ((1, 2), (2, 1), (1, 0, 2, 3))])
+@pytest.mark.parametrize("namespace", LOW_LEVEL_OPS)
+def test_opcheck(namespace, up, down, padding, layout, dtype):
+    x = torch.randn(2, 3, 6, 5, dtype=dtype)
+    x = x if layout is None else layout(x)
+    torch.library.opcheck(getattr(torch.ops, namespace).upfirdn2d,
+                          (x.requires_grad_(), F4, list(up), list(down), list(padding), False, 1.5))
+
+
+LOW_LEVEL_BAD_ARGS = {
+    "x-3d": (lambda x: (x[0], F4, [1, 1], [1, 1], [0] * 4, False, 1.0), r"\bx\b"),
+    "f-1d": (lambda x: (x, F4[0], [1, 1], [1, 1], [0] * 4, False, 1.0), r"\bf\b"),
+    "f-dtype": (lambda x: (x, F4.double(), [1, 1], [1, 1], [0] * 4, False, 1.0), r"\bf\b"),
+    "up-zero": (lambda x: (x, F4, [0, 1], [1, 1], [0] * 4, False, 1.0), r"\bup\b"),
+    "padding-empties": (lambda x: (x, F4, [1, 1], [1, 1], [-2] * 4, False, 1.0), "padding"),
+}
+
+
+@pytest.mark.parametrize(("make_args", "pattern"), LOW_LEVEL_BAD_ARGS.values(), ids=LOW_LEVEL_BAD_ARGS.keys())
+@pytest.mark.parametrize("namespace", LOW_LEVEL_OPS)
+def test_low_level_op_rejects_bad_arguments(namespace, make_args, pattern):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):
+        getattr(torch.ops, namespace).upfirdn2d(*make_args(torch.randn(2, 3, 5, 5)))

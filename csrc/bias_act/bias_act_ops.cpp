@@ -102,7 +102,7 @@ at::Tensor bias_act_backward(const at::Tensor& grad, const std::optional<at::Ten
   if (y.has_value()) check_like(kOp, "y", *y, grad);
   const at::Tensor& ref = from_x ? *x : from_y ? *y : grad;
   at::Tensor out = at::empty_like(ref);
-  Args args = make_args(kOp, ref, from_x ? b : std::nullopt, dim, act, alpha, gain, clamp, out);
+  Args args = make_args(kOp, ref, b, dim, act, alpha, gain, clamp, out);  // b checked even where unread
   const at::Tensor grad_in = laid_out_as(grad, out);
   const at::Tensor ref_in = laid_out_as(ref, out);
   const at::Tensor b_in = from_x && b.has_value() ? b->contiguous() : at::Tensor();
