@@ -28,7 +28,9 @@ import torch
 
 from .._validation import check_bool, check_finite_number, check_int
 from ..nn.actnorm import ActNorm
-from ..nn.coupling import ZeroConv2d
+from ..nn.coupling import AffineCoupling, ZeroConv2d
+from ..nn.flow import FlowStep
+from ..ops.coupling import affine_coupling
 from ..ops.logistic_mixture import bits_per_dim
 from ..reference.coupling import logdet_dtype
 from ._autoregressive import AutoregressiveImageModel, check_image_fields
@@ -75,6 +77,82 @@ def reverse_layers(layers, y: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def _grads(outputs: list, grads: list, inputs: list) -> tuple:
+    """d(Σ <output, grad>)/d inputs; a logdet that does not depend on the inputs is left out."""
+    pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
+    return torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+
+
+def _invert_generic(layer, y, grad_y, grad_logdet, params):
+    """(x, grad_x, grads of params) of any layer: x = layer.reverse(y), then layer(x) again with autograd."""
+    with torch.no_grad():
+        x = layer.reverse(y)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        y_again, logdet = layer(x)
+        found = _grads([y_again, logdet], [grad_y, grad_logdet], [x, *params])
+    return x.detach(), found[0], found[1:]
+
+
+def _invert_coupling(coupling, y, grad_y, grad_logdet, params):
+    """A coupling's network runs once: h = NN(y_a) is NN(x_a) (x_a = y_a), so h, computed with autograd
+    from y, serves both the inversion and the recomputed forward; its gradient reaches x_a through y."""
+    with torch.enable_grad():
+        y_source = y.detach().requires_grad_()
+        h = coupling._h(y_source)
+        options = {"transform": coupling.transform, "layout": coupling.layout}
+        with torch.no_grad():
+            x = affine_coupling(y, h, reverse=True, **options)[0]
+        x = x.requires_grad_()
+        y_again, logdet = affine_coupling(x, h, **options)
+        found = _grads([y_again, logdet], [grad_y, grad_logdet], [x, y_source, *params])
+    grad_x = found[0] if found[1] is None else found[0] + found[1]
+    return x.detach(), grad_x, found[2:]
+
+
+def _invert_flow_step(step, y, grad_y, grad_logdet, params):
+    """FlowStep: the coupling as _invert_coupling, then the fused actnorm + 1x1 convolution."""
+    coupling_params = set(map(id, step.coupling.parameters()))
+    own = [p for p in params if id(p) in coupling_params]
+    z, grad_z, coupling_grads = _invert_coupling(step.coupling, y, grad_y, grad_logdet, own)
+    rest = [p for p in params if id(p) not in coupling_params]
+    with torch.no_grad():
+        x = step._actnorm_conv1x1(z, reverse=True)[0]
+    with torch.enable_grad():
+        x = x.requires_grad_()
+        z_again, logdet = step._actnorm_conv1x1(x, reverse=False)
+        found = _grads([z_again, logdet], [grad_z, grad_logdet], [x, *rest])
+    by_id = dict(zip(map(id, own), coupling_grads)) | dict(zip(map(id, rest), found[1:]))
+    return x.detach(), found[0], tuple(by_id[id(p)] for p in params)
+
+
+def _invert(layer, y, grad_y, grad_logdet, params):
+    """(x, grad_x, grads of params) of one layer from its output y and the gradients of y and logdet."""
+    if isinstance(layer, FlowStep):
+        return _invert_flow_step(layer, y, grad_y, grad_logdet, params)
+    if isinstance(layer, (AffineCoupling, CouplingLayer)):
+        return _invert_coupling(layer, y, grad_y, grad_logdet, params)
+    return _invert_generic(layer, y, grad_y, grad_logdet, params)
+
+
+class CouplingLayer(torch.nn.Module):
+    """A model's own coupling layer: ``_h(x)`` (the network's output on x_a, read from x), ``transform``
+    and ``layout`` (of gmk.affine_coupling); the reversible backward runs its network once per step."""
+
+    transform: str
+    layout: str
+
+    def _h(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return affine_coupling(x, self._h(x), transform=self.transform, layout=self.layout)
+
+    def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        # x_a = y_a: the network sees the same input in both directions.
+        return affine_coupling(y, self._h(y), transform=self.transform, layout=self.layout, reverse=True)[0]
+
+
 class _Reversible(torch.autograd.Function):
     """(y, logdet) of ``layers`` on x, saving y only; the backward recomputes each layer's input."""
 
@@ -92,23 +170,12 @@ class _Reversible(torch.autograd.Function):
         index = {id(p): i for i, p in enumerate(ctx.params)}
         grad_params = [None] * len(ctx.params)
         for layer in reversed(ctx.layers):
-            with torch.no_grad():
-                x = layer.reverse(y)
-            with torch.enable_grad():
-                x = x.detach().requires_grad_()
-                y_again, logdet = layer(x)
-                params = [p for p in layer.parameters() if id(p) in index]
-                outputs, grads = [y_again], [grad_y]
-                if logdet.requires_grad:
-                    outputs.append(logdet)
-                    grads.append(grad_logdet)
-                found = torch.autograd.grad(outputs, [x, *params], grads, allow_unused=True)
-            grad_y = found[0]
-            for p, g in zip(params, found[1:]):
+            params = [p for p in layer.parameters() if id(p) in index]
+            y, grad_y, found = _invert(layer, y, grad_y, grad_logdet, params)
+            for p, g in zip(params, found):
                 if g is not None:
                     i = index[id(p)]
                     grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
-            y = x.detach()
         return (grad_y, None, *grad_params)
 
 

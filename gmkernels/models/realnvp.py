@@ -24,10 +24,9 @@ from .._validation import check_int
 from ..nn.actnorm import ActNorm
 from ..nn.coupling import ZeroConv2d
 from ..nn.flow import Squeeze2d
-from ..ops.coupling import affine_coupling
 from ..reference.coupling import CHECKERBOARD_LAYOUTS, checkerboard_b, logdet_dtype
 from ._autoregressive import ImageConfig, check_number
-from ._flow import FlowLevel, MultiScaleFlow, ReverseChannels, check_flow_fields
+from ._flow import CouplingLayer, FlowLevel, MultiScaleFlow, ReverseChannels, check_flow_fields
 
 
 @dataclass(frozen=True)
@@ -73,13 +72,13 @@ class ResidualBlock(torch.nn.Module):
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
-class RealNVPCoupling(torch.nn.Module):
+class RealNVPCoupling(CouplingLayer):
     """An affine coupling of RealNVP: ``layout`` "checkerboard", "checkerboard_odd" or "halves";
     log s = scale · tanh(r) per channel (``scale`` learned, 1 at the start)."""
 
     def __init__(self, channels: int, hidden_channels: int, num_blocks: int, layout: str):
         super().__init__()
-        self.layout = layout
+        self.transform, self.layout = "realnvp", layout
         checkerboard = layout in CHECKERBOARD_LAYOUTS
         transformed = channels if checkerboard else channels // 2
         net_in = channels + 1 if checkerboard else channels // 2
@@ -99,13 +98,6 @@ class RealNVPCoupling(torch.nn.Module):
             inputs = x[:, : x.shape[1] // 2]
         r, t = self.net(inputs).chunk(2, dim=1)
         return torch.cat([self.scale * torch.tanh(r), t], dim=1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return affine_coupling(x, self._h(x), transform="realnvp", layout=self.layout)
-
-    def reverse(self, y: torch.Tensor) -> torch.Tensor:
-        # x_a = y_a: the network sees the same input in both directions.
-        return affine_coupling(y, self._h(y), transform="realnvp", layout=self.layout, reverse=True)[0]
 
 
 class RealNVP(MultiScaleFlow):
