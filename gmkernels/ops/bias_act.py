@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import _ALL_FLOAT_TYPES, OpBackends
+from .._backend import _ALL_FLOAT_TYPES, _FLOAT_TYPES, OpBackends
 from .._validation import check_finite_number
 from ..reference import bias_act as reference
 from ._common import check_choice, check_float_tensor, check_like
@@ -23,7 +23,7 @@ ACTIVATIONS = tuple(reference.ACTIVATIONS)
 SMOOTH = ("tanh", "sigmoid", "elu", "selu", "softplus", "swish")
 SOFTPLUS_THRESHOLD = 20.0  # torch's softplus: v above it gives v (and derivative 1)
 
-_triton = None  # Triton kernels: not yet
+_triton = triton_family("bias_act")
 
 
 def saved_input(act: str, clamp: float | None) -> str | None:
@@ -163,7 +163,7 @@ def _backward_backward(ops, ctx, h):
     return d_grad, d_x, d_b, None, None, None, None, None, None
 
 
-_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES}
+_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "triton": _FLOAT_TYPES}
 
 _SCHEMA_ARGS = "int dim, str act, float alpha, float gain, float? clamp"
 BIAS_ACT = Op("bias_act", f"(Tensor x, Tensor? b, {_SCHEMA_ARGS}) -> Tensor", check=check_bias_act, fake=_fake,
