@@ -229,6 +229,15 @@ def test_bad_arguments_are_named(call, pattern):
         call(tiny("glow"))
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_uint8_images_of_256_bins(name):
+    x = images(2, 3, 256).to(torch.uint8)
+    x[0, 0, 0, 0] = 255
+    model = tiny(name, 3, 256)
+    assert model(x)["loss"].isfinite()
+    assert torch.equal(model.decode(model.encode(x)[0]), x.long())
+
+
 def test_additive_glow_without_lu_or_learned_prior():
     x = images(4)
     model = randomise(tiny("glow", coupling="additive", lu=False, learn_prior=False), x)
