@@ -13,13 +13,13 @@ import math
 
 import torch
 
-from .._backend import _ALL_FLOAT_TYPES, OpBackends
+from .._backend import _ALL_FLOAT_TYPES, _FLOAT_TYPES, OpBackends
 from .._validation import check_bool, check_finite_number
 from ..reference import upfirdn2d as reference
 from ._common import check_float_tensor, check_kernel_parameter, check_tensor, compute_dtype
 from ._declare import Autograd, Op, triton_family
 
-_triton = None  # Triton kernels: not yet
+_triton = triton_family("upfirdn2d")
 
 
 # --- argument parsing: ints, (x, y) pairs, (x0, x1, y0, y1) -------------------------------------------
@@ -123,7 +123,7 @@ def _backward(ops, ctx, grad_y):
     return grad_x, None, None, None, None, None, None
 
 
-_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES}
+_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "triton": _FLOAT_TYPES}
 
 UPFIRDN2D = Op("upfirdn2d", "(Tensor x, Tensor f, int[2] up, int[2] down, int[4] padding, bool flip_filter, "
                "float gain) -> Tensor", check=check_upfirdn2d, fake=_fake, triton=_triton and _triton.upfirdn2d,
