@@ -150,8 +150,10 @@ def test_no_traceback_from_the_command_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gmkernels", "train", "bogus", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    from gmkernels.models import MODELS
+
     assert result.stderr.strip().splitlines() == ["gmk train: error: unknown model 'bogus': expected one of "
-                                                  "pixelcnn, gated_pixelcnn, pixelcnnpp, wavenet"]
+                                                  + ", ".join(MODELS)]
 
 
 class Relaunched(Exception):
