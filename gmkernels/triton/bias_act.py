@@ -17,9 +17,11 @@ ACT_CODES = {name: code for code, name in enumerate(
     ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"))}
 SMOOTH_FROM = 3  # codes from tanh on are the smooth acts, whose derivatives read x + b
 MODE_FORWARD, MODE_BACKWARD, MODE_BACKWARD2 = 0, 1, 2
-SELU_SCALE = 1.0507009873554804934193349852946
-SELU_ALPHA = 1.6732632423543772848170429916717
-SOFTPLUS_THRESHOLD = 20.0
+# constants the kernels read (jit functions see module globals only as tl.constexpr)
+SELU_SCALE = tl.constexpr(1.0507009873554804934193349852946)
+SELU_ALPHA = tl.constexpr(1.6732632423543772848170429916717)
+SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
+FIRST_SMOOTH = tl.constexpr(SMOOTH_FROM)
 BLOCK = 1024
 
 
@@ -132,7 +134,7 @@ def _bias_act_kernel(x_ptr, b_ptr, y_ptr, grad_ptr, grad2_ptr, out_ptr, elements
             else:
                 slope = tl.where(v * gain > 0.0, 1.0, alpha)
             out = _masked(g * gain * slope, v, clamp, HAS_CLAMP)
-        elif ACT < SMOOTH_FROM:  # linear without a clamp
+        elif ACT < FIRST_SMOOTH:  # linear without a clamp
             out = g * gain
         else:
             u = gain * _activate(v, alpha, ACT, INTERPRETED)
