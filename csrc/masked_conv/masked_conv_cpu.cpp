@@ -9,14 +9,15 @@
 // are zero in W. Backward: grad W = grad_y · colsᵀ, and grad_x is the same kind of product over the
 // reflected taps, grad_x[c][p] = Σ_t Σ_o W[o][t * Cin + c] grad_y[o][p - offset_t]. The columns are
 // stored pixel-major, (M, T * C), from channels-last planes, so that im2col copies runs of C contiguous
-// values. Half types are computed in float32, float64 in float64.
+// values. Half types are computed in float32, float64 in float64. The GEMMs and the layout changes are
+// ATen's (at::mm, or oneDNN's 1x1 convolution on AMD processors; see matmul), so these kernels take the
+// tensors the op layer prepares rather than raw pointers.
 #include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/mkldnn_convolution.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -24,8 +25,9 @@
 #include <algorithm>
 #include <vector>
 
-#include "masked_conv/masked_conv.h"
-#include "gmk/aten.h"
+#include <ATen/Dispatch.h>
+
+#include "gmk/masked_conv.h"
 
 namespace gmk::masked_conv {
 namespace {
@@ -129,10 +131,10 @@ at::Tensor matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bi
 // The live weights as a (Cout, T * Cin) matrix in the math type, zero where the centre tap joins
 // channels the mask separates. The weights of masked taps are never read.
 template <typename scalar_t, typename opmath_t>
-at::Tensor pack_weight(const Geometry& g, const std::vector<Tap>& taps, const void* weight, at::ScalarType type) {
+at::Tensor pack_weight(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& weight, at::ScalarType type) {
   const int64_t cin = g.in_channels, kk = g.kernel_h * g.kernel_w;
   at::Tensor packed = at::empty({g.out_channels, static_cast<int64_t>(taps.size()) * cin}, at::TensorOptions(type));
-  const auto* w = static_cast<const scalar_t*>(weight);
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
   auto* p = packed.data_ptr<opmath_t>();
   for (int64_t o = 0; o < g.out_channels; ++o) {
     for (const Tap& tap : taps) {
@@ -148,9 +150,10 @@ at::Tensor pack_weight(const Geometry& g, const std::vector<Tap>& taps, const vo
 
 // The inverse of pack_weight for the gradient: every masked weight's gradient is exactly zero.
 template <typename scalar_t, typename opmath_t>
-void unpack_weight_grad(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& packed, void* grad_weight) {
+void unpack_weight_grad(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& packed,
+                        const at::Tensor& grad_weight) {
   const int64_t cin = g.in_channels, kk = g.kernel_h * g.kernel_w;
-  auto* out = static_cast<scalar_t*>(grad_weight);
+  scalar_t* out = grad_weight.data_ptr<scalar_t>();
   std::fill(out, out + g.out_channels * cin * kk, scalar_t(0));
   const opmath_t* p = packed.data_ptr<opmath_t>();
   for (int64_t o = 0; o < g.out_channels; ++o) {
@@ -162,23 +165,6 @@ void unpack_weight_grad(const Geometry& g, const std::vector<Tap>& taps, const a
       }
     }
   }
-}
-
-at::ScalarType scalar_type_of(DType dtype) {
-  switch (dtype) {
-    case DType::Float32: return at::kFloat;
-    case DType::Float64: return at::kDouble;
-    case DType::Float16: return at::kHalf;
-    case DType::BFloat16: return at::kBFloat16;
-  }
-  return at::kFloat;
-}
-
-// An (N, C, H, W) tensor over data, dense in NCHW or channels_last order.
-at::Tensor image(const void* data, int64_t channels, const Geometry& g, bool channels_last, at::ScalarType type) {
-  void* pointer = const_cast<void*>(data);
-  if (!channels_last) return at::from_blob(pointer, {g.batch, channels, g.height, g.width}, at::TensorOptions(type));
-  return at::from_blob(pointer, {g.batch, g.height, g.width, channels}, at::TensorOptions(type)).permute({0, 3, 1, 2});
 }
 
 // The block's pixels of an image, as a (C, M) matrix in the math type: a view when it is one sample's
@@ -235,17 +221,13 @@ at::Tensor column_buffer(const Geometry& g, int64_t max_k, at::ScalarType math) 
 }
 
 template <typename scalar_t>
-void forward_typed(const Args& args) {
+void forward_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias_in,
+                   const at::Tensor& y) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Geometry& g = args.geometry;
-  const at::ScalarType type = scalar_type_of(args.dtype), math = c10::CppTypeToScalarType<opmath_t>::value;
+  const at::ScalarType math = c10::CppTypeToScalarType<opmath_t>::value;
   const std::vector<Tap> taps = live_taps(g);
-  const at::Tensor w = pack_weight<scalar_t, opmath_t>(g, taps, args.weight, math);
-  const at::Tensor bias =
-      args.bias ? at::from_blob(const_cast<void*>(args.bias), {g.out_channels}, at::TensorOptions(type)).to(math)
-                : at::Tensor();
-  const at::Tensor x = image(args.x, g.in_channels, g, args.x_channels_last, type);
-  const at::Tensor y = image(args.y, g.out_channels, g, args.x_channels_last, type);
+  const at::Tensor w = pack_weight<scalar_t, opmath_t>(g, taps, weight, math);
+  const at::Tensor bias = bias_in.defined() ? bias_in.to(math) : at::Tensor();
   const at::Tensor buffer = column_buffer(g, w.size(1), math);
   for_each_block(g, w.size(1), [&](const Block& block) {
     const at::Tensor cols = im2col<opmath_t>(g, taps, channels_last_planes(x, block, math), block, buffer);
@@ -254,20 +236,18 @@ void forward_typed(const Args& args) {
 }
 
 template <typename scalar_t>
-void backward_typed(const Args& args) {
+void backward_typed(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                    const at::Tensor& grad_x, const at::Tensor& grad_weight, const at::Tensor& grad_bias) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Geometry& g = args.geometry;
-  const at::ScalarType type = scalar_type_of(args.dtype), math = c10::CppTypeToScalarType<opmath_t>::value;
+  const at::ScalarType math = c10::CppTypeToScalarType<opmath_t>::value;
+  // Outputs without elements are skipped as undefined ones (with Cout = 0 there is no GEMM to run).
+  const bool want_x = grad_x.numel() > 0, want_weight = grad_weight.numel() > 0, want_bias = grad_bias.numel() > 0;
   const std::vector<Tap> taps = live_taps(g), reflected_taps = reflected(taps);
   const int64_t t = static_cast<int64_t>(taps.size());
-  const at::Tensor x = image(args.x, g.in_channels, g, args.x_channels_last, type);
-  const at::Tensor grad_out = image(args.grad_out, g.out_channels, g, args.grad_out_channels_last, type);
-  const at::Tensor grad_x =
-      args.grad_x ? image(args.grad_x, g.in_channels, g, args.x_channels_last, type) : at::Tensor();
-  const at::Tensor grad_w = args.grad_weight ? at::zeros({g.out_channels, t * g.in_channels}, math) : at::Tensor();
+  const at::Tensor grad_w = want_weight ? at::zeros({g.out_channels, t * g.in_channels}, math) : at::Tensor();
   // (Cin, T * Cout): w_reflected[c][t * Cout + o] = w[o][t * Cin + c].
   const at::Tensor w_reflected =
-      args.grad_x ? pack_weight<scalar_t, opmath_t>(g, taps, args.weight, math)
+      want_x ? pack_weight<scalar_t, opmath_t>(g, taps, weight, math)
                         .view({g.out_channels, t, g.in_channels})
                         .permute({2, 1, 0})
                         .reshape({g.in_channels, t * g.out_channels})
@@ -275,30 +255,32 @@ void backward_typed(const Args& args) {
   const int64_t max_k = t * std::max(g.in_channels, g.out_channels);
   const at::Tensor buffer = column_buffer(g, max_k, math);
   for_each_block(g, max_k, [&](const Block& block) {
-    if (args.grad_weight) {
+    if (want_weight) {
       const at::Tensor cols = im2col<opmath_t>(g, taps, channels_last_planes(x, block, math), block, buffer);
       grad_w.add_(matmul(block_pixels(grad_out, block, g, math), cols));
     }
-    if (args.grad_x) {
+    if (want_x) {
       const at::Tensor planes = channels_last_planes(grad_out, block, math);
       const at::Tensor cols = im2col<opmath_t>(g, reflected_taps, planes, block, buffer);
       store_block(grad_x, block, g, matmul(w_reflected, cols.t()));
     }
   });
-  if (args.grad_weight) unpack_weight_grad<scalar_t, opmath_t>(g, taps, grad_w, args.grad_weight);
-  if (args.grad_bias) {
-    at::from_blob(args.grad_bias, {g.out_channels}, at::TensorOptions(type))
-        .copy_(grad_out.sum({0, 2, 3}, false, math));
-  }
+  if (want_weight) unpack_weight_grad<scalar_t, opmath_t>(g, taps, grad_w, grad_weight);
+  if (want_bias) grad_bias.copy_(grad_out.sum({0, 2, 3}, false, math));
 }
 
 }  // namespace
 
-void forward_cpu(const Args& args) {
-  with_scalar_type(args.dtype, [&](auto tag) { forward_typed<decltype(tag)>(args); });
+void forward_cpu(const Geometry& g, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                 const at::Tensor& y) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv_forward_cpu",
+                                  [&] { forward_typed<scalar_t>(g, x, weight, bias, y); });
 }
-void backward_cpu(const Args& args) {
-  with_scalar_type(args.dtype, [&](auto tag) { backward_typed<decltype(tag)>(args); });
+void backward_cpu(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                  const at::Tensor& grad_x, const at::Tensor& grad_weight, const at::Tensor& grad_bias) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_conv_backward_cpu", [&] {
+    backward_typed<scalar_t>(g, grad_out, x, weight, grad_x, grad_weight, grad_bias);
+  });
 }
 
 }  // namespace gmk::masked_conv

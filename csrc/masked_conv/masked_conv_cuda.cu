@@ -23,7 +23,7 @@
 #include <type_traits>
 
 #include "gmk/cuda_types.cuh"
-#include "masked_conv/masked_conv.h"
+#include "gmk/masked_conv.h"
 
 namespace gmk::masked_conv {
 namespace {

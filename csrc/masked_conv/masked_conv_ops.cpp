@@ -1,6 +1,7 @@
-// gmkernels::masked_conv2d, gmkernels::shifted_conv2d and their backward ops: argument checks, the
-// geometry of the convolution, layouts, then the kernel. Autograd and fake tensors are registered
-// in gmkernels/ops/masked_conv.py.
+// gmkernels::masked_conv2d, gmkernels::shifted_conv2d and their backward ops: argument checks and the geometry of the
+// convolution (shared by both devices), then the layouts and kernels of the CPU (forward_on_cpu, backward_on_cpu) or
+// the CUDA implementation (forward_on_cuda, backward_on_cuda). Autograd and fake tensors are registered in
+// gmkernels/ops/masked_conv.py.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -12,7 +13,7 @@
 #include <tuple>
 
 #include "gmk/aten.h"
-#include "masked_conv/masked_conv.h"
+#include "gmk/masked_conv.h"
 
 namespace gmk::masked_conv {
 namespace {
@@ -85,6 +86,42 @@ Geometry shifted_geometry(const char* op, const at::Tensor& x, const at::Tensor&
   return g;
 }
 
+// grad_out of the convolution of x with geometry g.
+void check_grad_out(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x) {
+  check_like_x(op, x, grad_out, "grad_out", {g.batch, g.out_channels, g.height, g.width});
+}
+
+// --- CPU: GEMMs over the live taps (masked_conv_cpu.cpp), on dense NCHW or channels_last tensors ----
+
+at::Tensor forward_on_cpu(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias) {
+  to_dtype(op, "x", x);
+  const at::MemoryFormat layout = layout_of(x);
+  const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
+  const at::Tensor bias_dense = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.batch, g.out_channels, g.height, g.width}, x.options().memory_format(layout));
+  if (y.numel() > 0) forward_cpu(g, x_dense, weight_dense, bias_dense, y);
+  return y;
+}
+
+// output_mask: which of grad_x, grad_weight, grad_bias to compute; the others are undefined.
+Grads backward_on_cpu(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
+                      const at::Tensor& weight, std::array<bool, 3> output_mask) {
+  check_grad_out(op, g, grad_out, x);
+  to_dtype(op, "x", x);
+  const at::MemoryFormat layout = layout_of(x);
+  const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
+  const at::Tensor grad_out_dense = grad_out.contiguous(layout_of(grad_out));
+  const auto [want_x, want_weight, want_bias] = output_mask;
+  at::Tensor grad_x = want_x ? at::empty(x.sizes(), x.options().memory_format(layout)) : at::Tensor();
+  at::Tensor grad_weight = want_weight ? at::empty(weight.sizes(), weight.options()) : at::Tensor();
+  at::Tensor grad_bias = want_bias ? at::empty({g.out_channels}, weight.options()) : at::Tensor();
+  if (want_x || want_weight || want_bias) {
+    backward_cpu(g, grad_out_dense, x_dense, weight_dense, grad_x, grad_weight, grad_bias);
+  }
+  return {grad_x, grad_weight, grad_bias};
+}
+
 #if defined(GMK_WITH_CUDA)
 // --- CUDA: channels_last activations, weights packed per live tap (a prefix in raster order) ------
 
@@ -112,8 +149,8 @@ TapGemmArgs tap_gemm_args(const Geometry& g, DType dtype, int64_t taps, bool ref
   return args;
 }
 
-at::Tensor forward_cuda(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
-                        const std::optional<at::Tensor>& bias) {
+at::Tensor forward_on_cuda(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias) {
   const int64_t taps = live_taps(g);
   const at::MemoryFormat layout = layout_of(x);
   const at::Tensor a = x.contiguous(at::MemoryFormat::ChannelsLast), b = pack_weight(weight, taps, false);
@@ -142,8 +179,9 @@ int64_t weight_grad_splits(const Geometry& g, int64_t taps) {
   return std::max<int64_t>(1, std::min({wanted, (positions + 255) / 256, int64_t(65535) / taps}));
 }
 
-Grads backward_cuda(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
-                    const at::Tensor& weight, std::array<bool, 3> output_mask) {
+Grads backward_on_cuda(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
+                       const at::Tensor& weight, std::array<bool, 3> output_mask) {
+  check_grad_out(op, g, grad_out, x);
   const DType dtype = to_dtype(op, "x", x);
   const auto [want_x, want_weight, want_bias] = output_mask;
   const int64_t taps = live_taps(g), positions = g.batch * g.height * g.width;
@@ -185,94 +223,75 @@ Grads backward_cuda(const char* op, const Geometry& g, const at::Tensor& grad_ou
 }
 #endif
 
-at::Tensor forward(const char* op, const Geometry& g, const at::Tensor& x, const at::Tensor& weight,
-                   const std::optional<at::Tensor>& bias) {
-#if defined(GMK_WITH_CUDA)
-  if (x.is_cuda()) return forward_cuda(op, g, x, weight, bias);
-#endif
-  const DType dtype = to_dtype(op, "x", x);
-  const at::MemoryFormat layout = layout_of(x);
-  const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
-  const at::Tensor bias_dense = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({g.batch, g.out_channels, g.height, g.width}, x.options().memory_format(layout));
-  Args args;
-  args.geometry = g;
-  args.dtype = dtype;
-  args.x_channels_last = layout == at::MemoryFormat::ChannelsLast;
-  args.x = x_dense.const_data_ptr();
-  args.weight = weight_dense.const_data_ptr();
-  args.bias = bias_dense.defined() ? bias_dense.const_data_ptr() : nullptr;
-  args.y = y.data_ptr();
-  if (y.numel() > 0) forward_cpu(args);
-  return y;
-}
-
-// output_mask: which of grad_x, grad_weight, grad_bias to compute; the others are undefined.
-Grads backward(const char* op, const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x,
-               const at::Tensor& weight, std::array<bool, 3> output_mask) {
-  check_like_x(op, x, grad_out, "grad_out", {g.batch, g.out_channels, g.height, g.width});
-#if defined(GMK_WITH_CUDA)
-  if (x.is_cuda()) return backward_cuda(op, g, grad_out, x, weight, output_mask);
-#endif
-  const DType dtype = to_dtype(op, "x", x);
-  const at::MemoryFormat layout = layout_of(x), grad_out_layout = layout_of(grad_out);
-  const at::Tensor x_dense = x.contiguous(layout), weight_dense = weight.contiguous();
-  const at::Tensor grad_out_dense = grad_out.contiguous(grad_out_layout);
-  const auto [want_x, want_weight, want_bias] = output_mask;
-  at::Tensor grad_x = want_x ? at::empty(x.sizes(), x.options().memory_format(layout)) : at::Tensor();
-  at::Tensor grad_weight = want_weight ? at::empty(weight.sizes(), weight.options()) : at::Tensor();
-  at::Tensor grad_bias = want_bias ? at::empty({g.out_channels}, weight.options()) : at::Tensor();
-  Args args;
-  args.geometry = g;
-  args.dtype = dtype;
-  args.x_channels_last = layout == at::MemoryFormat::ChannelsLast;
-  args.grad_out_channels_last = grad_out_layout == at::MemoryFormat::ChannelsLast;
-  args.x = x_dense.const_data_ptr();
-  args.weight = weight_dense.const_data_ptr();
-  args.grad_out = grad_out_dense.const_data_ptr();
-  args.grad_x = want_x ? grad_x.data_ptr() : nullptr;
-  args.grad_weight = want_weight ? grad_weight.data_ptr() : nullptr;
-  args.grad_bias = want_bias ? grad_bias.data_ptr() : nullptr;
-  if (want_x || want_weight || want_bias) backward_cpu(args);
-  return {grad_x, grad_weight, grad_bias};
-}
-
 constexpr const char* kMasked = "gmkernels::masked_conv2d";
 constexpr const char* kMaskedBackward = "gmkernels::masked_conv2d_backward";
 constexpr const char* kShifted = "gmkernels::shifted_conv2d";
 constexpr const char* kShiftedBackward = "gmkernels::shifted_conv2d_backward";
 
-at::Tensor masked_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                         c10::string_view mask_type, int64_t color_groups) {
-  return forward(kMasked, masked_geometry(kMasked, x, weight, bias, mask_type, color_groups), x, weight, bias);
+at::Tensor masked_conv2d_on_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            c10::string_view mask_type, int64_t color_groups) {
+  const Geometry g = masked_geometry(kMasked, x, weight, bias, mask_type, color_groups);
+  return forward_on_cpu(kMasked, g, x, weight, bias);
 }
 
-Grads masked_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-                             c10::string_view mask_type, int64_t color_groups, std::array<bool, 3> output_mask) {
+Grads masked_conv2d_backward_on_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                 c10::string_view mask_type, int64_t color_groups, std::array<bool, 3> output_mask) {
   const Geometry g = masked_geometry(kMaskedBackward, x, weight, std::nullopt, mask_type, color_groups);
-  return backward(kMaskedBackward, g, grad_out, x, weight, output_mask);
+  return backward_on_cpu(kMaskedBackward, g, grad_out, x, weight, output_mask);
 }
 
-at::Tensor shifted_conv2d(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          c10::string_view shift) {
-  return forward(kShifted, shifted_geometry(kShifted, x, weight, bias, shift), x, weight, bias);
+at::Tensor shifted_conv2d_on_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             c10::string_view shift) {
+  return forward_on_cpu(kShifted, shifted_geometry(kShifted, x, weight, bias, shift), x, weight, bias);
 }
 
-Grads shifted_conv2d_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-                              c10::string_view shift, std::array<bool, 3> output_mask) {
+Grads shifted_conv2d_backward_on_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                  c10::string_view shift, std::array<bool, 3> output_mask) {
   const Geometry g = shifted_geometry(kShiftedBackward, x, weight, std::nullopt, shift);
-  return backward(kShiftedBackward, g, grad_out, x, weight, output_mask);
+  return backward_on_cpu(kShiftedBackward, g, grad_out, x, weight, output_mask);
 }
+
+#if defined(GMK_WITH_CUDA)
+at::Tensor masked_conv2d_on_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            c10::string_view mask_type, int64_t color_groups) {
+  const Geometry g = masked_geometry(kMasked, x, weight, bias, mask_type, color_groups);
+  return forward_on_cuda(kMasked, g, x, weight, bias);
+}
+
+Grads masked_conv2d_backward_on_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                 c10::string_view mask_type, int64_t color_groups, std::array<bool, 3> output_mask) {
+  const Geometry g = masked_geometry(kMaskedBackward, x, weight, std::nullopt, mask_type, color_groups);
+  return backward_on_cuda(kMaskedBackward, g, grad_out, x, weight, output_mask);
+}
+
+at::Tensor shifted_conv2d_on_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             c10::string_view shift) {
+  return forward_on_cuda(kShifted, shifted_geometry(kShifted, x, weight, bias, shift), x, weight, bias);
+}
+
+Grads shifted_conv2d_backward_on_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                  c10::string_view shift, std::array<bool, 3> output_mask) {
+  const Geometry g = shifted_geometry(kShiftedBackward, x, weight, std::nullopt, shift);
+  return backward_on_cuda(kShiftedBackward, g, grad_out, x, weight, output_mask);
+}
+#endif
 
 }  // namespace
 
-void register_ops(torch::Library& m) {
-  m.impl("masked_conv2d", &masked_conv2d);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward);
-  m.impl("shifted_conv2d", &shifted_conv2d);
-  m.impl("shifted_conv2d_backward", &shifted_conv2d_backward);
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("masked_conv2d", &masked_conv2d_on_cpu);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward_on_cpu);
+  m.impl("shifted_conv2d", &shifted_conv2d_on_cpu);
+  m.impl("shifted_conv2d_backward", &shifted_conv2d_backward_on_cpu);
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("masked_conv2d", &masked_conv2d_on_cuda);
+  m.impl("masked_conv2d_backward", &masked_conv2d_backward_on_cuda);
+  m.impl("shifted_conv2d", &shifted_conv2d_on_cuda);
+  m.impl("shifted_conv2d_backward", &shifted_conv2d_backward_on_cuda);
+}
+#endif
 
 }  // namespace gmk::masked_conv

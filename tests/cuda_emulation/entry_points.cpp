@@ -5,7 +5,7 @@
 
 #include "gmk/gated.h"
 #include "gmk/logistic_mixture.h"
-#include "masked_conv/masked_conv.h"
+#include "gmk/masked_conv.h"
 
 namespace {
 

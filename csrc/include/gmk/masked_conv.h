@@ -1,5 +1,6 @@
 // Masked (PixelCNN, arXiv 1601.06759 §3.4) and shifted (PixelCNN++, arXiv 1701.05517) 2D convolutions:
-// which taps and channel pairs of the kernel are live. Shared by the CPU and CUDA kernels.
+// which taps and channel pairs of the kernel are live, shared by the CPU and CUDA kernels; the kernels'
+// arguments and entry points.
 //
 // Every one of these convolutions is a stride-1 convolution with output H x W whose output (i, j)
 // reads input (i + r - pad_top, j + s - pad_left) through tap (r, s), zero outside the image:
@@ -10,6 +11,14 @@
 #include <cstdint>
 
 #include "gmk/common.h"
+
+#if defined(GMK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace at {
+class Tensor;  // only named here: the CPU entry points take tensors (end of file)
+}  // namespace at
 
 namespace gmk::masked_conv {
 
@@ -50,5 +59,54 @@ GMK_HOST_DEVICE bool weight_is_live(const Geometry& g, int64_t o, int64_t i, int
   if (!tap_is_live(g, r, s)) return false;
   return !is_centre(g, r, s) || i < centre_inputs(g, o);
 }
+
+// Entry points, called by masked_conv_ops.cpp (which checks the arguments).
+
+// The CPU kernels (masked_conv_cpu.cpp) are GEMMs through ATen (at::mm, or oneDNN's 1x1 convolution on
+// AMD processors) and layout changes of whole tensors, so they take tensors, which this header only
+// names. x, y and grad_x are (N, Cin or Cout, H, W), dense in NCHW or channels_last order (y and
+// grad_x in x's); grad_out (N, Cout, H, W) dense in either order; weight (Cout, Cin, kh, kw) and
+// grad_weight contiguous; bias and grad_bias (Cout). Forward reads x, weight, bias (undefined: none)
+// and writes y; backward reads grad_out, x, weight and writes those of grad_x, grad_weight, grad_bias
+// that are defined and not empty. All of one dtype.
+void forward_cpu(const Geometry& g, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                 const at::Tensor& y);
+void backward_cpu(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                  const at::Tensor& grad_x, const at::Tensor& grad_weight, const at::Tensor& grad_bias);
+
+// The CUDA kernels' problems (masked_conv_cuda.cu). Activations are dense channels_last
+// (N, H, W, C); weights are packed per live tap (the first live_taps taps in raster order).
+
+// out[p, n] = bias[n] + sum over live taps t and channels k of a[p + offset_t, k] * b[t, k, n], zero
+// outside the image. Forward: a = x, b (taps, Cin, Cout), offsets those of the geometry. grad_x
+// (reflect): a = grad_out, b (taps, Cout, Cin), offsets reflected, bias null. The centre tap's dead
+// channel pairs are skipped whatever b holds there.
+struct TapGemmArgs {
+  Geometry geometry;
+  DType dtype = DType::Float32;
+  bool allow_tf32 = false, reflect = false, out_channels_last = false;
+  int64_t live_taps = 0, reduce_channels = 0, out_channels = 0;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  const void* bias = nullptr;
+  void* out = nullptr;  // (N, out_channels, H, W), NCHW or channels_last
+};
+
+// partial[split, t, i, o] = sum over the positions p of split of x[p + offset_t, i] * grad_out[p, o]
+// in float32 (zero at the centre tap's dead pairs); the caller sums over splits.
+struct WeightGradArgs {
+  Geometry geometry;
+  DType dtype = DType::Float32;
+  bool allow_tf32 = false;
+  int64_t live_taps = 0, splits = 1, positions_per_split = 0;
+  const void* x = nullptr;
+  const void* grad_out = nullptr;
+  float* partial = nullptr;  // (splits, live_taps, Cin, Cout)
+};
+
+#if defined(GMK_WITH_CUDA)
+cudaError_t tap_gemm_cuda(const TapGemmArgs& args, cudaStream_t stream);
+cudaError_t weight_grad_cuda(const WeightGradArgs& args, cudaStream_t stream);
+#endif
 
 }  // namespace gmk::masked_conv
