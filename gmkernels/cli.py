@@ -56,7 +56,8 @@ def _add_train(commands) -> None:
     defaults = TrainOptions()
     train = commands.add_parser("train", help="train a model of gmk.models and write DIR/{checkpoint.pt,"
                                 "metrics.jsonl,loss.png,samples.png}", argument_default=argparse.SUPPRESS)
-    train.add_argument("model", help="pixelcnn, gated_pixelcnn, pixelcnnpp, wavenet, ... (gmk.models.MODELS)")
+    train.add_argument("model", help="pixelcnn, gated_pixelcnn, pixelcnnpp, wavenet, dcgan, stylegan2, ... "
+                       "(gmk.models.MODELS)")
     train.add_argument("--data", help="digits, shapes, shapes32, tones, a folder of PNG/JPEG images or a "
                        ".npy array (default: digits for image models, tones for audio)")
     train.add_argument("--out", default=None, help="the run's folder (default: runs/MODEL)")
@@ -96,6 +97,8 @@ def _add_sample(commands) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--length", type=int, help="audio samples per clip (default 0.1 s)")
     sample.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    sample.add_argument("--truncation", type=float,
+                        help="GANs: pull each latent toward the mean one by ψ in [0, 1] (default 1: none)")
     sample.add_argument("--method", choices=("cached", "naive"),
                         help="image models: cached (default; the network evaluated only where a step changes "
                              "it) or naive (the whole network per step; the same images, slower)")

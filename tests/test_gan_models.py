@@ -242,10 +242,13 @@ def test_gmk_train_and_sample_through_the_cli(tmp_path, model, quick_classifier,
     assert all(math.isfinite(r["test_fid"]) and r["test_fid"] >= 0 for r in records if "test_fid" in r)
     for name in ("checkpoint.pt", "loss.png", "samples.png", "classifier.pt"):
         assert (out / name).is_file()
-    assert gmk_main(["sample", str(out), "--n", "6", "--out", str(tmp_path / "grid.png")]) == 0
+    assert gmk_main(["sample", str(out), "--n", "6", "--truncation", "0.5", "--out", str(tmp_path / "grid.png")]) == 0
     from PIL import Image
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size[0] > 64
+    assert gmk_main(["sample", str(out), "--method", "naive"]) == 2
+    assert gmk_main(["sample", str(out), "--truncation", "1.5"]) == 2
+    assert "--truncation" in capsys.readouterr().err
 
 
 def test_resume_continues_a_gan_run_exactly(tmp_path, quick_classifier):

@@ -14,11 +14,12 @@ METHODS = ("cached", "naive")
 
 
 def sample(directory: str | Path, *, n: int | None = None, out: str | Path | None = None, seed: int = 0,
-           length: int | None = None, device: str = "auto", method: str | None = None) -> Path:
+           length: int | None = None, device: str = "auto", method: str | None = None,
+           truncation: float | None = None) -> Path:
     """Draw ``n`` samples (default 64 images or 4 audio clips of ``length`` samples, default 0.1 s) from
     the checkpoint in ``directory`` with ``seed``; write them to ``out`` (default DIR/sample.png or
     DIR/sample.wav) and return its path. ``method``: an image model's sampling method, "cached" (its
-    default) or "naive" (the same images, slower)."""
+    default) or "naive" (the same images, slower). ``truncation``: a GAN's ψ in [0, 1] (default 1)."""
     directory = Path(directory)
     path = directory / checkpoint.FILE
     state = checkpoint.load(directory)
@@ -32,6 +33,13 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
     if method is not None and kind.suffixes != (".png",):
         raise TrainingError(f"--method chooses how an image model samples; {state['model']} generates audio "
                             "with its own cached generation")
+    if model_class.kind == "gan" and method is not None:
+        raise TrainingError(f"--method chooses how an autoregressive model samples; {state['model']} "
+                            "generates an image in one pass")
+    if truncation is not None and (model_class.kind != "gan" or isinstance(truncation, bool)
+                                   or not isinstance(truncation, (int, float)) or not 0 <= truncation <= 1):
+        raise TrainingError(f"--truncation must be a number in [0, 1], for a GAN (dcgan, stylegan2); got "
+                            f"{truncation!r} for {state['model']}")
     out = Path(out) if out is not None else directory / f"sample{kind.suffixes[0]}"
     if out.suffix.lower() not in kind.suffixes:
         raise TrainingError(f"--out {out}: a {state['model']} sample is written as "
@@ -44,6 +52,8 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
     model.eval()
     if method is not None:  # the adapter calls model.sample(count, y=..., generator=...)
         model.sample = functools.partial(model.sample, method=method)
+    if truncation is not None:
+        model.sample = functools.partial(model.sample, truncation=truncation)
     generator = torch.Generator(context.device).manual_seed(seed)
     conditional = state["options"]["conditional"]
     with torch.no_grad():
