@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "coupling/coupling.h"
+#include "gmk/coupling.h"
 #include "gmk/aten.h"
 #include "gmk/cpu_math.h"
 

@@ -22,7 +22,7 @@
 #include <type_traits>
 
 #include "gmk/cuda_types.cuh"
-#include "coupling/coupling.h"
+#include "gmk/coupling.h"
 
 namespace gmk::coupling {
 namespace {
@@ -361,12 +361,9 @@ cudaError_t launch_typed(const Args& p, bool backward_pass, cudaStream_t stream)
 
 template <Transform kTransform, bool kReverse>
 cudaError_t launch_transform(const Args& p, bool backward_pass, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::Float32: return launch_typed<float, kTransform, kReverse>(p, backward_pass, stream);
-    case DType::Float16: return launch_typed<__half, kTransform, kReverse>(p, backward_pass, stream);
-    case DType::BFloat16: return launch_typed<__nv_bfloat16, kTransform, kReverse>(p, backward_pass, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_cuda_type(p.dtype, [&](auto tag) {
+    return launch_typed<decltype(tag), kTransform, kReverse>(p, backward_pass, stream);
+  });
 }
 
 cudaError_t launch(const Args& p, bool backward_pass, cudaStream_t stream) {

@@ -1,5 +1,6 @@
-// gmkernels::coupling and gmkernels::coupling_backward: argument checks, dtype and device, then the
-// CPU or CUDA kernel. Autograd and fake tensors are registered in gmkernels/ops/coupling.py.
+// gmkernels::coupling and gmkernels::coupling_backward: one body per op (argument checks, Args, outputs)
+// shared by the CPU and the CUDA implementation, which differ in the kernel they launch (and the CUDA
+// forward's workspace). Autograd and fake tensors are registered in gmkernels/ops/coupling.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -8,7 +9,7 @@
 #include <tuple>
 #include <vector>
 
-#include "coupling/coupling.h"
+#include "gmk/coupling.h"
 #include "gmk/aten.h"
 
 namespace gmk::coupling {
@@ -96,29 +97,26 @@ Args make_args(const at::Tensor& x, const at::Tensor& h, c10::string_view transf
   return args;
 }
 
+template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> coupling(const at::Tensor& x, const at::Tensor& h, c10::string_view transform,
-                                            c10::string_view layout, bool reverse) {
+                                            c10::string_view layout, bool reverse, Launch launch) {
   Views views;
   Args args = make_args(x, h, transform, layout, reverse, views);
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const auto logdet_options = x.options().dtype(logdet_type(x));
   const bool sums = args.transform != Transform::Additive && x.numel() > 0;
   at::Tensor logdet = sums ? at::empty({args.outer}, logdet_options) : at::zeros({args.outer}, logdet_options);
-  at::Tensor workspace;
-  if (x.is_cuda()) {
-    workspace = at::empty({cuda_workspace_floats(args)}, x.options().dtype(at::kFloat));
-    args.workspace = workspace.data_ptr();
-  }
   args.out = y.data_ptr();
   args.logdet = logdet.data_ptr();
-  run_on_device(kOp, x, x.numel(), args, forward_cpu, GMK_CUDA_FN(forward_cuda));
+  launch(x.numel(), args);
   return {y, logdet};
 }
 
+template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                                      const at::Tensor& x, const at::Tensor& h,
                                                      c10::string_view transform, c10::string_view layout,
-                                                     bool reverse) {
+                                                     bool reverse, Launch launch) {
   Views views;
   Args args = make_args(x, h, transform, layout, reverse, views);
   check_tensor(x, grad_y, "grad_y", x.sizes(), x.scalar_type());
@@ -132,17 +130,53 @@ std::tuple<at::Tensor, at::Tensor> coupling_backward(const at::Tensor& grad_y, c
   args.grad_logdet = grad_logdet_dense.data_ptr();
   args.out = grad_x.data_ptr();
   args.grad_h = grad_h.data_ptr();
-  run_on_device("gmkernels::coupling_backward", x, x.numel(), args, backward_cpu, GMK_CUDA_FN(backward_cuda));
+  launch(x.numel(), args);
   return {grad_x, grad_h};
 }
 
-}  // namespace
+using Outputs = std::tuple<at::Tensor, at::Tensor>;
 
-void register_ops(torch::Library& m) {
-  m.impl("coupling", &coupling);
-  m.impl("coupling_backward", &coupling_backward);
+Outputs coupling_on_cpu(const at::Tensor& x, const at::Tensor& h, c10::string_view transform,
+                        c10::string_view layout, bool reverse) {
+  return coupling(x, h, transform, layout, reverse, on_cpu(forward_cpu));
+}
+Outputs coupling_backward_on_cpu(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                                 const at::Tensor& h, c10::string_view transform, c10::string_view layout,
+                                 bool reverse) {
+  return coupling_backward(grad_y, grad_logdet, x, h, transform, layout, reverse, on_cpu(backward_cpu));
 }
 
-GMK_REGISTER_CPU_AND_CUDA(register_ops)
+#if defined(GMK_WITH_CUDA)
+// The CUDA forward writes per-block partial sums of log s into a workspace (cuda_workspace_floats).
+Outputs coupling_on_cuda(const at::Tensor& x, const at::Tensor& h, c10::string_view transform,
+                         c10::string_view layout, bool reverse) {
+  const auto launch = [&x](int64_t work, Args args) {
+    const at::Tensor workspace = at::empty({cuda_workspace_floats(args)}, x.options().dtype(at::kFloat));
+    args.workspace = workspace.data_ptr();
+    run_cuda(kOp, x, work, args, forward_cuda);
+  };
+  return coupling(x, h, transform, layout, reverse, launch);
+}
+Outputs coupling_backward_on_cuda(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                                  const at::Tensor& h, c10::string_view transform, c10::string_view layout,
+                                  bool reverse) {
+  return coupling_backward(grad_y, grad_logdet, x, h, transform, layout, reverse,
+                           on_cuda("gmkernels::coupling_backward", x, backward_cuda));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("coupling", &coupling_on_cpu);
+  m.impl("coupling_backward", &coupling_backward_on_cpu);
+}
+
+#if defined(GMK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("coupling", &coupling_on_cuda);
+  m.impl("coupling_backward", &coupling_backward_on_cuda);
+}
+#endif
 
 }  // namespace gmk::coupling

@@ -1,7 +1,7 @@
-// gmkernels::conv1x1 and gmkernels::conv1x1_backward: argument checks, then on CPU the batched GEMM,
-// on CUDA the kernel (weight in shared memory, x streamed once) or, for float64 or a weight that does
-// not fit in shared memory, the batched GEMM (cuBLAS). The backward's body is shared by both devices. The invertible 1x1 convolutions and their fusion with actnorm
-// (gmkernels/ops/invconv.py) build weight and bias from their parameters and call these ops.
+// gmkernels::conv1x1 and gmkernels::conv1x1_backward: argument checks, then on CPU the batched GEMM, on CUDA the kernel
+// (weight in shared memory, x streamed once) or, for float64 or a weight that does not fit in shared memory, the
+// batched GEMM (cuBLAS). The backward's body is shared by both devices. The invertible 1x1 convolutions and their
+// fusion with actnorm (gmkernels/ops/invconv.py) build weight and bias from their parameters and call these ops.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>

@@ -124,7 +124,7 @@ int gmk_emu_weight_grad(const int64_t* geometry, int dtype, int allow_tf32, int6
 // --- flows and WaveNet ------------------------------------------------------------------------------
 #include "gmk/actnorm.h"
 #include "gmk/causal_conv.h"
-#include "coupling/coupling.h"
+#include "gmk/coupling.h"
 #include "gmk/invconv.h"
 
 extern "C" {

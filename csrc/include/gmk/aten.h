@@ -72,33 +72,4 @@ auto on_cuda(const char* op, const at::Tensor& t, CudaFn cuda) {
 }
 #endif
 
-// Deprecated shape kept for the families not yet split by dispatch key (coupling): the CPU or CUDA
-// kernel for tensors on t's device.
-template <typename Args, typename CpuFn, typename CudaFn>
-void run_on_device(const char* op, const at::Tensor& t, int64_t work, const Args& args, CpuFn cpu, CudaFn cuda) {
-  if (t.is_cpu()) return run_cpu(work, args, cpu);
-#if defined(GMK_WITH_CUDA)
-  if (t.is_cuda()) return run_cuda(op, t, work, args, cuda);
-#endif
-  TORCH_CHECK(work == 0, op, ": no kernel for device ", t.device());
-}
-
 }  // namespace gmk
-
-// The CUDA entry point fn where CUDA is built, else nullptr (run_on_device never calls it then).
-#if defined(GMK_WITH_CUDA)
-#define GMK_CUDA_FN(fn) fn
-#else
-#define GMK_CUDA_FN(fn) nullptr
-#endif
-
-// Registers an op family's implementations (a function `void fn(torch::Library&)` of m.impl calls)
-// for CPU tensors and, when CUDA is built, for CUDA tensors: the ops pick the device's kernel.
-#if defined(GMK_WITH_CUDA)
-#define GMK_REGISTER_CPU_AND_CUDA(fn)         \
-  TORCH_LIBRARY_IMPL(gmkernels, CPU, m) { fn(m); } \
-  TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) { fn(m); }
-#else
-#define GMK_REGISTER_CPU_AND_CUDA(fn) \
-  TORCH_LIBRARY_IMPL(gmkernels, CPU, m) { fn(m); }
-#endif
