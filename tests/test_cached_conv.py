@@ -81,6 +81,17 @@ def test_empty_batch(backend):
     assert cached_conv2d(rows[:0], weight, b, backend=backend, **options).shape == (0, 7, 1)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_the_reference_on_cuda(backend, shape):
+    for dtype in supported_dtypes(backend):
+        (rows, weight, b), options = make(SHAPES[shape], dtype)
+        out = cached_conv2d(noncontiguous(rows.cuda()), weight.cuda(), b.cuda(), backend=backend, **options)
+        expected = reference.cached_conv2d(rows.double(), weight.double(), b.double(), *options.values())
+        assert_close_sum(out.cpu(), expected, dtype, terms=weight[0].numel())
+
+
 # --- against the full convolutions it stands for -----------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])

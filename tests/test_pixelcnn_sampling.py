@@ -4,6 +4,8 @@ many seeds, odd image sizes and several resolutions (PixelCNN++'s stride-2 stage
 import pytest
 import torch
 
+import gmkernels as gmk
+from gmkernels.models import _autoregressive
 from gmkernels.models import (GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig, PixelCNNpp,
                               PixelCNNppConfig)
 
@@ -85,6 +87,40 @@ def test_cached_sampling_in_float32_and_at_a_temperature(name):
     for seed, temperature in ((0, 1.0), (1, 0.7), (2, 1.6)):
         naive, cached = both_methods(model, 4, seed, temperature=temperature)
         assert torch.equal(naive, cached), f"seed {seed}, temperature {temperature}"
+
+
+OP_BACKENDS = [backend for backend in gmk.available_backends("cpu") if backend in ("cpu", "triton")]
+
+
+@pytest.mark.parametrize("backend", OP_BACKENDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_sampling_on_the_cached_conv_op(name, backend, monkeypatch):
+    """The path GPUs take: every cached convolution through gmk's cached_conv2d op (here its CPU kernel or
+    Triton under the interpreter) rather than ATen's."""
+    original = _autoregressive.CachedConv.__init__
+
+    def on_the_op(self, *args):
+        original(self, *args)
+        self.backend, self.aten = backend, False
+
+    monkeypatch.setattr(_autoregressive.CachedConv, "__init__", on_the_op)
+    dtype = torch.float64 if backend == "cpu" else torch.float32
+    model = build(name, 3, 2, dtype=dtype)
+    y = torch.tensor([1, 0])
+    for seed in range(2):
+        naive, cached = both_methods(model, 2, seed, y=y, image_size=5)
+        assert torch.equal(naive, cached), f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_sampling_on_cuda(name):
+    model = build(name, 3, 2, dtype=torch.float32).cuda()
+    y = torch.tensor([1, 0], device="cuda")
+    for seed in range(3):
+        naive, cached = [model.sample(2, y=y, generator=torch.Generator("cuda").manual_seed(seed),
+                                      method=method) for method in ("naive", "cached")]
+        assert torch.equal(naive, cached), f"seed {seed}"
 
 
 @pytest.mark.parametrize("name", MODELS)

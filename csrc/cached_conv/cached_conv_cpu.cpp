@@ -1,6 +1,8 @@
-// CPU kernel of cached_conv2d: per (sample, output column) the window is gathered into a buffer in the
-// compute type (float, double for float64), then each output channel is a dot product of its weight row
-// with it (compiled per instruction set, GMK_CPU_CLONES). Half-type weights are converted once per call.
+// CPU kernel of cached_conv2d: the windows of the (sample, output column) pairs are gathered into a
+// (pairs, K) matrix in the compute type (float, double for float64). One pair: each output channel is a dot
+// product of its weight row with the window (compiled per instruction set, GMK_CPU_CLONES); several: one
+// GEMM with the weight (ATen's at::mm, MKL's or oneDNN's). Half-type weights are converted once per call.
+#include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -14,7 +16,7 @@
 namespace gmk::cached_conv {
 namespace {
 
-constexpr int64_t kGrainMacs = 1 << 18;  // at least this many multiply-adds per parallel task
+constexpr int64_t kGrainElements = 1 << 16;  // at least this many window elements gathered per task
 constexpr int kLanes = 16;               // independent partial sums: the loop vectorises without reassociation
 
 template <typename T>
@@ -57,18 +59,40 @@ void run_typed(const Args& args) {
   const std::vector<opmath_t> bias = converted<opmath_t, scalar_t>(args.bias, outs);
   const auto* rows = static_cast<const scalar_t*>(args.rows);
   auto* out = static_cast<scalar_t*>(args.out);
-  const int64_t grain = std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(1, outs * taps));
-  at::parallel_for(0, args.batch * count, grain, [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> window(taps);
+  const int64_t pairs = args.batch * count;
+  std::vector<opmath_t> windows(pairs * taps);
+  at::parallel_for(0, pairs, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, taps)),
+                   [&](int64_t begin, int64_t end) {
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t n = pair / count, t = pair % count;
-      for (int64_t k = 0; k < taps; ++k) window[k] = static_cast<opmath_t>(rows[args.offset(n, t, k)]);
-      scalar_t* column = out + n * outs * count + t;
-      for (int64_t o = 0; o < outs; ++o) {
-        column[o * count] = static_cast<scalar_t>(bias[o] + dot(weight + o * taps, window.data(), taps));
+      opmath_t* window = windows.data() + pair * taps;
+      const scalar_t* first = rows + args.offset(n, t, 0);
+      for (int64_t c = 0; c < args.in_channels; ++c) {  // taps in (c, a, b) order, as the weight's
+        for (int64_t a = 0; a < args.kh; ++a) {
+          const scalar_t* row = first + c * args.s_channel + a * args.s_row;
+          for (int64_t b = 0; b < args.kw; ++b) *window++ = static_cast<opmath_t>(row[b * args.s_column]);
+        }
       }
     }
   });
+  if (pairs == 1) {
+    for (int64_t o = 0; o < outs; ++o) {
+      out[o] = static_cast<scalar_t>(bias[o] + dot(weight + o * taps, windows.data(), taps));
+    }
+    return;
+  }
+  const auto type = std::is_same_v<opmath_t, double> ? at::kDouble : at::kFloat;
+  const at::Tensor a = at::from_blob(windows.data(), {pairs, taps}, at::TensorOptions().dtype(type));
+  const at::Tensor w = at::from_blob(const_cast<opmath_t*>(weight), {outs, taps}, at::TensorOptions().dtype(type));
+  const at::Tensor products = at::mm(a, w.t());  // (pairs, outs), contiguous
+  const opmath_t* p = products.const_data_ptr<opmath_t>();
+  for (int64_t n = 0; n < args.batch; ++n) {  // out[n, o, t] = bias[o] + products[n * count + t, o]
+    for (int64_t o = 0; o < outs; ++o) {
+      for (int64_t t = 0; t < count; ++t) {
+        out[(n * outs + o) * count + t] = static_cast<scalar_t>(bias[o] + p[(n * count + t) * outs + o]);
+      }
+    }
+  }
 }
 
 }  // namespace

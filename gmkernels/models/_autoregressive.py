@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_int
+from ..ops.cached_conv import CACHED_CONV
 from ..ops.gated import gated_activation
 from ..ops.logistic_mixture import bits_per_dim
 
@@ -134,22 +135,31 @@ class Rows:
 class CachedConv:
     """A convolution evaluated at output columns of its input cache's last row. ``weight`` (Cout, Cin, kh,
     kw): a masked kernel multiplied by its mask and cut to its rows at and above the output; the window of
-    output column j starts ``before`` columns left of j and takes the cache's last kh rows."""
+    output column j starts ``before`` columns left of j and takes the cache's last kh rows.
+
+    On GPUs it runs gmk's cached_conv2d op (the backend ``auto`` picks); on CPU ATen's addmm (one position)
+    or conv2d (a row) on the window: there the custom op's call costs more than it saves (A/B on the
+    digits models, 2026-12-02: 0-15 % slower sampling)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, before: int):
-        self.weight, self.bias, self.before = weight.detach(), None if bias is None else bias.detach(), before
+        self.weight = weight.detach().contiguous()
+        self.bias, self.before = None if bias is None else bias.detach().contiguous(), before
+        self.backend = CACHED_CONV.select("auto", self.weight.device, self.weight.dtype)
+        self.aten = self.backend in ("reference", "cpu")
         self.matrix = self.weight.flatten(1).t().contiguous()  # (Cin·kh·kw, Cout): a window's order
 
     def __call__(self, rows: Rows, start: int, count: int = 1, stride: int = 1) -> torch.Tensor:
         """The outputs (N, Cout, count) at columns start, start + stride, …"""
-        kh, kw = self.weight.shape[2:]
         first = rows.left + start - self.before
+        if not self.aten:
+            return CACHED_CONV.run(self.backend, rows.data, self.weight, self.bias, first, count, stride)
+        kh, kw = self.weight.shape[2:]
         window = rows.data[:, :, -kh:, first:first + (count - 1) * stride + kw]
-        if count == 1:  # one position: a matrix product is cheaper than a convolution call
-            flat = window.reshape(window.shape[0], -1)
-            out = flat @ self.matrix if self.bias is None else torch.addmm(self.bias, flat, self.matrix)
-            return out.unsqueeze(2)
-        return F.conv2d(window, self.weight, self.bias, stride=(1, stride))[:, :, 0]
+        if count > 1:
+            return F.conv2d(window, self.weight, self.bias, stride=(1, stride))[:, :, 0]
+        flat = window.reshape(window.shape[0], -1)
+        out = flat @ self.matrix if self.bias is None else torch.addmm(self.bias, flat, self.matrix)
+        return out.unsqueeze(2)
 
 
 class Pointwise:
