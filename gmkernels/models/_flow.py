@@ -196,7 +196,7 @@ class FlowLevel(torch.nn.Module):
     def transform(self, x: torch.Tensor, reversible: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The layers' (y, logdet); reversibly once every actnorm has initialised itself."""
         if reversible and torch.is_grad_enabled() and self.initialized():
-            params = [p for p in self.parameters() if p.requires_grad]
+            params = [p for p in self.layers.parameters() if p.requires_grad]
             return _Reversible.apply(x, self.layers, *params)
         return run_layers(self.layers, x)
 
