@@ -345,3 +345,20 @@ def test_low_level_backward_needs_what_the_act_reads(namespace, device):
         operators.bias_act_backward(grad, None, None, grad, 1, "swish", 0.0, 1.0, None)
     with pytest.raises((ValueError, RuntimeError), match=r"\by\b"):
         operators.bias_act_backward(grad, grad, None, None, 1, "lrelu", 0.2, 1.0, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kinks_take_torchs_branches(backend):
+    """At v = 0 (relu, lrelu, elu, selu) and v = 20 (softplus's threshold) the first and second derivatives
+    take torch's branches: the lower one for the first, the upper one for the second."""
+    dtype = torch.float64 if backend in FLOAT64_BACKENDS else torch.float32
+    for act in ("relu", "lrelu", "elu", "selu", "softplus"):
+        results = []
+        for name, t in (("reference", torch.float64), (backend, dtype)):
+            x = torch.tensor([[0.0, 20.0, -1.0]], dtype=t, requires_grad=True)
+            y = gmk.bias_act(x, act=act, backend=name)
+            g, = torch.autograd.grad(y.sum(), x, create_graph=True)
+            h = torch.autograd.grad(g.sum(), x, allow_unused=True)[0] if g.requires_grad else None
+            results.append((g, torch.zeros_like(x) if h is None else h))
+        for got, expected in zip(results[1], results[0]):
+            torch.testing.assert_close(got.double(), expected.double(), msg=act)

@@ -1151,3 +1151,80 @@ def test_wavenet_generate_with_exactly_48_kb_of_activations(emu):
                            temperature=1.0, log_scale_min=-7.0, plan=plan)
     expected = generate_reference.wavenet_generate(weights, [1], None, uniform, 0, 1.0, 1.0, "softmax", -7.0)
     assert torch.equal(samples, expected)
+
+
+# --- bias_act and upfirdn2d (issue 13) ---------------------------------------------------------------
+
+import gmkernels.ops.bias_act as bias_act_ops  # noqa: E402
+import gmkernels.reference.bias_act as bias_act_reference  # noqa: E402
+import gmkernels.reference.upfirdn2d as upfirdn2d_reference  # noqa: E402
+
+_PROTOTYPES.update({
+    "gmk_emu_bias_act": [ctypes.c_int, ctypes.c_int, _P, _P, ctypes.c_int, ctypes.c_int] + [_P] * 6,
+    "gmk_emu_upfirdn2d": [_P, _P, ctypes.c_int, ctypes.c_double, ctypes.c_int, ctypes.c_int, _P, _P, _P],
+})
+BIAS_ACT_CODES = {name: code for code, name in enumerate(bias_act_ops.ACTIVATIONS)}
+
+
+def _bias_act_emulated(emu, mode, act, x, b, y, grad, grad2, clamp, dtype):
+    """One launch on (outer, channels, inner) = (3, 5, 7) contiguous tensors; returns the output."""
+    shape = next(t for t in (x, y, grad) if t is not None).shape
+    out = Buffer.empty(shape, dtype)
+    alpha, gain = bias_act_reference.resolve(act, None, None)
+    buffers = [None if t is None else Buffer(t) for t in (x, b, y, grad, grad2)]
+    emu.run("gmk_emu_bias_act", mode, BIAS_ACT_CODES[act], _longs(*shape),
+            (ctypes.c_double * 3)(alpha, gain, 0.0 if clamp is None else clamp), clamp is not None,
+            DTYPE_CODES[dtype], *(None if buffer is None else buffer.ptr for buffer in buffers), out.ptr)
+    out.check_guards()
+    for buffer in buffers:
+        if buffer is not None:
+            buffer.check_unchanged()
+    return out.view
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", bias_act_ops.ACTIVATIONS)
+def test_bias_act(emu, act, dtype):
+    """Forward, backward and backward2 of the CUDA kernel against the float64 reference's autograd."""
+    x, b = (2 * torch.randn(3, 5, 7)).to(dtype), torch.randn(5).to(dtype)
+    grad, grad2 = torch.randn(3, 5, 7).to(dtype), torch.randn(3, 5, 7).to(dtype)
+    clamp = 1.1 if dtype == torch.float32 else None  # (the half types' clamp rule: tests/test_bias_act.py)
+    x64, b64 = x.double().requires_grad_(), b.double()
+    y64 = bias_act_reference.bias_act(x64, b64, 1, act, clamp=clamp)
+    grad64, = torch.autograd.grad(y64, x64, grad.double(), create_graph=True)
+    y = _bias_act_emulated(emu, 0, act, x, b, None, None, None, clamp, dtype)
+    assert_close(y, y64, dtype)
+    saved = bias_act_ops.saved_input(act, clamp)
+    backward = _bias_act_emulated(emu, 1, act, x if saved == "x" else None, b if saved == "x" else None,
+                                  y if saved == "y" else None, grad, None, clamp, dtype)
+    assert_close(backward, grad64, dtype, "grad")
+    if act in bias_act_ops.SMOOTH:
+        second64, = torch.autograd.grad(grad64, x64, grad2.double())
+        second = _bias_act_emulated(emu, 2, act, x, b, None, grad, grad2, clamp, dtype)
+        assert_close(second, second64, dtype, "grad")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("up", "down", "padding", "taps"), [((2, 2), (1, 1), (2, 1, 2, 1), 4),
+                                                             ((1, 1), (2, 2), (1, 1, 1, 1), 4),
+                                                             ((4, 1), (1, 2), (6, 5, 3, 2), 12),
+                                                             ((1, 1), (1, 1), (-1, 2, 0, -1), 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upfirdn2d(emu, dtype, up, down, padding, taps, channels_last):
+    x = torch.randn(2, 3, 7, 6).to(dtype)
+    x_view = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    f = torch.randn(taps, taps + 1)
+    for flip in (False, True):
+        y64 = upfirdn2d_reference.upfirdn2d(x.double(), f.double(), up, down, padding, flip, 1.7)
+        x_buffer = Buffer(x_view.permute(0, 2, 3, 1) if channels_last else x_view)
+        f_buffer = Buffer(f)
+        sizes = (*x.shape, *y64.shape[2:], *f.shape, *up, *down, padding[0], padding[2])
+        strides = x_view.stride()
+        out_cl = Buffer.empty(y64.permute(0, 2, 3, 1).shape if channels_last else y64.shape, dtype)
+        emu.run("gmk_emu_upfirdn2d", _longs(*sizes), _longs(*strides), flip, 1.7, channels_last,
+                DTYPE_CODES[dtype], x_buffer.ptr, f_buffer.ptr, out_cl.ptr)
+        result = out_cl.view.permute(0, 3, 1, 2) if channels_last else out_cl.view
+        assert_close_sum(result, y64, dtype, f.numel())
+        out_cl.check_guards()
+        x_buffer.check_unchanged()
+        f_buffer.check_unchanged()

@@ -51,9 +51,11 @@ float rounded_clamp(double clamp);
 template <>
 float rounded_clamp<float>(double clamp) { return static_cast<float>(clamp); }
 template <>
-float rounded_clamp<__half>(double clamp) { return __half2float(__double2half(clamp)); }
+float rounded_clamp<__half>(double clamp) { return __half2float(__float2half_rn(static_cast<float>(clamp))); }
 template <>
-float rounded_clamp<__nv_bfloat16>(double clamp) { return __bfloat162float(__double2bfloat16(clamp)); }
+float rounded_clamp<__nv_bfloat16>(double clamp) {
+  return __bfloat162float(__float2bfloat16_rn(static_cast<float>(clamp)));
+}
 
 template <typename T, Act kAct, Mode kMode>
 cudaError_t launch(const Args& args, cudaStream_t stream) {

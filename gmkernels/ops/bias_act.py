@@ -109,12 +109,12 @@ def second_derivative(act: str, v: torch.Tensor) -> torch.Tensor:
     s = torch.sigmoid(v)
     if act == "sigmoid":
         return s * (1 - s) * (1 - 2 * s)
-    if act == "elu":
-        return torch.where(v > 0, torch.zeros_like(v), torch.exp(v))
+    if act == "elu":  # at the kinks the upper branch (0), as torch's double backward
+        return torch.where(v < 0, torch.exp(v), torch.zeros_like(v))
     if act == "selu":
-        return torch.where(v > 0, torch.zeros_like(v), reference.SELU_SCALE * reference.SELU_ALPHA * torch.exp(v))
+        return torch.where(v < 0, reference.SELU_SCALE * reference.SELU_ALPHA * torch.exp(v), torch.zeros_like(v))
     if act == "softplus":
-        return torch.where(v > SOFTPLUS_THRESHOLD, torch.zeros_like(v), s * (1 - s))
+        return torch.where(v < SOFTPLUS_THRESHOLD, s * (1 - s), torch.zeros_like(v))
     return s * (1 - s) * (2 + v * (1 - 2 * s))  # swish
 
 
@@ -163,7 +163,7 @@ def _backward_backward(ops, ctx, h):
     return d_grad, d_x, d_b, None, None, None, None, None, None
 
 
-_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "triton": _FLOAT_TYPES}
+_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "cuda": _FLOAT_TYPES, "triton": _FLOAT_TYPES}
 
 _SCHEMA_ARGS = "int dim, str act, float alpha, float gain, float? clamp"
 BIAS_ACT = Op("bias_act", f"(Tensor x, Tensor? b, {_SCHEMA_ARGS}) -> Tensor", check=check_bias_act, fake=_fake,

@@ -123,7 +123,7 @@ def _backward(ops, ctx, grad_y):
     return grad_x, None, None, None, None, None, None
 
 
-_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "triton": _FLOAT_TYPES}
+_KERNEL_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "cuda": _FLOAT_TYPES, "triton": _FLOAT_TYPES}
 
 UPFIRDN2D = Op("upfirdn2d", "(Tensor x, Tensor f, int[2] up, int[2] down, int[4] padding, bool flip_filter, "
                "float gain) -> Tensor", check=check_upfirdn2d, fake=_fake, triton=_triton and _triton.upfirdn2d,

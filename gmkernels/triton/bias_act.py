@@ -85,13 +85,13 @@ def _second_derivative(v, ACT: tl.constexpr, INTERPRETED: tl.constexpr):
     elif ACT == 4:
         s = tl.sigmoid(v)
         d = s * (1.0 - s) * (1.0 - 2.0 * s)
-    elif ACT == 5:
-        d = tl.where(v > 0.0, 0.0, tl.exp(tl.where(v > 0.0, 0.0, v)))
+    elif ACT == 5:  # at the kinks the upper branch (0), as torch's double backward
+        d = tl.where(v < 0.0, tl.exp(tl.where(v < 0.0, v, 0.0)), 0.0)
     elif ACT == 6:
-        d = tl.where(v > 0.0, 0.0, SELU_SCALE * SELU_ALPHA * tl.exp(tl.where(v > 0.0, 0.0, v)))
+        d = tl.where(v < 0.0, SELU_SCALE * SELU_ALPHA * tl.exp(tl.where(v < 0.0, v, 0.0)), 0.0)
     elif ACT == 7:
         s = tl.sigmoid(v)
-        d = tl.where(v > SOFTPLUS_THRESHOLD, 0.0, s * (1.0 - s))
+        d = tl.where(v < SOFTPLUS_THRESHOLD, s * (1.0 - s), 0.0)
     else:
         s = tl.sigmoid(v)
         d = s * (1.0 - s) * (2.0 + v * (1.0 - 2.0 * s))

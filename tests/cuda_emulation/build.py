@@ -37,6 +37,7 @@ KERNEL_SOURCES = (CSRC / "gated/gated_cuda.cu", CSRC / "logistic_mixture/logisti
                   CSRC / "coupling/coupling_cuda.cu", CSRC / "invconv/invconv_cuda.cu",
                   CSRC / "causal_conv/causal_conv_cuda.cu", CSRC / "wavenet_generate/wavenet_generate_cuda.cu",
                   HERE / "selftest.cu")
+KERNEL_SOURCES += (CSRC / "bias_act/bias_act_cuda.cu", CSRC / "upfirdn2d/upfirdn2d_cuda.cu")  # issue 13
 EMULATOR_SOURCES = ("emulator.cpp", "entry_points.cpp")
 LIBRARY = "libgmk_cuda_emulation.so"
 FLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas",

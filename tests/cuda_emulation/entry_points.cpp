@@ -366,3 +366,64 @@ int gmk_emu_wavenet_generate(const int64_t* sizes, const int64_t* plan, const do
 }
 
 }  // extern "C"
+
+// --- bias_act and upfirdn2d (issue 13) -------------------------------------------------------------
+#include "gmk/bias_act.h"
+#include "gmk/upfirdn2d.h"
+
+extern "C" {
+
+// mode: 0 forward, 1 backward, 2 backward2; act: gmk::bias_act::Act; sizes: outer, channels, inner;
+// params: alpha, gain, clamp (has_clamp: whether it applies). Tensors: null where not read.
+int gmk_emu_bias_act(int mode, int act, const int64_t* sizes, const double* params, int has_clamp, int dtype,
+                     const void* x, const void* b, const void* y, const void* grad, const void* grad2, void* out) {
+  gmk::bias_act::Args args;
+  args.mode = static_cast<gmk::bias_act::Mode>(mode);
+  args.act = static_cast<gmk::bias_act::Act>(act);
+  args.outer = sizes[0];
+  args.channels = sizes[1];
+  args.inner = sizes[2];
+  args.alpha = params[0];
+  args.gain = params[1];
+  args.clamp = params[2];
+  args.has_clamp = has_clamp != 0;
+  args.dtype = static_cast<gmk::DType>(dtype);
+  args.x = x;
+  args.b = b;
+  args.y = y;
+  args.grad = grad;
+  args.grad2 = grad2;
+  args.out = out;
+  return gmk::bias_act::run_cuda(args, nullptr);
+}
+
+// sizes: batch, channels, in_h, in_w, out_h, out_w, fh, fw, upx, upy, downx, downy, padx0, pady0.
+int gmk_emu_upfirdn2d(const int64_t* sizes, const int64_t* x_strides, int flip_filter, double gain, int channels_last,
+                      int dtype, const void* x, const void* f, void* out) {
+  gmk::upfirdn2d::Args a;
+  a.batch = sizes[0];
+  a.channels = sizes[1];
+  a.in_h = sizes[2];
+  a.in_w = sizes[3];
+  a.out_h = sizes[4];
+  a.out_w = sizes[5];
+  a.fh = sizes[6];
+  a.fw = sizes[7];
+  a.upx = sizes[8];
+  a.upy = sizes[9];
+  a.downx = sizes[10];
+  a.downy = sizes[11];
+  a.padx0 = sizes[12];
+  a.pady0 = sizes[13];
+  for (int d = 0; d < 4; ++d) a.x_strides[d] = x_strides[d];
+  a.flip_filter = flip_filter != 0;
+  a.gain = gain;
+  a.out_channels_last = channels_last != 0;
+  a.dtype = static_cast<gmk::DType>(dtype);
+  a.x = x;
+  a.f = f;
+  a.out = out;
+  return gmk::upfirdn2d::run_cuda(a, nullptr);
+}
+
+}  // extern "C"

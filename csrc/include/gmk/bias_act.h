@@ -95,7 +95,8 @@ GMK_HOST_DEVICE T derivative(T v) {
   return T(1);
 }
 
-// act''(v) of the smooth acts.
+// act''(v) of the smooth acts; at v = 0 (elu, selu) and at the threshold (softplus) the upper branch (0),
+// as torch's double backward.
 template <Act kAct, typename Math, typename T>
 GMK_HOST_DEVICE T second_derivative(T v) {
   if constexpr (kAct == Act::Tanh) {
@@ -104,9 +105,9 @@ GMK_HOST_DEVICE T second_derivative(T v) {
   }
   const T s = sigmoid<Math>(v);
   if constexpr (kAct == Act::Sigmoid) return s * (T(1) - s) * (T(1) - T(2) * s);
-  if constexpr (kAct == Act::Elu) return v > T(0) ? T(0) : Math::exp(v);
-  if constexpr (kAct == Act::Selu) return v > T(0) ? T(0) : T(kSeluScale * kSeluAlpha) * Math::exp(v);
-  if constexpr (kAct == Act::Softplus) return v > T(kSoftplusThreshold) ? T(0) : s * (T(1) - s);
+  if constexpr (kAct == Act::Elu) return v < T(0) ? Math::exp(v) : T(0);
+  if constexpr (kAct == Act::Selu) return v < T(0) ? T(kSeluScale * kSeluAlpha) * Math::exp(v) : T(0);
+  if constexpr (kAct == Act::Softplus) return v < T(kSoftplusThreshold) ? s * (T(1) - s) : T(0);
   if constexpr (kAct == Act::Swish) return s * (T(1) - s) * (T(2) + v * (T(1) - T(2) * s));
   return T(0);
 }
