@@ -200,3 +200,17 @@ def test_bad_input_names_the_argument(case):
             continue  # the schema rejects it before the op (a RuntimeError of the dispatcher)
         with pytest.raises(error, match=match):
             getattr(torch.ops, namespace).cached_conv2d(*positional)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------
+
+def test_the_benchmark_cases_run_on_cpu():
+    harness = pytest.importorskip("gmkernels.benchmarks.harness")
+    bench = pytest.importorskip("gmkernels.benchmarks.ops.cached_conv")
+    assert "cached_conv" in harness.family_names()
+    for case in bench.cases("cpu", quick=True):
+        case.peers = {name: peer for name, peer in case.peers.items() if name != harness.COMPILED}
+        result = harness.run_case(case, "cpu", repeats=1, copy_gbps=1.0)
+        by_peer = {peer["peer"]: peer for peer in result["results"]}
+        assert by_peer["gmk:cpu"]["status"] == "ok" and by_peer[harness.EAGER]["status"] == "ok"
+        torch.testing.assert_close(case.peers["gmk:cpu"](), case.peers[harness.EAGER]())
