@@ -219,7 +219,7 @@ def test_each_entry_point_rejects_the_bad_input_naming_the_argument(entry, bad):
 
 
 # Ops whose table lives with their family's tests (they follow the same pattern there).
-TABLES_ELSEWHERE = {"bias_act", "upfirdn2d"}
+TABLES_ELSEWHERE = {"bias_act", "upfirdn2d", "cached_conv2d"}
 
 
 def test_the_table_covers_every_declared_forward_op():
