@@ -79,7 +79,8 @@ def run(x, b, backend, create_graph=False, **kwargs):
     """y and the gradients of x (and b) for a fixed random grad_y."""
     leaves = [t.detach().requires_grad_() for t in (x, b) if t is not None]
     y = gmk.bias_act(*leaves, backend=backend, **kwargs)
-    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(x.dtype)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(x.device,
+                                                                                                      x.dtype)
     return y, torch.autograd.grad(y, leaves, grad_y, create_graph=create_graph), leaves
 
 
@@ -362,3 +363,38 @@ def test_kinks_take_torchs_branches(backend):
             results.append((g, torch.zeros_like(x) if h is None else h))
         for got, expected in zip(results[1], results[0]):
             torch.testing.assert_close(got.double(), expected.double(), msg=act)
+
+
+@pytest.mark.skipif(not gmk.has_extension(), reason="the cpu backend needs gmkernels._C")
+def test_torch_compile_keeps_the_ops_in_one_graph():
+    """fullgraph=True fails on any graph break; the generated code calls the C++ ops themselves."""
+    from torch._inductor.utils import run_and_get_code
+
+    def loss(x, b):
+        return gmk.bias_act(x, b, act="swish", clamp=3.0, backend="cpu").square().sum()
+
+    def loss_and_grads(function, x, b):
+        x, b = x.detach().requires_grad_(), b.detach().requires_grad_()
+        value = function(x, b)
+        return value, *torch.autograd.grad(value, (x, b))
+
+    x, b = torch.randn(2, 6, 5, 5), torch.randn(6)
+    torch._dynamo.reset()
+    results, code = run_and_get_code(loss_and_grads, torch.compile(loss, fullgraph=True), x, b)
+    for result, expected in zip(results, loss_and_grads(loss, x, b), strict=True):
+        assert_close(result, expected, torch.float32, "grad", terms=50)
+    assert "gmkernels.bias_act.default" in "".join(code) and "gmkernels.bias_act_backward.default" in "".join(code)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [None, channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backends_match_reference(backend, dtype, layout):
+    assert backend in gmk.available_backends("cuda")
+    for act in ACTS:
+        x, b = inputs((4, 33, 17, 9), 1, dtype)
+        x, b = x.cuda(), b.cuda()
+        check_backend(x, b, backend, layout=layout, act=act)
+        check_backend(x, b, backend, layout=layout, act=act, clamp=clamp_clear_of(
+            gmk.bias_act(x.double(), b.double(), act=act, backend="reference")))

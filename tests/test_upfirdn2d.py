@@ -69,7 +69,7 @@ def test_asymmetric_filter_is_convolved_not_correlated():
 # --- every backend against the float64 reference ------------------------------------------------------
 
 def grad_output(y):
-    return torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(y.dtype)
+    return torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(y.device, y.dtype)
 
 
 def check_backend(x, f, backend, layout=None, **kwargs):
@@ -180,7 +180,7 @@ def test_setup_filter():
     torch.testing.assert_close(gmk.setup_filter(3.0, normalize=False), torch.full((1, 1), 9.0))
 
 
-@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("backend", ["reference", "auto"])  # the helpers' padding rules; backends: above
 def test_resampling_helpers_keep_sizes_and_dc(backend):
     x = torch.full((2, 3, 24, 20), 0.5)
     for f in (gmk.setup_filter(TAPS_4), gmk.setup_filter(TAPS_12)):
@@ -297,3 +297,38 @@ LOW_LEVEL_BAD_ARGS = {
 def test_low_level_op_rejects_bad_arguments(namespace, make_args, pattern):
     with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):
         getattr(torch.ops, namespace).upfirdn2d(*make_args(torch.randn(2, 3, 5, 5)))
+
+
+@pytest.mark.skipif(not gmk.has_extension(), reason="the cpu backend needs gmkernels._C")
+def test_torch_compile_keeps_the_op_in_one_graph():
+    """fullgraph=True fails on any graph break; the generated code calls the C++ op, forward and backward."""
+    from torch._inductor.utils import run_and_get_code
+
+    def loss(x):
+        return gmk.upsample2d(x, F4, backend="cpu").square().sum()
+
+    def loss_and_grad(function, x):
+        x = x.detach().requires_grad_()
+        value = function(x)
+        return value, *torch.autograd.grad(value, x)
+
+    x = torch.randn(2, 3, 5, 4)
+    torch._dynamo.reset()
+    results, code = run_and_get_code(loss_and_grad, torch.compile(loss, fullgraph=True), x)
+    for result, expected in zip(results, loss_and_grad(loss, x), strict=True):
+        assert_close_sum(result, expected, torch.float32, 64)
+    assert "".join(code).count("gmkernels.upfirdn2d.default") >= 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [None, channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backends_match_reference(backend, dtype, layout):
+    assert backend in gmk.available_backends("cuda")
+    for f in (FILTERS["4x4"], FILTERS["12-separable"]):
+        f = f.cuda()
+        for up, down in ((2, 1), (1, 2), (4, 1), (1, 4)):
+            padding = resampling_padding(f.shape[-1], up, down)
+            x = torch.randn(4, 33, 17, 9, device="cuda", dtype=dtype)
+            check_backend(x, f, backend, layout=layout, up=up, down=down, padding=padding)
