@@ -119,7 +119,7 @@ class Rows:
 
     def __init__(self, like: torch.Tensor, channels: int, height: int, width: int, left: int, right: int):
         self.data = like.new_zeros(like.shape[0], channels, height, left + width + right)
-        self.left, self.width = left, width
+        self.left = left
 
     def advance(self) -> None:
         """A new last row, zero until written; the oldest row leaves."""
