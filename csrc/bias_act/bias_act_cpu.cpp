@@ -1,11 +1,13 @@
 // CPU kernels of bias_act (forward, backward, backward2). The tensors are walked in memory order in
-// runs of up to kRun elements: each run's operands are converted into float buffers (double for
-// float64) with the bias added, the math runs as vectorisable loops over the buffers (compiled per
-// instruction set, GMK_CPU_CLONES), and the result is converted into the output.
+// runs of up to kRun elements. float32 and float64 runs whose channels come in segments of 16 elements
+// or more (NCHW, or no bias) are computed straight from the tensors, one loop per segment; the others
+// (half types, channels_last) convert each run's operands into float buffers with the bias added, and
+// the result back. The loops vectorise (compiled per instruction set, GMK_CPU_CLONES).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "gmk/aten.h"
 #include "gmk/bias_act.h"
@@ -53,57 +55,69 @@ void store(const opmath_t* in, int64_t m0, int64_t n, void* base) {
   for (int64_t j = 0; j < n; ++j) p[j] = static_cast<scalar_t>(in[j]);
 }
 
-// The math over one run, in place in v (forward: v = x + b; backward: v = x + b or y, g = grad; backward2:
-// v = x + b, g = grad, g2 = grad2). Inlined into the per-ISA clones below.
-template <Act kAct, typename T>
-GMK_CPU_INLINE void forward_loop(T* v, int64_t n, const Params<T>& p) {
-  for (int64_t j = 0; j < n; ++j) v[j] = forward<kAct, cpu::Math>(v[j], p);
-}
-
-template <Act kAct, typename T>
-GMK_CPU_INLINE void backward_loop(T* v, const T* g, int64_t n, const Params<T>& p) {
-  if constexpr (reads_x(kAct)) {
-    for (int64_t j = 0; j < n; ++j) v[j] = backward_from_x<kAct, cpu::Math>(g[j], v[j], p);
-  } else {
-    for (int64_t j = 0; j < n; ++j) v[j] = backward_from_y<kAct>(g[j], v[j], p);
+// The math over n elements: v = in[j] + bias (x + b; or y, bias 0), g = grad, g2 = grad2, written to out
+// (which may be in). Templates on the act and the clamp, inlined into the per-ISA clones below so that
+// each loop vectorises with no branch left in it.
+template <Act kAct, bool kClamp, typename T>
+GMK_CPU_INLINE void math_loops(Mode mode, bool reads_y, const T* in, T bias, const T* g, const T* g2, T* out,
+                               int64_t n, Params<T> p) {
+  p.has_clamp = kClamp;
+  if (mode == Mode::Forward) {
+    for (int64_t j = 0; j < n; ++j) out[j] = forward<kAct, cpu::Math>(in[j] + bias, p);
+  } else if (mode == Mode::Backward2) {
+    if constexpr (reads_x(kAct)) {
+      for (int64_t j = 0; j < n; ++j) out[j] = backward2<kAct, cpu::Math>(g2[j], g[j], in[j] + bias, p);
+    }
+  } else if constexpr (reads_x(kAct)) {
+    for (int64_t j = 0; j < n; ++j) out[j] = backward_from_x<kAct, cpu::Math>(g[j], in[j] + bias, p);
+  } else if (reads_y) {
+    for (int64_t j = 0; j < n; ++j) out[j] = backward_from_y<kAct>(g[j], in[j], p);
+  } else {  // linear without a clamp reads neither x nor y: grad * gain
+    for (int64_t j = 0; j < n; ++j) out[j] = g[j] * p.gain;
   }
 }
 
 template <Act kAct, typename T>
-GMK_CPU_INLINE void backward2_loop(T* v, const T* g, const T* g2, int64_t n, const Params<T>& p) {
-  for (int64_t j = 0; j < n; ++j) v[j] = backward2<kAct, cpu::Math>(g2[j], g[j], v[j], p);
+GMK_CPU_INLINE void math_for_act(Mode mode, bool reads_y, const T* in, T bias, const T* g, const T* g2, T* out,
+                                 int64_t n, const Params<T>& p) {
+  if (p.has_clamp) {
+    math_loops<kAct, true>(mode, reads_y, in, bias, g, g2, out, n, p);
+  } else {
+    math_loops<kAct, false>(mode, reads_y, in, bias, g, g2, out, n, p);
+  }
 }
 
-// The linear backward without a clamp reads neither x nor y: grad * gain.
 template <typename T>
-GMK_CPU_INLINE void scale_loop(T* v, const T* g, int64_t n, T gain) {
-  for (int64_t j = 0; j < n; ++j) v[j] = g[j] * gain;
+GMK_CPU_INLINE void math_run(Mode mode, Act act, bool reads_y, const T* in, T bias, const T* g, const T* g2, T* out,
+                             int64_t n, const Params<T>& p) {
+  switch (act) {
+#define GMK_BIAS_ACT_CASE(A) \
+  case Act::A: return math_for_act<Act::A>(mode, reads_y, in, bias, g, g2, out, n, p);
+    GMK_BIAS_ACT_CASE(Linear)
+    GMK_BIAS_ACT_CASE(Relu)
+    GMK_BIAS_ACT_CASE(Lrelu)
+    GMK_BIAS_ACT_CASE(Tanh)
+    GMK_BIAS_ACT_CASE(Sigmoid)
+    GMK_BIAS_ACT_CASE(Elu)
+    GMK_BIAS_ACT_CASE(Selu)
+    GMK_BIAS_ACT_CASE(Softplus)
+    GMK_BIAS_ACT_CASE(Swish)
+#undef GMK_BIAS_ACT_CASE
+  }
 }
 
-template <typename T>
-GMK_CPU_INLINE void math_run(Mode mode, Act act, bool reads_y, T* v, const T* g, const T* g2, int64_t n,
-                             const Params<T>& p) {
-  if (mode == Mode::Backward && !reads_x(act) && !reads_y) return scale_loop(v, g, n, p.gain);
-  with_act(act, [&](auto tag) {
-    constexpr Act kAct = decltype(tag)::value;
-    if (mode == Mode::Forward) {
-      forward_loop<kAct>(v, n, p);
-    } else if (mode == Mode::Backward) {
-      backward_loop<kAct>(v, g, n, p);
-    } else if constexpr (reads_x(kAct)) {
-      backward2_loop<kAct>(v, g, g2, n, p);
-    }
-  });
+GMK_CPU_CLONES void run_math(Mode mode, Act act, bool reads_y, const float* in, float bias, const float* g,
+                             const float* g2, float* out, int64_t n, const Params<float>& p) {
+  math_run(mode, act, reads_y, in, bias, g, g2, out, n, p);
+}
+void run_math(Mode mode, Act act, bool reads_y, const double* in, double bias, const double* g, const double* g2,
+              double* out, int64_t n, const Params<double>& p) {
+  math_run(mode, act, reads_y, in, bias, g, g2, out, n, p);
 }
 
-GMK_CPU_CLONES void run_math(Mode mode, Act act, bool reads_y, float* v, const float* g, const float* g2, int64_t n,
-                             const Params<float>& p) {
-  math_run(mode, act, reads_y, v, g, g2, n, p);
-}
-void run_math(Mode mode, Act act, bool reads_y, double* v, const double* g, const double* g2, int64_t n,
-              const Params<double>& p) {
-  math_run(mode, act, reads_y, v, g, g2, n, p);
-}
+// Segments of at least this many elements of one channel run straight from the tensors (float32 and
+// float64); shorter ones (channels_last: one element) go through the run buffers with the bias added.
+constexpr int64_t kMinDirectSegment = 16;
 
 template <typename scalar_t>
 void run_typed(const Args& args) {
@@ -115,18 +129,38 @@ void run_typed(const Args& args) {
                                 static_cast<opmath_t>(clamp), args.has_clamp};
   const int64_t elements = args.outer * args.channels * args.inner;
   const int64_t runs = (elements + kRun - 1) / kRun;
+  const void* primary = args.mode == Mode::Backward && reads_y ? args.y : args.x;
+  const bool adds_bias = args.b != nullptr && !reads_y;
+  const bool direct = std::is_same_v<scalar_t, opmath_t> && (!adds_bias || args.inner >= kMinDirectSegment);
   at::parallel_for(0, runs, std::max<int64_t>(1, kGrainElements / kRun), [&](int64_t begin, int64_t end) {
     opmath_t v[kRun], g[kRun], g2[kRun];
     for (int64_t run = begin; run < end; ++run) {
       const int64_t m0 = run * kRun, n = std::min(kRun, elements - m0);
-      const void* primary = args.mode == Mode::Backward && reads_y ? args.y : args.x;
+      if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+        if (direct) {  // segments of one channel, straight from the tensors
+          const auto at = [m0](const void* p) { return p ? static_cast<const opmath_t*>(p) + m0 : nullptr; };
+          const opmath_t *in = at(primary), *grad = at(args.grad), *grad2 = at(args.grad2);
+          opmath_t* out = static_cast<opmath_t*>(args.out) + m0;
+          int64_t c = (m0 / args.inner) % args.channels, i = m0 % args.inner;
+          for (int64_t j = 0; j < n;) {
+            const int64_t segment = adds_bias ? std::min(n - j, args.inner - i) : n - j;
+            const opmath_t bias = adds_bias ? static_cast<const opmath_t*>(args.b)[c] : opmath_t(0);
+            run_math(args.mode, args.act, reads_y, in ? in + j : nullptr, bias, grad ? grad + j : nullptr,
+                     grad2 ? grad2 + j : nullptr, out + j, segment, params);
+            j += segment;
+            i = 0;
+            c = c + 1 == args.channels ? 0 : c + 1;
+          }
+          continue;
+        }
+      }
       if (primary != nullptr) {
         load<scalar_t>(primary, m0, n, v);
-        if (args.b != nullptr && !reads_y) add_bias<scalar_t>(args, m0, n, v);
+        if (adds_bias) add_bias<scalar_t>(args, m0, n, v);
       }
       if (args.mode != Mode::Forward) load<scalar_t>(args.grad, m0, n, g);
       if (args.mode == Mode::Backward2) load<scalar_t>(args.grad2, m0, n, g2);
-      run_math(args.mode, args.act, reads_y, v, g, g2, n, params);
+      run_math(args.mode, args.act, reads_y, v, opmath_t(0), g, g2, v, n, params);
       store<scalar_t>(v, m0, n, args.out);
     }
   });
