@@ -171,11 +171,12 @@ def test_gmk_sample_method_cached_and_naive_write_the_same_grid(tmp_path):
     assert (tmp_path / "default.png").read_bytes() == grids["cached"]
 
 
-def test_gmk_sample_method_is_checked(tmp_path, capsys):
-    run = tmp_path / "audio"
-    assert gmk("train", "wavenet", "--steps", "1", "--samples", "0", "--out", run, *TINY) == 0
+@pytest.mark.parametrize(("model", "data"), [("wavenet", "tones"), ("glow", "digits")])
+def test_gmk_sample_method_is_for_pixelcnn_models_only(model, data, tmp_path, capsys):
+    run = tmp_path / model
+    assert gmk("train", model, "--data", data, "--steps", "1", "--samples", "0", "--out", run, *TINY) == 0
     assert gmk("sample", run, "--method", "naive") == 2
-    assert "--method chooses how an image model samples" in capsys.readouterr().err
+    assert "--method chooses how a PixelCNN model" in capsys.readouterr().err
     assert gmk("sample", run, "--method", "fast") == 2
     assert "invalid choice" in capsys.readouterr().err
 

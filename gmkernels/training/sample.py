@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..models._autoregressive import AutoregressiveImageModel
 from . import checkpoint, distributed, kinds
 from .errors import TrainingError
 
@@ -30,12 +31,9 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
             raise TrainingError(f"{name} must be a positive integer, got {value!r}")
     if method is not None and method not in METHODS:
         raise TrainingError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method is not None and kind.suffixes != (".png",):
-        raise TrainingError(f"--method chooses how an image model samples; {state['model']} generates audio "
-                            "with its own cached generation")
-    if model_class.kind == "gan" and method is not None:
-        raise TrainingError(f"--method chooses how an autoregressive model samples; {state['model']} "
-                            "generates an image in one pass")
+    if method is not None and not issubclass(model_class, AutoregressiveImageModel):
+        raise TrainingError(f"--method chooses how a PixelCNN model (pixelcnn, gated_pixelcnn, pixelcnnpp) "
+                            f"samples; {state['model']} has one way to sample")
     if truncation is not None and (model_class.kind != "gan" or isinstance(truncation, bool)
                                    or not isinstance(truncation, (int, float)) or not 0 <= truncation <= 1):
         raise TrainingError(f"--truncation must be a number in [0, 1], for a GAN (dcgan, stylegan2); got "
