@@ -261,6 +261,15 @@ def test_modules_reject_bad_arguments():
         gmk.nn.Downsample2d()(torch.randn(3, 8, 8))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_images_narrower_than_the_factors(backend):
+    """Images of one or two pixels under down 4 / up 4: the phases past the image hold only padding."""
+    for height, width in ((1, 1), (1, 2), (2, 1), (3, 2)):
+        x = noncontiguous(torch.randn(2, 3, height, width))
+        check_backend(x, FILTERS["4x4"], backend, down=(4, 3), padding=(3, 2, 2, 3))
+        check_backend(x, FILTERS["3x5-asymmetric"], backend, up=(4, 2), down=(1, 3), padding=(4, 1, 2, 0))
+
+
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_empty_batch(backend):
     assert gmk.upsample2d(torch.randn(0, 3, 4, 4), F4, backend=backend).shape == (0, 3, 8, 8)
