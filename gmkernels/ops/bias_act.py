@@ -140,7 +140,9 @@ def _save(ctx, inputs, output):
 def _backward(ops, ctx, grad_y):
     x, b, y = ctx.saved_tensors
     dim = ctx.args[0]
-    grad_v = ops.bias_act_backward(grad_y, x, b, y, *ctx.args)
+    # y enters the backward through piecewise-constant slopes and masks only: detached, the double backward
+    # does not send a zero gradient back through the forward
+    grad_v = ops.bias_act_backward(grad_y, x, b, None if y is None else y.detach(), *ctx.args)
     grad_b = _sum_except(grad_v, dim) if ctx.has_bias and ctx.needs_input_grad[1] else None
     return grad_v, grad_b, None, None, None, None, None
 
