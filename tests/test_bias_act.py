@@ -402,3 +402,23 @@ def test_gpu_backends_match_reference(backend, dtype, layout):
         check_backend(x, b, backend, layout=layout, act=act)
         check_backend(x, b, backend, layout=layout, act=act, clamp=clamp_clear_of(
             gmk.bias_act(x.double(), b.double(), act=act, backend="reference")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_are_never_written(backend):
+    """Forward, backward and double backward on expanded, transposed and strided views leave them as they were."""
+    x = torch.randn(1, 5, 3, 4).expand(2, 5, 3, 4).transpose(2, 3)
+    b = torch.randn(10)[::2]
+    grad_y = torch.randn(2, 5, 4, 1).expand(2, 5, 4, 3)
+    before = [t.clone() for t in (x, b, grad_y)]
+    for act in ("lrelu", "swish", "linear"):
+        leaves = [t.requires_grad_() for t in (x.detach(), b.detach())]
+        y = gmk.bias_act(*leaves, act=act, clamp=1.5, backend=backend)
+        grads = torch.autograd.grad(y, leaves, grad_y, create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        if penalty.requires_grad:  # not for lrelu and linear: their gradient is constant in x and b
+            torch.autograd.grad(penalty, leaves, allow_unused=True)
+        expected = gmk.bias_act(x.double(), b.double(), act=act, clamp=1.5, backend="reference")
+        assert_close(y, expected, torch.float32)
+    for t, copy in zip((x, b, grad_y), before):
+        assert torch.equal(t, copy)

@@ -341,3 +341,21 @@ def test_gpu_backends_match_reference(backend, dtype, layout):
             padding = resampling_padding(f.shape[-1], up, down)
             x = torch.randn(4, 33, 17, 9, device="cuda", dtype=dtype)
             check_backend(x, f, backend, layout=layout, up=up, down=down, padding=padding)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_are_never_written(backend):
+    """Forward, backward and double backward on expanded and transposed views leave them as they were."""
+    x = torch.randn(1, 3, 1, 6).expand(2, 3, 5, 6).transpose(2, 3)
+    f = torch.randn(3, 4).t()
+    grad_y = torch.randn(2, 1, 12, 11).expand(2, 3, 12, 11)
+    before = [t.clone() for t in (x, f, grad_y)]
+    leaf = x.detach().requires_grad_()
+    y = gmk.upfirdn2d(leaf, f, up=2, padding=(1, 2, 2, 1), backend=backend)
+    assert y.shape == grad_y.shape
+    grad, = torch.autograd.grad(y, leaf, grad_y, create_graph=True)
+    torch.autograd.grad(grad.square().sum(), leaf)
+    assert_close_sum(y, gmk.upfirdn2d(x.double(), f.double(), up=2, padding=(1, 2, 2, 1), backend="reference"),
+                     torch.float32, f.numel())
+    for t, copy in zip((x, f, grad_y), before):
+        assert torch.equal(t, copy)
