@@ -353,8 +353,9 @@ def test_inputs_are_never_written(backend):
     leaf = x.detach().requires_grad_()
     y = gmk.upfirdn2d(leaf, f, up=2, padding=(1, 2, 2, 1), backend=backend)
     assert y.shape == grad_y.shape
-    grad, = torch.autograd.grad(y, leaf, grad_y, create_graph=True)
-    torch.autograd.grad(grad.square().sum(), leaf)
+    grad_leaf = grad_y.detach().requires_grad_()  # the gradient is linear in grad_y, constant in x
+    grad, = torch.autograd.grad(y, leaf, grad_leaf, create_graph=True)
+    torch.autograd.grad(grad.square().sum(), grad_leaf)
     assert_close_sum(y, gmk.upfirdn2d(x.double(), f.double(), up=2, padding=(1, 2, 2, 1), backend="reference"),
                      torch.float32, f.numel())
     for t, copy in zip((x, f, grad_y), before):
