@@ -422,3 +422,20 @@ def test_inputs_are_never_written(backend):
         assert_close(y, expected, torch.float32)
     for t, copy in zip((x, b, grad_y), before):
         assert torch.equal(t, copy)
+
+
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend needs gmkernels._C")
+@pytest.mark.parametrize("layout", [None, channels_last])
+def test_cpu_splits_large_tensors_across_threads(two_threads, layout):
+    """Past the kernels' grain (64k elements a task) the runs split across threads: the same results."""
+    x, b = inputs((4, 64, 33, 35), 1, torch.float32)
+    for act in ("lrelu", "swish"):
+        check_backend(x, b, "cpu", layout=layout, act=act, clamp=2.05)

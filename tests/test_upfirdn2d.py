@@ -360,3 +360,21 @@ def test_inputs_are_never_written(backend):
                      torch.float32, f.numel())
     for t, copy in zip((x, f, grad_y), before):
         assert torch.equal(t, copy)
+
+
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend needs gmkernels._C")
+@pytest.mark.parametrize("layout", [None, channels_last])
+def test_cpu_splits_large_tensors_across_threads(two_threads, layout):
+    """Planes (NCHW) and rows (channels_last) split across threads: the same results."""
+    x = torch.randn(4, 64, 33, 35)
+    for up, down in ((2, 1), (1, 2)):
+        check_backend(x, FILTERS["4x4"], "cpu", layout=layout, up=up, down=down,
+                      padding=resampling_padding(4, up, down))
