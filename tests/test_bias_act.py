@@ -321,25 +321,36 @@ def test_fused_leaky_relu_rejects_wrong_channels():
         gmk.nn.FusedLeakyReLU(4)(torch.randn(2, 3, 5))
 
 
-LOW_LEVEL_BAD_ARGS = {
-    "act": (lambda x, b: (x, b, 1, "gelu", 0.2, 1.0, None), "act"),
-    "b-shape": (lambda x, b: (x, b[:2], 1, "lrelu", 0.2, 1.0, None), r"\bb\b"),
-    "b-dtype": (lambda x, b: (x, b.double(), 1, "lrelu", 0.2, 1.0, None), r"\bb\b"),
-    "dim": (lambda x, b: (x, b, 3, "lrelu", 0.2, 1.0, None), "dim"),
-    "clamp": (lambda x, b: (x, b, 1, "lrelu", 0.2, 1.0, -1.0), "clamp"),
-    "alpha": (lambda x, b: (x, b, 1, "lrelu", -0.2, 1.0, None), "alpha"),
+# Bad input in the op's form (x, b, dim, act, alpha, gain, clamp), bad for the public function too: every
+# entry point raises the same exception type naming the argument (tests/test_bad_inputs.py's pattern).
+OP_BAD_ARGS = {
+    "act": (lambda x, b: (x, b, 1, "gelu", 0.2, 1.0, None), ValueError, "act"),
+    "x-integer": (lambda x, b: (x.long(), None, 1, "lrelu", 0.2, 1.0, None), TypeError, "x"),
+    "b-shape": (lambda x, b: (x, b[:2], 1, "lrelu", 0.2, 1.0, None), ValueError, "b"),
+    "b-dtype": (lambda x, b: (x, b.double(), 1, "lrelu", 0.2, 1.0, None), TypeError, "b"),
+    "dim": (lambda x, b: (x, b, 3, "lrelu", 0.2, 1.0, None), ValueError, "dim"),
+    "clamp-negative": (lambda x, b: (x, b, 1, "lrelu", 0.2, 1.0, -1.0), ValueError, "clamp"),
+    "clamp-inf": (lambda x, b: (x, b, 1, "lrelu", 0.2, 1.0, float("inf")), ValueError, "clamp"),
+    "alpha-negative": (lambda x, b: (x, b, 1, "lrelu", -0.2, 1.0, None), ValueError, "alpha"),
+    "gain-nan": (lambda x, b: (x, b, 1, "swish", 0.0, float("nan"), None), ValueError, "gain"),
 }
 
 
-@pytest.mark.parametrize(("make_args", "pattern"), LOW_LEVEL_BAD_ARGS.values(), ids=LOW_LEVEL_BAD_ARGS.keys())
-@pytest.mark.parametrize(("namespace", "device"), LOW_LEVEL_OPS)
-def test_low_level_ops_reject_bad_arguments(namespace, device, make_args, pattern):
-    operators = getattr(torch.ops, namespace)
-    args = make_args(torch.randn(2, 3, 4, device=device), torch.randn(3, device=device))
-    with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):
-        operators.bias_act(*args)
-    with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):  # the backward's checks as well
-        operators.bias_act_backward(args[0], args[0], args[1], args[0], *args[2:])
+def _public_bias_act(x, b, dim, act, alpha, gain, clamp):
+    return gmk.bias_act(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+
+
+@pytest.mark.parametrize(("make_args", "error", "name"), OP_BAD_ARGS.values(), ids=OP_BAD_ARGS.keys())
+def test_every_entry_point_rejects_bad_input_naming_it(make_args, error, name):
+    args = make_args(torch.randn(2, 3, 4), torch.randn(3))
+    entry_points = [_public_bias_act] + [getattr(torch.ops, p.values[0]).bias_act for p in LOW_LEVEL_OPS]
+    for function in entry_points:
+        with pytest.raises(error, match=rf"\b{name}\b"):
+            function(*args)
+    # the backward's checks as well (for x, grad = x is checked first and named instead)
+    for namespace in [] if name == "x" else [p.values[0] for p in LOW_LEVEL_OPS]:
+        with pytest.raises(error, match=rf"\b{name}\b"):
+            getattr(torch.ops, namespace).bias_act_backward(args[0], args[0], args[1], args[0], *args[2:])
 
 
 @pytest.mark.parametrize(("namespace", "device"), LOW_LEVEL_OPS)

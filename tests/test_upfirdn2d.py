@@ -292,20 +292,31 @@ def test_opcheck(namespace, up, down, padding, layout, dtype):
                           (x.requires_grad_(), F4, list(up), list(down), list(padding), False, 1.5))
 
 
-LOW_LEVEL_BAD_ARGS = {
-    "x-3d": (lambda x: (x[0], F4, [1, 1], [1, 1], [0] * 4, False, 1.0), r"\bx\b"),
-    "f-1d": (lambda x: (x, F4[0], [1, 1], [1, 1], [0] * 4, False, 1.0), r"\bf\b"),
-    "f-dtype": (lambda x: (x, F4.double(), [1, 1], [1, 1], [0] * 4, False, 1.0), r"\bf\b"),
-    "up-zero": (lambda x: (x, F4, [0, 1], [1, 1], [0] * 4, False, 1.0), r"\bup\b"),
-    "padding-empties": (lambda x: (x, F4, [1, 1], [1, 1], [-2] * 4, False, 1.0), "padding"),
+# Bad input in the op's form (x, f, up, down, padding, flip_filter, gain), bad for the public function too:
+# every entry point raises the same exception type naming the argument (tests/test_bad_inputs.py's pattern).
+OP_BAD_ARGS = {
+    "x-3d": (lambda x: (x[0], F4, [1, 1], [1, 1], [0] * 4, False, 1.0), ValueError, "x"),
+    "x-integer": (lambda x: (x.long(), F4, [1, 1], [1, 1], [0] * 4, False, 1.0), TypeError, "x"),
+    "f-3d": (lambda x: (x, F4[None], [1, 1], [1, 1], [0] * 4, False, 1.0), ValueError, "f"),
+    "f-integer": (lambda x: (x, F4.long(), [1, 1], [1, 1], [0] * 4, False, 1.0), TypeError, "f"),
+    "up-zero": (lambda x: (x, F4, [0, 1], [1, 1], [0] * 4, False, 1.0), ValueError, "up"),
+    "down-zero": (lambda x: (x, F4, [1, 1], [1, 0], [0] * 4, False, 1.0), ValueError, "down"),
+    "padding-empties": (lambda x: (x, F4, [1, 1], [1, 1], [-2] * 4, False, 1.0), ValueError, "padding"),
+    "gain-nan": (lambda x: (x, F4, [1, 1], [1, 1], [0] * 4, False, float("nan")), ValueError, "gain"),
 }
 
 
-@pytest.mark.parametrize(("make_args", "pattern"), LOW_LEVEL_BAD_ARGS.values(), ids=LOW_LEVEL_BAD_ARGS.keys())
-@pytest.mark.parametrize("namespace", LOW_LEVEL_OPS)
-def test_low_level_op_rejects_bad_arguments(namespace, make_args, pattern):
-    with pytest.raises((ValueError, TypeError, RuntimeError), match=pattern):
-        getattr(torch.ops, namespace).upfirdn2d(*make_args(torch.randn(2, 3, 5, 5)))
+def _public_upfirdn2d(x, f, up, down, padding, flip_filter, gain):
+    return gmk.upfirdn2d(x, f, up=tuple(up), down=tuple(down), padding=tuple(padding), flip_filter=flip_filter,
+                         gain=gain)
+
+
+@pytest.mark.parametrize(("make_args", "error", "name"), OP_BAD_ARGS.values(), ids=OP_BAD_ARGS.keys())
+def test_every_entry_point_rejects_bad_input_naming_it(make_args, error, name):
+    args = make_args(torch.randn(2, 3, 5, 5))
+    for function in [_public_upfirdn2d] + [getattr(torch.ops, p.values[0]).upfirdn2d for p in LOW_LEVEL_OPS]:
+        with pytest.raises(error, match=rf"\b{name}\b"):
+            function(*args)
 
 
 @pytest.mark.skipif(not gmk.has_extension(), reason="the cpu backend needs gmkernels._C")

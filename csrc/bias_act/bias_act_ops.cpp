@@ -5,6 +5,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 
 #include "gmk/aten.h"
@@ -43,8 +44,11 @@ Args make_args(const char* op, const at::Tensor& ref, const std::optional<at::Te
   Args args;
   args.dtype = to_dtype(op, "x", ref);
   args.act = parse_act(op, act);
+  TORCH_CHECK_VALUE(std::isfinite(alpha), op, ": alpha must be a finite number, got ", alpha);
   TORCH_CHECK_VALUE(args.act != Act::Lrelu || alpha >= 0, op, ": alpha must be >= 0 for lrelu, got ", alpha);
-  TORCH_CHECK_VALUE(!clamp.has_value() || *clamp >= 0, op, ": clamp must be None or >= 0, got ", *clamp);
+  TORCH_CHECK_VALUE(std::isfinite(gain), op, ": gain must be a finite number, got ", gain);
+  TORCH_CHECK_VALUE(!clamp.has_value() || (std::isfinite(*clamp) && *clamp >= 0), op,
+                    ": clamp must be None or a finite number >= 0, got ", clamp.value_or(0.0));
   args.alpha = alpha;
   args.gain = gain;
   args.has_clamp = clamp.has_value();

@@ -5,6 +5,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "gmk/aten.h"
 #include "gmk/upfirdn2d.h"
 
@@ -33,6 +35,7 @@ at::Tensor upfirdn2d(const at::Tensor& x, const at::Tensor& f, at::IntArrayRef u
   TORCH_CHECK_VALUE(down.size() == 2 && down[0] >= 1 && down[1] >= 1, kOp, ": down must be two ints >= 1, got ",
                     down);
   TORCH_CHECK_VALUE(padding.size() == 4, kOp, ": padding must be four ints, got ", padding);
+  TORCH_CHECK_VALUE(std::isfinite(gain), kOp, ": gain must be a finite number, got ", gain);
   args.batch = x.size(0);
   args.channels = x.size(1);
   args.in_h = x.size(2);
