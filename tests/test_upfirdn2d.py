@@ -389,3 +389,17 @@ def test_cpu_splits_large_tensors_across_threads(two_threads, layout):
     for up, down in ((2, 1), (1, 2)):
         check_backend(x, FILTERS["4x4"], "cpu", layout=layout, up=up, down=down,
                       padding=resampling_padding(4, up, down))
+
+
+def test_the_benchmark_cases_run_on_cpu():
+    """benchmarks/ops/gan.py (bias_act, R1, upfirdn2d): every case's gmk and eager peers run on CPU."""
+    harness = pytest.importorskip("gmkernels.benchmarks.harness")
+    bench = pytest.importorskip("gmkernels.benchmarks.ops.gan")
+    assert "gan" in harness.family_names()
+    for case in bench.cases("cpu", quick=True):
+        case.peers = {name: peer for name, peer in case.peers.items() if name != harness.COMPILED}
+        result = harness.run_case(case, "cpu", repeats=1, copy_gbps=1.0)
+        by_peer = {peer["peer"]: peer for peer in result["results"]}
+        assert by_peer[harness.EAGER]["status"] == "ok", case.name
+        if "cpu" in BACKENDS:
+            assert by_peer["gmk:cpu"]["status"] == "ok", case.name
