@@ -29,9 +29,6 @@ T weight(const Args& a, const T* f, int64_t j, int64_t k) {
   return static_cast<T>(a.gain) * f[tap_index(j, a.fh, a.flip_filter) * a.fw + tap_index(k, a.fw, a.flip_filter)];
 }
 
-// a - floor_div(a, b) * b: the phase of a modulo b > 0, in [0, b).
-int64_t phase_of(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
-
 // --- planar: phase planes -------------------------------------------------------------------------------
 
 // One axpy of the planar plan: acc[acc_offset + i] += w * in[in_offset + i], i < the output phase plane's size.

@@ -1,6 +1,6 @@
 // CUDA kernel of upfirdn2d: one thread per output element, in the output's memory order (coalesced
-// stores); each sums the taps that land on the upsampling grid inside the image, the filter read
-// through the read-only cache. No torch header here.
+// stores); each visits only the taps that land on the upsampling grid (every up-th, from its phase) and
+// inside the image, the filter read through the read-only cache. No torch header here.
 #include "gmk/cuda_types.cuh"
 #include "gmk/upfirdn2d.h"
 
@@ -28,16 +28,21 @@ __global__ void __launch_bounds__(kThreads) upfirdn2d_kernel(const Args a) {
   }
   const T* x = static_cast<const T*>(a.x) + n * a.x_strides[0] + c * a.x_strides[1];
   const float* f = static_cast<const float*>(a.f);
+  // Only the taps on the upsampling grid: j from the first with (oy * down_y + j - pad_y0) % up_y == 0, by up_y.
+  const int64_t ry = oy * a.downy - a.pady0, rx = ox * a.downx - a.padx0;
+  const int64_t j0 = phase_of(-ry, a.upy), k0 = phase_of(-rx, a.upx);
   float acc = 0.0f;
-  for (int64_t j = 0; j < a.fh; ++j) {
-    const int64_t r = oy * a.downy + j - a.pady0;
-    if (r < 0 || r >= a.in_h * a.upy || r % a.upy != 0) continue;
-    const T* x_row = x + (r / a.upy) * a.x_strides[2];
+  for (int64_t j = j0; j < a.fh; j += a.upy) {
+    const int64_t iy = floor_div(ry + j, a.upy);
+    if (iy < 0) continue;
+    if (iy >= a.in_h) break;
+    const T* x_row = x + iy * a.x_strides[2];
     const float* f_row = f + tap_index(j, a.fh, a.flip_filter) * a.fw;
-    for (int64_t k = 0; k < a.fw; ++k) {
-      const int64_t s = ox * a.downx + k - a.padx0;
-      if (s < 0 || s >= a.in_w * a.upx || s % a.upx != 0) continue;
-      acc += __ldg(f_row + tap_index(k, a.fw, a.flip_filter)) * to_float(x_row[(s / a.upx) * a.x_strides[3]]);
+    for (int64_t k = k0; k < a.fw; k += a.upx) {
+      const int64_t ix = floor_div(rx + k, a.upx);
+      if (ix < 0) continue;
+      if (ix >= a.in_w) break;
+      acc += __ldg(f_row + tap_index(k, a.fw, a.flip_filter)) * to_float(x_row[ix * a.x_strides[3]]);
     }
   }
   static_cast<T*>(a.out)[u] = from_float<T>(static_cast<float>(a.gain) * acc);

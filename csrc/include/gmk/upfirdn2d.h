@@ -35,6 +35,9 @@ GMK_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
+// a - floor_div(a, b) * b: the phase of a modulo b > 0, in [0, b).
+GMK_HOST_DEVICE int64_t phase_of(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
+
 // The tap of the flipped (or not) filter that multiplies U[o * down + j - pad0] along one axis.
 GMK_HOST_DEVICE int64_t tap_index(int64_t j, int64_t taps, bool flip_filter) {
   return flip_filter ? j : taps - 1 - j;
