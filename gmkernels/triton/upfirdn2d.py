@@ -2,7 +2,8 @@
 in gmkernels/ops/upfirdn2d.py; math: docs/conventions.md, "upfirdn2d").
 
 Each program computes BLOCK outputs in the output's memory order (NCHW, or channels_last where x is):
-each sums the filter taps that land on the upsampling grid inside the image, x read through its strides.
+each visits the filter taps on the upsampling grid only (every up-th from its phase) and sums those
+inside the image, x read through its strides.
 """
 from __future__ import annotations
 
@@ -33,25 +34,31 @@ def _upfirdn2d_kernel(x_ptr, f_ptr, out_ptr, total, channels, height, width, out
         c = (u // (out_w * out_h)) % channels
         n = u // (out_w * out_h * channels)
     base = n * sx_n + c * sx_c
+    # only the taps on the upsampling grid: j = j0 + up_y * t from each output's phase (likewise k)
+    ry = oy * downy - pady0
+    rx = ox * downx - padx0
+    j0 = ((-ry) % upy + upy) % upy
+    k0 = ((-rx) % upx + upx) % upx
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for j in range(0, fh):
-        r = oy * downy + j - pady0
-        row_ok = (r >= 0) & (r < height * upy) & (r % upy == 0)
-        iy = tl.where(row_ok, r, 0) // upy
+    for t in range(0, (fh + upy - 1) // upy):
+        j = j0 + t * upy
+        iy = (ry + j) // upy  # an exact division
+        row_ok = mask & (j < fh) & (iy >= 0) & (iy < height)
         if FLIP:
             fj = j
         else:
             fj = fh - 1 - j
-        for k in range(0, fw):
-            s = ox * downx + k - padx0
-            ok = mask & row_ok & (s >= 0) & (s < width * upx) & (s % upx == 0)
-            ix = tl.where(ok, s, 0) // upx
+        for s in range(0, (fw + upx - 1) // upx):
+            k = k0 + s * upx
+            ix = (rx + k) // upx
+            ok = row_ok & (k < fw) & (ix >= 0) & (ix < width)
             if FLIP:
                 fk = k
             else:
                 fk = fw - 1 - k
-            tap = tl.load(f_ptr + fj * fw + fk).to(tl.float32)
-            acc += tap * tl.load(x_ptr + base + iy * sx_h + ix * sx_w, mask=ok, other=0.0).to(tl.float32)
+            tap = tl.load(f_ptr + tl.where(ok, fj * fw + fk, 0), mask=ok, other=0.0).to(tl.float32)
+            pixel = tl.load(x_ptr + base + tl.where(ok, iy * sx_h + ix * sx_w, 0), mask=ok, other=0.0)
+            acc += tap * pixel.to(tl.float32)
     tl.store(out_ptr + u, (acc * gain).to(out_ptr.dtype.element_ty), mask=mask)
 
 
