@@ -14,7 +14,7 @@ from gmkernels import metrics
 from gmkernels.cli import main as gmk_main
 from gmkernels.data import TensorSet
 from gmkernels.models import DCGAN, MODELS, DCGANConfig, StyleGAN2, StyleGAN2Config
-from gmkernels.models._gan import discriminator_loss, frozen, generator_loss, r1_penalty
+from gmkernels.models._gan import discriminator_loss, frozen, generator_loss, r1_penalty, translate
 from gmkernels.training import TrainingError, distributed, kinds, loop, train
 
 GANS = (DCGAN, StyleGAN2)
@@ -133,6 +133,29 @@ def test_discriminator_gives_a_logit_per_image_and_projects_classes(model_class)
     assert not torch.equal(logits, model.discriminator(images, torch.tensor([1, 2, 0, 1])))
     with pytest.raises(TypeError, match="y"):
         model.sample(2)
+
+
+def test_translation_moves_each_image_within_the_shift():
+    x = torch.randn(16, 2, 5, 7)
+    y = translate(x, 2)
+    padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    offsets = set()
+    for image, moved in zip(padded, y):
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(image[:, dy:dy + 5, dx:dx + 7], moved)]
+        assert found
+        offsets.add(found[0])
+    assert len(offsets) > 1
+
+
+def test_augmented_discriminator_sees_translated_images():
+    model = tiny(StyleGAN2, augment=1)
+    images = torch.randn(8, 1, 8, 8)
+    torch.manual_seed(0)
+    logits = model.discriminate(images, None)
+    torch.manual_seed(0)
+    assert torch.equal(logits, model.discriminator(translate(images, 1), None))
+    plain = tiny(StyleGAN2)
+    assert torch.equal(plain.discriminate(images, None), plain.discriminator(images, None))
 
 
 # --- losses and R1 ---------------------------------------------------------------------------------------
@@ -288,6 +311,7 @@ def test_conditional_gan_run(tmp_path, quick_classifier):
     (StyleGAN2Config, dict(channel_base=16, resolution=32), "channel_base"),
     (StyleGAN2Config, dict(conv_clamp=-1.0), "conv_clamp"),
     (StyleGAN2Config, dict(mbstd_group=0), "mbstd_group"),
+    (StyleGAN2Config, dict(augment=-1), "augment"),
     (StyleGAN2Config, dict(in_channels=2), "in_channels"),
 ])
 def test_bad_config_fields_are_named(config_class, fields, name):
@@ -407,7 +431,7 @@ def test_the_digits_classifier_learns_the_digits():
 
 # --- quality (minutes) -----------------------------------------------------------------------------------
 
-QUALITY = {"dcgan": ["--steps", "3000", "--lr", "2e-4"], "stylegan2": ["--steps", "2000", "--lr", "2.5e-3"]}
+QUALITY = {"dcgan": ["--steps", "4000", "--lr", "2e-4"], "stylegan2": ["--steps", "3000", "--lr", "5e-3"]}
 
 
 @pytest.mark.slow

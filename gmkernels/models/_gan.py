@@ -56,6 +56,19 @@ class GANConfig(ImageConfig):
 
 # --- losses ----------------------------------------------------------------------------------------------
 
+def translate(images: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each image moved by its own random integer offset in [−shift, shift]² (the global generator's),
+    the border pixels repeated into what opens up: DiffAugment's translation (Zhao et al. 2020), a gather,
+    so differentiable to any order."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n, 1, 1), device=images.device)
+    rows = dy + torch.arange(h, device=images.device)[:, None]
+    columns = dx + torch.arange(w, device=images.device)[None, :]
+    index = (rows * (w + 2 * shift) + columns).reshape(n, 1, h * w).expand(-1, c, -1)
+    return padded.flatten(2).gather(2, index).reshape(n, c, h, w)
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """The non-saturating GAN's discriminator loss, mean softplus(fake) + mean softplus(−real)."""
     return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
@@ -159,6 +172,12 @@ class GANModel(torch.nn.Module):
 
     # --- training ----------------------------------------------------------------------------------
 
+    def discriminate(self, images: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The discriminator's logits of images, translated first when the config's ``augment`` > 0
+        (real and generated alike, in both steps)."""
+        shift = getattr(self.config, "augment", 0)
+        return self.discriminator(translate(images, shift) if shift else images, y)
+
     def optimizer_groups(self) -> list[dict]:
         """The discriminator's and the generator's parameters, each group with the config's betas."""
         betas = self.config.betas
@@ -174,8 +193,8 @@ class GANModel(torch.nn.Module):
         with torch.no_grad():
             fake = self.generator(self.latents(x.shape[0]), y)
         real = self.dequantize(x).requires_grad_(regularize)
-        real_logits = self.discriminator(real, y)
-        d_loss = discriminator_loss(real_logits, self.discriminator(fake, y))
+        real_logits = self.discriminate(real, y)
+        d_loss = discriminator_loss(real_logits, self.discriminate(fake, y))
         terms = {"loss": d_loss, "d_loss": d_loss.detach()}
         if regularize and c.r1_gamma > 0:
             r1 = r1_penalty(real, real_logits)
@@ -185,5 +204,5 @@ class GANModel(torch.nn.Module):
 
     def generator_terms(self, n: int, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The generator's step on n generated images: ``loss`` (the non-saturating generator loss)."""
-        logits = self.discriminator(self.generator(self.latents(n), y), y)
+        logits = self.discriminate(self.generator(self.latents(n), y), y)
         return {"loss": generator_loss(logits)}
