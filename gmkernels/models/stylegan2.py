@@ -21,15 +21,17 @@ projection onto the mapped class embedding). Every weight is N(0, 1), scaled at 
 1/√fan_in (the equalised learning rate).
 
 Differences from the original: float32 only (no fp16 layers, ``conv_clamp`` None by default), the
+modulated convolutions always take the original's non-fused path (styles scale the input, one
+convolution, the demodulation scales the output: the same function as the grouped convolution), the
 per-pixel noise of generated images is drawn from the ``generator`` that ``sample`` is given, no path
-length regularisation, and a batch not divisible by ``mbstd_group`` uses its largest divisor below it.
+length regularisation, a batch not divisible by ``mbstd_group`` uses its largest divisor below it, and
+``augment`` > 0 shows the discriminator randomly translated images (DiffAugment; off by default).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -374,7 +376,7 @@ class StyleGAN2Discriminator(torch.nn.Module):
         if self.mapping is None:
             return x[:, 0]
         cmap = self.mapping(None, y)
-        return (x * cmap).sum(dim=1) / np.sqrt(self.cmap_dim)
+        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
 
 
 class StyleGAN2(GANModel):

@@ -5,7 +5,7 @@
     sample("runs/digits", n=64, out="grid.png")
 
 loop.py: the loop (AdamW, warm-up, clipping, EMA, evaluation); checkpoint.py: save, load, validate;
-distributed.py: torchrun / DDP; kinds.py: the per-kind adapters (images, audio); pictures.py: plots,
+distributed.py: torchrun / DDP; kinds.py: the per-kind adapters (images, audio, GANs); pictures.py: plots,
 grids, .wav; sample.py: sampling a checkpoint.
 """
 from .errors import TrainingError

@@ -8,6 +8,9 @@ contiguous share), forward (with ``dtype="bfloat16"`` on bfloat16 copies of the 
 optimiser state stay float32), backward, clip the gradient norm, AdamW, then EMA ← EMA + (1 − d)(θ − EMA) with
 d = min(ema_decay, (1 + step) / (10 + step)) (Polyak averaging as PixelCNN++ used; the ramp lets short
 runs average over their own length). Test bits/dim and samples use the EMA weights.
+
+A kind (kinds.py) may bring its own ``optimizer(run)``, ``train_step(run, x, y)`` (returning the terms to
+log), ``evaluate(run)`` and ``save_loss_plot``; the GANs' does (two optimiser steps per step, test FID).
 """
 from __future__ import annotations
 
@@ -427,7 +430,8 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
     previous = checkpoint.load(out) if resume else None
     options = _options(model, previous, options, out / checkpoint.FILE)
     if options.data is None:
-        options = dataclasses.replace(options, data="digits" if kinds.data_kind(model_class) == "image" else "tones")
+        default_data = "digits" if kinds.data_kind(model_class) == "image" else "tones"
+        options = dataclasses.replace(options, data=default_data)
     data = _load_data(options.data)
     _prepare_out(out, resume)
     described = data[0].describe()
