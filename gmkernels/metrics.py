@@ -156,7 +156,7 @@ def _load_cached(path: Path, description: dict, task: str, classes: int) -> Feat
     except (OSError, RuntimeError, EOFError, ValueError):
         return None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("data") != description \
-            or saved.get("task") != task:
+            or saved.get("task") != task or saved.get("train_steps") != TRAIN_STEPS:
         return None
     classifier = FeatureClassifier(description["in_channels"], description["image_size"], classes)
     try:
@@ -170,7 +170,8 @@ def classifier_features(dataset, *, cache: str | Path | None = None) -> FeatureE
     """A feature extractor for images of ``dataset`` (an image set of gmk.data, the split to learn from):
     the penultimate features of a small classifier trained on it (see the module's docstring). With
     ``cache``, a file: the classifier saved there is used when it was trained on this data; otherwise
-    it is trained (seconds on a CPU for the digits) and saved there."""
+    it is trained (seconds on a CPU for the digits) and saved there. A cache of other data, another
+    task or another TRAIN_STEPS is not used (and is overwritten)."""
     if getattr(dataset, "kind", None) != "image":
         raise TypeError(f"classifier_features: dataset must be an image set of gmk.data, got "
                         f"{type(dataset).__name__}")
@@ -184,7 +185,7 @@ def classifier_features(dataset, *, cache: str | Path | None = None) -> FeatureE
     if path is not None:
         from .training.checkpoint import write_atomically
 
-        state = {"format": FORMAT, "data": description, "task": task, "accuracy": accuracy,
-                 "state": classifier.state_dict()}
+        state = {"format": FORMAT, "data": description, "task": task, "train_steps": TRAIN_STEPS,
+                 "accuracy": accuracy, "state": classifier.state_dict()}
         write_atomically(path, lambda file: torch.save(state, file))
     return FeatureExtractor(classifier, description, task, accuracy)

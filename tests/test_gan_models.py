@@ -408,6 +408,9 @@ def test_classifier_features_are_cached_per_data_set(tmp_path, monkeypatch, quic
     assert torch.equal(metrics.classifier_features(data, cache=cache)(data.x), features)
     with pytest.raises(AssertionError, match="trained again"):  # another data set: not this cache
         metrics.classifier_features(_small_set(2, "other"), cache=cache)
+    monkeypatch.setattr(metrics, "TRAIN_STEPS", 4)
+    with pytest.raises(AssertionError, match="trained again"):  # another training length: not this cache
+        metrics.classifier_features(data, cache=cache)
 
 
 def test_classifier_features_without_labels_learn_rotations(quick_classifier):
