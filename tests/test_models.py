@@ -346,3 +346,11 @@ def test_benchmark_cases_run_on_cpu():
         if case.params["kind"] == "sample":
             for peer in result["results"]:
                 assert peer["us_per_sample"] == pytest.approx(1e3 * peer["median_ms"] / case.params["batch"])
+
+
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_uint8_images_of_256_bins_pass_the_range_check(name):
+    """uint8 < 256 is False in torch (the scalar wraps): the check must compare as integers."""
+    model = tiny_model(name, 1, num_bins=256, dtype=torch.float32).eval()  # no dropout
+    x = torch.tensor([0, 255, 7, 128], dtype=torch.uint8).view(1, 1, 2, 2)
+    torch.testing.assert_close(model(x)["loss"], model(x.long())["loss"])

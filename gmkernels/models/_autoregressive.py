@@ -264,9 +264,12 @@ class AutoregressiveImageModel(torch.nn.Module):
                              f"{tuple(x.shape)}")
         if x.device != self._device:
             raise ValueError(f"{name}: x must be on the model's device {self._device}, got {x.device}")
-        if check_inputs and not bool(((x >= 0) & (x < c.num_bins)).all()):
-            raise ValueError(f"{name}: x must hold bins in [0, {c.num_bins}), got values in "
-                             f"[{x.min().item()}, {x.max().item()}]")
+        if not check_inputs:
+            return
+        # the range as Python ints (one read back): a uint8 comparison with num_bins = 256 would wrap
+        low, high = (int(v) for v in torch.aminmax(x))
+        if low < 0 or high >= c.num_bins:
+            raise ValueError(f"{name}: x must hold bins in [0, {c.num_bins}), got values in [{low}, {high}]")
 
     def _check_y(self, function: str, y, batch: int, check_inputs: bool) -> None:
         name, classes = f"{type(self).__name__}.{function}", self.config.num_classes

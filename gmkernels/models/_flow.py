@@ -224,13 +224,9 @@ class MultiScaleFlow(torch.nn.Module):
     config_class: type
 
     # the input checks of the PixelCNN models (same messages)
+    _check_x = AutoregressiveImageModel._check_x
     _check_y = AutoregressiveImageModel._check_y
     _device = AutoregressiveImageModel._device
-
-    def _check_x(self, function: str, x, check_inputs: bool) -> None:
-        # uint8 widened first: its comparison with num_bins = 256 would wrap (x < 256 is False)
-        widened = x.long() if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 else x
-        AutoregressiveImageModel._check_x(self, function, widened, check_inputs)
 
     def __init__(self, config):
         super().__init__()
