@@ -15,6 +15,7 @@ from ._backend import BACKENDS, available_backends, use_backend
 from ._extension import build_info, has_extension
 from .ops.actnorm import actnorm
 from .ops.bias_act import bias_act
+from .ops.cached_conv import cached_conv2d
 from .ops.causal_conv import causal_conv1d, wavenet_layer
 from .ops.coupling import affine_coupling
 from .ops.gated import gated_activation
@@ -34,5 +35,5 @@ __all__ = [
     "discretized_logistic_mixture_nll", "discretized_logistic_mixture_sample", "gated_activation", "has_extension",
     "invertible_conv1x1", "invertible_conv1x1_lu", "masked_conv2d", "models", "mu_law_decode", "mu_law_encode", "nn", "reference", "shifted_conv2d",
     "use_backend", "wavenet_layer",
-    "bias_act", "downsample2d", "filter2d", "setup_filter", "upfirdn2d", "upsample2d",
+    "bias_act", "cached_conv2d", "downsample2d", "filter2d", "setup_filter", "upfirdn2d", "upsample2d",
 ]

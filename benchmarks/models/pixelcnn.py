@@ -1,6 +1,7 @@
 """PixelCNN, Gated PixelCNN and PixelCNN++ at their CIFAR-10 configurations (each config class's
 defaults): a training step (forward, backward, AdamW step) on a batch of 16 3×32×32 8-bit images, and
-autoregressive sampling (``model.sample``, the whole network evaluated per sub-pixel / pixel).
+autoregressive sampling (``model.sample(method="naive")``, the whole network evaluated per sub-pixel / pixel;
+the cached sampler has its own benchmark, ``pixelcnn_sampling.py``).
 
 Peers: the model on gmk's ``auto`` backend; the same model (the same parameters) under
 ``gmk.use_backend("reference")`` in eager mode, and ``torch.compile`` of that (training only: sampling
@@ -105,7 +106,7 @@ def _training_case(name: str, device: str, quick: bool) -> Case:
 def _sample(model, n: int, size: int, backend: str) -> torch.Tensor:
     generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
     with gmk.use_backend(backend):
-        return model.sample(n, image_size=size, generator=generator)
+        return model.sample(n, image_size=size, generator=generator, method="naive")
 
 
 def _sampling_case(name: str, device: str, quick: bool) -> Case:
