@@ -156,6 +156,18 @@ def coupling_inputs(transform):
                          "h": randn(d, s.n, h_channels, *s.hw, scale=0.5)}
 
 
+def checkerboard_inputs(transform):
+    """x (N, C, H, W) with an odd C, h with 2C channels (C for additive): the checkerboard layouts."""
+    h_channels = FLOW_CHANNELS - 1 if transform == "additive" else 2 * (FLOW_CHANNELS - 1)
+    return lambda s, d: {"x": randn(d, s.n, FLOW_CHANNELS - 1, *s.hw),
+                         "h": randn(d, s.n, h_channels, *s.hw, scale=0.5)}
+
+
+def cached_conv_inputs(s, d):
+    """A cache of 2 rows of a 3-channel map, its padding columns, and a 2 x 3 kernel."""
+    return {"rows": randn(d, s.n, 3, 2, s.hw[1] + 3), "weight": randn(d, 4, 3, 2, 3), "bias": randn(d, 4)}
+
+
 def audio_inputs(s, d):
     return {"audio": torch.rand(s.n, s.t, dtype=d) * 2 - 1}
 
@@ -194,6 +206,9 @@ FLOW_OPS = [
     *(Op(f"affine_coupling_{transform}_{layout}", coupling_inputs(transform), gmk.affine_coupling,
          {"transform": transform, "layout": layout}, grads=("x", "h"))
       for transform in ("glow", "realnvp", "additive") for layout in ("halves", "interleaved")),
+    *(Op(f"affine_coupling_{transform}_{layout}", checkerboard_inputs(transform), gmk.affine_coupling,
+         {"transform": transform, "layout": layout}, grads=("x", "h"))
+      for transform in ("glow", "realnvp", "additive") for layout in ("checkerboard", "checkerboard_odd")),
 ]
 
 OPS = [
@@ -214,6 +229,8 @@ OPS = [
        grads=CONV_GRADS),
     Op("shifted_conv2d_down_right", conv2d_inputs(4, (2, 2)), gmk.shifted_conv2d, {"shift": "down_right"},
        grads=CONV_GRADS),
+    Op("cached_conv2d_row", cached_conv_inputs, gmk.cached_conv2d, {"column": 0, "count": 2, "stride": 1},
+       grads=("rows", "weight", "bias")),
     Op("causal_conv1d", conv1d_inputs, gmk.causal_conv1d, {"dilation": 2}, grads=CONV_GRADS),
     *(Op(f"wavenet_layer_{kind}_cond", layer_inputs(kind == "local"), gmk.wavenet_layer,
          {"dilation": 2, "residual_scale": 0.5 ** 0.5}, grads=LAYER_GRADS) for kind in ("global", "local")),
