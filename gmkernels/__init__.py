@@ -24,6 +24,7 @@ from .ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nl
                                    discretized_logistic_mixture_sample)
 from .ops.masked_conv import conv_mask, masked_conv2d, shifted_conv2d
 from .ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from .ops.vector_quantize import vector_quantize, vector_quantize_statistics
 from .mu_law import mu_law_decode, mu_law_encode
 from . import models  # noqa: E402  (after the ops: models are built on them)
 from . import data  # noqa: E402
@@ -36,4 +37,5 @@ __all__ = [
     "invertible_conv1x1", "invertible_conv1x1_lu", "masked_conv2d", "models", "mu_law_decode", "mu_law_encode", "nn", "reference", "shifted_conv2d",
     "use_backend", "wavenet_layer",
     "bias_act", "cached_conv2d", "downsample2d", "filter2d", "setup_filter", "upfirdn2d", "upsample2d",
+    "vector_quantize", "vector_quantize_statistics",
 ]

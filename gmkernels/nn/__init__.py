@@ -9,7 +9,8 @@ from .invconv import InvConv2d, InvConv2dLU
 from .logistic_mixture import DiscretizedLogisticMixtureLoss
 from .masked_conv import MaskedConv2d, ShiftedConv2d
 from .upfirdn2d import Blur, Downsample2d, Upsample2d
+from .vector_quantize import VectorQuantizer
 
 __all__ = ["ActNorm", "AffineCoupling", "CausalConv1d", "DiscretizedLogisticMixtureLoss", "FlowStep",
            "GatedActivation", "InvConv2d", "InvConv2dLU", "MaskedConv2d", "ShiftedConv2d", "Squeeze2d",
-           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d"]
+           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d", "VectorQuantizer"]

@@ -1,0 +1,76 @@
+"""Vector quantisation (VQ-VAE, van den Oord et al. 2017) as plain PyTorch ops (any float dtype).
+
+Each position of x (the code dimension D at ``dim``) takes the code of ``codebook`` (K, D) nearest in squared
+Euclidean distance, ties to the lowest index (docs/conventions.md, "Vector quantisation"). The search runs
+over chunks of positions, so at most ``CHUNK_DISTANCES`` distances exist at once, never (positions, K).
+"""
+from __future__ import annotations
+
+import torch
+
+CHUNK_DISTANCES = 1 << 20  # scores held at once: a chunk of positions times K
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Distances, counts and sums: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rows_of(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x as (positions, D): the code dimension moved last (a view where x's layout allows)."""
+    return x.movedim(dim, -1).reshape(-1, x.shape[dim])
+
+
+def chunk_positions(codes: int) -> int:
+    """Positions per chunk of the search: CHUNK_DISTANCES // K, at least one."""
+    return max(1, CHUNK_DISTANCES // max(codes, 1))
+
+
+def nearest_codes(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The index of the nearest code of each row (positions, D): argmin over k of ||c_k||² − 2 x·c_k
+    (||x − c_k||² less ||x||², which does not depend on k), computed per chunk of positions."""
+    dtype = accumulate_dtype(rows.dtype)
+    codes = codebook.detach().to(dtype)
+    norms = (codes * codes).sum(1)
+    indices = torch.empty(rows.shape[0], dtype=torch.int64, device=rows.device)
+    step = chunk_positions(codes.shape[0])
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start:start + step].detach().to(dtype)
+        indices[start:start + step] = torch.addmm(norms, chunk, codes.T, alpha=-2).argmin(1)
+    return indices
+
+
+def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, dim: int = 1, return_distance: bool = False):
+    """``(quantized, indices)`` or ``(quantized, indices, distance)``.
+
+    quantized = codebook[indices] in x's layout, exactly; its gradient passes to x unchanged
+    (straight-through) and to the codebook as the lookup's (the gradient rows added per code). distance =
+    ||x − codebook[indices]||² per position, in float32 (float64 for float64 x), differentiable with
+    respect to x alone (the chosen code is a constant: the commitment loss's gradient).
+    """
+    dim %= x.dim()
+    rows = rows_of(x, dim)
+    indices = nearest_codes(rows, codebook)
+    looked_up = torch.nn.functional.embedding(indices, codebook)  # (positions, D), the lookup's gradient
+    moved = x.movedim(dim, -1)
+    lookup = looked_up.reshape(moved.shape).movedim(-1, dim)
+    quantized = lookup + (x - x.detach())  # exactly the codes; the gradient passes through to x
+    indices = indices.reshape(moved.shape[:-1])
+    if not return_distance:
+        return quantized, indices
+    dtype = accumulate_dtype(x.dtype)
+    difference = x.to(dtype) - lookup.detach().to(dtype)
+    return quantized, indices, (difference * difference).sum(dim)
+
+
+def vector_quantize_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes: int, dim: int = 1):
+    """``(counts, sums)``: the positions per code (K) and the sum of x over each code's positions (K, D), in
+    float32 (float64 for float64 x), with index_add_ (no one-hot)."""
+    dim %= x.dim()
+    dtype = accumulate_dtype(x.dtype)
+    rows = rows_of(x, dim).to(dtype)
+    flat = indices.reshape(-1)
+    counts = torch.zeros(num_codes, dtype=dtype, device=x.device)
+    counts.index_add_(0, flat, torch.ones_like(flat, dtype=dtype))
+    sums = torch.zeros(num_codes, rows.shape[1], dtype=dtype, device=x.device).index_add(0, flat, rows)
+    return counts, sums
