@@ -8,12 +8,14 @@ from .pixelcnn import PixelCNN, PixelCNNConfig
 from .pixelcnn_pp import PixelCNNpp, PixelCNNppConfig
 from .realnvp import RealNVP, RealNVPConfig
 from .stylegan2 import StyleGAN2, StyleGAN2Config
+from .vae import VAE, VAEConfig
 from .wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN, "pixelcnnpp": PixelCNNpp, "wavenet": WaveNet,
-          "dcgan": DCGAN, "glow": Glow, "realnvp": RealNVP, "stylegan2": StyleGAN2}
+          "dcgan": DCGAN, "glow": Glow, "realnvp": RealNVP, "stylegan2": StyleGAN2,
+          "vae": VAE}
 
 __all__ = ["MODELS", "DCGAN", "DCGANConfig", "GatedPixelCNN", "GatedPixelCNNConfig", "Glow", "GlowConfig",
            "RealNVP", "RealNVPConfig", "PixelCNN", "PixelCNNConfig", "PixelCNNpp",
-           "PixelCNNppConfig", "StyleGAN2", "StyleGAN2Config",
+           "PixelCNNppConfig", "StyleGAN2", "StyleGAN2Config", "VAE", "VAEConfig",
            "WaveNet", "WaveNetConfig"]
