@@ -17,12 +17,12 @@ import math
 
 import torch
 
-from .._backend import _ALL_FLOAT_TYPES, _FLOAT_TYPES, OpBackends
+from .._backend import OpBackends
 from ..reference import vector_quantize as reference
 from ._common import check_float_tensor
 from ._declare import Autograd, Op, triton_family
 
-_triton = None  # the Triton kernels come in the next commit
+_triton = triton_family("vector_quantize")
 
 
 # --- argument checks ---------------------------------------------------------------------------------
@@ -123,15 +123,14 @@ def _backward_search(ops, ctx, grad_quantized, grad_indices, grad_distance):
     return grad_x, grad_codebook
 
 
-_DTYPES = {"reference": _ALL_FLOAT_TYPES, "cpu": _ALL_FLOAT_TYPES, "cuda": _FLOAT_TYPES}
 VECTOR_QUANTIZE = Op("vector_quantize", "(Tensor x, Tensor codebook) -> (Tensor, Tensor, Tensor)",
                      check=check_search, fake=_fake_search, triton=_triton and _triton.vector_quantize,
                      autograd=Autograd(_save_search, _backward_search),
-                     backends=OpBackends("gmk.vector_quantize", dtypes=_DTYPES))
+                     backends=OpBackends("gmk.vector_quantize"))
 VECTOR_QUANTIZE_STATISTICS = Op(
     "vector_quantize_statistics", "(Tensor x, Tensor indices, int num_codes) -> (Tensor, Tensor)",
     check=check_statistics, fake=_fake_statistics, triton=_triton and _triton.vector_quantize_statistics,
-    formula=_statistics_formula, backends=OpBackends("gmk.vector_quantize_statistics", dtypes=_DTYPES))
+    formula=_statistics_formula, backends=OpBackends("gmk.vector_quantize_statistics"))
 
 
 # --- the kernels' (outer, D, inner) view of x -------------------------------------------------------
