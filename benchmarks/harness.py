@@ -12,6 +12,11 @@ Timing: on CUDA, device time from CUDA events around each call, L2 flushed befor
 is reported apart (``launch_ms``) rather than mixed into the device time; on CPU ``time.perf_counter``
 around each call. Achieved bandwidth is set against a device-to-device ``copy_`` timed the same way in
 the same run. Only GPU figures are performance; the CPU run exercises the suite.
+
+What a reader gets (``report.py``): a summary line per case first, then the full table with a legend and
+warnings where a figure is not to be trusted; plots beside the record (``plots.py``); the record's rows
+appended to a long CSV (``report.CSV_NAME``). ``--list`` names the cases, ``--compare OLD NEW`` sets two
+records side by side (``compare.py``), ``--static`` reports the kernels' resources (``static.py``).
 """
 from __future__ import annotations
 
@@ -38,15 +43,19 @@ import gmkernels
 
 from . import models as model_families
 from . import ops as op_families
+from . import report
+from .report import COMPILED, EAGER
 
-EAGER = "reference"
-COMPILED = "torch.compile(reference)"
 DIRECTIONS = ("forward", "forward+backward")
 DEFAULT_REPEATS = {"cpu": 20, "cuda": 100}
 COPY_MIB = {"cpu": 64, "cuda": 1024}  # size of the tensor copied to measure the copy bandwidth
 WARMUP_CALLS = 10  # after the first call, which compiles
 L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 cache; written before every timed call
 SLEEP_CYCLES_PER_MS = 2_000_000  # a ~2 GHz SM clock, to size the GPU sleep that precedes timed calls
+CUDA_EVENT_RESOLUTION_MS = 0.5e-3  # "a resolution of around 0.5 microseconds" (CUDA runtime API)
+TIME_SLICES_MS = (16, 10, 8, 4)  # scheduler quanta that a waiting process's calls come to last
+TIME_SLICE_SHARE = 0.6  # this share of calls within TIME_SLICE_TOLERANCE of a multiple: flagged
+TIME_SLICE_TOLERANCE = 0.03
 
 
 @dataclass
@@ -197,6 +206,50 @@ def _timings_ms(fn: Callable, device: str, repeats: int) -> tuple[list[float], f
     return _host_times_ms(fn, repeats), host_ms
 
 
+def timer_resolution_ms(device: str) -> float:
+    """The smallest step the timer shows: CUDA's documented event resolution; on CPU the smallest
+    non-zero difference of two consecutive ``time.perf_counter`` readings."""
+    if device == "cuda":
+        return CUDA_EVENT_RESOLUTION_MS
+    steps = []
+    for _ in range(1000):
+        first = time.perf_counter()
+        second = time.perf_counter()
+        if second > first:
+            steps.append(second - first)
+    return 1e3 * min(steps, default=time.get_clock_info("perf_counter").resolution)
+
+
+def time_slice_ms(times_ms: list[float]) -> float | None:
+    """The scheduler quantum that most calls last a whole multiple of, or None.
+
+    On a machine with more runnable threads than cores a call's time is set by the time slices it waits
+    for, not by its work: a busy 2-core machine gave medians of exactly 8, 16 and 24 ms.
+    """
+    for quantum in TIME_SLICES_MS:
+        on_slices = [t for t in times_ms
+                     if t >= quantum * (1 - TIME_SLICE_TOLERANCE)
+                     and abs(t - quantum * round(t / quantum)) <= TIME_SLICE_TOLERANCE * quantum]
+        if times_ms and len(on_slices) >= TIME_SLICE_SHARE * len(times_ms):
+            return quantum
+    return None
+
+
+def load_1min() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _summary(times_ms: list[float]) -> dict:
     times = torch.tensor(times_ms, dtype=torch.float64)
     p20, median, p80 = times.quantile(torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)).tolist()
@@ -245,7 +298,8 @@ def _run_peer(name: str, fn: Callable, case: Case, device: str, repeats: int, co
         return {"peer": name, "status": "skipped", "reason": _error_line(error)}
     gbps = case.bytes / (stats["median_ms"] * 1e6)
     tflops = case.flops / (stats["median_ms"] * 1e9) if case.flops else None
-    return {"peer": name, "status": "ok", **stats, "gbps": gbps, "fraction_of_copy_bandwidth": gbps / copy_gbps,
+    quantum = time_slice_ms(times_ms) if device == "cpu" else None
+    return {"peer": name, "status": "ok", **stats, "quantum_ms": quantum, "gbps": gbps, "fraction_of_copy_bandwidth": gbps / copy_gbps,
             "tflops": tflops, "peak_mib": peak_mib, "launch_ms": host_ms if device == "cuda" else None,
             **_generation_rates(case, stats["median_ms"])}
 
@@ -273,24 +327,35 @@ def _speedup(baseline: dict | None, result: dict) -> float | None:
     return baseline["median_ms"] / result["median_ms"]
 
 
-def run_case(case: Case, device: str, repeats: int, copy_gbps: float) -> dict:
+def case_repeats(case: Case, repeats: int) -> int:
+    return min(repeats, case.repeats) if case.repeats else repeats
+
+
+def run_case(case: Case, device: str, repeats: int, copy_gbps: float, log: Callable[[str], None] | None = None
+             ) -> dict:
+    """Times every peer of ``case``; ``log`` gets a line per peer (default: stderr)."""
+    log = log or functools.partial(print, file=sys.stderr)
     torch.compiler.reset()  # each case compiles its own graphs: no recompile limit, no dynamic shapes
-    repeats = min(repeats, case.repeats) if case.repeats else repeats
+    repeats = case_repeats(case, repeats)
+    loads = [load_1min()]
     results = []
     for name, fn in case.peers.items():
         result = _run_peer(name, fn, case, device, repeats, copy_gbps)
         outcome = f"{result['median_ms']:.4g} ms" if result["status"] == "ok" else result["reason"]
-        print(f"{case.name} · {name}: {outcome}", file=sys.stderr)
+        log(f"{case.name} · {name}: {outcome}")
         results.append(result)
+    loads.append(load_1min())
     by_peer = {result["peer"]: result for result in results}
     baseline, compiled_baseline = _fastest(by_peer, case.baseline), _fastest(by_peer, case.compiled_baseline)
     for result in results:
         if result["status"] == "ok":
             result["speedup_vs_eager"] = _speedup(baseline, result)
             result["speedup_vs_compiled"] = _speedup(compiled_baseline, result)
+    known_loads = [load for load in loads if load is not None]
     return {"name": case.name, "family": case.family, "params": case.params, "bytes": case.bytes,
             "flops": case.flops, "baseline": case.baseline, "compiled_baseline": case.compiled_baseline,
-            "samples": case.samples, "streams": case.streams, "results": results}
+            "samples": case.samples, "streams": case.streams,
+            "load_1min": max(known_loads) if known_loads else None, "results": results}
 
 
 def _family_modules() -> dict[str, str]:
@@ -303,9 +368,23 @@ def family_names() -> list[str]:
     return sorted(_family_modules())
 
 
-def run_family(family: str, device: str, quick: bool, repeats: int, copy_gbps: float) -> list[dict]:
-    module = importlib.import_module(_family_modules()[family])
-    return [run_case(case, device, repeats, copy_gbps) for case in module.cases(device, quick)]
+def family_cases(family: str, device: str, quick: bool) -> list[Case]:
+    """The cases of one family (their inputs built on ``device``)."""
+    return importlib.import_module(_family_modules()[family]).cases(device, quick)
+
+
+def run_family(family: str, device: str, quick: bool, repeats: int, copy_gbps: float,
+               progress=None) -> list[dict]:
+    """Runs one family's cases; ``progress`` (a tqdm bar) advances by one per case."""
+    log = progress.write if progress is not None else None
+    results = []
+    for case in family_cases(family, device, quick):
+        if progress is not None:
+            progress.set_postfix_str(case.name[:60])
+        results.append(run_case(case, device, repeats, copy_gbps, log))
+        if progress is not None:
+            progress.update()
+    return results
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -368,6 +447,10 @@ def environment(device: str, copy_gbps: float) -> dict:
         "build_info": _build_info(),
         "copy_bandwidth_gbps": copy_gbps,
         "copy_mib": COPY_MIB[device],
+        "cpu_count": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "load_1min": load_1min(),
+        "timer_resolution_ms": timer_resolution_ms(device),
         "timer": ("CUDA events around each call, L2 flushed, host queued ahead" if device == "cuda"
                   else "time.perf_counter around each call"),
     }
@@ -376,61 +459,34 @@ def environment(device: str, copy_gbps: float) -> dict:
 # --- output ------------------------------------------------------------------------------------
 
 
-def _cell(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
-COLUMNS = ("case", "peer", "median ms", "GB/s", "% copy BW", "TFLOP/s", "× eager", "× compile", "peak MiB",
-           "launch ms", "µs/sample", "× real time")
-
-
-def _realtime_cell(result: dict) -> str:
-    factors = result.get("realtime_factor") or {}
-    return ", ".join(f"{factor:.3g} @{int(rate) // 1000} kHz" for rate, factor in factors.items()) or "–"
-
-
-def _row(case: dict, result: dict) -> str:
-    if result["status"] == "ok":
-        cells = [_cell(result["median_ms"], ".4g"), _cell(result["gbps"], ".1f"),
-                 _cell(100 * result["fraction_of_copy_bandwidth"], ".0f"), _cell(result.get("tflops"), ".2f"),
-                 _cell(result["speedup_vs_eager"], ".2f"), _cell(result["speedup_vs_compiled"], ".2f"),
-                 _cell(result["peak_mib"], ".1f"), _cell(result["launch_ms"], ".3f"),
-                 _cell(result.get("us_per_sample"), ".4g"), _realtime_cell(result)]
-    else:
-        cells = ["skipped: " + result["reason"][:100].replace("|", "\\|")] + [""] * (len(COLUMNS) - 3)
-    return "| " + " | ".join([case["name"], result["peer"], *cells]) + " |"
-
-
-def markdown_table(record: dict) -> str:
-    env, versions = record["environment"], record["environment"]["versions"]
-    commit = env["git_commit"][:12] + (" (uncommitted changes)" if env["git_dirty"] else "")
-    lines = [
-        f"# gmk bench: {env['device']}, {env['device_name']}",
-        "",
-        f"{env['date']} · commit {commit} · gmkernels {versions['gmkernels']} · torch {versions['torch']}"
-        f" · triton {versions['triton']} · CUDA {versions['cuda']}",
-        f"copy bandwidth {env['copy_bandwidth_gbps']:.1f} GB/s · {env['timer']}",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|---|---|" + "---:|" * (len(COLUMNS) - 2),
-    ]
-    lines += [_row(case, result) for case in record["cases"] for result in case["results"]]
-    return "\n".join(lines) + "\n"
+def markdown_table(record: dict, plots: list[Path] = ()) -> str:
+    """The record for a reader: the summary first, then the full table and its legend (report.py)."""
+    return report.markdown(record, plots)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def write_record(record: dict, out_dir: Path) -> Path:
-    """Writes ``<device>-<device name>-<commit>-<timestamp>.json`` and the table next to it (``.md``)."""
+def record_stem(record: dict) -> str:
     env = record["environment"]
     timestamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    stem = f"{env['device']}-{_slug(env['device_name'])}-{env['git_commit'][:7]}-{timestamp}"
+    return f"{env['device']}-{_slug(env['device_name'])}-{env['git_commit'][:7]}-{timestamp}"
+
+
+def write_record(record: dict, out_dir: Path, with_plots: bool = True) -> Path:
+    """Writes ``<device>-<device name>-<commit>-<timestamp>.json``, its plots (``<stem>-*.png``, when
+    matplotlib is installed) and the markdown next to it (``.md``); appends the rows to the long CSV."""
+    stem = record_stem(record)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(record, indent=2) + "\n")
-    json_path.with_suffix(".md").write_text(markdown_table(record))
+    plot_paths = []
+    if with_plots:
+        from . import plots
+        plot_paths = plots.write_plots(record, out_dir, stem)
+    json_path.with_suffix(".md").write_text(markdown_table(record, plot_paths))
+    report.append_csv(record, out_dir / report.CSV_NAME)
     return json_path
 
 
@@ -440,46 +496,120 @@ def default_out_dir() -> Path:
     return results if writable else Path.cwd()
 
 
+def _progress_bar(total: int):
+    """A tqdm bar over the cases on stderr; None without tqdm (then a line per peer is printed)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True, desc="gmk bench")
+
+
+def list_cases(families: list[str], device: str, quick: bool) -> list[tuple[str, str, list[str]]]:
+    """(family, case, peers) of every case, without timing anything."""
+    return [(family, case.name, list(case.peers)) for family in families
+            for case in family_cases(family, device, quick)]
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _threshold(text: str) -> float:
+    """``5%`` or ``0.05`` as a fraction."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r} (e.g. 5%)") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0: {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gmk bench", description="Time gmkernels ops against their peers.")
+    parser = _Parser(prog="gmk bench", description="Time gmkernels ops against their peers.")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", type=lambda text: text.split(","), default=family_names(),
                         help=f"comma-separated op families (default: all of {','.join(family_names())})")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller cases")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the JSON record and table (default: benchmarks/results, else .)")
+                        help="folder for the JSON record, table, plots and the long CSV "
+                             f"{report.CSV_NAME} (default: benchmarks/results, else .)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per peer (default: {cpu} on CPU, {cuda} on CUDA)".format(**DEFAULT_REPEATS))
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNG plots")
+    parser.add_argument("--list", action="store_true", help="print the cases and their peers; time nothing")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD.json", "NEW.json"),
+                        help="compare two records case by case; time nothing")
+    parser.add_argument("--fail-above", type=_threshold, default=None, metavar="PERCENT",
+                        help="with --compare: exit 1 when a gmk peer of a case is slower by more than this "
+                             "(e.g. 5%%)")
+    parser.add_argument("--static", action="store_true",
+                        help="registers, spills, shared memory and sm_90 occupancy of every CUDA kernel in the "
+                             "built _C and every Triton kernel the sm_90 compile check compiled; time nothing")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.ops) - set(family_names()))
     if unknown:
         parser.error(f"unknown op families {unknown}; known: {family_names()}")
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.fail_above is not None and args.compare is None:
+        parser.error("--fail-above needs --compare OLD.json NEW.json")
+    if args.device == "cuda" and not torch.cuda.is_available() and not (args.compare or args.static):
         parser.error("--device cuda: CUDA is not available here")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _print_list(args: argparse.Namespace) -> int:
+    rows = list_cases(args.ops, args.device, args.quick)
+    for family, name, peers in rows:
+        print(f"{family:<18} {name}  [{', '.join(peers)}]")
+    print(f"{len(rows)} cases, {sum(len(peers) for _, _, peers in rows)} peers "
+          f"({args.device}{', quick' if args.quick else ''})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Times every case of ``args.ops`` and returns the record."""
     repeats = args.repeats or DEFAULT_REPEATS[args.device]
     torch.manual_seed(0)
+    total = sum(len(family_cases(family, args.device, args.quick)) for family in args.ops)
+    torch.manual_seed(0)
     copy_gbps = measure_copy_gbps(args.device, repeats)
-    record = {
-        "schema": 1,
-        "environment": environment(args.device, copy_gbps),
-        "settings": {"ops": args.ops, "quick": args.quick, "repeats": repeats},
-        "cases": [case for family in args.ops
-                  for case in run_family(family, args.device, args.quick, repeats, copy_gbps)],
-    }
-    json_path = write_record(record, args.out or default_out_dir())
-    print(markdown_table(record))
-    print(f"wrote {json_path} and {json_path.with_suffix('.md').name}")
+    record = {"schema": 2, "environment": environment(args.device, copy_gbps),
+              "settings": {"ops": args.ops, "quick": args.quick, "repeats": repeats}, "cases": []}
+    bar = _progress_bar(total)
+    try:
+        for family in args.ops:
+            record["cases"] += run_family(family, args.device, args.quick, repeats, copy_gbps, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.compare:
+        from . import compare
+        return compare.main(*args.compare, args.fail_above)
+    if args.static:
+        from . import static
+        return static.main()
+    if args.list:
+        return _print_list(args)
+    record = run(args)
+    json_path = write_record(record, args.out or default_out_dir(), with_plots=args.plots)
+    print(json_path.with_suffix(".md").read_text())
+    print(f"wrote {json_path}, {json_path.with_suffix('.md').name}, its plots, and appended to "
+          f"{json_path.parent / report.CSV_NAME}")
     return 0
 
 
