@@ -26,7 +26,8 @@ class VectorQuantizer(torch.nn.Module):
     ``forward(x)`` → ``(quantized, indices, loss)``: quantized has x's shape and layout (the straight-through
     estimator passes its gradient to x), indices x's shape without ``dim`` (int64), and
     ``loss = commitment · mean((x − sg(q))²)`` over every element of x (Sonnet's and VQ-VAE-2's commitment
-    loss), plus the codebook term ``mean((sg(x) − q)²)`` when ``ema=False``. The perplexity of the code use
+    loss), plus the codebook term ``mean((sg(x) − q)²)`` when ``ema=False``; as in VQ-VAE, the codebook learns
+from that term (or the EMA) alone, not from the gradient of quantized. The perplexity of the code use
     of the last call (a 0-dim float32 tensor, exp of the entropy of the codes' frequencies) is kept in
     :attr:`last_perplexity`.
 
@@ -90,7 +91,7 @@ class VectorQuantizer(torch.nn.Module):
         if x.shape[dim] != self.code_dim:
             raise ValueError(f"{name}: input must have {self.code_dim} channels at dim {self.dim}, got shape "
                              f"{tuple(x.shape)}")
-        codebook = self.codebook.to(x.dtype)
+        codebook = self.codebook.detach().to(x.dtype)  # codes learn from the codebook term or the EMA alone
         quantized, indices, distance = vector_quantize(x, codebook, dim=dim, return_distance=True)
         loss = self.commitment * distance.sum() / max(x.numel(), 1)
         if not self.ema:

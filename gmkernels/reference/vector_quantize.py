@@ -54,7 +54,7 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, dim: int = 1, retur
     looked_up = torch.nn.functional.embedding(indices, codebook)  # (positions, D), the lookup's gradient
     moved = x.movedim(dim, -1)
     lookup = looked_up.reshape(moved.shape).movedim(-1, dim)
-    quantized = lookup + (x - x.detach())  # exactly the codes; the gradient passes through to x
+    quantized = (x - x.detach()) + lookup  # exactly the codes in x's layout; the gradient passes to x
     indices = indices.reshape(moved.shape[:-1])
     if not return_distance:
         return quantized, indices
