@@ -41,9 +41,12 @@ def info_lines() -> list[str]:
     else:
         lines.append(f"{'_C':<14}not built ({build['error']})")
     if torch.cuda.is_available():
+        from ._backend import cuda_kernels_on
+
         for index in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(index)
-            lines.append(f"{'GPU ' + str(index):<14}{torch.cuda.get_device_name(index)} (sm_{major}{minor})")
+            lines.append(f"{'GPU ' + str(index):<14}{torch.cuda.get_device_name(index)} (sm_{major}{minor}): "
+                         f"{cuda_kernels_on(index)}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         lines.append(f"{'backends ' + device:<14}{', '.join(gmkernels.available_backends(device))}")
@@ -87,6 +90,8 @@ def _add_train(commands) -> None:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         train.add_argument(flag, type=kind, help=f"{text} (default {default})")
     train.add_argument("--conditional", action="store_true", help="condition on the data's class labels")
+    train.add_argument("--vqvae", help="vqvae-prior: the folder of the `gmk train vqvae` run whose codes the "
+                       "prior models (its weights are copied into the prior's checkpoint)")
 
 
 def _add_sample(commands) -> None:

@@ -1,6 +1,7 @@
 """gmk.models.VAE, VQVAE and the VQ-VAE's prior: the bounds (IWAE ≥ ELBO on the same draws, the KL in closed
 form), shapes, class conditioning, config checks, and training and sampling through the loop and the CLI.
 Tiny configs: seconds each; the quality runs on the digits are marked slow."""
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,7 @@ import torch
 
 import gmkernels as gmk
 from gmkernels.cli import main as gmk_main
-from gmkernels.models import MODELS, VAE, VAEConfig
+from gmkernels.models import MODELS, VAE, VQVAE, VAEConfig, VQVAEConfig, VQVAEPrior, VQVAEPriorConfig
 from gmkernels.models.vae import diagonal_gaussian_kl
 from gmkernels.training import sample, train
 
@@ -187,3 +188,189 @@ def test_conditional_vae_run_resumes_exactly(tmp_path):
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
     assert sample(half, n=3, out=tmp_path / "s.png").is_file()
+
+
+# --- the VQ-VAE ------------------------------------------------------------------------------------------
+
+def tiny_vqvae(in_channels=1, num_bins=17, image_size=8, seed=0, **fields):
+    torch.manual_seed(seed)
+    config = VQVAEConfig.for_data(in_channels, num_bins, image_size, size="tiny")
+    return VQVAE(VQVAEConfig(**{**config.__dict__, **fields}))
+
+
+def test_vqvae_models_are_registered():
+    assert MODELS["vqvae"] is VQVAE and VQVAE.config_class is VQVAEConfig and VQVAE.kind == "vqvae"
+    assert MODELS["vqvae-prior"] is VQVAEPrior and VQVAEPrior.config_class is VQVAEPriorConfig
+
+
+@pytest.mark.parametrize("in_channels, num_bins, levels", [(1, 17, 1), (3, 256, 2)])
+def test_encode_gives_the_nearest_codes_and_decode_the_image_shape(in_channels, num_bins, levels):
+    model = tiny_vqvae(in_channels, num_bins, levels=levels).double()
+    x = images(3, in_channels, num_bins)
+    indices = model.encode(x)
+    size = 8 // 2 ** levels
+    assert indices.shape == (3, size, size) and indices.dtype == torch.int64
+    with torch.no_grad():
+        z_e = model.encoder(gmk.models.vqvae.scale_bins(x, num_bins, torch.float64))
+    positions = z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1])
+    expected = torch.cdist(positions, model.codebook).argmin(1).view(3, size, size)
+    assert torch.equal(indices, expected)
+    decoded = model.decode(indices)
+    assert decoded.shape == x.shape and decoded.dtype == torch.int64
+    assert decoded.min() >= 0 and decoded.max() < num_bins
+    assert torch.equal(model.reconstruct(x), decoded)
+
+
+def test_decode_rounds_the_decoders_output_to_bins():
+    model = tiny_vqvae()
+    indices = torch.randint(0, 8, (2, 4, 4), generator=generator(9))
+    with torch.no_grad():
+        continuous = model.decode_continuous(indices)
+    assert torch.equal(model.decode(indices), torch.round(continuous.clamp(0, 1) * 16).long())
+
+
+def test_vqvae_forward_terms():
+    model = tiny_vqvae()
+    x = images(4)
+    terms = model(x)
+    assert set(terms) == {"loss", "reconstruction", "commitment", "perplexity"}
+    with torch.no_grad():
+        target = x.double() / 16
+        reconstruction = model.decode_continuous(model.encode(x)).double()
+    torch.testing.assert_close(terms["loss"].detach(), terms["reconstruction"] + terms["commitment"])
+    assert 1 <= terms["perplexity"] <= model.config.num_codes
+    model.eval()
+    terms = model(x)
+    torch.testing.assert_close(terms["reconstruction"].double(), ((reconstruction - target) ** 2).mean(),
+                               rtol=1e-5, atol=1e-6)
+    terms["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_eval_mode_leaves_the_codebook_and_encode_never_moves_it():
+    model = tiny_vqvae()
+    x = images(4)
+    before = model.codebook.clone()
+    model.encode(x)
+    model.eval()
+    model(x)
+    assert torch.equal(model.codebook, before)
+    model.train()
+    model(x)
+    assert not torch.equal(model.codebook, before)  # training mode: the EMA update
+
+
+@pytest.mark.parametrize("fields, error, message", [
+    (dict(num_classes=3), ValueError, "num_classes must be 0"),
+    (dict(levels=4), ValueError, "image_size must be a multiple of 16"),
+    (dict(num_codes=0), ValueError, "num_codes must be an int >= 1"),
+    (dict(commitment=-1.0), ValueError, "commitment must be a number"),
+    (dict(ema="yes"), TypeError, "ema must be a bool"),
+])
+def test_bad_vqvae_config_fields_are_named(fields, error, message):
+    with pytest.raises(error, match=message):
+        VQVAEConfig(**{**dict(in_channels=1, num_bins=17, image_size=8), **fields})
+
+
+def test_bad_decode_arguments_are_named():
+    model = tiny_vqvae()
+    with pytest.raises(TypeError, match="VQVAE.decode: indices must be an int64 tensor"):
+        model.decode(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="VQVAE.decode: indices must be \\(N, h, w\\)"):
+        model.decode(torch.zeros(1, 1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"VQVAE.decode: indices must be codes in \[0, 8\)"):
+        model.decode(torch.full((1, 4, 4), 8))
+    with pytest.raises(ValueError, match="VQVAE.forward: y was given but the model is unconditional"):
+        model(images(2), torch.tensor([0, 1]))
+
+
+# --- the prior --------------------------------------------------------------------------------------------
+
+def tiny_prior(num_classes=0):
+    vqvae = VQVAEConfig.for_data(1, 17, 8, size="tiny")
+    return VQVAEPrior(VQVAEPriorConfig.for_vqvae(vqvae, num_classes, size="tiny"))
+
+
+def test_prior_probabilities_over_the_code_bins_sum_to_one():
+    """The prior's probabilities of all K² code maps of 1×2 codes (its convolutional network on a smaller
+    map: a softmax over the K codes per position, chained in raster order) sum to one."""
+    model = tiny_prior(num_classes=10).double().eval()
+    prior = model.prior
+    k = model.config.vqvae.num_codes
+    maps = torch.cartesian_prod(torch.arange(k), torch.arange(k)).view(-1, 1, 1, 2)  # every 1×2 map
+    labels = torch.full((maps.shape[0],), 3)
+    with torch.no_grad():
+        inputs = gmk.models._autoregressive.scale_bins(maps, k, torch.float64)
+        logits = prior.logits(prior.network(inputs, labels))
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), maps, reduction="none")
+    total = (-nll.sum((1, 2, 3))).exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert logits.shape[2] == k
+
+
+def test_prior_forward_is_the_pixelcnn_on_the_codes():
+    model = tiny_prior().eval()
+    x = images(3)
+    codes = model.vqvae.encode(x)[:, None]
+    torch.testing.assert_close(model(x)["loss"], model.prior(codes)["loss"])
+    torch.testing.assert_close(model.log_prob(x), model.prior.log_prob(codes))
+    samples = model.sample(2, generator=generator(10))
+    assert samples.shape == (2, 1, 8, 8) and samples.dtype == torch.int64
+    codes = model.sample_codes(2, generator=generator(10))
+    assert torch.equal(samples, model.vqvae.decode(codes))
+
+
+def test_prior_keeps_the_vqvae_frozen_in_eval_mode():
+    model = tiny_prior().train()
+    assert model.prior.training and not model.vqvae.training
+    assert not any(p.requires_grad for p in model.vqvae.parameters())
+    codebook = model.vqvae.codebook.clone()
+    model(images(4))["loss"].backward()
+    assert torch.equal(model.vqvae.codebook, codebook)
+
+
+def test_prior_config_checks_the_code_maps():
+    vqvae = VQVAEConfig.for_data(1, 17, 8, size="tiny")
+    with pytest.raises(ValueError, match="prior must model the code maps"):
+        VQVAEPriorConfig(vqvae=vqvae, prior=gmk.models.GatedPixelCNNConfig.for_data(1, 17, 8, size="tiny"))
+    config = VQVAEPriorConfig.for_vqvae(vqvae, 10, size="tiny")
+    assert VQVAEPriorConfig(**dataclasses.asdict(config)) == config  # as a checkpoint rebuilds it
+
+
+def test_vqvae_then_prior_then_samples_through_the_cli(tmp_path, capsys):
+    vq, prior = tmp_path / "vq", tmp_path / "prior"
+    common = ["--data", "digits", "--size", "tiny", "--steps", "3", "--batch-size", "8", "--eval-every",
+              "1000", "--samples", "4", "--threads", "1"]
+    assert gmk_main(["train", "vqvae", *common, "--out", str(vq)]) == 0
+    record = json.loads((vq / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"reconstruction", "commitment", "perplexity", "test_reconstruction"} <= set(record)
+    assert (vq / "samples.png").is_file()
+    assert gmk_main(["train", "vqvae-prior", "--vqvae", str(vq), "--conditional", *common,
+                     "--out", str(prior)]) == 0
+    record = json.loads((prior / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["test_bits_per_dim"])
+    # the prior's checkpoint holds the VQ-VAE's weights: sampling needs no other folder
+    weights = gmk.training.checkpoint.load(vq)["ema_state"]
+    state = gmk.training.checkpoint.load(prior)
+    assert all(torch.equal(state["model_state"]["vqvae." + name], value) for name, value in weights.items())
+    (vq / "checkpoint.pt").unlink()
+    assert gmk_main(["sample", str(prior), "--n", "4", "--out", str(tmp_path / "codes.png")]) == 0
+    assert (tmp_path / "codes.png").is_file()
+    assert gmk_main(["sample", str(vq), "--n", "4"]) == 2  # its checkpoint is gone
+    capsys.readouterr()
+
+
+def test_vqvae_option_errors_are_named(tmp_path, capsys):
+    assert gmk_main(["train", "vqvae-prior", "--steps", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "vqvae-prior needs --vqvae DIR" in capsys.readouterr().err
+    assert gmk_main(["train", "vae", "--vqvae", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "vae takes none" in capsys.readouterr().err
+    train("vae", tmp_path / "vae", data="digits", steps=1, **QUICK)
+    assert gmk_main(["train", "vqvae-prior", "--vqvae", str(tmp_path / "vae"),
+                     "--out", str(tmp_path / "c")]) == 2
+    assert "holds a vae run, not a vqvae one" in capsys.readouterr().err
+    assert gmk_main(["train", "vqvae", "--conditional", "--out", str(tmp_path / "d")]) == 2
+    assert "vqvae is unconditional" in capsys.readouterr().err
+    assert gmk_main(["train", "vqvae", "--dtype", "bfloat16", "--size", "tiny",
+                     "--out", str(tmp_path / "e")]) == 2
+    assert "float32 only" in capsys.readouterr().err

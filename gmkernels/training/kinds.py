@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..mu_law import mu_law_decode
-from . import pictures
+from . import checkpoint, pictures
 from .errors import TrainingError
 
 SIZES = ("tiny", "default")
@@ -131,7 +131,89 @@ class GANKind(ImageKind):
         pictures.save_gan_plot(records, path)
 
 
-KINDS = {"image": ImageKind(), "audio": AudioKind(), "gan": GANKind()}
+class VQVAEKind(ImageKind):
+    """The VQ-VAE: ``forward(x)`` -> loss, reconstruction (the metric: mean squared error of the bins on the
+    [0, 1] scale), commitment and perplexity, all logged. Its "samples" are reconstructions: the first test
+    images, each followed by decode(encode(image)). Unconditional, float32 (its EMA codebook updates
+    in place, which the bfloat16 copies of --dtype bfloat16 would drop)."""
+
+    metric = "reconstruction"
+    data_kind = "image"
+    LOGGED = ("loss", "reconstruction", "commitment", "perplexity")
+
+    def config(self, model_class, data: dict, size: str, conditional: bool):
+        if conditional:
+            raise TrainingError("vqvae is unconditional; --conditional is for its prior "
+                                "(gmk train vqvae-prior --vqvae DIR --conditional)")
+        return super().config(model_class, data, size, False)
+
+    def optimizer(self, run) -> torch.optim.Optimizer:
+        if run.options.dtype != "float32":
+            raise TrainingError(f"{run.name} trains in float32 only, not --dtype {run.options.dtype}")
+        return torch.optim.AdamW(run.model.parameters(), lr=run.options.lr,
+                                 weight_decay=run.options.weight_decay)
+
+    def train_step(self, run, x: torch.Tensor, y: torch.Tensor) -> dict:
+        terms = run.loss_terms(run.parallel, x, y)
+        run.optimise(terms["loss"], run.model.parameters())
+        return {name: terms[name].detach() for name in self.LOGGED}
+
+    def loss_terms(self, model, x: torch.Tensor, y: torch.Tensor, conditional: bool) -> dict:
+        return model(x)
+
+    def sample(self, model, count: int, data: dict, conditional: bool, generator: torch.Generator,
+               length: int | None = None) -> torch.Tensor:
+        """The first ceil(count / 2) test images interleaved with their reconstructions (count images)."""
+        from .. import data as datasets
+
+        try:
+            test = datasets.load(data["name"], "test").x
+        except ValueError as error:
+            raise TrainingError(f"the VQ-VAE shows reconstructions of its test images: {error}") from None
+        originals = test[:(count + 1) // 2].to(next(model.parameters()).device).long()
+        pairs = torch.stack([originals, model.reconstruct(originals)], dim=1).flatten(0, 1)
+        return pairs[:count]
+
+
+class VQVAEPriorKind(ImageKind):
+    """The Gated PixelCNN over a VQ-VAE's code maps (gmk.models.VQVAEPrior): ``--vqvae DIR`` names the
+    VQ-VAE's run, whose config and EMA weights go into the prior's model (and its checkpoints); the metric
+    is bits per code; samples are decoded code maps."""
+
+    data_kind = "image"
+
+    def run_config(self, model_class, data: dict, options):
+        from ..models.vqvae import VQVAEConfig
+
+        state = self._vqvae_state(options.vqvae, data)
+        classes = data["num_classes"] if options.conditional else 0
+        return model_class.config_class.for_vqvae(VQVAEConfig(**state["config"]), classes, size=options.size)
+
+    def initialize(self, run) -> None:
+        """The VQ-VAE's EMA weights into the new run's model (and so into its EMA)."""
+        from .loop import EMA
+
+        folder = Path(run.options.vqvae)
+        state = self._vqvae_state(run.options.vqvae, run.train_set.describe())
+        checkpoint.load_weights(run.model.vqvae, state["ema_state"], folder / checkpoint.FILE,
+                                "VQ-VAE EMA weights")
+        run.ema = EMA(run.model, run.options.ema_decay)
+
+    @staticmethod
+    def _vqvae_state(folder, data: dict) -> dict:
+        if folder is None:
+            raise TrainingError("vqvae-prior needs --vqvae DIR, the folder of a `gmk train vqvae` run")
+        state = checkpoint.load(Path(folder))
+        if state["model"] != "vqvae":
+            raise TrainingError(f"--vqvae {folder}: holds a {state['model']} run, not a vqvae one")
+        if state["data"] != data:
+            raise TrainingError(f"--vqvae {folder}: the VQ-VAE was trained on {state['data']['name']}, not "
+                                f"{data['name']}: pass --data {state['data']['name']}")
+        return state
+
+
+KINDS = {"image": ImageKind(), "audio": AudioKind(), "gan": GANKind(), "vqvae": VQVAEKind(),
+         "vqvae_prior": VQVAEPriorKind()}
 
 
 def model_class(name: str):

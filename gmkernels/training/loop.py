@@ -61,6 +61,7 @@ class TrainOptions:
     eval_every: int = 250
     checkpoint_every: int = 500
     samples: int | None = None  # samples drawn at the end; None: 64 images or 4 audio clips
+    vqvae: str | None = None  # vqvae-prior: the folder of the VQ-VAE's run
 
     # May differ from the checkpoint's on --resume: they change neither the parameters nor the data order.
     RESUMABLE = ("steps", "epochs", "backend", "device", "threads", "log_every", "eval_every",
@@ -426,6 +427,8 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
     ``out``; ``resume``: continue the run in ``out`` from its checkpoint, exactly. Under torchrun every
     process calls this; rank 0 writes and gets ``out`` back, the other ranks None."""
     out = Path(out)
+    if isinstance(options.get("vqvae"), Path):  # kept as a str in the checkpoint's options
+        options["vqvae"] = str(options["vqvae"])
     model_class = kinds.model_class(model)
     previous = checkpoint.load(out) if resume else None
     options = _options(model, previous, options, out / checkpoint.FILE)
@@ -438,8 +441,13 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
     if described["kind"] != kinds.data_kind(model_class):
         raise TrainingError(f"{model} is an {kinds.data_kind(model_class)} model; --data {options.data} is "
                             f"{described['kind']}")
-    if previous is None:
-        config = kinds.kind_of(model_class).config(model_class, described, options.size, options.conditional)
+    kind = kinds.kind_of(model_class)
+    if options.vqvae is not None and not hasattr(kind, "run_config"):
+        raise TrainingError(f"--vqvae names the VQ-VAE of a vqvae-prior run; {model} takes none")
+    if previous is None and hasattr(kind, "run_config"):  # a kind whose config needs more than the data
+        config = kind.run_config(model_class, described, options)
+    elif previous is None:
+        config = kind.config(model_class, described, options.size, options.conditional)
     else:
         if previous["data"] != described:
             raise TrainingError(f"{out / checkpoint.FILE}: was trained on other data "
@@ -451,6 +459,8 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
             run = Run(model, model_class, config, options, data, out, context)
             if previous is not None:
                 run.restore(previous, out / checkpoint.FILE)
+            elif hasattr(run.kind, "initialize"):  # weights from elsewhere (the VQ-VAE of its prior)
+                run.kind.initialize(run)
             _loop(run)
     finally:
         distributed.stop(context)
