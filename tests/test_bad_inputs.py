@@ -86,10 +86,19 @@ def _generate(*args):
                             residual_scale=scale, temperature=temperature, head=head, log_scale_min=log_scale_min)
 
 
+def _vector_quantize(x, codebook):
+    return gmk.vector_quantize(x, codebook, dim=1, return_distance=True)
+
+
+def _vector_quantize_statistics(x, indices, num_codes):
+    return gmk.vector_quantize_statistics(x, indices, num_codes, dim=1)
+
+
 PUBLIC = {"gated": _gated, "logistic_mixture_nll": _nll, "logistic_mixture_sample": _sample,
           "masked_conv2d": _masked, "masked_conv2d_gated": _masked_gated, "shifted_conv2d": _shifted,
           "actnorm": _actnorm, "conv1x1": _conv1x1, "coupling": _coupling, "causal_conv1d": _causal,
-          "wavenet_layer": _layer, "wavenet_generate": _generate}
+          "wavenet_layer": _layer, "wavenet_generate": _generate, "vector_quantize": _vector_quantize,
+          "vector_quantize_statistics": _vector_quantize_statistics}
 
 
 # --- the table -----------------------------------------------------------------------------------------
@@ -190,7 +199,24 @@ def _wavenet_rows():
     }
 
 
-TABLE = {**_gated_rows(), **_mixture_rows(), **_conv_rows(), **_flow_rows(), **_wavenet_rows()}
+def _vector_quantize_rows():
+    x, codebook, indices = _randn(2, 5, 3), _randn(9, 5), torch.zeros(2, 3, dtype=torch.int64)
+    return {
+        "vq-x-int": Bad("vector_quantize", (x.long(), codebook), TypeError, "x"),
+        "vq-code-dim-mismatch": Bad("vector_quantize", (x, codebook[:, :4]), ValueError, "codebook"),
+        "vq-empty-codebook": Bad("vector_quantize", (x, codebook[:0]), ValueError, "codebook"),
+        "vq-codebook-1d": Bad("vector_quantize", (x, codebook[0]), ValueError, "codebook"),
+        "vq-codebook-int": Bad("vector_quantize", (x, codebook.long()), TypeError, "codebook"),
+        "vq-codebook-dtype": Bad("vector_quantize", (x, codebook.double()), TypeError, "codebook"),
+        "vq-statistics-indices-dtype": Bad("vector_quantize_statistics", (x, indices.int(), 9), TypeError, "indices"),
+        "vq-statistics-indices-shape": Bad("vector_quantize_statistics", (x, indices[:, :2], 9), ValueError,
+                                           "indices"),
+        "vq-statistics-num-codes": Bad("vector_quantize_statistics", (x, indices, 0), ValueError, "num_codes"),
+    }
+
+
+TABLE = {**_gated_rows(), **_mixture_rows(), **_conv_rows(), **_flow_rows(), **_wavenet_rows(),
+         **_vector_quantize_rows()}
 
 
 def _entry_points():
