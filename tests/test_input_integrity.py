@@ -211,6 +211,14 @@ FLOW_OPS = [
       for transform in ("glow", "realnvp", "additive") for layout in ("checkerboard", "checkerboard_odd")),
 ]
 
+def vector_quantize_inputs(size: Size, dtype):
+    return {"x": randn(dtype, size.n, 3, *size.hw), "codebook": randn(dtype, 5, 3)}
+
+
+def vector_quantize_statistics_inputs(size: Size, dtype):
+    return {"x": randn(dtype, size.n, 3, *size.hw), "indices": torch.randint(0, 5, (size.n, *size.hw))}
+
+
 OPS = [
     Op("gated_activation_cond", gated_inputs, gmk.gated_activation, grads=("x", "cond")),
     Op("gated_activation_identity_dim_last", channels_last_inputs, gmk.gated_activation,
@@ -238,6 +246,10 @@ OPS = [
       for head in ("softmax", "logistic_mixture")),
     *FLOW_OPS,
     *(replace(op, name=f"{op.name}_reverse", options={**op.options, "reverse": True}) for op in FLOW_OPS),
+    Op("vector_quantize", vector_quantize_inputs, gmk.vector_quantize, {"return_distance": True},
+       grads=("x", "codebook")),
+    Op("vector_quantize_statistics", vector_quantize_statistics_inputs, gmk.vector_quantize_statistics,
+       {"num_codes": 5}, grads=("x",)),
     Op("mu_law_encode", audio_inputs, gmk.mu_law_encode, has_backends=False),
     Op("mu_law_decode", classes_inputs, gmk.mu_law_decode, has_backends=False),
 ]
