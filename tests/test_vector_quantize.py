@@ -333,3 +333,93 @@ def test_module_ema_loss_is_the_commitment_and_eval_leaves_the_codebook():
     torch.testing.assert_close(loss, 0.25 * ((x.detach() - before[indices]) ** 2).mean())
     assert torch.equal(vq.codebook, before), "eval mode must not update the codebook"
     assert 1 <= float(vq.last_perplexity) <= 6
+
+
+# --- the CUDA kernels, under the CPU emulation (tests/cuda_emulation) --------------------------------------
+
+EMULATED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    import ctypes
+    import sys
+
+    from cuda_emulation import build
+    if not sys.platform.startswith("linux") or build.compiler() is None:
+        pytest.skip("the emulator needs Linux and g++")
+    from test_cuda_emulation import Emulator
+    emulator = Emulator(build.build())
+    pointer, int_type = ctypes.c_void_p, ctypes.c_int
+    prototypes = {"gmk_emu_vector_quantize": [pointer, int_type] + [pointer] * 6,
+                  "gmk_emu_vector_quantize_statistics": [pointer, int_type] + [pointer] * 4}
+    for name, argtypes in prototypes.items():
+        getattr(emulator.lib, name).argtypes = argtypes
+        getattr(emulator.lib, name).restype = int_type
+    emulator.set_device("sm90")
+    return emulator
+
+
+def emulated_search(emu, x, codebook):
+    """One search launch on x (outer, D, inner) and codebook (K, D) as the C++ op prepares them."""
+    import ctypes
+
+    from test_cuda_emulation import DTYPE_CODES, Buffer
+    outer, dim, inner = x.shape
+    inputs = [Buffer(x), Buffer(codebook)]
+    norms = Buffer.empty((codebook.shape[0],), torch.float32)
+    quantized, indices = Buffer.empty(x.shape, x.dtype), Buffer.empty((outer, inner), torch.int64)
+    distance = Buffer.empty((outer, inner), torch.float32)
+    sizes = (ctypes.c_int64 * 4)(outer, dim, inner, codebook.shape[0])
+    emu.run("gmk_emu_vector_quantize", sizes, DTYPE_CODES[x.dtype], *(b.ptr for b in inputs), norms.ptr,
+            quantized.ptr, indices.ptr, distance.ptr)
+    for buffer in inputs:
+        buffer.check_unchanged()
+    for buffer in (norms, quantized, indices, distance):
+        buffer.check_guards()
+    return quantized.view.clone(), indices.view.clone(), distance.view.clone()
+
+
+@pytest.mark.parametrize("dtype", EMULATED_DTYPES)
+@pytest.mark.parametrize(("outer", "dim", "inner", "codes"), [(2, 7, 45, 37), (1, 40, 130, 70), (3, 5, 1, 3)])
+def test_cuda_search_emulated(emu, dtype, outer, dim, inner, codes, capfd):
+    x = (1.5 * torch.randn(outer, dim, inner)).to(dtype)
+    codebook = torch.randn(codes, dim).to(dtype)
+    quantized, indices, distance = emulated_search(emu, x, codebook)
+    check_nearest(x, codebook, indices, 1, dtype)
+    assert torch.equal(quantized, codebook[indices].movedim(-1, 1))
+    expected = ((x.double() - codebook.double()[indices].movedim(-1, 1)) ** 2).sum(1)
+    assert_close(distance, expected, torch.float32)
+    assert "runtime error" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", EMULATED_DTYPES)
+def test_cuda_ties_emulated(emu, dtype):
+    x, codebook = tied_inputs(dtype)
+    _, indices, _ = emulated_search(emu, x, codebook)
+    assert torch.equal(indices.reshape(-1), torch.cdist(rows64(x, 1), codebook.double()).argmin(1))
+
+
+@pytest.mark.parametrize("dtype", EMULATED_DTYPES)
+def test_cuda_statistics_emulated(emu, dtype, capfd):
+    import ctypes
+
+    from test_cuda_emulation import DTYPE_CODES, Buffer
+    outer, dim, inner, codes = 3, 6, 11, 7
+    x = torch.randn(outer, dim, inner).to(dtype)
+    indices = torch.randint(0, codes, (outer, inner))
+    indices[0, 0] = codes  # out of range: skipped, never written out of bounds
+    inputs = [Buffer(x), Buffer(indices)]
+    counts, sums = Buffer.empty((codes,), torch.float32), Buffer.empty((codes, dim), torch.float32)
+    emu.run("gmk_emu_vector_quantize_statistics", (ctypes.c_int64 * 4)(outer, dim, inner, codes),
+            DTYPE_CODES[dtype], *(b.ptr for b in inputs), counts.ptr, sums.ptr)
+    for buffer in inputs:
+        buffer.check_unchanged()
+    counts.check_guards()
+    sums.check_guards()
+    valid = (indices < codes).reshape(-1)
+    rows, flat = rows64(x, 1)[valid], indices.reshape(-1)[valid]
+    assert torch.equal(counts.view.double(), torch.bincount(flat, minlength=codes).double())
+    expected = torch.zeros(codes, dim, dtype=torch.float64).index_add(0, flat, rows)
+    assert_close(sums.view, expected, torch.float32, terms=3)
+    assert "runtime error" not in capfd.readouterr().err

@@ -427,3 +427,45 @@ int gmk_emu_upfirdn2d(const int64_t* sizes, const int64_t* x_strides, int flip_f
 }
 
 }  // extern "C"
+
+// --- vector_quantize (issue 14) ---------------------------------------------------------------------
+#include "gmk/vector_quantize.h"
+
+extern "C" {
+
+// sizes: outer, dim, inner, codes. x (outer, dim, inner) and codebook (codes, dim) contiguous, of dtype;
+// code_norms (codes) and distance (outer, inner) float32; quantized as x; indices (outer, inner) int64.
+int gmk_emu_vector_quantize(const int64_t* sizes, int dtype, const void* x, const void* codebook, void* code_norms,
+                            void* quantized, int64_t* indices, void* distance) {
+  gmk::vector_quantize::SearchArgs a;
+  a.outer = sizes[0];
+  a.dim = sizes[1];
+  a.inner = sizes[2];
+  a.codes = sizes[3];
+  a.dtype = static_cast<gmk::DType>(dtype);
+  a.x = x;
+  a.codebook = codebook;
+  a.code_norms = code_norms;
+  a.quantized = quantized;
+  a.indices = indices;
+  a.distance = distance;
+  return gmk::vector_quantize::search_cuda(a, nullptr);
+}
+
+// sizes: outer, dim, inner, codes; counts (codes) and sums (codes, dim) float32.
+int gmk_emu_vector_quantize_statistics(const int64_t* sizes, int dtype, const void* x, const int64_t* indices,
+                                       void* counts, void* sums) {
+  gmk::vector_quantize::StatisticsArgs a;
+  a.outer = sizes[0];
+  a.dim = sizes[1];
+  a.inner = sizes[2];
+  a.codes = sizes[3];
+  a.dtype = static_cast<gmk::DType>(dtype);
+  a.x = x;
+  a.indices = indices;
+  a.counts = counts;
+  a.sums = sums;
+  return gmk::vector_quantize::statistics_cuda(a, nullptr);
+}
+
+}  // extern "C"
