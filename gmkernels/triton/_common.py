@@ -27,6 +27,15 @@ def tanh(v, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
+def log1p(e):
+    """log(1 + e) for e >= 0, accurate where e is below an ulp of 1: log(u) · e / (u − 1) with u = 1 + e
+    rounded (Goldberg's correction; e itself where u rounds to 1)."""
+    u = 1.0 + e
+    d = u - 1.0
+    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
 def mma(a, b, acc, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr):
     """acc + a @ b, accumulated in float32; PRECISION is tl.dot's input_precision ("ieee", "tf32")."""
     if INTERPRETED:  # the interpreter's half-precision matmul gives NaN: multiply in float32 there

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpreted
-from ._common import on_device, tanh
+from ._common import log1p, on_device, tanh
 
 ACT_CODES = {name: code for code, name in enumerate(
     ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"))}
@@ -23,14 +23,6 @@ SELU_ALPHA = tl.constexpr(1.6732632423543772848170429916717)
 SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
 FIRST_SMOOTH = tl.constexpr(SMOOTH_FROM)
 BLOCK = 1024
-
-
-@triton.jit
-def _log1p_of(e):
-    """log(1 + e) for e >= 0: log(u) · e / (u − 1), u = 1 + e rounded (exact where u rounds to 1)."""
-    u = 1.0 + e
-    d = u - 1.0
-    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
@@ -50,7 +42,7 @@ def _activate(v, alpha, ACT: tl.constexpr, INTERPRETED: tl.constexpr):
     elif ACT == 6:
         a = SELU_SCALE * tl.where(v > 0.0, v, SELU_ALPHA * (tl.exp(tl.where(v > 0.0, 0.0, v)) - 1.0))
     elif ACT == 7:
-        a = tl.where(v > SOFTPLUS_THRESHOLD, v, _log1p_of(tl.exp(tl.where(v > SOFTPLUS_THRESHOLD, 0.0, v))))
+        a = tl.where(v > SOFTPLUS_THRESHOLD, v, log1p(tl.exp(tl.where(v > SOFTPLUS_THRESHOLD, 0.0, v))))
     else:
         a = v * tl.sigmoid(v)
     return a

@@ -16,19 +16,11 @@ import triton
 import triton.language as tl
 
 from ..reference.coupling import CHECKERBOARD_LAYOUTS, TRANSFORMS
-from ._common import on_device
+from ._common import log1p, on_device
 
 GLOW, REALNVP, ADDITIVE = 0, 1, 2
 BLOCK = 1024
 NUM_WARPS = 4
-
-
-@triton.jit
-def _log1p_unit(e):
-    """log(1 + e) for e in [0, 1], accurate where e is below an ulp of 1 (Goldberg's correction)."""
-    u = 1.0 + e
-    d = u - 1.0
-    return tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
@@ -41,7 +33,7 @@ def _glow_scale(r):
     q = e * p
     s = tl.where(positive, p, q)
     one_minus_s = tl.where(positive, q, p)
-    log_s = tl.minimum(v, 0.0) - _log1p_unit(e)
+    log_s = tl.minimum(v, 0.0) - log1p(e)
     ratio = tl.where(positive, e, 1.0 / e)
     return s, one_minus_s, log_s, ratio
 
@@ -152,6 +144,27 @@ def _offsets(o, m, half, inner, sx_outer, sx_channel, sx_inner, sh_outer, sh_cha
 
 
 @triton.jit
+def _load_r_t(h_ptr, r_off, t_off, mask, TRANSFORM: tl.constexpr):
+    """r and t of h at the offsets, in float32 (t twice for additive, which has no r)."""
+    t = tl.load(h_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
+    if TRANSFORM == 2:
+        r = t  # unused
+    else:
+        r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+    return r, t
+
+
+@triton.jit
+def _gradients(g, grad_logdet_ptr, x_ptr, h_ptr, o, z_off, r_off, t_off, mask, TRANSFORM: tl.constexpr,
+               REVERSE: tl.constexpr):
+    """grad_z, grad_r, grad_t at the elements of x_b (offsets z_off into x) given their grad_y g."""
+    z = tl.load(x_ptr + z_off, mask=mask, other=0.0).to(tl.float32)
+    r, t = _load_r_t(h_ptr, r_off, t_off, mask, TRANSFORM)
+    gl = tl.load(grad_logdet_ptr + o).to(tl.float32)
+    return _backward_math(z, r, t, g, gl, TRANSFORM, REVERSE)
+
+
+@triton.jit
 def _program_elements(blocks_per_sample, half, inner, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     o = (pid // blocks_per_sample).to(tl.int64)
@@ -169,11 +182,7 @@ def _coupling_forward_kernel(x_ptr, h_ptr, y_ptr, sums_ptr, blocks_per_sample, h
                                                   sh_channel, sh_inner, TRANSFORM, INTERLEAVED, ROWS)
     tl.store(y_ptr + ya, tl.load(x_ptr + xa, mask=mask), mask=mask)
     z = tl.load(x_ptr + xb, mask=mask, other=0.0).to(tl.float32)
-    t = tl.load(h_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
-    if TRANSFORM == 2:
-        r = t  # unused
-    else:
-        r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+    r, t = _load_r_t(h_ptr, r_off, t_off, mask, TRANSFORM)
     out, log_s = _forward_math(z, r, t, TRANSFORM, REVERSE)
     if TRANSFORM != 2:
         tl.store(sums_ptr + pid, tl.sum(tl.where(mask, log_s, 0.0), axis=0))
@@ -193,15 +202,9 @@ def _coupling_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, grad_x_
                                                     ROWS)
     tl.store(grad_x_ptr + ya, tl.load(grad_y_ptr + ya, mask=mask), mask=mask)
     g = tl.load(grad_y_ptr + yb, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(x_ptr + xb, mask=mask, other=0.0).to(tl.float32)
-    t = tl.load(h_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
-    gl = tl.load(grad_logdet_ptr + o).to(tl.float32)
+    grad_z, grad_r, grad_t = _gradients(g, grad_logdet_ptr, x_ptr, h_ptr, o, xb, r_off, t_off, mask, TRANSFORM,
+                                        REVERSE)
     out_type = grad_x_ptr.dtype.element_ty
-    if TRANSFORM == 2:
-        r = t  # unused
-    else:
-        r = tl.load(h_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
-    grad_z, grad_r, grad_t = _backward_math(z, r, t, g, gl, TRANSFORM, REVERSE)
     if TRANSFORM != 2:
         tl.store(grad_h_ptr + gr, grad_r.to(out_type), mask=mask)
     tl.store(grad_x_ptr + yb, grad_z.to(out_type), mask=mask)
@@ -242,11 +245,7 @@ def _checkerboard_forward_kernel(x_ptr, h_ptr, y_ptr, sums_ptr, blocks_per_sampl
     load_b = mask & in_b
     x = tl.load(x_ptr + x_off, mask=mask)
     z = x.to(tl.float32)
-    t = tl.load(h_ptr + t_off, mask=load_b, other=0.0).to(tl.float32)
-    if TRANSFORM == 2:
-        r = t  # unused
-    else:
-        r = tl.load(h_ptr + r_off, mask=load_b, other=0.0).to(tl.float32)
+    r, t = _load_r_t(h_ptr, r_off, t_off, load_b, TRANSFORM)
     out, log_s = _forward_math(z, r, t, TRANSFORM, REVERSE)
     if TRANSFORM != 2:
         tl.store(sums_ptr + pid, tl.sum(tl.where(load_b, log_s, 0.0), axis=0))
@@ -268,16 +267,9 @@ def _checkerboard_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, gra
         gt = o * channels * inner + m
     load_b = mask & in_b
     grad_y = tl.load(grad_y_ptr + y_off, mask=mask)
-    g = grad_y.to(tl.float32)
-    z = tl.load(x_ptr + x_off, mask=load_b, other=0.0).to(tl.float32)
-    t = tl.load(h_ptr + t_off, mask=load_b, other=0.0).to(tl.float32)
-    gl = tl.load(grad_logdet_ptr + o).to(tl.float32)
+    grad_z, grad_r, grad_t = _gradients(grad_y.to(tl.float32), grad_logdet_ptr, x_ptr, h_ptr, o, x_off, r_off,
+                                        t_off, load_b, TRANSFORM, REVERSE)
     out_type = grad_x_ptr.dtype.element_ty
-    if TRANSFORM == 2:
-        r = t  # unused
-    else:
-        r = tl.load(h_ptr + r_off, mask=load_b, other=0.0).to(tl.float32)
-    grad_z, grad_r, grad_t = _backward_math(z, r, t, g, gl, TRANSFORM, REVERSE)
     if TRANSFORM != 2:
         tl.store(grad_h_ptr + gr, tl.where(in_b, grad_r, 0.0).to(out_type), mask=mask)
     tl.store(grad_x_ptr + y_off, tl.where(in_b, grad_z.to(out_type), grad_y), mask=mask)

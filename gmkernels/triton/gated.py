@@ -54,46 +54,38 @@ def _load_halves(x_ptr, cond_ptr, blocks_per_row, half, inner,
 
 
 @triton.jit
-def _gated_forward_kernel(x_ptr, cond_ptr, y_ptr, blocks_per_row, half, inner,
-                          sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
-                          TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
-                          INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+def _gated_kernel(x_ptr, cond_ptr, grad_y_ptr, out_ptr, blocks_per_row, half, inner,
+                  sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
+                  BACKWARD: tl.constexpr, TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
+                  INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
+    """Forward: out = y (outer, C, inner). Backward: out = grad_h (outer, 2C, inner) from grad_y."""
     o, m, mask, a, b = _load_halves(x_ptr, cond_ptr, blocks_per_row, half, inner, sx_outer, sx_channel,
                                     sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND, BLOCK)
     half_len = half * inner
-    f = tanh(a, INTERPRETED) if TANH else a
-    y = f * tl.sigmoid(b)
-    tl.store(y_ptr + o * half_len + m, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _gated_backward_kernel(grad_y_ptr, x_ptr, cond_ptr, grad_h_ptr, blocks_per_row, half, inner,
-                           sx_outer, sx_channel, sx_inner, sc_outer, sc_channel, sc_inner,
-                           TANH: tl.constexpr, X_ROWS: tl.constexpr, COND: tl.constexpr,
-                           INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
-    o, m, mask, a, b = _load_halves(x_ptr, cond_ptr, blocks_per_row, half, inner, sx_outer, sx_channel,
-                                    sx_inner, sc_outer, sc_channel, sc_inner, X_ROWS, COND, BLOCK)
-    half_len = half * inner
-    grad_y = tl.load(grad_y_ptr + o * half_len + m, mask=mask).to(tl.float32)
     s = tl.sigmoid(b)
-    if TANH:
-        f = tanh(a, INTERPRETED)
-        df = 1.0 - f * f
+    f = tanh(a, INTERPRETED) if TANH else a
+    out_type = out_ptr.dtype.element_ty
+    if BACKWARD:
+        grad_y = tl.load(grad_y_ptr + o * half_len + m, mask=mask).to(tl.float32)
+        if TANH:
+            df = 1.0 - f * f
+        else:
+            df = 1.0
+        grad_a = grad_y * df * s
+        grad_b = grad_y * f * s * (1.0 - s)
+        tl.store(out_ptr + o * 2 * half_len + m, grad_a.to(out_type), mask=mask)
+        tl.store(out_ptr + o * 2 * half_len + half_len + m, grad_b.to(out_type), mask=mask)
     else:
-        f = a
-        df = 1.0
-    grad_a = grad_y * df * s
-    grad_b = grad_y * f * s * (1.0 - s)
-    out_type = grad_h_ptr.dtype.element_ty
-    tl.store(grad_h_ptr + o * 2 * half_len + m, grad_a.to(out_type), mask=mask)
-    tl.store(grad_h_ptr + o * 2 * half_len + half_len + m, grad_b.to(out_type), mask=mask)
+        tl.store(out_ptr + o * half_len + m, (f * s).to(out_type), mask=mask)
 
 
 def _is_rows(strides: tuple[int, int, int], inner: int) -> bool:
     return strides[2] == 1 and strides[1] == inner
 
 
-def _launch(kernel, leading: tuple, x: torch.Tensor, cond: torch.Tensor | None, activation: str):
+def _launch(x: torch.Tensor, cond: torch.Tensor | None, grad_y: torch.Tensor | None, out: torch.Tensor,
+            activation: str):
+    """out = y (grad_y None) or grad_h."""
     outer, channels, inner = x.shape
     half = channels // 2
     if x.numel() == 0:
@@ -103,15 +95,15 @@ def _launch(kernel, leading: tuple, x: torch.Tensor, cond: torch.Tensor | None, 
     cond_mode = COND_NONE if cond is None else COND_ROWS if _is_rows(cond_strides, inner) else COND_STRIDED
     blocks_per_row = triton.cdiv(half * inner, BLOCK)
     with on_device(x):
-        kernel[(outer * blocks_per_row,)](
-            *leading, blocks_per_row, half, inner, *x_strides, *cond_strides,
-            TANH=activation == "tanh", X_ROWS=_is_rows(x_strides, inner), COND=cond_mode,
-            INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+        _gated_kernel[(outer * blocks_per_row,)](
+            x, x if cond is None else cond, x if grad_y is None else grad_y, out, blocks_per_row, half, inner,
+            *x_strides, *cond_strides, BACKWARD=grad_y is not None, TANH=activation == "tanh",
+            X_ROWS=_is_rows(x_strides, inner), COND=cond_mode, INTERPRETED=triton_interpreted(), BLOCK=BLOCK, num_warps=NUM_WARPS)
 
 
 def gated(x: torch.Tensor, cond: torch.Tensor | None, activation: str) -> torch.Tensor:
     y = x.new_empty(x.shape[0], x.shape[1] // 2, x.shape[2])
-    _launch(_gated_forward_kernel, (x, x if cond is None else cond, y), x, cond, activation)
+    _launch(x, cond, None, y, activation)
     return y
 
 
@@ -119,5 +111,5 @@ def gated_backward(grad_y: torch.Tensor, x: torch.Tensor, cond: torch.Tensor | N
                    activation: str) -> torch.Tensor:
     grad_h = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_y = grad_y.contiguous()
-    _launch(_gated_backward_kernel, (grad_y, x, x if cond is None else cond, grad_h), x, cond, activation)
+    _launch(x, cond, grad_y, grad_h, activation)
     return grad_h
