@@ -2,9 +2,14 @@
 
 Environment:
   GMK_BUILD_CUDA   auto (default): CUDA kernels when torch has CUDA and nvcc is found; 1: require; 0: skip.
-  GMK_CUDA_ARCHS   e.g. "8.0;9.0" or "9.0a"; default: the local GPU, else DEFAULT_CUDA_ARCHS.
+  GMK_CUDA_ARCHS   e.g. "8.0;9.0" or "9.0a": SASS for each, PTX for the last; default: the local GPU,
+                   else DEFAULT_CUDA_ARCHS.
   GMK_BUILD_JOBS   parallel compile jobs (default: CPU count).
+
+Beside _C it writes _C_build.json (the torch and CUDA it was built against), which gmkernels/_extension.py
+checks before loading _C; a wheel's metadata requires the torch minor version it was built against.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -40,11 +45,31 @@ def want_cuda(torch):
 
 
 def cuda_archs(torch):
-    archs = os.environ.get("GMK_CUDA_ARCHS")
-    if not archs and torch.cuda.is_available():
+    """The archs to build for, and why those."""
+    archs = os.environ.get("GMK_CUDA_ARCHS", "").strip()
+    if archs:
+        return archs, "from GMK_CUDA_ARCHS"
+    if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
-        archs = f"{major}.{minor}"
-    return archs or DEFAULT_CUDA_ARCHS
+        return f"{major}.{minor}", f"the local GPU ({torch.cuda.get_device_name()}); GMK_CUDA_ARCHS overrides"
+    return DEFAULT_CUDA_ARCHS, ("no GPU is visible and GMK_CUDA_ARCHS is unset, so the default list; "
+                                "set GMK_CUDA_ARCHS (e.g. \"9.0\") to build for your GPUs only")
+
+
+def torch_requirement():
+    """_C links against torch's C++ API, whose ABI changes between minor versions: require the built-against minor."""
+    try:
+        import torch
+    except ImportError:  # metadata asked for without torch (an isolated sdist build): any supported torch
+        return "torch>=2.4"
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
+def write_build_record(out_dir, torch, cmake_archs):
+    record = {"torch_version": torch.__version__, "torch_cuda": torch.version.cuda,
+              "with_cuda": cmake_archs is not None, "cuda_archs": cmake_archs}
+    (out_dir / "_C_build.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def cmake_arch_list(archs):
@@ -75,26 +100,32 @@ class CMakeBuild(build_ext):
         if shutil.which("ninja"):
             args.append("-GNinja")
         nvcc = want_cuda(torch)
+        cmake_archs = None
         if nvcc:
-            archs = cuda_archs(torch)
+            archs, why = cuda_archs(torch)
+            cmake_archs = cmake_arch_list(archs)
             args += [
                 "-DGMK_WITH_CUDA=ON",
                 f"-DCMAKE_CUDA_COMPILER={nvcc}",
-                f"-DCMAKE_CUDA_ARCHITECTURES={cmake_arch_list(archs)}",
+                f"-DCMAKE_CUDA_ARCHITECTURES={cmake_archs}",
             ]
-            print(f"gmkernels: building CUDA kernels for {archs} with {nvcc}")
+            print(f"gmkernels: building CUDA kernels for {archs} (SASS for each, PTX for the last) with {nvcc}: "
+                  f"{why}", flush=True)
         else:
-            print("gmkernels: building CPU kernels only")
+            print("gmkernels: building CPU kernels only", flush=True)
         jobs = os.environ.get("GMK_BUILD_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)
         subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)
+        write_build_record(out_dir, torch, cmake_archs)
 
 
-setup(
-    ext_modules=[Extension("gmkernels._C", sources=[])],
-    cmdclass={"build_ext": CMakeBuild},
-    packages=["gmkernels", "gmkernels.ops", "gmkernels.reference", "gmkernels.triton", "gmkernels.nn",
-              "gmkernels.models", "gmkernels.training", "gmkernels.benchmarks", "gmkernels.benchmarks.ops",
-              "gmkernels.benchmarks.models"],
-    package_dir={"gmkernels": "gmkernels", "gmkernels.benchmarks": "benchmarks"},
-)
+if __name__ == "__main__":  # pip, build and `python setup.py` run it as __main__; tests import its helpers
+    setup(
+        install_requires=[torch_requirement(), "numpy"],
+        ext_modules=[Extension("gmkernels._C", sources=[])],
+        cmdclass={"build_ext": CMakeBuild},
+        packages=["gmkernels", "gmkernels.ops", "gmkernels.reference", "gmkernels.triton", "gmkernels.nn",
+                  "gmkernels.models", "gmkernels.training", "gmkernels.benchmarks", "gmkernels.benchmarks.ops",
+                  "gmkernels.benchmarks.models"],
+        package_dir={"gmkernels": "gmkernels", "gmkernels.benchmarks": "benchmarks"},
+    )

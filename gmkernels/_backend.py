@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._extension import BUILD_INFO, has_extension
+from ._cuda_archs import kernel_image_for, no_kernel_reason
+from ._extension import BUILD_INFO, LOAD_ERROR, has_extension
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 _FLOAT_TYPES = frozenset({torch.float16, torch.bfloat16, torch.float32})
@@ -52,13 +53,58 @@ def triton_interpreted() -> bool:
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
-def _runs_on(backend: str, device_type: str) -> bool:
+def _cuda_device_index(device: torch.device) -> int:
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+_CUDA_PROBLEMS: dict[int, str | None] = {}  # per GPU index: an op call need not ask the driver again
+
+
+@torch.compiler.assume_constant_result  # a GPU's answer never changes: torch.compile need not trace it
+def _cuda_kernels_problem_on(index: int) -> str | None:
+    if index not in _CUDA_PROBLEMS:
+        _CUDA_PROBLEMS[index] = _find_cuda_kernels_problem(index)
+    return _CUDA_PROBLEMS[index]
+
+
+def _find_cuda_kernels_problem(index: int) -> str | None:
+    if not has_extension():
+        return f"gmkernels._C is not built ({LOAD_ERROR})"
+    if not BUILD_INFO["with_cuda"]:
+        return "gmkernels._C was built without its CUDA kernels"
+    capability = tuple(torch.cuda.get_device_capability(index))
+    if kernel_image_for(capability, BUILD_INFO["cuda_archs"]) is None:
+        return f"GPU {index} ({torch.cuda.get_device_name(index)}): " + no_kernel_reason(capability,
+                                                                                       BUILD_INFO["cuda_archs"])
+    return None
+
+
+def cuda_kernels_problem(device: str | torch.device = "cuda") -> str | None:
+    """None if the CUDA kernels of ``_C`` can run on ``device`` (a GPU), else the reason: no GPU, ``_C``
+    built without CUDA, or no SASS for this GPU's arch and no PTX that the driver can compile for it."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return "no CUDA device is visible" if device.type == "cuda" else f"{device.type} is not a CUDA device"
+    return _cuda_kernels_problem_on(_cuda_device_index(device))
+
+
+def cuda_kernels_on(index: int) -> str:
+    """What GPU ``index`` runs of ``_C``'s CUDA kernels: "CUDA kernels from SASS 8.0", or why none."""
+    problem = cuda_kernels_problem(torch.device("cuda", index))
+    if problem is not None:
+        return f"no CUDA kernels: {problem}"
+    capability = tuple(torch.cuda.get_device_capability(index))
+    return f"CUDA kernels from {kernel_image_for(capability, BUILD_INFO['cuda_archs'])}"
+
+
+def _runs_on(backend: str, device: torch.device) -> bool:
+    device_type = device.type
     if backend == "reference":
         return True
     if backend == "cpu":
         return device_type == "cpu" and has_extension()
     if backend == "cuda":
-        return device_type == "cuda" and BUILD_INFO["with_cuda"] and torch.cuda.is_available()
+        return device_type == "cuda" and cuda_kernels_problem(device) is None
     if backend == "triton":
         if not TRITON_INSTALLED:
             return False
@@ -70,8 +116,8 @@ def _runs_on(backend: str, device_type: str) -> bool:
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run tensors on ``device`` here (``"auto"`` excluded)."""
-    device_type = torch.device(device).type
-    return [name for name in BACKENDS[1:] if _runs_on(name, device_type)]
+    device = torch.device(device)
+    return [name for name in BACKENDS[1:] if _runs_on(name, device)]
 
 
 @dataclass(frozen=True)
@@ -90,8 +136,9 @@ class OpBackends:
 
     def why_not(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
         """None if ``backend`` can run this op on these tensors, else the reason."""
-        if not _runs_on(backend, device.type):
-            return f"it cannot run on {device.type} tensors here (available: {available_backends(device)})"
+        if not _runs_on(backend, device):
+            why = f": {cuda_kernels_problem(device)}" if backend == "cuda" and device.type == "cuda" else ""
+            return f"it cannot run on {device.type} tensors here{why} (available: {available_backends(device)})"
         if backend not in self.dtypes:
             return f"it has no kernel for this op yet (backends with one: {', '.join(self.dtypes)})"
         if dtype not in self.dtypes[backend]:
