@@ -105,8 +105,9 @@ _ARCH = re.compile(r"^arch = (sm_\w+)")
 
 def parse_resource_usage(text: str, arch: str = ARCH) -> dict[str, dict]:
     """``cuobjdump --dump-resource-usage`` output -> {mangled name: {registers, stack, shared, local}} of the
-    ELF code for ``arch`` (PTX sections and other archs' ELF are skipped)."""
-    kernels, in_arch, name = {}, False, None
+    ELF code for ``arch`` (PTX sections and other archs' ELF are skipped; the output for a lone cubin names
+    no arch: all of it counts)."""
+    kernels, in_arch, name = {}, "arch = " not in text, None
     for line in text.splitlines():
         if line.startswith("Fatbin "):
             in_arch = False

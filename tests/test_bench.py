@@ -305,6 +305,8 @@ def test_static_parses_recorded_cuobjdump_and_ptxas_output():
     assert static.parse_resource_usage(RESOURCE_USAGE, arch="sm_80")[KERNEL_A]["registers"] == 99
     assert static.parse_max_threads(ELF.splitlines()) == {KERNEL_A: 256, KERNEL_B: 128}
     assert static.parse_ptxas_spills(PTXAS) == {KERNEL_B: (36, 52)}
+    cubin = RESOURCE_USAGE[RESOURCE_USAGE.rindex("Resource usage:"):]  # a lone cubin's output names no arch
+    assert static.parse_resource_usage(cubin) == usage
     names = static.short_names([KERNEL_A])
     if names[KERNEL_A] != KERNEL_A:  # c++filt present
         assert names[KERNEL_A] == "gmk::example::kernel_a<float>"

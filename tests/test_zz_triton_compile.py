@@ -33,7 +33,7 @@ MAX_PER_KERNEL = 64
 # autotune config with every value of every other argument (a flag, a dtype, a config) that some launch
 # had with it: what changes the code's types and tile shapes, with everything else.
 _COMPILE = r"""
-import importlib, itertools, json, sys, time, traceback
+import dataclasses, importlib, itertools, json, sys, time, traceback
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -105,8 +105,15 @@ for (module, name), group in by_kernel.items():
         chosen = chosen[:MAX_PER_KERNEL]
     by_kernel[module, name] = chosen
 
+try:  # each specialisation's registers, stack frame and shared memory, for gmk bench --static
+    from gmkernels.benchmarks import static
+    if static.find_tool("cuobjdump") is None:
+        static = None
+except ImportError:
+    static = None
+
 target = GPUTarget("cuda", 90, 32)
-failures, too_big, compiled, start = [], [], 0, time.time()
+failures, too_big, resources, compiled, start = [], [], [], 0, time.time()
 for group in by_kernel.values():
     for job in group:
         try:
@@ -118,6 +125,13 @@ for group in by_kernel.values():
                                     options=job["options"])
             assert binary.asm["cubin"], "no cubin"
             compiled += 1
+            if static is not None:
+                detail = json.dumps({"signature": job["signature"], "constexprs": job["constexprs"],
+                                     "options": job["options"]}, sort_keys=True)
+                kernel_resources = static.cubin_kernel(binary.asm["cubin"], f"{job['module']}.{job['kernel']}",
+                                                       32 * binary.metadata.num_warps, binary.metadata.shared,
+                                                       detail)
+                resources.append(dataclasses.asdict(kernel_resources))
             if binary.metadata.shared > SHARED_MEMORY:  # a launch fails: out of resources
                 error = f"{binary.metadata.shared} bytes of shared memory, sm_90 has {SHARED_MEMORY}"
                 if job["config"] is None:
@@ -128,7 +142,7 @@ for group in by_kernel.values():
         except Exception:
             failures.append({**job, "error": traceback.format_exc()[-3000:]})
 json.dump({"kernels": sorted(f"{m}.{k}" for m, k in by_kernel), "compiled": compiled, "distinct": len(jobs),
-           "cut": cut, "too_big": too_big,
+           "cut": cut, "too_big": too_big, "resources": resources,
            "failures": failures, "seconds": time.time() - start}, sys.stdout)
 """.replace("MAX_PER_KERNEL", str(MAX_PER_KERNEL))
 
@@ -160,3 +174,18 @@ def test_launched_triton_kernels_compile_for_sm90():
               f"options={f['options']}\n{f['error']}" for f in failures]
     assert not failures, (f"{len(failures)} Triton specialisations do not compile for sm_90:\n\n"
                           + "\n\n".join(report))
+    _check_resources(summary["resources"])
+
+
+def _check_resources(resources: list[dict]):
+    """No specialisation newly spills (a stack frame past benchmarks/static_baseline.json) or has a block that
+    cannot launch on sm_90; the resources are recorded for ``gmk bench --static``."""
+    static = pytest.importorskip("gmkernels.benchmarks.static", reason="the benchmarks are not installed")
+    if not resources:
+        warnings.warn("no cuobjdump (CUDA toolkit or Triton's copy): Triton resources not checked", stacklevel=1)
+        return
+    kernels = [static.Kernel(**kernel) for kernel in resources]
+    path = static.write_triton_record(kernels)
+    print(f"recorded the registers, stack and shared memory of {len(kernels)} specialisations in {path}")
+    problems = static.check(kernels, static.load_baseline())
+    assert not problems, "Triton specialisations that spill or cannot launch on sm_90:\n" + "\n".join(problems)
