@@ -376,7 +376,7 @@ def family_cases(family: str, device: str, quick: bool) -> list[Case]:
 def run_family(family: str, device: str, quick: bool, repeats: int, copy_gbps: float,
                progress=None) -> list[dict]:
     """Runs one family's cases; ``progress`` (a tqdm bar) advances by one per case."""
-    log = progress.write if progress is not None else None
+    log = functools.partial(progress.write, file=sys.stderr) if progress is not None else None
     results = []
     for case in family_cases(family, device, quick):
         if progress is not None:
