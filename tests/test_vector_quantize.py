@@ -193,6 +193,26 @@ def test_torch_compile_keeps_the_op():
     assert torch.equal(quantized, expected_q) and torch.equal(indices, expected_i)
 
 
+def test_cpu_on_two_threads_past_the_grains():
+    """Several parallel tasks (search blocks, statistics dimensions) give the one-thread results exactly."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("no C++ extension")
+    x, codebook = torch.randn(4, 40, 1031), torch.randn(70, 40)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            quantized, indices, distance = gmk.vector_quantize(x, codebook, return_distance=True, backend="cpu")
+            results.append((quantized, indices, distance,
+                            *gmk.vector_quantize_statistics(x, indices, 70, backend="cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+    check_nearest(x, codebook, results[0][1], 1, torch.float32)
+
+
 # --- no (positions, K) tensor -----------------------------------------------------------------------
 
 def largest_allocation(fn) -> int:
@@ -423,3 +443,28 @@ def test_cuda_statistics_emulated(emu, dtype, capfd):
     expected = torch.zeros(codes, dim, dtype=torch.float64).index_add(0, flat, rows)
     assert_close(sums.view, expected, torch.float32, terms=3)
     assert "runtime error" not in capfd.readouterr().err
+
+
+# --- the benchmark's cases ---------------------------------------------------------------------------------
+
+def test_the_benchmark_peers_do_the_same_work():
+    """benchmarks/ops/vector_quantize.py: the gmk step and rosinality's eager quantizer give the same codes,
+    loss, statistics and gradient (on a small map), and every case's gmk and eager peers run on CPU."""
+    harness = pytest.importorskip("gmkernels.benchmarks.harness")
+    bench = pytest.importorskip("gmkernels.benchmarks.ops.vector_quantize")
+    assert "vector_quantize" in harness.family_names()
+    x = torch.randn(2, 6, 5, 3, requires_grad=True)
+    codebook = torch.randn(11, 6)
+    grad_q = torch.randn_like(x)
+    outputs = [bench.step(fn, x, codebook, grad_q)() for fn in
+               (bench.gmk_quantize, lambda x, c: bench.eager_quantize(x, c.T.contiguous()))]
+    (grad_gmk,), counts_gmk, sums_gmk = outputs[0]
+    (grad_eager,), counts_eager, sums_eager = outputs[1]
+    torch.testing.assert_close(grad_gmk, grad_eager)
+    torch.testing.assert_close(counts_gmk, counts_eager)
+    torch.testing.assert_close(sums_gmk, sums_eager.T)
+    for case in bench.cases("cpu", quick=True)[1:]:
+        case.peers = {name: peer for name, peer in case.peers.items() if name != harness.COMPILED}
+        result = harness.run_case(case, "cpu", repeats=1, copy_gbps=1.0)
+        by_peer = {peer["peer"]: peer["status"] for peer in result["results"]}
+        assert by_peer[harness.EAGER] == "ok" and by_peer.get("gmk:cpu", "ok") == "ok", by_peer

@@ -1,9 +1,10 @@
 // CPU kernels of vector_quantize. The search takes kRows positions at a time and walks the codebook in
-// tiles of kTile codes: the tile's dot products with the positions are axpys along the codes of a
-// transposed codebook (they vectorise, compiled per instruction set with GMK_CPU_CLONES), then a running
-// argmin keeps each position's best code (gmk/vector_quantize.h). Memory: kRows x (dim + kTile) per task
-// and the (dim, codes) transposed codebook, never positions x codes. The statistics split the code
-// dimension over the tasks, so that each sum has one writer and adds its positions in order.
+// tiles of kTile codes: the tile's dot products with the positions come from a register-blocked GEMM
+// micro-kernel over a transposed codebook (vectorised along the codes, compiled per instruction set with
+// GMK_CPU_CLONES); a running argmin per lane of kVec codes, reduced over the lanes at the end, keeps each
+// position's best code (gmk/vector_quantize.h). Memory: kRows x (dim + kTile) per task and the (dim, codes)
+// transposed codebook, never positions x codes. The statistics split the code dimension over the tasks,
+// so that each sum has one writer and adds its positions in order.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -22,28 +23,74 @@ constexpr int64_t kRows = 8;    // positions searched together: each tile of the
 constexpr int64_t kTile = 128;  // codes per tile: kRows x kTile dot products stay in L1
 constexpr int64_t kGrainMacs = int64_t{1} << 20;  // at least this many multiply-adds per parallel task
 
-// dots[r * kTile + k] = sum_d rows[r * dim + d] * codes_t[d * stride + k] for k < n, as axpys along k.
+constexpr int64_t kVec = 32;  // codes per register block: kRows x kVec accumulators stay in registers
+
+// dots[r * kTile + j] = sum_d rows[r * dim + d] * codes_t[d * stride + j] for j < kVec: a GEMM micro-kernel
+// (per d, one row of kVec codes loaded, each position's element broadcast), summed over d in order.
 template <typename T>
-GMK_CPU_INLINE void tile_dots(const T* rows, int64_t dim, const T* codes_t, int64_t stride, int64_t n, T* dots) {
-  for (int64_t r = 0; r < kRows; ++r) {
-    for (int64_t k = 0; k < n; ++k) dots[r * kTile + k] = T(0);
-  }
+GMK_CPU_INLINE void block_dots(const T* rows, int64_t dim, const T* codes_t, int64_t stride, T* dots) {
+  T acc[kRows][kVec] = {};
   for (int64_t d = 0; d < dim; ++d) {
     const T* c = codes_t + d * stride;
     for (int64_t r = 0; r < kRows; ++r) {
       const T v = rows[r * dim + d];
-      T* acc = dots + r * kTile;
-      for (int64_t k = 0; k < n; ++k) acc[k] += v * c[k];
+      for (int64_t j = 0; j < kVec; ++j) acc[r][j] += v * c[j];
+    }
+  }
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t j = 0; j < kVec; ++j) dots[r * kTile + j] = acc[r][j];
+  }
+}
+
+// Lane j of row r keeps the lowest score among the codes j, j + kVec, ... of the row's tiles so far and that
+// code (strictly lower wins: the lowest code of the lane on ties); compares and blends, which vectorise.
+// norms holds the tile's n codes' norms, +inf past the codebook's end (those codes never win).
+template <typename T>
+GMK_CPU_INLINE void lane_argmin(const T* dots, const T* norms, int64_t k0, int64_t n, T* lane_best,
+                                int64_t* lane_code) {
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t k = 0; k < n; k += kVec) {
+      for (int64_t j = 0; j < kVec; ++j) {
+        const T s = score(norms[k + j], dots[r * kTile + k + j]);
+        const bool lower = s < lane_best[r * kVec + j];
+        lane_best[r * kVec + j] = lower ? s : lane_best[r * kVec + j];
+        lane_code[r * kVec + j] = lower ? k0 + k + j : lane_code[r * kVec + j];
+      }
     }
   }
 }
 
-GMK_CPU_CLONES void dots_kernel(const float* rows, int64_t dim, const float* codes_t, int64_t stride, int64_t n,
-                                float* dots) {
-  tile_dots(rows, dim, codes_t, stride, n, dots);
+// One tile of n codes (a multiple of kVec: the codebook is padded) against the kRows positions.
+template <typename T>
+GMK_CPU_INLINE void search_tile(const T* rows, int64_t dim, const T* codes_t, int64_t stride, const T* norms,
+                                int64_t k0, int64_t n, T* dots, T* lane_best, int64_t* lane_code) {
+  for (int64_t k = 0; k < n; k += kVec) block_dots(rows, dim, codes_t + k, stride, dots + k);
+  lane_argmin(dots, norms, k0, n, lane_best, lane_code);
 }
-void dots_kernel(const double* rows, int64_t dim, const double* codes_t, int64_t stride, int64_t n, double* dots) {
-  tile_dots(rows, dim, codes_t, stride, n, dots);
+
+GMK_CPU_CLONES void search_tile_kernel(const float* rows, int64_t dim, const float* codes_t, int64_t stride,
+                                       const float* norms, int64_t k0, int64_t n, float* dots, float* lane_best,
+                                       int64_t* lane_code) {
+  search_tile(rows, dim, codes_t, stride, norms, k0, n, dots, lane_best, lane_code);
+}
+void search_tile_kernel(const double* rows, int64_t dim, const double* codes_t, int64_t stride, const double* norms,
+                        int64_t k0, int64_t n, double* dots, double* lane_best, int64_t* lane_code) {
+  search_tile(rows, dim, codes_t, stride, norms, k0, n, dots, lane_best, lane_code);
+}
+
+// The lanes' winner: the lowest score, the lowest code among equal scores (index 0 when no score is finite
+// and below +inf, as the running argmin of one lane).
+template <typename T>
+int64_t best_of_lanes(const T* lane_best, const int64_t* lane_code) {
+  T best = lane_best[0];
+  int64_t code = lane_code[0];
+  for (int64_t j = 1; j < kVec; ++j) {
+    if (lane_best[j] < best || (lane_best[j] == best && lane_code[j] < code)) {
+      best = lane_best[j];
+      code = lane_code[j];
+    }
+  }
+  return code;
 }
 
 // The position's first element in x's (outer, dim, inner) layout; its elements are inner apart.
@@ -56,15 +103,18 @@ void search_typed(const SearchArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   const auto* codebook = static_cast<const scalar_t*>(a.codebook);
   auto* norms = static_cast<T*>(a.code_norms);
-  std::vector<T> codes_t(static_cast<size_t>(dim * codes));  // (dim, codes)
+  const int64_t padded = (codes + kVec - 1) / kVec * kVec;
+  std::vector<T> codes_t(static_cast<size_t>(dim * padded), T(0));  // (dim, padded): zeros past the codes
+  std::vector<T> padded_norms(static_cast<size_t>(padded), std::numeric_limits<T>::infinity());
   for (int64_t k = 0; k < codes; ++k) {
     T norm = T(0);
     for (int64_t d = 0; d < dim; ++d) {
       const T c = static_cast<T>(codebook[k * dim + d]);
-      codes_t[d * codes + k] = c;
+      codes_t[d * padded + k] = c;
       norm += c * c;
     }
     norms[k] = norm;
+    padded_norms[k] = norm;
   }
   const int64_t blocks = (positions + kRows - 1) / kRows;
   const int64_t grain = std::max<int64_t>(1, kGrainMacs / std::max<int64_t>(1, kRows * codes * dim));
@@ -77,21 +127,16 @@ void search_typed(const SearchArgs& a) {
         const int64_t base = position_base(a, p0 + r);
         for (int64_t d = 0; d < dim; ++d) rows[r * dim + d] = static_cast<T>(x[base + d * a.inner]);
       }
-      T best[kRows];
-      int64_t best_code[kRows];
-      std::fill(best, best + kRows, std::numeric_limits<T>::infinity());
-      std::fill(best_code, best_code + kRows, int64_t{0});
+      std::vector<T> lane_best(static_cast<size_t>(kRows * kVec), std::numeric_limits<T>::infinity());
+      std::vector<int64_t> lane_code(static_cast<size_t>(kRows * kVec), 0);
       for (int64_t k0 = 0; k0 < codes; k0 += kTile) {
-        const int64_t n = std::min(kTile, codes - k0);
-        dots_kernel(rows.data(), dim, codes_t.data() + k0, codes, n, dots.data());
-        for (int64_t r = 0; r < count; ++r) {
-          for (int64_t k = 0; k < n; ++k) {
-            keep_lower(score(norms[k0 + k], dots[r * kTile + k]), k0 + k, best[r], best_code[r]);
-          }
-        }
+        const int64_t n = (std::min(kTile, codes - k0) + kVec - 1) / kVec * kVec;
+        search_tile_kernel(rows.data(), dim, codes_t.data() + k0, padded, padded_norms.data() + k0, k0, n,
+                           dots.data(), lane_best.data(), lane_code.data());
       }
       for (int64_t r = 0; r < count; ++r) {
-        const int64_t p = p0 + r, base = position_base(a, p), k = best_code[r];
+        const int64_t p = p0 + r, base = position_base(a, p);
+        const int64_t k = best_of_lanes(lane_best.data() + r * kVec, lane_code.data() + r * kVec);
         T distance = T(0);
         for (int64_t d = 0; d < dim; ++d) {
           const scalar_t c = codebook[k * dim + d];
