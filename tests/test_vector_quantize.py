@@ -74,6 +74,15 @@ def test_ties_go_to_the_lowest_index_as_cdist_argmin(backend, dtype):
     assert torch.equal(indices.reshape(-1), distances.argmin(1))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_never_wins(backend):
+    """A NaN code is never chosen; a position of NaN scores every code NaN and gets index 0."""
+    codebook = torch.tensor([[4.0, 4.0], [float("nan"), 0.0], [1.0, 1.0], [0.0, 0.5]])
+    x = torch.tensor([[0.1, 0.1], [float("nan"), 1.0], [3.0, 3.0]]).T.reshape(1, 2, 3)
+    _, indices = gmk.vector_quantize(x, codebook, backend=backend)
+    assert indices.tolist() == [[3, 0, 0]]
+
+
 # --- every backend against the reference -----------------------------------------------------------------
 
 def layouts(x):

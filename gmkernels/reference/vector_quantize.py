@@ -6,6 +6,8 @@ over chunks of positions, so at most ``CHUNK_DISTANCES`` distances exist at once
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 CHUNK_DISTANCES = 1 << 20  # scores held at once: a chunk of positions times K
@@ -28,7 +30,8 @@ def chunk_positions(codes: int) -> int:
 
 def nearest_codes(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """The index of the nearest code of each row (positions, D): argmin over k of ||c_k||² − 2 x·c_k
-    (||x − c_k||² less ||x||², which does not depend on k), computed per chunk of positions."""
+    (||x − c_k||² less ||x||², which does not depend on k), computed per chunk of positions; a NaN score never
+    wins (a row of NaN scores gets index 0)."""
     dtype = accumulate_dtype(rows.dtype)
     codes = codebook.detach().to(dtype)
     norms = (codes * codes).sum(1)
@@ -36,7 +39,8 @@ def nearest_codes(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     step = chunk_positions(codes.shape[0])
     for start in range(0, rows.shape[0], step):
         chunk = rows[start:start + step].detach().to(dtype)
-        indices[start:start + step] = torch.addmm(norms, chunk, codes.T, alpha=-2).argmin(1)
+        scores = torch.addmm(norms, chunk, codes.T, alpha=-2)
+        indices[start:start + step] = scores.nan_to_num_(nan=math.inf).argmin(1)  # NaN never wins, as in the kernels
     return indices
 
 
