@@ -374,3 +374,69 @@ def test_vqvae_option_errors_are_named(tmp_path, capsys):
     assert gmk_main(["train", "vqvae", "--dtype", "bfloat16", "--size", "tiny",
                      "--out", str(tmp_path / "e")]) == 2
     assert "float32 only" in capsys.readouterr().err
+
+
+# --- quality on the digits (minutes) -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_vae_on_digits_beats_the_marginal_model(tmp_path):
+    """The README's run: `gmk train vae --data digits` (2000 steps; about a minute of one idle CPU thread):
+    the test ELBO is under the per-pixel marginal model's 2.42 bits/dim, and the importance-weighted bound
+    (k = 100) under the ELBO."""
+    out = tmp_path / "vae"
+    assert gmk_main(["train", "vae", "--data", "digits", "--threads", "1", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    elbo = records[-1]["test_bits_per_dim"]
+    assert elbo < 2.42
+    state = gmk.training.checkpoint.load(out)
+    model = VAE(VAEConfig(**state["config"]))
+    model.load_state_dict(state["ema_state"])
+    x = gmk.data.load("digits", "test").x
+    with torch.no_grad():
+        bound = torch.cat([model.eval().log_prob(chunk, num_samples=100, generator=generator(0))
+                           for chunk in x.split(100)])
+    assert -bound.mean().item() / (64 * math.log(2)) < elbo
+
+
+@pytest.mark.slow
+def test_vqvae_reconstructs_the_digits_and_its_prior_samples_them(tmp_path):
+    """The README's runs: `gmk train vqvae`, then `gmk train vqvae-prior --vqvae DIR`, then `gmk sample`:
+    the test reconstructions' mean squared error (bins on [0, 1]) is under a tenth of the test images'
+    variance; the prior's test bits per code are under the uniform prior's log2(num_codes)."""
+    vq, prior = tmp_path / "vqvae", tmp_path / "vqvae-prior"
+    assert gmk_main(["train", "vqvae", "--data", "digits", "--threads", "1", "--out", str(vq)]) == 0
+    state = gmk.training.checkpoint.load(vq)
+    model = VQVAE(VQVAEConfig(**state["config"]))
+    model.load_state_dict(state["ema_state"])
+    x = gmk.data.load("digits", "test").x
+    target = x.double() / 16
+    error = ((model.eval().reconstruct(x).double() / 16 - target) ** 2).mean()
+    assert error < target.var() / 10
+    assert gmk_main(["train", "vqvae-prior", "--vqvae", str(vq), "--data", "digits", "--threads", "1",
+                     "--out", str(prior)]) == 0
+    record = json.loads((prior / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["test_bits_per_dim"] < math.log2(model.config.num_codes)
+    assert gmk_main(["sample", str(prior), "--n", "16"]) == 0
+    assert (prior / "sample.png").is_file()
+
+
+def test_the_benchmarks_one_hot_quantizer_does_the_same_work():
+    """benchmarks/models/vqvae.py's rosinality-style peer: the same indices, loss and EMA codebook as
+    gmk.nn.VectorQuantizer on the same input and state; every peer of its --quick case runs."""
+    from benchmarks.models.vqvae import OneHotQuantizer, cases
+
+    torch.manual_seed(0)
+    fused = gmk.nn.VectorQuantizer(8, 4, restart_dead_codes=False).double()
+    one_hot = OneHotQuantizer(gmk.nn.VectorQuantizer(8, 4, restart_dead_codes=False).double())
+    one_hot.q.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, generator=generator(11))
+    outputs = [quantizer(x) for quantizer in (fused, one_hot)]
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # VectorQuantizer takes the statistics in float32 (its codebook is a float32 buffer)
+    torch.testing.assert_close(one_hot.q.codebook, fused.codebook, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(one_hot.last_perplexity.double(), fused.last_perplexity.double())
+    for case in cases("cpu", quick=True):
+        for peer in case.peers.values():
+            assert torch.isfinite(peer())
