@@ -16,10 +16,15 @@ def check_bool(function: str, name: str, value) -> None:
         raise TypeError(f"{function}: {name} must be a bool, got {value!r} ({type(value).__name__})")
 
 
+INT64_MAX = 2**63 - 1
+
+
 def check_int(function: str, name: str, value, minimum: int = 1) -> None:
-    """``value`` is an int (not a bool) >= ``minimum``."""
+    """``value`` is an int (not a bool) >= ``minimum`` that fits the ops' int64 arguments."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{function}: {name} must be an int >= {minimum}, got {value!r}")
+    if value > INT64_MAX:
+        raise ValueError(f"{function}: {name} must be an int <= 2**63 - 1 (int64), got {value!r}")
 
 
 def check_finite_number(function: str, name: str, value) -> None:

@@ -42,7 +42,7 @@ def mu_law_decode(classes: torch.Tensor, num_classes: int = 256,
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"mu_law_decode: dtype must be a floating-point torch.dtype, got {dtype!r}")
     mu = num_classes - 1
-    if classes.numel() and not bool(((classes >= 0) & (classes <= mu)).all()):
+    if classes.numel() and classes.device.type != "meta" and not bool(((classes >= 0) & (classes <= mu)).all()):
         raise ValueError(f"mu_law_decode: classes must lie in [0, {mu}] for num_classes={num_classes}, "
                          f"got values in [{classes.min().item()}, {classes.max().item()}]")
     y = 2 * classes.double() / mu - 1

@@ -1,6 +1,7 @@
 // gmkernels::causal_conv1d, causal_conv1d_backward, wavenet_layer and wavenet_layer_backward: one check
 // function per op shared by the CPU implementation (ATen GEMMs, causal_conv_cpu.cpp) and the CUDA one
 // (the kernels, fed from here). Autograd and fake tensors are registered in gmkernels/ops/causal_conv.py.
+#include <cmath>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -167,6 +168,8 @@ void check_cuda_layer(const char* op, const at::Tensor& x, bool backward) {
 LayerArgs layer_args(const char* op, const at::Tensor& x, const at::Tensor& cw, const at::Tensor& cb,
                      const at::Tensor& rw, const at::Tensor& sw, const std::optional<at::Tensor>& cond,
                      int64_t dilation, double residual_scale) {
+  TORCH_CHECK_VALUE(std::isfinite(residual_scale), op, ": residual_scale must be a finite number, got ",
+                    residual_scale);
   LayerArgs args;
   args.batch = x.size(0);
   args.residual = x.size(1);

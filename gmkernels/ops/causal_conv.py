@@ -2,6 +2,7 @@
 gmkernels::wavenet_layer{,_backward}, and the public functions."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -56,6 +57,8 @@ def _check_layer_weights(function: str, x, conv_weight, conv_bias, res_weight, r
 def _check_residual_scale(function: str, residual_scale) -> None:
     if isinstance(residual_scale, bool) or not isinstance(residual_scale, numbers.Real):
         raise TypeError(f"{function}: residual_scale must be a float, got {type(residual_scale).__name__}")
+    if not math.isfinite(residual_scale):
+        raise ValueError(f"{function}: residual_scale must be a finite number, got {residual_scale!r}")
 
 
 # --- the ops ----------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ _CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 
 
 def conv1x1(x, weight):
-    """W x at every position: F.conv{1,2,3}d with a 1x1 kernel, an einsum for other ranks."""
+    """W x at every position: F.conv{1,2,3}d with a 1x1 kernel, an einsum for other ranks and for an
+    empty spatial dimension (which F.conv refuses)."""
     weight = weight.to(x.dtype)
-    conv = _CONV.get(x.dim())
+    conv = _CONV.get(x.dim()) if all(x.shape[2:]) else None
     if conv is not None:
         return conv(x, weight.reshape(*weight.shape, *([1] * (x.dim() - 2))))
     return torch.einsum("oc,nc...->no...", weight, x)

@@ -35,10 +35,10 @@ def upfirdn2d(x, f, up=(1, 1), down=(1, 1), padding=(0, 0, 0, 0), flip_filter=Fa
     f = (f * (gain ** (f.dim() / 2))).to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.dim())))  # conv2d correlates: flipping makes it a convolution
-    f = f[None, None].repeat([channels, 1] + [1] * f.dim())
+    f = f[None, None]
+    x = x.reshape(batch * channels, 1, *x.shape[2:])  # every channel as its own image (C = 0 too)
     if f.dim() == 4:
-        x = F.conv2d(x, f, groups=channels)
+        x = F.conv2d(x, f)
     else:
-        x = F.conv2d(x, f.unsqueeze(2), groups=channels)
-        x = F.conv2d(x, f.unsqueeze(3), groups=channels)
-    return x[:, :, ::downy, ::downx]
+        x = F.conv2d(F.conv2d(x, f.unsqueeze(2)), f.unsqueeze(3))
+    return x.reshape(batch, channels, *x.shape[2:])[:, :, ::downy, ::downx]
