@@ -477,3 +477,32 @@ def test_the_benchmark_peers_do_the_same_work():
         result = harness.run_case(case, "cpu", repeats=1, copy_gbps=1.0)
         by_peer = {peer["peer"]: peer["status"] for peer in result["results"]}
         assert by_peer[harness.EAGER] == "ok" and by_peer.get("gmk:cpu", "ok") == "ok", by_peer
+
+
+# --- on a GPU (.ci/gpu) -----------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backends_match_the_float64_search(backend, dtype, layout):
+    assert backend in gmk.available_backends("cuda")
+    x0 = (1.5 * torch.randn(3, 64, 17, 9)).to(dtype)
+    codebook = torch.randn(515, 64).to(dtype)
+    x = layouts(x0)[layout].cuda()
+    quantized, indices, distance, grad_x, grad_codebook, grad_q, grad_d = run_forward_backward(
+        x, codebook.cuda(), backend, 1)
+    indices = indices.cpu()
+    check_nearest(x0, codebook, indices, 1, dtype)
+    assert torch.equal(quantized.cpu(), codebook[indices].movedim(-1, 1))
+    assert quantized.stride() == x.stride()
+    chosen = codebook.double()[indices].movedim(-1, 1)
+    assert_close(distance.cpu(), ((x0.double() - chosen) ** 2).sum(1), torch.float32)
+    expected_x = grad_q.cpu().double() + 2 * grad_d.cpu().double().unsqueeze(1) * (x0.double() - chosen)
+    assert_close(grad_x.cpu(), expected_x, dtype, "grad")
+    rows = grad_q.cpu().double().movedim(1, -1).reshape(-1, 64)
+    expected_codebook = torch.zeros(515, 64, dtype=torch.float64).index_add(0, indices.reshape(-1), rows)
+    assert_close(grad_codebook.cpu(), expected_codebook, dtype, "grad", terms=rows.shape[0] // 515 + 1)
+    tied_x, tied_codebook = tied_inputs(dtype)
+    _, tied_indices = gmk.vector_quantize(tied_x.cuda(), tied_codebook.cuda(), backend=backend)
+    assert torch.equal(tied_indices.cpu().reshape(-1), torch.cdist(rows64(tied_x, 1), tied_codebook.double()).argmin(1))
