@@ -324,6 +324,45 @@ def test_ema_update_equals_the_eager_one(restart, dim):
     assert restarted or not restart, "the test must restart codes"
 
 
+def _distributed_worker(rank, world_size, port, batches, folder):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        for restart in (False, True):
+            torch.manual_seed(0)  # the same initial codebook on every rank
+            vq = gmk.nn.VectorQuantizer(12, 3, decay=0.9, restart_dead_codes=restart, dead_code_threshold=0.95)
+            torch.manual_seed(rank)  # different draws of restart candidates per rank: rank 0's must win
+            vq(batches[rank])
+            torch.save([vq.codebook, vq.ema_count, vq.ema_sum, vq.last_perplexity], f"{folder}/{rank}-{restart}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ema_statistics_are_all_reduced_and_restarts_broadcast(tmp_path):
+    """Two gloo processes with half a batch each: the EMA update of the whole batch, the same codebook on both."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    batches = torch.randn(2, 3, 3, 7)
+    mp.spawn(_distributed_worker, args=(2, port, batches, str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    whole = gmk.nn.VectorQuantizer(12, 3, decay=0.9, restart_dead_codes=False)
+    whole(torch.cat([batches[0], batches[1]]))
+    expected = [whole.codebook, whole.ema_count, whole.ema_sum, whole.last_perplexity]
+    for rank in range(2):
+        for actual, wanted in zip(torch.load(tmp_path / f"{rank}-False.pt"), expected):
+            torch.testing.assert_close(actual, wanted)
+    ranks = [torch.load(tmp_path / f"{rank}-True.pt") for rank in range(2)]
+    assert (whole.ema_count < 0.95).any(), "the test must restart codes"
+    for a, b in zip(*ranks):
+        assert torch.equal(a, b), "every rank must hold the same codebook after a restart"
+
+
 def test_module_loss_perplexity_and_gradients_without_ema():
     torch.manual_seed(1)
     vq = gmk.nn.VectorQuantizer(10, 4, commitment=0.3, ema=False)
