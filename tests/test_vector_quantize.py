@@ -86,8 +86,11 @@ def test_nan_never_wins(backend):
 # --- every backend against the reference -----------------------------------------------------------------
 
 def layouts(x):
-    return {"contiguous": x, "noncontiguous": noncontiguous(x),
-            "channels_last": x.to(memory_format=torch.channels_last) if x.dim() == 4 else x.transpose(0, -1).contiguous().transpose(0, -1)}
+    """x contiguous, strided (noncontiguous) and with its first dimension innermost ("channels_last": the real
+    channels_last for 4-D x)."""
+    innermost = x.to(memory_format=torch.channels_last) if x.dim() == 4 else \
+        x.transpose(0, -1).contiguous().transpose(0, -1)
+    return {"contiguous": x, "noncontiguous": noncontiguous(x), "channels_last": innermost}
 
 
 SHAPES = [((3, 7, 5, 4), 1, 37), ((5, 3), -1, 6), ((2, 9, 11), 1, 130), ((4, 3, 6), -1, 5), ((6,), 0, 3)]
@@ -110,7 +113,8 @@ def test_backend_matches_reference(backend, dtype, shape, dim, codes, layout):
     x0 = (1.5 * torch.randn(shape)).to(dtype)
     codebook = torch.randn(codes, shape[dim]).to(dtype)
     x = layouts(x0)[layout]
-    quantized, indices, distance, grad_x, grad_codebook, grad_q, grad_d = run_forward_backward(x, codebook, backend, dim)
+    quantized, indices, distance, grad_x, grad_codebook, grad_q, grad_d = run_forward_backward(
+        x, codebook, backend, dim)
     check_nearest(x0, codebook, indices, dim, dtype)
     moved = x0.movedim(dim, -1)
     assert indices.shape == moved.shape[:-1] and quantized.dtype == dtype

@@ -112,7 +112,7 @@ from that term (or the EMA) alone, not from the gradient of quantized. The perpl
     @torch.no_grad()
     def _update_codebook(self, x: torch.Tensor, indices: torch.Tensor, dim: int) -> torch.Tensor:
         """The EMA step of the class docstring; returns the (all-reduced) counts of the batch."""
-        counts, sums = vector_quantize_statistics(x, indices, self.num_codes, dim=dim)
+        counts, sums = vector_quantize_statistics(x, indices, self.num_codes, dim=dim, check_inputs=False)
         counts, sums = counts.float(), sums.float()
         if _distributed():
             dist.all_reduce(counts)

@@ -18,6 +18,7 @@ import math
 import torch
 
 from .._backend import OpBackends
+from .._validation import check_bool
 from ..reference import vector_quantize as reference
 from ._common import check_float_tensor
 from ._declare import Autograd, Op, triton_family
@@ -171,8 +172,7 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, *, dim: int = 1, re
     function = "vector_quantize"
     check_float_tensor(function, "x", x)
     dim = check_dim(function, x, dim)
-    if not isinstance(return_distance, bool):
-        raise TypeError(f"{function}: return_distance must be a bool, got {return_distance!r}")
+    check_bool(function, "return_distance", return_distance)
     check_codebook(function, codebook, x, x.shape[dim])
     name = VECTOR_QUANTIZE.select(backend, x.device, x.dtype)
     if name == "reference":
@@ -184,16 +184,22 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, *, dim: int = 1, re
 
 
 def vector_quantize_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes: int, *, dim: int = 1,
+                               check_inputs: bool = True,
                                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(counts, sums)`` of positions per code: counts (num_codes,) and sums (num_codes, D) of x over each
     code's positions, float32 (float64 for float64 x); the statistics of the EMA codebook update, as a
-    segment sum (no one-hot). indices: int64 in [0, num_codes), x's shape without ``dim``."""
+    segment sum (no one-hot). indices: int64 in [0, num_codes), x's shape without ``dim``.
+
+    ``check_inputs=False`` skips the range check of the indices (a device synchronisation on a GPU) for
+    indices known to be codes, e.g. :func:`vector_quantize`'s; the CPU kernel checks them anyway and the GPU
+    kernels skip an index out of range."""
     function = "vector_quantize_statistics"
     check_float_tensor(function, "x", x)
     dim = check_dim(function, x, dim)
     check_num_codes(function, num_codes)
     check_indices(function, indices, x, x.shape[:dim] + x.shape[dim + 1:])
-    if indices.numel() > 0:
+    check_bool(function, "check_inputs", check_inputs)
+    if check_inputs and indices.numel() > 0:
         low, high = torch.aminmax(indices)
         if low < 0 or high >= num_codes:
             raise ValueError(f"{function}: indices must be in [0, {num_codes}), got values in "
