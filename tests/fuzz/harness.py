@@ -67,7 +67,7 @@ class TensorSpec:
     """A tensor argument to build: shape, dtype, layout, the kind of values, the seed of its values.
 
     ``values``: "normal" (N(0, scale^2)), "unit" (uniform in [0, 1)), "grid:<bins>" (the mixture's
-    sub-pixel grid in [-1, 1]), "classes:<A>" (ints in [0, A)), "sign" (±1), "permutation" (a permutation
+    sub-pixel grid in [-1, 1]), "classes:<A>" (ints in [0, A)), "sign" (±scale), "permutation" (a permutation
     matrix), "near_identity" (I + N(0, scale^2): invertible, well conditioned). ``specials``: NaN, ±inf put at a few positions. ``device``: "meta" for a wrong device.
     """
     shape: tuple[int, ...]
@@ -100,6 +100,10 @@ class Draw:
     grads: tuple[str, ...] = ()  # the tensor arguments to differentiate in
     terms: int = 1               # how many products each output element sums (a conv's Cin·kh·kw)
     seed: int = 0                # the cotangents' seed
+    # Extreme inputs: where outputs and gradients are non-finite is judged against the reference in the
+    # kernels' compute dtype (an intermediate sum may overflow there and not in float64), values against
+    # float64's.
+    compute_dtype_range: bool = False
 
 
 def _values(spec: TensorSpec, shape, generator) -> torch.Tensor:
@@ -115,8 +119,8 @@ def _values(spec: TensorSpec, shape, generator) -> torch.Tensor:
     if kind == "grid":
         bins = int(parameter)
         return torch.randint(0, bins, shape, generator=generator).double() * (2 / (bins - 1)) - 1
-    if kind == "sign":
-        return torch.randint(0, 2, shape, generator=generator).double() * 2 - 1
+    if kind == "sign":  # ±scale: the extreme-value tests' inputs
+        return spec.scale * (torch.randint(0, 2, shape, generator=generator).double() * 2 - 1)
     if kind == "permutation" and len(shape) == 2 and shape[0] == shape[1]:
         return torch.eye(shape[0], dtype=torch.float64)[torch.randperm(shape[0], generator=generator)]
     if kind == "near_identity" and len(shape) == 2 and shape[0] == shape[1]:  # well conditioned
@@ -312,23 +316,20 @@ def run_once(op: FuzzOp, args: dict, backend: str | None, draw: Draw, cotangents
         return Result(error=error)
     leaves = [args[name] for name in draw.grads if isinstance(args.get(name), torch.Tensor)
               and args[name].requires_grad]
-    differentiable = [out for out in outputs if isinstance(out, torch.Tensor) and out.requires_grad]
+    if cotangents is None:  # one per output, rounded to its dtype: every other run gets these very values
+        generator = torch.Generator().manual_seed(draw.seed)
+        cotangents = [torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype)
+                      if isinstance(out, torch.Tensor) and out.is_floating_point() else None for out in outputs]
+    pairs = [(out, c) for out, c in zip(outputs, cotangents) if isinstance(out, torch.Tensor) and out.requires_grad
+             and c is not None and c.shape == out.shape]
     grads = ()
-    if leaves and differentiable:
-        if cotangents is None:  # rounded to the outputs' dtypes: every other run gets these very values
-            generator = torch.Generator().manual_seed(draw.seed)
-            cotangents = [torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype)
-                          for out in differentiable]
-        if len(cotangents) != len(differentiable) or any(c.shape != out.shape for c, out in
-                                                         zip(cotangents, differentiable)):
-            return Result(outputs=outputs)  # a wrong number or shape of outputs: the forward's comparison says so
+    if leaves and pairs:
         try:
-            grads = torch.autograd.grad(differentiable, leaves, [c.to(out.dtype) for c, out in
-                                                                 zip(cotangents, differentiable)], allow_unused=True)
+            grads = torch.autograd.grad([out for out, _ in pairs], leaves,
+                                        [c.to(out.dtype) for out, c in pairs], allow_unused=True)
         except Exception as error:  # noqa: BLE001
             return Result(outputs=outputs, error=error)
-    return Result(tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outputs), grads, None,
-                  cotangents if leaves and differentiable else None)
+    return Result(tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outputs), grads, None, cotangents)
 
 
 def judge(op: FuzzOp, draw: Draw) -> dict[str, tuple[str, str]]:
@@ -352,7 +353,7 @@ def _judge(op: FuzzOp, draw: Draw, backends: list) -> dict:
     ideal = pattern = reference
     if reference.error is None and len(backends) > 1:
         ideal = _oracle(op, args, backends[0], draw, reference, to_float64=True)
-        if has_nonfinite(args):
+        if has_nonfinite(args) or draw.compute_dtype_range:
             pattern = _oracle(op, args, backends[0], draw, reference, to_float64=False)
         else:
             pattern = None
@@ -393,8 +394,8 @@ def _verdict(op: FuzzOp, result: Result, fenced: list[Fenced], ideal: Result | N
         return "match", "discrete samples in low precision: not compared"
     dtypes = {d for d in (dtypes or ()) | _float_dtypes(result.outputs)} or {torch.float32}
     comparisons = [("forward", result.outputs, ideal.outputs, pattern.outputs if pattern else None)]
-    if pattern is None:
-        comparisons.append(("grad", result.grads, ideal.grads, None))
+    if pattern is None or draw.compute_dtype_range:
+        comparisons.append(("grad", result.grads, ideal.grads, pattern.grads if pattern else None))
     for kind, actual, expected, patterns in comparisons:
         if len(actual) != len(expected):
             return "mismatch", f"{len(actual)} {kind} results, the reference has {len(expected)}"
@@ -406,7 +407,7 @@ def _verdict(op: FuzzOp, result: Result, fenced: list[Fenced], ideal: Result | N
             terms = draw.terms if kind == "forward" else draw.terms * _broadcast_terms(a, result.outputs)
             scale = op.tolerance_scale * (op.float64_scale if dtypes == {torch.float64} else 1)
             atol, rtol = tolerance(dtypes, kind, terms, scale)
-            why = mismatch(a, e, atol, rtol, None if patterns is None else patterns[i])
+            why = mismatch(a, e, atol, rtol, patterns[i] if patterns and i < len(patterns) else None)
             if why:
                 return "mismatch", f"{kind} result {i}: {why}"
     return "match", ""
