@@ -90,6 +90,9 @@ def _add_train(commands) -> None:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         train.add_argument(flag, type=kind, help=f"{text} (default {default})")
     train.add_argument("--conditional", action="store_true", help="condition on the data's class labels")
+    train.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="override a field of the model's config, e.g. --set reversible=true --set "
+                            "hidden_channels=32 (repeatable; a new run only)")
     train.add_argument("--vqvae", help="vqvae-prior: the folder of the `gmk train vqvae` run whose codes the "
                        "prior models (its weights are copied into the prior's checkpoint)")
 

@@ -88,6 +88,9 @@ def error_line(capsys, command: str) -> str:
     (["pixelcnn", "--lr", "-1"], "--lr must be a positive number"),
     (["pixelcnn", "--size", "huge"], "--size must be"),
     (["pixelcnn", "--batch-size", "5000"], "larger than the training split"),
+    (["glow", "--set", "revers=true"], "GlowConfig has no field 'revers'"),
+    (["glow", "--set", "reversible"], "--set takes FIELD=VALUE"),
+    (["glow", "--set", "steps_per_level=0"], "steps_per_level must be"),
 ])
 def test_bad_train_input_is_one_line(tmp_path, capsys, args, message):
     assert gmk("train", *args, "--out", tmp_path / "run", "--steps", "1", "--threads", "1") == 2
@@ -187,3 +190,19 @@ def test_other_commands_and_a_set_policy_run_at_once(argv, policy, monkeypatch):
     else:
         monkeypatch.setenv("OMP_WAIT_POLICY", policy)
     assert cli.run_as_program() == 7
+
+
+def test_set_overrides_the_model_config_and_is_kept_on_resume(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "glow"
+    assert gmk("train", "glow", "--steps", "1", "--samples", "0", "--out", out, "--set", "reversible=true",
+               "--set", "steps_per_level=2", *TINY) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["config"]["reversible"] is True and state["config"]["steps_per_level"] == 2
+    capsys.readouterr()
+    assert gmk("train", "glow", "--resume", "--steps", "2", "--out", out, "--set", "steps_per_level=3",
+               *TINY) == 2
+    assert "--set cannot change" in error_line(capsys, "train")
+    assert gmk("train", "glow", "--resume", "--steps", "2", "--samples", "0", "--out", out, "--set",
+               "reversible=true", "--set", "steps_per_level=2", *TINY) == 0

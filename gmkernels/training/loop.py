@@ -14,6 +14,7 @@ log), ``evaluate(run)`` and ``save_loss_plot``; the GANs' does (two optimiser st
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -62,6 +63,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     samples: int | None = None  # samples drawn at the end; None: 64 images or 4 audio clips
     vqvae: str | None = None  # vqvae-prior: the folder of the VQ-VAE's run
+    set: tuple[str, ...] = ()  # FIELD=VALUE overrides of the model config (gmk train --set)
 
     # May differ from the checkpoint's on --resume: they change neither the parameters nor the data order.
     RESUMABLE = ("steps", "epochs", "backend", "device", "threads", "log_every", "eval_every",
@@ -117,6 +119,37 @@ def _options(model: str, previous: dict | None, given: dict, path: Path) -> Trai
                                                 if name in given})
     _check_options(options)
     return options
+
+
+def _config_value(text: str):
+    """A --set value: a Python literal (1, 0.5, None, (1, 2), 'text'), true/false, or else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def override_config(config, assignments: tuple[str, ...]):
+    """``config`` with the FIELD=VALUE ``assignments`` applied, checked by the config class itself."""
+    fields = {field.name for field in dataclasses.fields(config)}
+    overrides = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise TrainingError(f"--set takes FIELD=VALUE, got {assignment!r}")
+        if name not in fields:
+            raise TrainingError(f"--set {name}: {type(config).__name__} has no field {name!r} "
+                                f"(fields: {', '.join(sorted(fields))})")
+        overrides[name] = _config_value(text.strip())
+    if not overrides:
+        return config
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (TypeError, ValueError) as error:
+        raise TrainingError(f"--set: {error}") from None
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -429,6 +462,8 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
     out = Path(out)
     if isinstance(options.get("vqvae"), Path):  # kept as a str in the checkpoint's options
         options["vqvae"] = str(options["vqvae"])
+    if isinstance(options.get("set"), (list, str)):  # gmk train --set appends to a list
+        options["set"] = tuple([options["set"]] if isinstance(options["set"], str) else options["set"])
     model_class = kinds.model_class(model)
     previous = checkpoint.load(out) if resume else None
     options = _options(model, previous, options, out / checkpoint.FILE)
@@ -448,6 +483,8 @@ def train(model: str, out: str | Path, *, resume: bool = False, **options) -> Pa
         config = kind.run_config(model_class, described, options)
     elif previous is None:
         config = kind.config(model_class, described, options.size, options.conditional)
+    if previous is None:
+        config = override_config(config, options.set)
     else:
         if previous["data"] != described:
             raise TrainingError(f"{out / checkpoint.FILE}: was trained on other data "
