@@ -20,8 +20,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-# Turing through Blackwell: what CUDA 13 still compiles for. The last entry also embeds PTX.
-DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0;10.0;12.0"
+# With no GPU visible: native code for every GPU from Turing (what CUDA 13 still compiles for) through Blackwell,
+# one arch per major version (SASS runs on its major version's newer minors: 8.0's on 8.6, 8.7 and 8.9, 10.0's
+# on 10.3); the last also embeds PTX, which the driver compiles for newer GPUs.
+DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0;10.0;12.0"
 
 
 def find_nvcc():
