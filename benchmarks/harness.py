@@ -585,6 +585,10 @@ def run(args: argparse.Namespace) -> dict:
     copy_gbps = measure_copy_gbps(args.device, repeats)
     record = {"schema": 2, "environment": environment(args.device, copy_gbps),
               "settings": {"ops": args.ops, "quick": args.quick, "repeats": repeats}, "cases": []}
+    env = record["environment"]
+    if env["load_1min"] is not None and env["load_1min"] > env["cpu_count"]:
+        print(f"gmk bench: warning: load {env['load_1min']:.1f} on {env['cpu_count']} cores: other processes take "
+              "the cores; the timings will carry warnings", file=sys.stderr)
     bar = _progress_bar(total)
     try:
         for family in args.ops:
