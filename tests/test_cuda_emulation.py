@@ -13,12 +13,15 @@ tests check which kernel variant (tensor cores or FMA, 16-byte or scalar loads) 
 ran correctly on an H100: its tests validate the emulator.
 
 Covered: gated, logistic_mixture, masked_conv, actnorm, coupling, invconv (conv1x1), causal_conv
-(conv, grad_x, weight gradient partials, the fused layer and its backward's first pass) and
-wavenet_generate's block kernel. Not the cluster kernel of wavenet_generate (thread-block clusters
-and distributed shared memory are not emulated), nor the 64-bit index paths (tensors over 2^31
-elements).
+(conv, grad_x, weight gradient partials, the fused layer and its backward's first pass),
+wavenet_generate's block kernel and its cluster kernel (thread-block clusters, distributed shared
+memory and cluster barriers: see shim.h), bias_act, upfirdn2d and cached_conv: every __global__ of csrc/
+(test_every_kernel_is_emulated). Sizes past 2^31 elements: tests/test_large_sizes.py runs the last
+blocks of such grids (gmk_emu_run_last_clusters) over untouched mappings.
 """
 import ctypes
+import functools
+import importlib
 import math
 import mmap
 import sys
@@ -73,9 +76,13 @@ _PROTOTYPES = {
     "gmk_emu_selftest_wmma": [ctypes.c_int, ctypes.c_int, _P, _P, _P, _P, ctypes.c_uint],
     "gmk_emu_selftest_round": [ctypes.c_int, _P, _P, _I64],
     "gmk_emu_selftest_dynamic_shared": [_P, _P, ctypes.c_int, ctypes.c_int],
+    "gmk_emu_selftest_cluster_exchange": [_P, _P, ctypes.c_int, ctypes.c_int, _P],
+    "gmk_emu_selftest_cluster_rank": [_P, _P, _P],
+    "gmk_emu_selftest_max_active_clusters": [ctypes.c_uint, ctypes.c_uint, _P],
+    "gmk_emu_run_last_clusters": [_I64],
 }
 
-_VOID = {"gmk_emu_set_device", "gmk_emu_selftest_round"}
+_VOID = {"gmk_emu_set_device", "gmk_emu_selftest_round", "gmk_emu_run_last_clusters"}
 
 
 class Emulator:
@@ -304,6 +311,94 @@ def test_emulated_dynamic_shared_memory_and_its_limits(emu):
     emu.run("gmk_emu_selftest_dynamic_shared", values.data_ptr(), out.data_ptr(), 40000, 40000 * 4)
     torch.testing.assert_close(out, values.flip(1), atol=0, rtol=0)
     assert launch(100, 228 * 1024)[0] == 1  # over 9.0's 227 KB
+
+
+# --- thread-block clusters (selftest.cu) ------------------------------------------------------------------
+
+AFTER_WRITES, AFTER_READS, BEFORE_EXIT, ONLY_RANK_ZERO = 1, 2, 4, 8
+ALL_BARRIERS = AFTER_WRITES | AFTER_READS | BEFORE_EXIT
+
+
+def _dims(*values):
+    return (ctypes.c_uint * 3)(*values)
+
+
+def cluster_exchange(emu, grid, cluster, barriers, non_portable=False):
+    """The exchange kernel's sums (2 rounds x blocks); asserts no fault and cudaSuccess."""
+    blocks = math.prod(grid)
+    out = Buffer.empty((2, blocks), torch.float32)
+    launches = emu.run("gmk_emu_selftest_cluster_exchange", _dims(*grid), _dims(*cluster), non_portable, barriers,
+                       out.ptr)
+    assert launches == [launches[0]] and launches[0].endswith("[clusters {}x{}x{}]".format(*cluster)), launches
+    out.check_guards()
+    return out.view
+
+
+@pytest.mark.parametrize(("grid", "cluster"), [((4, 1, 1), (2, 1, 1)), ((8, 1, 1), (8, 1, 1)),
+                                               ((4, 2, 3), (2, 2, 1)), ((16, 1, 1), (16, 1, 1))])
+def test_emulated_clusters_exchange_through_distributed_shared_memory(emu, grid, cluster):
+    """Each block writes into every block of its cluster; after the cluster barrier each holds all of the
+    cluster's values: (round + 1) n (n + 1) / 2 in every block, every round. 16 blocks need the non-portable
+    cluster size attribute."""
+    n = math.prod(cluster)
+    sums = cluster_exchange(emu, grid, cluster, ALL_BARRIERS, non_portable=n > 8)
+    expected = torch.tensor([[n * (n + 1) / 2], [n * (n + 1)]]).expand_as(sums)
+    torch.testing.assert_close(sums, expected, atol=0, rtol=0)
+
+
+def test_emulated_cluster_ranks(emu):
+    """block_rank: x fastest within the cluster, as the hardware's %cluster_ctarank; num_blocks: its size."""
+    grid, cluster = (4, 2, 3), (2, 2, 1)
+    out = torch.full((2, 24), math.nan)
+    emu.run("gmk_emu_selftest_cluster_rank", _dims(*grid), _dims(*cluster), out.data_ptr())
+    x, y = torch.arange(4).repeat(6), torch.arange(2).repeat_interleave(4).repeat(3)  # block (x, y, z), x fastest
+    assert torch.equal(out[0], (x % 2 + 2 * (y % 2)).float())
+    assert torch.equal(out[1], torch.full((24,), 4.0))
+
+
+def test_emulator_exposes_a_missing_cluster_barrier(emu):
+    """Blocks of a cluster run in turn between cluster barriers, in ascending then descending rank order:
+    without the barrier between the remote writes and the reads, the first block reads slots still NaN;
+    without the one between the reads and the next round's writes, a block reads a slot that a block before
+    it already overwrote. The kernel without either is wrong for some block, never all right."""
+    for grid, cluster in (((4, 1, 1), (2, 1, 1)), ((4, 1, 1), (4, 1, 1))):
+        right = cluster_exchange(emu, grid, cluster, ALL_BARRIERS)
+        no_write_barrier = cluster_exchange(emu, grid, cluster, ALL_BARRIERS & ~AFTER_WRITES)
+        assert no_write_barrier.isnan().any()
+        no_read_barrier = cluster_exchange(emu, grid, cluster, ALL_BARRIERS & ~AFTER_READS)
+        assert not no_read_barrier.isnan().any() and not torch.equal(no_read_barrier, right)
+        assert torch.equal(cluster_exchange(emu, grid, cluster, AFTER_WRITES | AFTER_READS), right)
+
+
+def test_emulator_faults_on_cluster_misuse(emu):
+    """A write into the shared memory of a block that has exited, a cluster barrier that some blocks never
+    reach, and launches whose clusters the GPU refuses."""
+    out = torch.zeros(2, 16)
+    with pytest.raises(AssertionError, match="map_shared_rank: block rank [01] of the cluster has exited"):
+        emu.run("gmk_emu_selftest_cluster_exchange", _dims(4, 1, 1), _dims(2, 1, 1), 0, 0, out.data_ptr())
+    with pytest.raises(AssertionError, match="threads of the cluster wait at its barrier"):
+        emu.run("gmk_emu_selftest_cluster_exchange", _dims(4, 1, 1), _dims(2, 1, 1), 0,
+                ALL_BARRIERS | ONLY_RANK_ZERO, out.data_ptr())
+    refusals = {((6, 1, 1), (4, 1, 1)): 912,   # the clusters do not tile the grid: cudaErrorInvalidClusterSize
+                ((9, 1, 1), (9, 1, 1)): 912}   # over 8 blocks without the non-portable size attribute
+    for (grid, cluster), error in refusals.items():
+        assert emu.lib.gmk_emu_selftest_cluster_exchange(_dims(*grid), _dims(*cluster), 0, ALL_BARRIERS,
+                                                         out.data_ptr()) == error
+    emu.set_device("sm75")
+    assert emu.lib.gmk_emu_selftest_cluster_exchange(_dims(2, 1, 1), _dims(2, 1, 1), 0, ALL_BARRIERS,
+                                                     out.data_ptr()) == 801  # cudaErrorNotSupported before 9.0
+    faults = emu.lib.gmk_emu_take_faults(ctypes.create_string_buffer(512), 512)
+    emu.lib.gmk_emu_take_launches(ctypes.create_string_buffer(1 << 16), 1 << 16)
+    assert faults == 0
+
+
+def test_emulated_max_active_clusters(emu):
+    """132 multiprocessors: 64-thread blocks with 100 KB of dynamic shared memory fit 2 per multiprocessor
+    (228 KB, 1 KB reserved per block): 264 blocks, 66 clusters of 4; without the opt-in the launch fails."""
+    count = ctypes.c_int(-1)
+    assert emu.lib.gmk_emu_selftest_max_active_clusters(4, 100 * 1024, ctypes.byref(count)) == 1  # over 48 KB
+    assert emu.lib.gmk_emu_selftest_max_active_clusters(4, 40 * 1024, ctypes.byref(count)) == 0
+    assert count.value == 132 * (228 // 41) // 4
 
 
 # --- gated (known good on an H100: validates the emulator) --------------------------------------------
@@ -1044,7 +1139,7 @@ def test_wavenet_layer_residual_bound_is_what_launches(emu, arch, backward):
     assert not launch(bound + 2)
 
 
-# --- WaveNet generation: the block kernel (the cluster kernel needs thread-block clusters: not emulated) ---
+# --- WaveNet generation: the block kernel and the cluster kernel ---------------------------------------
 
 OPTIN_SHARED = {"sm90": 227 * 1024, "sm75": 64 * 1024}
 
@@ -1059,7 +1154,8 @@ def wavenet_plan(emu, sizes, element_size, mixture, shared_bytes, multiprocessor
 def run_generate(emu, weights, dilations, layer_cond, uniform, *, head, start_class, residual_scale,
                  temperature, log_scale_min, plan):
     """The op's packing (wavenet_generate_ops.cpp): weights input-major in their dtype, the ring buffers'
-    layout, a zeroed float cache; runs the block kernel with ``plan``; returns the samples."""
+    layout, a zeroed float cache; runs the kernel of ``plan`` (cluster kernel when plan[0] > 0); returns the
+    samples."""
     (embedding, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, head_weight1, head_bias1,
      head_weight2, head_bias2) = weights
     classes, r = embedding.shape
@@ -1086,6 +1182,8 @@ def run_generate(emu, weights, dilations, layer_cond, uniform, *, head, start_cl
     launches = emu.run("gmk_emu_wavenet_generate", sizes, _longs(*plan), floats, head == "logistic_mixture",
                        DTYPE_CODES[embedding.dtype], pointers)
     assert len(launches) == 1 and "wavenet_generate::Args" in launches[0], launches  # through `kernel`
+    clusters = f" [clusters {plan[0]}x1x1]" if plan[0] else ""
+    assert launches[0].endswith(clusters) and (plan[0] or "[clusters" not in launches[0]), launches
     for buffer in packed + [cond, noise, layer_info]:
         if buffer is not None:
             buffer.check_unchanged()
@@ -1151,6 +1249,63 @@ def test_wavenet_generate_with_exactly_48_kb_of_activations(emu):
                            temperature=1.0, log_scale_min=-7.0, plan=plan)
     expected = generate_reference.wavenet_generate(weights, [1], None, uniform, 0, 1.0, 1.0, "softmax", -7.0)
     assert torch.equal(samples, expected)
+
+
+def cluster_plans(emu, sizes, element_size, mixture, batch):
+    """plan_cuda's cluster plans on 9.0 as the device's shared memory shrinks: C = 2, then each larger C
+    that fits in less than the last one's bytes (1/C of the weights per block), down to 16."""
+    plans, device_shared = [], OPTIN_SHARED["sm90"]
+    while True:
+        plan = wavenet_plan(emu, (*sizes, batch), element_size, mixture, device_shared, 132, 90)
+        if plan[0] == 0:
+            return plans
+        plans.append(plan)
+        device_shared = plan[2] + 8 * 8 - 1  # plan_cuda keeps 8 int64 of static shared memory: plan[2] no longer fits
+
+
+# (head, kernel_size, cond, batch, dtype, cluster sizes): R = S = H = 16, P = 32 classes or 16 components.
+CLUSTER_CASES = {
+    "softmax-k2-cond-C2-C4": ("softmax", 2, "local+global", 2, torch.float32, (2, 4)),
+    "mixture-k3-C8-C16": ("logistic_mixture", 3, "none", 1, torch.float32, (8, 16)),
+    "mixture-k2-global-C4": ("logistic_mixture", 2, "global", 2, torch.float32, (4,)),
+    "softmax-k3-bf16-C2-C8": ("softmax", 3, "global", 1, torch.bfloat16, (2, 8)),
+    "mixture-k2-cond-fp16-C2": ("logistic_mixture", 2, "local+global", 1, torch.float16, (2,)),
+}
+
+
+@pytest.mark.parametrize("case", CLUSTER_CASES.values(), ids=CLUSTER_CASES.keys())
+def test_wavenet_generate_cluster_kernel(emu, case):
+    """The cluster kernel (C blocks per batch element, 1/C of every weight in each block's shared memory,
+    rows exchanged through distributed shared memory; see shim.h for how the emulator runs clusters) draws
+    the same samples as the block kernel and as the float32 cached loop, for several cluster sizes, both
+    heads, with and without conditioning (L = 4, R = S = H = 16, 8 steps)."""
+    from gmkernels.models import WaveNet
+    from test_wavenet import cached_loop, generation_inputs, options, small_config
+
+    head, kernel_size, cond, batch, dtype, sizes = case
+    config = small_config(head, kernel_size, cond, layers=4, residual_channels=16, skip_channels=16,
+                          head_channels=16, num_classes=32, mixture_components=16)
+    torch.manual_seed(1)
+    model = WaveNet(config).to(dtype)
+    weights, layer_cond, uniform = generation_inputs(model, batch=batch, steps=8, dtype=dtype)
+    weights = [w * 3 if i in (7, 9) else w for i, w in enumerate(weights)]  # the head's 1x1s: logits that
+    c = config                                                                 # depend on the layers' outputs
+    p = weights[9].shape[0]
+    shape = (c.residual_channels, c.skip_channels, c.head_channels, p, c.layers, kernel_size)
+    plans = {plan[0]: plan for plan in cluster_plans(emu, shape, weights[0].element_size(), head != "softmax", batch)}
+    assert set(plans) == {2, 4, 8, 16}, plans
+    block_plan = wavenet_plan(emu, (*shape, batch), weights[0].element_size(), head != "softmax",
+                              OPTIN_SHARED["sm90"], 132, 0)
+    run = functools.partial(run_generate, emu, weights, c.dilations, layer_cond, uniform, temperature=0.9,
+                            **options(config))
+    floats = [w.float() for w in weights]
+    cond_floats = None if layer_cond is None else layer_cond.float()
+    expected = cached_loop(config, floats, cond_floats, uniform, 0.9)
+    no_skip = [w * 0 if i in (5, 6) else w for i, w in enumerate(floats)]  # relu(skip) = 0: the head alone
+    assert not torch.equal(cached_loop(config, no_skip, cond_floats, uniform, 0.9), expected), "insensitive case"
+    assert torch.equal(run(plan=block_plan), expected)
+    for size in sizes:
+        assert torch.equal(run(plan=plans[size]), expected), f"cluster size {size}"
 
 
 # --- bias_act and upfirdn2d (issue 13) ---------------------------------------------------------------
@@ -1228,3 +1383,85 @@ def test_upfirdn2d(emu, dtype, up, down, padding, taps, channels_last):
         out_cl.check_guards()
         x_buffer.check_unchanged()
         f_buffer.check_unchanged()
+
+
+# --- cached_conv2d --------------------------------------------------------------------------------------
+
+import gmkernels.reference.cached_conv as cached_conv_reference  # noqa: E402
+
+_PROTOTYPES["gmk_emu_cached_conv"] = [_P, _P, ctypes.c_int, _P, _P, _P, _P]
+
+# (N, Cin, Cout, R, Wp, kh, kw, column, count, stride): one tile and one block of outputs; Cin kh kw = 2080 taps
+# (2 tiles of 2048) and Cout = 70 (2 blocks of 64, the second partial).
+CACHED_CONV_CASES = {"small": (2, 3, 5, 3, 9, 2, 3, 1, 3, 2), "two-tiles": (2, 130, 70, 4, 7, 4, 4, 0, 2, 3)}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+@pytest.mark.parametrize("case", CACHED_CONV_CASES.values(), ids=CACHED_CONV_CASES.keys())
+def test_cached_conv(emu, case, dtype, channels_last):
+    """The window's pointer and rows' strides as cached_conv_ops.cpp passes them; against F.conv2d in float64."""
+    n, cin, cout, r, wp, kh, kw, column, count, stride = case
+    rows = torch.randn(n, cin, r, wp).to(dtype)
+    weight, bias = (torch.randn(cout, cin, kh, kw) / (cin * kh * kw) ** 0.5).to(dtype), torch.randn(cout).to(dtype)
+    expected = cached_conv_reference.cached_conv2d(rows.double(), weight.double(), bias.double(), column, count, stride)
+    stored = rows.permute(0, 2, 3, 1) if channels_last else rows  # the memory order
+    rows_buffer = Buffer(stored)
+    view = rows_buffer.view.permute(0, 3, 1, 2) if channels_last else rows_buffer.view
+    window = view[:, :, r - kh:, column:]
+    weight_buffer, bias_buffer = Buffer(weight), Buffer(bias)
+    out = Buffer.empty((n, cout, count), dtype)
+    launches = emu.run("gmk_emu_cached_conv", _longs(n, cin, cout, kh, kw, count, stride), _longs(*view.stride()),
+                       DTYPE_CODES[dtype], window.data_ptr(), weight_buffer.ptr, bias_buffer.ptr, out.ptr)
+    assert len(launches) == 1 and "cached_conv_kernel" in launches[0], launches
+    assert_close_sum(out.view, expected, dtype, cin * kh * kw)
+    out.check_guards()
+    for buffer in (rows_buffer, weight_buffer, bias_buffer):
+        buffer.check_unchanged()
+
+
+# --- every kernel ------------------------------------------------------------------------------------------
+
+# Each __global__ of csrc/ and the tests (of this file, or module.test) that run it under the emulation.
+KERNEL_TESTS = {
+    "logistic_mixture_cuda.cu": {"position_kernel": ["test_logistic_mixture_nll_and_backward",
+                                                     "test_logistic_mixture_sample"]},
+    "actnorm_cuda.cu": {"forward_kernel": ["test_actnorm"], "backward_kernel": ["test_actnorm"]},
+    "wavenet_generate_cuda.cu": {"generate_kernel": ["test_wavenet_generate_block_kernel",
+                                                     "test_wavenet_generate_cluster_kernel"],
+                                 "generate_cluster_kernel": ["test_wavenet_generate_cluster_kernel"]},
+    "invconv_cuda.cu": {"conv1x1_kernel": ["test_conv1x1"]},
+    "causal_conv_cuda.cu": {"conv_kernel": ["test_causal_conv"], "weight_grad_kernel": ["test_causal_conv"],
+                            "layer_kernel": ["test_wavenet_layer"], "layer_grad_h_kernel": ["test_wavenet_layer"]},
+    "masked_conv_cuda.cu": {"tap_gemm_kernel": ["test_masked_conv"], "weight_grad_kernel": ["test_masked_conv"]},
+    "upfirdn2d_cuda.cu": {"upfirdn2d_kernel": ["test_upfirdn2d"]},
+    "cached_conv_cuda.cu": {"cached_conv_kernel": ["test_cached_conv"]},
+    "coupling_cuda.cu": {name: ["test_coupling", "test_coupling_checkerboard"] for name in (
+        "forward_kernel", "sum_blocks_kernel", "backward_kernel", "checkerboard_forward_kernel",
+        "checkerboard_backward_kernel")},
+    "gated_cuda.cu": {name: ["test_gated"] for name in ("forward_rows_kernel", "backward_rows_kernel",
+                                                       "forward_strided_kernel", "backward_strided_kernel")},
+    "bias_act_cuda.cu": {"bias_act_kernel": ["test_bias_act"]},
+    "vector_quantize_cuda.cu": {"norms_kernel": ["test_vector_quantize.test_cuda_search_emulated"],
+                                "search_kernel": ["test_vector_quantize.test_cuda_search_emulated"],
+                                "zero_kernel": ["test_vector_quantize.test_cuda_statistics_emulated"],
+                                "statistics_kernel": ["test_vector_quantize.test_cuda_statistics_emulated"]},
+}
+
+
+def test_every_kernel_is_emulated():
+    """Every __global__ function of csrc/ is compiled into the emulation (build.KERNEL_SOURCES) and named in
+    KERNEL_TESTS with tests of this file that launch it: a new kernel must come with its emulated test."""
+    found = {}
+    for source in sorted(build.CSRC.rglob("*.cu")):
+        names = re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", source.read_text())
+        if names:
+            found[source.name] = set(names)
+            assert source in build.KERNEL_SOURCES, f"{source} is not compiled into the emulation"
+    assert found == {name: set(kernels) for name, kernels in KERNEL_TESTS.items()}
+    for kernels in KERNEL_TESTS.values():
+        for tests in kernels.values():
+            for test in tests:
+                module, _, name = test.rpartition(".")
+                namespace = vars(importlib.import_module(module)) if module else globals()
+                assert callable(namespace.get(name)), test

@@ -38,6 +38,7 @@ KERNEL_SOURCES = (CSRC / "gated/gated_cuda.cu", CSRC / "logistic_mixture/logisti
                   CSRC / "causal_conv/causal_conv_cuda.cu", CSRC / "wavenet_generate/wavenet_generate_cuda.cu",
                   HERE / "selftest.cu")
 KERNEL_SOURCES += (CSRC / "bias_act/bias_act_cuda.cu", CSRC / "upfirdn2d/upfirdn2d_cuda.cu")  # issue 13
+KERNEL_SOURCES += (CSRC / "cached_conv/cached_conv_cuda.cu",)
 KERNEL_SOURCES += (CSRC / "vector_quantize/vector_quantize_cuda.cu",)  # issue 14
 EMULATOR_SOURCES = ("emulator.cpp", "entry_points.cpp")
 LIBRARY = "libgmk_cuda_emulation.so"

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdarg>
+#include <cstdlib>
 #include <cstdio>
 #include <memory>
 #include <map>
@@ -43,14 +44,15 @@ std::size_t optin_shared_bytes() {
 }
 
 std::map<const void*, std::size_t> max_dynamic_shared;  // per kernel, from cudaFuncSetAttribute
+std::map<const void*, bool> non_portable_clusters;      // per kernel: clusters of 9 to 16 blocks allowed
 cudaError_t last_error = cudaSuccess;
 int fault_count = 0;
 std::string first_fault;
 std::string launched;  // the kernels launched since the last gmk_emu_take_launches, one a line
 std::uint64_t launch_serial = 0;
-std::uint64_t block_serial = 0;
+std::uint64_t last_clusters = 0;  // > 0: launches run only their last clusters (blocks)
 
-enum class State { Ready, AtBarrier, AtWarp, Done };
+enum class State { Ready, AtBarrier, AtWarp, AtCluster, Done };
 
 struct Fiber {
   ucontext_t context;
@@ -59,25 +61,41 @@ struct Fiber {
   unsigned linear = 0;
 };
 
-// The block being run.
+// One block of the cluster being run.
 struct Block {
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
   const std::function<void()>* body = nullptr;
+  uint3 index{0, 0, 0};
+  unsigned rank = 0;                 // in its cluster
+  unsigned char* arena = nullptr;    // its shared memory
   unsigned current = 0, done = 0, at_barrier = 0;
   std::uint64_t barrier_generation = 0;            // __syncthreads completed
+  std::uint64_t pass = 0;                          // the block's passes so far (their parity: the order)
   std::vector<unsigned> at_warp;                   // per warp: threads waiting in warp_sync
   std::vector<std::uint64_t> warp_phase;           // per warp: warp_syncs completed
   std::vector<unsigned char> warp_memo;            // per warp: kWarpMemoBytes
   std::vector<unsigned char> slots;                // per thread: 16 bytes for warp exchanges
-  std::size_t shared_top = 0;     // the end of the variables placed so far (dynamic memory first)
-  std::size_t shared_limit = 0;   // static + dynamic bytes the launch may use
+  bool exited() const { return done == fibers.size(); }
 };
 
-Block* block = nullptr;
+// The thread-block cluster being run (a launch without clusters: clusters of one block). Its blocks run
+// at once: the scheduler moves from block to block when every thread of one waits at a cluster barrier.
+struct Cluster {
+  std::vector<Block> blocks;
+  unsigned threads = 0, done = 0, at_barrier = 0;
+  std::uint64_t generation = 0;  // cluster barriers completed
+};
+
+Block* block = nullptr;      // the block of the running thread
+Cluster* cluster = nullptr;  // the running cluster
 std::vector<std::unique_ptr<char[]>> stacks;
-alignas(256) unsigned char shared_arena[kArenaBytes];
+struct FreeArena {
+  void operator()(unsigned char* p) const { std::free(p); }
+};
+std::vector<std::unique_ptr<unsigned char, FreeArena>> arenas;  // one per block of a cluster, kArenaBytes each
 std::size_t launch_dynamic_shared = 0, launch_shared_limit = kSharedBytes;
+std::size_t launch_shared_top = 0;  // the end of the static variables placed so far (after the dynamic bytes)
 
 unsigned warp_of(unsigned linear) { return linear / 32; }
 unsigned warp_size_of(unsigned warp) {
@@ -94,68 +112,110 @@ void fiber_main() {
   Fiber& fiber = self();
   fiber.state = State::Done;
   ++block->done;
+  ++cluster->done;
   if (block->at_barrier > 0)
     fault("block (%u, %u, %u): thread %u exited while %u threads wait at __syncthreads", blockIdx.x, blockIdx.y,
           blockIdx.z, fiber.linear, block->at_barrier);
+  if (cluster->at_barrier > 0)
+    fault("block (%u, %u, %u): thread %u exited while %u threads of the cluster wait at its barrier", blockIdx.x,
+          blockIdx.y, blockIdx.z, fiber.linear, cluster->at_barrier);
   // Returning resumes uc_link, the scheduler.
 }
 
-// Runs every thread of the block to completion; passes alternate ascending and descending order.
-void run_block(const std::function<void()>& body, dim3 block_dim) {
+void prepare_block(Block& b, const std::function<void()>& body, dim3 block_dim, uint3 index, unsigned rank) {
   const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
-  Block b;
   b.fibers.resize(threads);
   b.body = &body;
+  b.index = index;
+  b.rank = rank;
   b.at_warp.assign((threads + 31) / 32, 0);
   b.warp_phase.assign((threads + 31) / 32, 0);
   b.warp_memo.assign((threads + 31) / 32 * kWarpMemoBytes, 0);
   b.slots.assign(std::size_t(threads) * 16, 0);
-  b.shared_top = (launch_dynamic_shared + 15) / 16 * 16;
-  b.shared_limit = launch_shared_limit;
-  block = &b;
-  ++block_serial;
-  std::memset(shared_arena, 0xff, b.shared_limit);  // NaN in every float type
-  while (stacks.size() < threads) stacks.emplace_back(new char[kStackBytes]);
+  while (arenas.size() <= rank) {
+    arenas.emplace_back(static_cast<unsigned char*>(std::aligned_alloc(256, kArenaBytes)));
+  }
+  b.arena = arenas[rank].get();
+  std::memset(b.arena, 0xff, launch_shared_limit);  // NaN in every float type
+  while (stacks.size() < std::size_t(rank + 1) * threads) stacks.emplace_back(new char[kStackBytes]);
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
     f.linear = t;
     f.thread = {t % block_dim.x, t / block_dim.x % block_dim.y, t / (block_dim.x * block_dim.y)};
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = stacks[t].get();
+    f.context.uc_stack.ss_sp = stacks[std::size_t(rank) * threads + t].get();
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &b.scheduler;
     makecontext(&f.context, fiber_main, 0);
   }
-  // A pass runs the block from one __syncthreads to the next: warp after warp, each warp's threads in
-  // turn until every one waits at the barrier or has exited (warp-collective operations synchronise
-  // the warp only). Passes alternate ascending and descending order.
-  const unsigned warps = (threads + 31) / 32;
-  for (unsigned pass = 0; b.done < threads; ++pass) {
-    const bool ascending = pass % 2 == 0;
+}
+
+// Runs the block until none of its threads is ready (each waits at a cluster barrier or has exited), or
+// until a cluster barrier completes; returns whether any thread ran. A pass runs the block from one barrier
+// to the next: warp after warp, each warp's threads in turn until every one waits at a barrier or has
+// exited (warp-collective operations synchronise the warp only). Passes alternate ascending and descending
+// order.
+bool run_block(Block& b) {
+  block = &b;
+  blockIdx = b.index;
+  const unsigned threads = static_cast<unsigned>(b.fibers.size()), warps = (threads + 31) / 32;
+  const std::uint64_t cluster_generation = cluster->generation;
+  bool progressed = false;
+  for (bool ran_pass = true; ran_pass && cluster->generation == cluster_generation;) {
+    ran_pass = false;
+    const bool ascending = b.pass % 2 == 0;
     const std::uint64_t generation = b.barrier_generation;
-    bool progressed = false;
-    for (unsigned i = 0; i < warps && b.barrier_generation == generation; ++i) {
+    const auto running = [&] { return b.barrier_generation == generation && cluster->generation == cluster_generation; };
+    for (unsigned i = 0; i < warps && running(); ++i) {
       const unsigned warp = ascending ? i : warps - 1 - i, lanes = warp_size_of(warp);
-      for (bool ran = true; ran && b.barrier_generation == generation;) {
+      for (bool ran = true; ran && running();) {
         ran = false;
-        for (unsigned j = 0; j < lanes && b.barrier_generation == generation; ++j) {
+        for (unsigned j = 0; j < lanes && running(); ++j) {
           const unsigned t = warp * 32 + (ascending ? j : lanes - 1 - j);
           if (b.fibers[t].state != State::Ready) continue;
           b.current = t;
           threadIdx = b.fibers[t].thread;
           swapcontext(&b.scheduler, &b.fibers[t].context);
-          ran = progressed = true;
+          ran = ran_pass = true;
         }
       }
     }
+    if (ran_pass) ++b.pass;
+    progressed = progressed || ran_pass;
+  }
+  block = nullptr;
+  return progressed;
+}
+
+// Runs every thread of the cluster's blocks to completion. Each block runs until all its threads wait at a
+// cluster barrier (or have exited), then the next; the blocks' order alternates between ascending and
+// descending rank from one cluster barrier to the next, so that a missing cluster barrier shows as a missing
+// __syncthreads does: a block reads another's shared memory before it is written, or after it is overwritten.
+void run_cluster(Cluster& c) {
+  cluster = &c;
+  const unsigned size = static_cast<unsigned>(c.blocks.size());
+  for (std::uint64_t pass = 0; c.done < c.threads; ++pass) {
+    const bool ascending = pass % 2 == 0;
+    const std::uint64_t generation = c.generation;
+    bool progressed = false;
+    for (unsigned i = 0; i < size && c.generation == generation; ++i) {
+      Block& b = c.blocks[ascending ? i : size - 1 - i];
+      if (!b.exited()) progressed = run_block(b) || progressed;
+    }
     if (!progressed) {  // the waiting threads' stacks are abandoned
-      fault("block (%u, %u, %u): deadlock: %u threads wait at __syncthreads, %u in a warp-collective operation, "
-            "%u exited", blockIdx.x, blockIdx.y, blockIdx.z, b.at_barrier,
-            std::accumulate(b.at_warp.begin(), b.at_warp.end(), 0u), b.done);
+      unsigned at_barrier = 0, at_warp = 0;
+      for (const Block& b : c.blocks) {
+        at_barrier += b.at_barrier;
+        at_warp += std::accumulate(b.at_warp.begin(), b.at_warp.end(), 0u);
+      }
+      blockIdx = c.blocks[0].index;
+      fault("block (%u, %u, %u)%s: deadlock: %u threads wait at __syncthreads, %u at a cluster barrier, %u in a "
+            "warp-collective operation, %u exited", blockIdx.x, blockIdx.y, blockIdx.z,
+            size > 1 ? "'s cluster" : "", at_barrier, c.at_barrier, at_warp, c.done);
       break;
     }
   }
-  block = nullptr;
+  cluster = nullptr;
 }
 
 // A thread that dies (__trap, a memory fault) never resumes; the others may then deadlock.
@@ -163,6 +223,7 @@ void run_block(const std::function<void()>& body, dim3 block_dim) {
   Fiber& fiber = self();
   fiber.state = State::Done;
   ++block->done;
+  ++cluster->done;
   setcontext(&block->scheduler);
   std::abort();
 }
@@ -306,27 +367,78 @@ void warp_uniform(const void* value, std::size_t bytes, const char* what) {
 void* shared_variable(SharedTag& tag, std::size_t bytes, std::size_t alignment) {
   if (!block) {
     fault("__shared__ variable outside a kernel");
-    return shared_arena;
+    return arenas.empty() ? nullptr : arenas[0].get();
   }
-  if (tag.block_serial != block_serial) {  // the block's first thread to reach the declaration
-    const std::size_t offset = (block->shared_top + alignment - 1) / alignment * alignment;
+  // Every block of a launch has the same layout (the compiler's): placed by the first thread to reach it.
+  if (tag.launch_serial != launch_serial) {
+    const std::size_t offset = (launch_shared_top + alignment - 1) / alignment * alignment;
     const std::size_t static_bytes = offset + bytes - (launch_dynamic_shared + 15) / 16 * 16;
-    if (static_bytes > kSharedBytes || offset + bytes > block->shared_limit) {
+    if (static_bytes > kSharedBytes || offset + bytes > launch_shared_limit) {
       fault("__shared__ variables need %zu bytes (%zu dynamic), more than the %zu static or %zu in all of a block",
-            offset + bytes, launch_dynamic_shared, kSharedBytes, block->shared_limit);
-      return shared_arena;
+            offset + bytes, launch_dynamic_shared, kSharedBytes, launch_shared_limit);
+      return block->arena;
     }
-    tag.block_serial = block_serial;
+    tag.launch_serial = launch_serial;
     tag.offset = offset;
-    block->shared_top = offset + bytes;
+    launch_shared_top = offset + bytes;
   }
-  return shared_arena + tag.offset;
+  return block->arena + tag.offset;
 }
 
 void* dynamic_shared(std::size_t alignment) {
-  if (!block) fault("extern __shared__ variable outside a kernel");
+  if (!block) {
+    fault("extern __shared__ variable outside a kernel");
+    return nullptr;
+  }
   if (alignment > 256) fault("extern __shared__ alignment %zu is over the arena's 256", alignment);
-  return shared_arena;
+  return block->arena;
+}
+
+// --- thread-block clusters ---------------------------------------------------------------------------
+
+unsigned cluster_block_rank() {
+  if (!block) fault("cluster_group::block_rank outside a kernel");
+  return block ? block->rank : 0;
+}
+
+unsigned cluster_num_blocks() {
+  if (!cluster) fault("cluster_group::num_blocks outside a kernel");
+  return cluster ? static_cast<unsigned>(cluster->blocks.size()) : 0;
+}
+
+// barrier.cluster.arrive + wait: every thread of every block of the cluster arrives, then all proceed.
+void cluster_sync() {
+  if (!block) return fault("cluster_group::sync outside a kernel");
+  self().state = State::AtCluster;
+  if (++cluster->at_barrier + cluster->done == cluster->threads) {
+    if (cluster->done > 0) fault("cluster barrier after %u threads of the cluster exited", cluster->done);
+    cluster->at_barrier = 0;
+    ++cluster->generation;
+    for (Block& b : cluster->blocks)
+      for (Fiber& f : b.fibers)
+        if (f.state == State::AtCluster) f.state = State::Ready;
+  }
+  yield();
+}
+
+void* map_shared_rank(const void* address, unsigned rank) {
+  if (!block) {
+    fault("cluster_group::map_shared_rank outside a kernel");
+    return const_cast<void*>(address);
+  }
+  const auto* p = static_cast<const unsigned char*>(address);
+  if (p < block->arena || p >= block->arena + launch_shared_limit) {
+    fault("cluster_group::map_shared_rank: %p is not in the block's shared memory", address);
+    return const_cast<void*>(address);
+  }
+  if (rank >= cluster->blocks.size()) {
+    fault("cluster_group::map_shared_rank: rank %u of a cluster of %zu blocks", rank, cluster->blocks.size());
+    return const_cast<void*>(address);
+  }
+  const Block& target = cluster->blocks[rank];
+  if (target.exited())  // its shared memory is gone: a cluster barrier before the exit is missing
+    fault("cluster_group::map_shared_rank: block rank %u of the cluster has exited", rank);
+  return target.arena + (p - block->arena);
 }
 
 cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attribute, int value) {
@@ -338,13 +450,32 @@ cudaError_t set_function_attribute(const void* function, cudaFuncAttribute attri
     case cudaFuncAttributePreferredSharedMemoryCarveout:
       return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
     case cudaFuncAttributeNonPortableClusterSizeAllowed:
-      return value == 0 || value == 1 ? cudaSuccess : cudaErrorInvalidValue;
+      if (value != 0 && value != 1) return cudaErrorInvalidValue;
+      non_portable_clusters[function] = value == 1;
+      return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
 
-bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const void* function, const char* kernel,
-              const std::function<void()>& body) {
+// Whether the cluster dimensions suit the grid and the device; sets last_error if not.
+bool valid_clusters(dim3 grid, dim3 clusters, const void* function) {
+  const std::uint64_t size = std::uint64_t(clusters.x) * clusters.y * clusters.z;
+  if (size == 1) return true;
+  const auto allowed = non_portable_clusters.find(function);
+  const std::uint64_t max_size = allowed != non_portable_clusters.end() && allowed->second ? 16 : 8;
+  if (device.major < 9) {
+    last_error = cudaErrorNotSupported;
+    return false;
+  }
+  if (size == 0 || size > max_size || grid.x % clusters.x || grid.y % clusters.y || grid.z % clusters.z) {
+    last_error = cudaErrorInvalidClusterSize;
+    return false;
+  }
+  return true;
+}
+
+bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, dim3 clusters, const void* function,
+              const char* kernel, const std::function<void()>& body) {
   const std::uint64_t threads = std::uint64_t(block_dim.x) * block_dim.y * block_dim.z;
   const std::uint64_t blocks = std::uint64_t(grid.x) * grid.y * grid.z;
   const bool valid = grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
@@ -359,33 +490,72 @@ bool run_grid(dim3 grid, dim3 block_dim, std::size_t dynamic_shared, const void*
     last_error = cudaErrorInvalidValue;
     return false;
   }
+  if (!valid_clusters(grid, clusters, function)) return false;
   if (block) {
     fault("a kernel launched another");
     return false;
   }
-  if (blocks * threads > kMaxThreadsPerLaunch) {
+  const std::uint64_t cluster_size = std::uint64_t(clusters.x) * clusters.y * clusters.z;
+  const std::uint64_t cluster_count = blocks / cluster_size;
+  // Only the last clusters, in linear order, when a test asks (gmk_emu_run_last_clusters).
+  const std::uint64_t first = last_clusters > 0 && last_clusters < cluster_count ? cluster_count - last_clusters : 0;
+  if ((cluster_count - first) * cluster_size * threads > kMaxThreadsPerLaunch) {
     fault("launch of %llu blocks x %llu threads: too large for the emulator (keep test shapes small)",
-          static_cast<unsigned long long>(blocks), static_cast<unsigned long long>(threads));
+          static_cast<unsigned long long>((cluster_count - first) * cluster_size),
+          static_cast<unsigned long long>(threads));
     return false;
   }
   launched += kernel;
+  if (cluster_size > 1)
+    launched += " [clusters " + std::to_string(clusters.x) + "x" + std::to_string(clusters.y) + "x" +
+                std::to_string(clusters.z) + "]";
   launched += '\n';
   launch_dynamic_shared = dynamic_shared;
+  launch_shared_top = (dynamic_shared + 15) / 16 * 16;
   // Without the opt-in, static + dynamic bytes are at most 48 KB (the attribute's default is 48 KB less
   // the static bytes); with it, the attribute bounds the dynamic bytes and the device the sum.
   launch_shared_limit = opted == max_dynamic_shared.end() ? kSharedBytes : optin_shared_bytes();
   gridDim = grid;
   blockDim = block_dim;
-  std::vector<std::uint64_t> order(blocks);
-  std::iota(order.begin(), order.end(), 0);
+  std::vector<std::uint64_t> order(cluster_count - first);
+  std::iota(order.begin(), order.end(), first);
   std::shuffle(order.begin(), order.end(), std::mt19937_64(++launch_serial));
+  const dim3 tiles(grid.x / clusters.x, grid.y / clusters.y, grid.z / clusters.z);  // clusters per grid axis
   install_signal_handlers();
-  for (const std::uint64_t b : order) {
-    blockIdx = {unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (std::uint64_t(grid.x) * grid.y))};
-    run_block(body, block_dim);
+  for (const std::uint64_t index : order) {
+    const uint3 tile = {unsigned(index % tiles.x), unsigned(index / tiles.x % tiles.y),
+                        unsigned(index / (std::uint64_t(tiles.x) * tiles.y))};
+    Cluster c;
+    c.blocks = std::vector<Block>(cluster_size);
+    c.threads = unsigned(cluster_size * threads);
+    for (unsigned rank = 0; rank < cluster_size; ++rank) {  // block_rank: x fastest within the cluster
+      const uint3 at = {tile.x * clusters.x + rank % clusters.x, tile.y * clusters.y + rank / clusters.x % clusters.y,
+                        tile.z * clusters.z + rank / (clusters.x * clusters.y)};
+      prepare_block(c.blocks[rank], body, block_dim, at, rank);
+    }
+    run_cluster(c);
   }
   restore_signal_handlers();
   return true;
+}
+
+// Clusters of the kernel (dynamic shared memory per block as config says) resident at once on the emulated
+// device: multiprocessors x blocks per multiprocessor (by shared memory, 228 KB per multiprocessor with 1 KB
+// reserved per block, and by threads, 2048) / cluster size. An upper bound: a GPU places a cluster within
+// one GPC, which can leave multiprocessors unused.
+cudaError_t max_active_clusters(const void* function, dim3 block_dim, std::size_t dynamic_shared, dim3 clusters,
+                                int* count) {
+  *count = 0;
+  const auto opted = max_dynamic_shared.find(function);
+  const std::size_t dynamic_limit = opted == max_dynamic_shared.end() ? kSharedBytes : opted->second;
+  if (dynamic_shared > dynamic_limit) return cudaErrorInvalidValue;
+  if (!valid_clusters(clusters, clusters, function)) return cudaGetLastError();
+  const std::uint64_t threads = std::uint64_t(block_dim.x) * block_dim.y * block_dim.z;
+  if (threads == 0 || threads > 1024) return cudaErrorInvalidConfiguration;
+  const std::uint64_t per_sm = std::min<std::uint64_t>(228 * 1024 / (dynamic_shared + 1024), 2048 / threads);
+  const std::uint64_t size = std::uint64_t(clusters.x) * clusters.y * clusters.z;
+  *count = static_cast<int>(std::uint64_t(device.multiprocessors) * per_sm / size);
+  return cudaSuccess;
 }
 
 }  // namespace gmk_emu
@@ -426,6 +596,7 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorInvalidClusterSize: return "cluster misconfiguration";
   }
   return "unknown error";
 }
@@ -436,6 +607,10 @@ extern "C" {
 void gmk_emu_set_device(int major, int minor, int multiprocessors) {
   gmk_emu::device = {major, minor, multiprocessors};
 }
+
+// From now on, launches run only their last `count` clusters (blocks, without clusters) in linear block order;
+// 0: every one. For tests of the index arithmetic of grids too large to run (sizes past 2^31).
+void gmk_emu_run_last_clusters(int64_t count) { gmk_emu::last_clusters = count > 0 ? std::uint64_t(count) : 0; }
 
 // The number of faults since the last call, and the first one's message in `message`.
 int gmk_emu_take_faults(char* message, int size) {

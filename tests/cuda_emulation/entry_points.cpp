@@ -469,3 +469,34 @@ int gmk_emu_vector_quantize_statistics(const int64_t* sizes, int dtype, const vo
 }
 
 }  // extern "C"
+
+// --- cached_conv2d ---------------------------------------------------------------------------------------
+#include "gmk/cached_conv.h"
+
+extern "C" {
+
+// sizes: batch, in_channels, out_channels, kh, kw, count, stride; rows_strides: batch, channel, row, column
+// (elements; rows points at the window's first element, as cached_conv_ops.cpp passes it).
+int gmk_emu_cached_conv(const int64_t* sizes, const int64_t* rows_strides, int dtype, const void* rows,
+                        const void* weight, const void* bias, void* out) {
+  gmk::cached_conv::Args a;
+  a.batch = sizes[0];
+  a.in_channels = sizes[1];
+  a.out_channels = sizes[2];
+  a.kh = sizes[3];
+  a.kw = sizes[4];
+  a.count = sizes[5];
+  a.stride = sizes[6];
+  a.s_batch = rows_strides[0];
+  a.s_channel = rows_strides[1];
+  a.s_row = rows_strides[2];
+  a.s_column = rows_strides[3];
+  a.dtype = static_cast<gmk::DType>(dtype);
+  a.rows = rows;
+  a.weight = weight;
+  a.bias = bias;
+  a.out = out;
+  return gmk::cached_conv::run_cuda(a, nullptr);
+}
+
+}  // extern "C"

@@ -1,7 +1,8 @@
 // Kernels that test the emulator itself (tests/test_cuda_emulation.py): what it must compute right
 // (shared-memory and warp-shuffle reductions, WMMA, the half/bfloat16/TF32 roundings) and the
-// bugs it must expose (a missing __syncthreads, a divergent one, bad WMMA arguments), and the limits of
-// dynamic shared memory.
+// bugs it must expose (a missing __syncthreads, a divergent one, bad WMMA arguments, a missing cluster
+// barrier), and the limits of dynamic shared memory.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -84,9 +85,93 @@ __global__ void dynamic_shared_kernel(const float* in, float* out, int n) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = values[n - 1 - i] + scratch[threadIdx.x];
 }
 
+namespace cg = cooperative_groups;
+
+// Cluster barriers the exchange kernel makes (bits of `barriers`).
+constexpr int kAfterWrites = 1, kAfterReads = 2, kBeforeExit = 4, kOnlyRankZero = 8;
+
+// Two rounds: each block writes (round + 1) (rank + 1) into slot `rank` of every block of its cluster
+// (distributed shared memory), then thread 0 sums its own slots: out[round][block] = (round + 1) n (n + 1) / 2.
+// Without kAfterWrites a block reads slots not written yet; without kAfterReads the second round's writes
+// overwrite slots a block has not read yet; without any barrier a block writes into one that has exited.
+// kOnlyRankZero: only block 0 takes the barriers (the others exit while it waits).
+__global__ void cluster_exchange_kernel(float* out, int barriers) {
+  __shared__ float slots[16];
+  const cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank(), n = cluster.num_blocks();
+  const bool syncs = !(barriers & kOnlyRankZero) || rank == 0;
+  for (int round = 0; round < 2; ++round) {
+    if (threadIdx.x < n) *cluster.map_shared_rank(&slots[rank], threadIdx.x) = float((round + 1) * (rank + 1));
+    if ((barriers & kAfterWrites) && syncs) cluster.sync();
+    if (threadIdx.x == 0) {
+      float sum = 0.0f;
+      for (unsigned i = 0; i < n; ++i) sum += slots[i];
+      const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+      out[round * gridDim.x * gridDim.y * gridDim.z + block] = sum;
+    }
+    if ((barriers & kAfterReads) && syncs) cluster.sync();
+  }
+  if ((barriers & kBeforeExit) && syncs) cluster.sync();
+}
+
+// out[block] = its rank in the cluster, out[blocks + block] = the cluster's size.
+__global__ void cluster_rank_kernel(float* out) {
+  const cg::cluster_group cluster = cg::this_cluster();
+  const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (threadIdx.x == 0) {
+    out[block] = float(cluster.block_rank());
+    out[gridDim.x * gridDim.y * gridDim.z + block] = float(cluster.num_blocks());
+  }
+}
+
+// Launches `kernel` on a grid of `grid` blocks of 64 threads in clusters of `cluster` blocks (over 8 only with
+// `non_portable`, which sets the kernel's attribute either way).
+template <typename... Args>
+int launch_clusters(void (*kernel)(float*, Args...), const unsigned* grid, const unsigned* cluster, int non_portable,
+                    float* out, Args... args) {
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, non_portable);
+  if (err != cudaSuccess) return err;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = cluster[0];
+  attribute.val.clusterDim.y = cluster[1];
+  attribute.val.clusterDim.z = cluster[2];
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid[0], grid[1], grid[2]);
+  config.blockDim = dim3(64);
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, out, args...);
+}
+
 }  // namespace
 
 extern "C" {
+
+// grid, cluster: 3 dimensions each. out: 2 x blocks floats.
+int gmk_emu_selftest_cluster_exchange(const unsigned* grid, const unsigned* cluster, int non_portable, int barriers,
+                                      float* out) {
+  return launch_clusters(cluster_exchange_kernel, grid, cluster, non_portable, out, barriers);
+}
+
+int gmk_emu_selftest_cluster_rank(const unsigned* grid, const unsigned* cluster, float* out) {
+  return launch_clusters(cluster_rank_kernel, grid, cluster, 0, out);
+}
+
+// cudaOccupancyMaxActiveClusters for the exchange kernel (64 threads, `dynamic` bytes of dynamic shared memory).
+int gmk_emu_selftest_max_active_clusters(unsigned cluster, unsigned dynamic, int* count) {
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = cluster;
+  attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(cluster);
+  config.blockDim = dim3(64);
+  config.dynamicSmemBytes = dynamic;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaOccupancyMaxActiveClusters(&count[0], cluster_exchange_kernel, &config);
+}
 
 // Launches dynamic_shared_kernel on 2 blocks of 256 threads with n floats of dynamic shared memory, after
 // cudaFuncSetAttribute(..., opt_in bytes) when opt_in >= 0; returns the first error.

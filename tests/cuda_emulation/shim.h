@@ -3,7 +3,9 @@
 // (tests/test_cuda_emulation.py; build.py rewrites two constructs no macro can, see there).
 //
 // Execution model (emulator.cpp). The blocks of a grid run one after another, in a shuffled but
-// fixed order. The threads of a block are fibers (ucontext) on the calling OS thread. Between two
+// fixed order (with thread-block clusters: the clusters; see below). gmk_emu_run_last_clusters(n)
+// makes launches run only their last n blocks (clusters), for tests of the index arithmetic of grids
+// too large to run (sizes past 2^31 elements). The threads of a block are fibers (ucontext) on the calling OS thread. Between two
 // __syncthreads, the warps run one after another, each until all its threads wait at the barrier
 // (or exited); a warp's threads take turns, each running until the next barrier or warp-collective
 // operation (shuffle, __syncwarp, WMMA). The order of warps and of lanes alternates between
@@ -32,10 +34,22 @@
 // more dynamic bytes than the attribute fails (cudaErrorInvalidValue), and static plus dynamic bytes
 // over the limit (48 KB, or the device's with the opt-in) are a fault, as the GPU refuses the launch.
 //
-// Not emulated (add here what a new kernel needs): atomics, streams and events (launches are
-// synchronous), cp.async, thread-block clusters (cudaLaunchKernelEx and cooperative_groups'
-// cluster_group compile, and fault when called), half arithmetic operators;
-// __launch_bounds__ is not checked against the launch.
+// Thread-block clusters (cudaLaunchKernelEx with cudaLaunchAttributeClusterDimension; cooperative_groups'
+// this_cluster(): block_rank, num_blocks, sync, map_shared_rank): the blocks of a cluster run at once,
+// each with its own shared memory arena, their threads fibers of one scheduler. A block runs (as above,
+// barrier to barrier) until every one of its threads waits at the cluster barrier or has exited, then the
+// next block; the order of the blocks alternates between ascending and descending rank from one cluster
+// barrier to the next, so a missing cluster barrier shows as a missing __syncthreads does: a block reads
+// what another has not written into its shared memory yet, or has already overwritten. map_shared_rank of
+// an address outside the caller's shared memory, of a rank outside the cluster, or into the memory of a
+// block that has exited, and threads that exit while others wait at the cluster barrier, are faults.
+// Clusters need compute capability 9.0, at most 8 blocks (16 after cudaFuncAttributeNonPortable-
+// ClusterSizeAllowed) and a grid that they tile (else cudaErrorNotSupported / cudaErrorInvalidClusterSize).
+// cudaOccupancyMaxActiveClusters is an upper bound (shared memory and threads per multiprocessor; no GPCs).
+//
+// Not emulated (add here what a new kernel needs): atomics other than atomicAdd on float, streams and
+// events (launches are synchronous), cp.async, __cluster_dims__ (does not compile here), cluster barriers
+// in inline PTX, half arithmetic operators; __launch_bounds__ is not checked against the launch.
 #pragma once
 
 #include <cmath>
@@ -69,6 +83,7 @@ enum cudaError_t {
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719,
   cudaErrorNotSupported = 801,
+  cudaErrorInvalidClusterSize = 912,
 };
 using cudaError = cudaError_t;
 
@@ -166,10 +181,10 @@ void check_aligned(const T* p, std::size_t alignment, const char* what) {
 }
 
 // --- shared memory ---------------------------------------------------------------------------------
-// One per __shared__ declaration (a function-local static): where the variable sits in the
-// arena of the block whose serial number it last saw.
+// One per __shared__ declaration (a function-local static): where the variable sits in the arena
+// of every block of the launch whose serial number it last saw.
 struct SharedTag {
-  std::uint64_t block_serial = 0;
+  std::uint64_t launch_serial = 0;
   std::size_t offset = 0;
 };
 void* shared_variable(SharedTag& tag, std::size_t bytes, std::size_t alignment);
@@ -183,14 +198,23 @@ T& shared(SharedTag& tag) {
 }
 
 // --- launches --------------------------------------------------------------------------------------
-// Runs `body` once per thread of every block; false (and cudaGetLastError set) for a bad config.
-bool run_grid(dim3 grid, dim3 block, std::size_t dynamic_shared, const void* function, const char* kernel,
-              const std::function<void()>& body);
+// Runs `body` once per thread of every block, in thread-block clusters of `clusters` blocks; false (and
+// cudaGetLastError set) for a bad config.
+bool run_grid(dim3 grid, dim3 block, std::size_t dynamic_shared, dim3 clusters, const void* function,
+              const char* kernel, const std::function<void()>& body);
+cudaError_t max_active_clusters(const void* function, dim3 block, std::size_t dynamic_shared, dim3 clusters,
+                                int* count);
+// Thread-block clusters (cooperative_groups::cluster_group).
+unsigned cluster_block_rank();
+unsigned cluster_num_blocks();
+void cluster_sync();
+// The address in the shared memory of the cluster's block `rank` at the offset of `address` in the caller's.
+void* map_shared_rank(const void* address, unsigned rank);
 
 template <auto Kernel, typename... Params>
 void launch_with(void (*)(Params...), dim3 grid, dim3 block, std::size_t smem,
                  std::tuple<std::decay_t<Params>...> params) {
-  run_grid(grid, block, smem, reinterpret_cast<const void*>(Kernel), __PRETTY_FUNCTION__, [&params] {
+  run_grid(grid, block, smem, dim3(1, 1, 1), reinterpret_cast<const void*>(Kernel), __PRETTY_FUNCTION__, [&params] {
     std::tuple<std::decay_t<Params>...> copy = params;  // each thread gets its own copy, as in registers
     std::apply(Kernel, copy);
   });
@@ -210,7 +234,8 @@ template <typename... Params>
 auto launch_pointer(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem = 0, cudaStream_t = nullptr) {
   return [=](auto&&... args) {
     std::tuple<std::decay_t<Params>...> params = std::make_tuple(args...);
-    run_grid(grid, block, smem, reinterpret_cast<const void*>(kernel), __PRETTY_FUNCTION__, [&params, kernel] {
+    run_grid(grid, block, smem, dim3(1, 1, 1), reinterpret_cast<const void*>(kernel), __PRETTY_FUNCTION__,
+             [&params, kernel] {
       std::tuple<std::decay_t<Params>...> copy = params;
       std::apply(kernel, copy);
     });
@@ -290,7 +315,7 @@ inline float __bfloat162float(__nv_bfloat16 h) { return static_cast<float>(h); }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 
-// --- launches with attributes: thread-block clusters are not emulated -------------------------------
+// --- launches with attributes: thread-block clusters ---------------------------------------------------
 enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
 struct cudaLaunchAttributeValue {
   struct {
@@ -308,16 +333,37 @@ struct cudaLaunchConfig_t {
   cudaLaunchAttribute* attrs;
   unsigned numAttrs;
 };
-template <typename... Params, typename... Args>
-cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t*, void (*)(Params...), Args&&...) {
-  gmk_emu::fault("cudaLaunchKernelEx: clusters are not emulated");
-  return cudaErrorNotSupported;
+
+namespace gmk_emu {
+// The cluster dimensions of a launch's attributes (1 x 1 x 1 without the attribute).
+inline dim3 cluster_dims(const cudaLaunchConfig_t& config) {
+  dim3 clusters(1, 1, 1);
+  for (unsigned i = 0; i < config.numAttrs; ++i) {
+    const cudaLaunchAttribute& attribute = config.attrs[i];
+    if (attribute.id == cudaLaunchAttributeClusterDimension)
+      clusters = dim3(attribute.val.clusterDim.x, attribute.val.clusterDim.y, attribute.val.clusterDim.z);
+  }
+  return clusters;
 }
+}  // namespace gmk_emu
+
+// A launch with clusters (the only attribute emulated). The launch's name has the kernel's parameter types.
+template <typename... Params, typename... Args>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(Params...), Args&&... args) {
+  std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  const bool launched = gmk_emu::run_grid(config->gridDim, config->blockDim, config->dynamicSmemBytes,
+                                          gmk_emu::cluster_dims(*config), reinterpret_cast<const void*>(kernel),
+                                          __PRETTY_FUNCTION__, [&params, kernel] {
+                                            std::tuple<std::decay_t<Params>...> copy = params;
+                                            std::apply(kernel, copy);
+                                          });
+  return launched ? cudaSuccess : cudaGetLastError();
+}
+
 template <typename F>
-cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, F*, const cudaLaunchConfig_t*) {
-  gmk_emu::fault("cudaOccupancyMaxActiveClusters: clusters are not emulated");
-  *clusters = 0;
-  return cudaErrorNotSupported;
+cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, F* kernel, const cudaLaunchConfig_t* config) {
+  return gmk_emu::max_active_clusters(reinterpret_cast<const void*>(kernel), config->blockDim,
+                                      config->dynamicSmemBytes, gmk_emu::cluster_dims(*config), clusters);
 }
 
 // --- intrinsics --------------------------------------------------------------------------------------

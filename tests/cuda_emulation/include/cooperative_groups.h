@@ -1,21 +1,17 @@
-// Stand-in for CUDA's <cooperative_groups.h> in the CPU emulation: thread-block clusters are not
-// emulated (their blocks must run at once, sharing memory); kernels that use them compile, and
-// fault if they run (cudaLaunchKernelEx never launches them, see shim.h).
+// Stand-in for CUDA's <cooperative_groups.h> in the CPU emulation: the thread-block cluster of the running
+// block (see shim.h for how clusters run).
 #pragma once
 #include "../shim.h"
 
 namespace cooperative_groups {
 
 struct cluster_group {
-  unsigned block_rank() const {
-    gmk_emu::fault("cluster_group::block_rank: clusters are not emulated");
-    return 0;
-  }
-  void sync() const { gmk_emu::fault("cluster_group::sync: clusters are not emulated"); }
+  unsigned block_rank() const { return gmk_emu::cluster_block_rank(); }
+  unsigned num_blocks() const { return gmk_emu::cluster_num_blocks(); }
+  void sync() const { gmk_emu::cluster_sync(); }
   template <typename T>
-  T* map_shared_rank(T* p, unsigned) const {
-    gmk_emu::fault("cluster_group::map_shared_rank: clusters are not emulated");
-    return p;
+  T* map_shared_rank(T* p, unsigned rank) const {
+    return static_cast<T*>(gmk_emu::map_shared_rank(p, rank));
   }
 };
 
