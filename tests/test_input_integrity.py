@@ -219,6 +219,15 @@ def vector_quantize_statistics_inputs(size: Size, dtype):
     return {"x": randn(dtype, size.n, 3, *size.hw), "indices": torch.randint(0, 5, (size.n, *size.hw))}
 
 
+def bias_act_inputs(size: Size, dtype):
+    return {"x": randn(dtype, size.n, 4, *size.hw), "b": randn(dtype, 4)}
+
+
+def upfirdn2d_inputs(size: Size, dtype):
+    """Images and a 3 x 4 filter (not differentiated: the op gives it no gradient)."""
+    return {"x": randn(dtype, size.n, 2, *size.hw), "f": randn(dtype, 3, 4)}
+
+
 OPS = [
     Op("gated_activation_cond", gated_inputs, gmk.gated_activation, grads=("x", "cond")),
     Op("gated_activation_identity_dim_last", channels_last_inputs, gmk.gated_activation,
@@ -250,6 +259,11 @@ OPS = [
        grads=("x", "codebook")),
     Op("vector_quantize_statistics", vector_quantize_statistics_inputs, gmk.vector_quantize_statistics,
        {"num_codes": 5}, grads=("x",)),
+    Op("bias_act_lrelu_clamp", bias_act_inputs, gmk.bias_act, {"act": "lrelu", "clamp": 0.8}, grads=("x", "b")),
+    Op("bias_act_swish", bias_act_inputs, gmk.bias_act, {"act": "swish", "gain": 1.3}, grads=("x", "b")),
+    Op("upfirdn2d_up2", upfirdn2d_inputs, gmk.upfirdn2d, {"up": 2, "padding": (2, 1, 2, 1)}, grads=("x",)),
+    Op("upfirdn2d_down2", upfirdn2d_inputs, gmk.upfirdn2d, {"down": 2, "padding": (2, 2, 1, 1), "gain": 2.0},
+       grads=("x",)),
     Op("mu_law_encode", audio_inputs, gmk.mu_law_encode, has_backends=False),
     Op("mu_law_decode", classes_inputs, gmk.mu_law_decode, has_backends=False),
 ]
