@@ -111,11 +111,12 @@ def main(argv=None) -> int:
     examples = int(os.environ.get("GMK_FUZZ_EXAMPLES", "200"))
     names = [op.name for op in OPS if not args.only or op.name in args.only]
     start = time.time()
+    results = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda name: run_op(name, examples), names))
-    for result in results:
-        state = result["died"] or ("failed" if result["returncode"] else "ok")
-        print(f"{result['op']:40s} {state:7s} {result['seconds']:7.1f} s", flush=True)
+        for result in pool.map(lambda name: run_op(name, examples), names):
+            state = result["died"] or ("failed" if result["returncode"] else "ok")
+            print(f"{result['op']:40s} {state:7s} {result['seconds']:7.1f} s", flush=True)
+            results.append(result)
     write_report(results, examples, time.time() - start)
     print(f"wrote {REPORT}")
     return int(any(r["returncode"] or r["died"] for r in results))

@@ -19,7 +19,7 @@ from gmkernels.ops.wavenet_generate import wavenet_generate
 from gmkernels.reference.wavenet_generate import GenerationWeights
 
 from .harness import Draw, FuzzOp
-from .strategies import BAD_FLOATS, BAD_INTS, SMALL, Builder, size
+from .strategies import BAD_FLOATS, BAD_INTS, SMALL, Builder, capped, size
 
 BAD_CHOICES = ("nope", "", None, 1, True)
 BAD_BOOLS = ("False", 0, 1, None, 1.0)
@@ -37,7 +37,7 @@ def composite(arguments: tuple[str, ...]):
 
 
 def spatial(b: Builder, most: int = 2) -> tuple[int, ...]:
-    return tuple(size(b.draw) for _ in range(b.draw(st.integers(0, most))))
+    return tuple(capped([size(b.draw) for _ in range(b.draw(st.integers(0, most)))], limit=256))
 
 
 # --- gated ----------------------------------------------------------------------------------------------
@@ -48,6 +48,7 @@ def gated_draws(b):
     shape = [size(b.draw) for _ in range(rank)]
     dim = b.draw(st.integers(-rank, rank - 1))
     shape[dim] = 2 * size(b.draw, SMALL)
+    shape = capped(shape, keep=(dim % rank,))
     cond_shape = [s if i in (0, dim % rank) or b.draw(st.booleans()) else 1 for i, s in enumerate(shape)]
     return Draw({"x": b.tensor("x", shape, dtype), "cond": b.optional("cond", cond_shape, dtype),
                  "activation": b.option("activation", ("tanh", "identity"), BAD_CHOICES),
@@ -303,7 +304,7 @@ def coupling_draws(b):
     layout = b.draw(st.sampled_from(("halves", "interleaved", "checkerboard", "checkerboard_odd")))
     checkerboard = layout.startswith("checkerboard")
     c = size(b.draw, SMALL[:-1]) if checkerboard else 2 * size(b.draw, SMALL)
-    s = tuple(size(b.draw) for _ in range(b.draw(st.integers(1 if checkerboard else 0, 2))))
+    s = tuple(capped([size(b.draw) for _ in range(b.draw(st.integers(1 if checkerboard else 0, 2)))], limit=256))
     n = size(b.draw, SMALL)
     return Draw({"x": b.tensor("x", (n, c, *s), dtype),
                  "h": b.tensor("h", (n, h_channels(c, transform, layout), *s), dtype, scale=0.5),
@@ -325,7 +326,7 @@ ACTS = ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus",
 @composite(("x", "b", "dim", "act", "alpha", "gain", "clamp"))
 def bias_act_draws(b):
     dtype, rank = b.dtype(), b.draw(st.integers(1, 4))
-    shape = [size(b.draw) for _ in range(rank)]
+    shape = capped([size(b.draw) for _ in range(rank)])
     dim = b.draw(st.integers(-rank, rank - 1))
     return Draw({"x": b.tensor("x", shape, dtype), "b": b.optional("b", (shape[dim],), dtype),
                  "dim": b.option("dim", (dim,), (rank, -rank - 1, 1.5, None, True)),

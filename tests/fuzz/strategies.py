@@ -20,8 +20,23 @@ BAD_FLOATS = (math.nan, math.inf, -math.inf, -1.0, 0.0, 1e30, "1", None, True, [
 NOT_TENSORS = (1.0, [1.0, 2.0], "x", 3)
 
 
+MAX_ELEMENTS = 4096  # per drawn shape: the Triton interpreter runs a kernel element by element in numpy
+
+
 def size(draw, table=SIZES) -> int:
     return draw(st.sampled_from(table))
+
+
+def capped(shape, keep=(), limit=MAX_ELEMENTS) -> list[int]:
+    """``shape`` with its largest dimensions (not those in ``keep``) halved until it holds <= limit elements."""
+    shape = list(shape)
+    while math.prod(shape) > limit:
+        free = [d for d in range(len(shape)) if d not in keep and shape[d] > 1]
+        if not free:
+            break
+        largest = max(free, key=lambda d: shape[d])
+        shape[largest] = (shape[largest] + 1) // 2
+    return shape
 
 
 @st.composite
