@@ -19,6 +19,7 @@ memory and cluster barriers: see shim.h), bias_act, upfirdn2d and cached_conv: e
 (test_every_kernel_is_emulated). Sizes past 2^31 elements: tests/test_large_sizes.py runs the last
 blocks of such grids (gmk_emu_run_last_clusters) over untouched mappings.
 """
+import contextlib
 import ctypes
 import functools
 import importlib
@@ -1465,3 +1466,115 @@ def test_every_kernel_is_emulated():
                 module, _, name = test.rpartition(".")
                 namespace = vars(importlib.import_module(module)) if module else globals()
                 assert callable(namespace.get(name)), test
+
+
+# --- sizes past 2^31: the last blocks of grids too large to run --------------------------------------------
+
+FAR = 2**31
+
+
+def untouched(numel, dtype):
+    """``numel`` zeros in an anonymous mapping whose pages exist only once touched (MAP_NORESERVE): a tensor
+    past 2^31 elements of which a kernel's last blocks touch a few pages."""
+    from test_large_sizes import untouched as mapped
+    return mapped(numel, dtype)
+
+
+def last_two_blocks(elements, per_block):
+    """How many elements the last 2 blocks of a grid of ceil(elements / per_block) blocks cover."""
+    return elements - (-(-elements // per_block) - 2) * per_block
+
+
+@contextlib.contextmanager
+def last_blocks(emu, count):
+    """Launches run only their last ``count`` blocks (in linear order; clusters, for a cluster launch)."""
+    emu.lib.gmk_emu_run_last_clusters(count)
+    try:
+        yield
+    finally:
+        emu.lib.gmk_emu_run_last_clusters(0)
+
+
+def test_emulator_runs_only_the_last_blocks(emu):
+    """Three blocks of the 300-element sum: only the last (the partial one) writes its sum."""
+    values, out = torch.randn(300), torch.full((3,), math.nan)
+    with last_blocks(emu, 1):
+        emu.run("gmk_emu_selftest_block_sum", values.data_ptr(), out.data_ptr(), 300)
+    assert out[:2].isnan().all()
+    torch.testing.assert_close(out[2].double(), values[256:].double().sum(), atol=1e-5, rtol=1e-5)
+
+
+def test_bias_act_past_2_31_elements(emu):
+    """(1, 3, I) with 3 I > 2^31: the last 2 blocks' elements (of channel 2) take their bias and land at their
+    offsets past 2^31; the elements before them stay untouched."""
+    inner = FAR // 3 + 1000
+    elements, tail = 3 * inner, 3000
+    x, out = untouched(elements, torch.bfloat16), untouched(elements, torch.bfloat16)
+    x[-tail:] = torch.randn(tail).bfloat16()
+    b = torch.randn(3).bfloat16()
+    alpha, gain = bias_act_reference.resolve("lrelu", None, None)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_bias_act", 0, BIAS_ACT_CODES["lrelu"], _longs(1, 3, inner), (ctypes.c_double * 3)(
+            alpha, gain, 0.0), 0, DTYPE_CODES[torch.bfloat16], x.data_ptr(), b.data_ptr(), None, None, None,
+            out.data_ptr())
+    run = last_two_blocks(elements, 1024)  # 256 threads x 4 elements per block
+    expected = bias_act_reference.bias_act(x[-run:].double(), b[2].double().reshape(1), 0, "lrelu")
+    assert_close(out[-run:], expected, torch.bfloat16)
+    assert (out[-tail:-run] == 0).all()
+
+
+@pytest.mark.parametrize("layout", ["rows", "strided"])
+def test_gated_past_2_31_elements(emu, layout):
+    """x (1, 2, I), y (1, 1, I) with I > 2^31: the gate's channel sits 2^31+ elements past the filter's, and
+    the last blocks' outputs at offsets past 2^31. "strided": x stored with a gap after every element."""
+    inner, tail = FAR + 64, 4096
+    step = 1 if layout == "rows" else 2
+    x, y = untouched(2 * inner * step, torch.bfloat16), untouched(inner, torch.bfloat16)
+    x_view = x.as_strided((1, 2, inner), (0, inner * step, step))
+    filter_tail, gate_tail = torch.randn(tail).bfloat16(), torch.randn(tail).bfloat16()
+    x_view[0, 0, -tail:], x_view[0, 1, -tail:] = filter_tail, gate_tail
+    with last_blocks(emu, 2):
+        launches = emu.run("gmk_emu_gated", 0, 1, 1, inner, 1, DTYPE_CODES[torch.bfloat16], x.data_ptr(),
+                           _gated_strides(x_view), None, None, None, y.data_ptr())
+    assert f"{layout}_kernel" in launches[0], launches
+    run = last_two_blocks(inner, 256 * (8 if layout == "rows" else 1))  # 8 elements a thread on the rows path
+    h = torch.stack([filter_tail[-run:], gate_tail[-run:]]).double()
+    assert_close(y[-run:], gated_reference.gated_activation(h.unsqueeze(0)).reshape(-1), torch.bfloat16)
+    assert (y[-tail:-run] == 0).all()
+
+
+def test_upfirdn2d_past_2_31_elements(emu):
+    """x and out (1, 1, 46341, 46341): H W > 2^31; the last 2 blocks compute the last row's last outputs from
+    their taps (a 3 x 3 filter, padding 1), reading x at offsets past 2^31."""
+    side, tail = 46341, 520
+    assert side * side > FAR
+    x, out = untouched(side * side, torch.bfloat16), untouched(side * side, torch.bfloat16)
+    image, result = x.view(1, 1, side, side), out.view(1, 1, side, side)
+    image[0, 0, -3:, -tail:] = torch.randn(3, tail).bfloat16()
+    f = torch.randn(3, 3)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_upfirdn2d", _longs(1, 1, side, side, side, side, 3, 3, 1, 1, 1, 1, 1, 1),
+                _longs(*image.stride()), 0, 1.0, 0, DTYPE_CODES[torch.bfloat16], x.data_ptr(), f.data_ptr(),
+                out.data_ptr())
+    crop = image[:, :, -3:, -tail:].double()  # the pixels around it are zero, as the padding
+    expected = upfirdn2d_reference.upfirdn2d(crop, f.double(), (1, 1), (1, 1), (1, 1, 1, 1), False, 1.0)
+    run = last_two_blocks(side * side, 256)  # one output a thread: the last row's last 281
+    assert_close_sum(result[0, 0, -1, -run:], expected[0, 0, -1, -run:], torch.bfloat16, 9)
+    assert (result[0, 0, -1, -tail:-run] == 0).all() and (result[0, 0, -2, -tail:] == 0).all()
+
+
+def test_cached_conv_past_2_31_elements(emu):
+    """out (1, 2, count) with 2 count > 2^31: the last 2 blocks (the last 2 columns, both output channels)
+    write output channel 1's values at offsets past 2^31."""
+    count, kw, tail = FAR // 2 + 8, 3, 16
+    rows, out = untouched(count + kw - 1, torch.bfloat16), untouched(2 * count, torch.bfloat16)
+    rows[-tail:] = torch.randn(tail).bfloat16()
+    weight, bias = torch.randn(2, 1, 1, kw).bfloat16(), torch.randn(2).bfloat16()
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_cached_conv", _longs(1, 1, 2, 1, kw, count, 1), _longs(count + kw - 1, count + kw - 1,
+                count + kw - 1, 1), DTYPE_CODES[torch.bfloat16], rows.data_ptr(), weight.data_ptr(),
+                bias.data_ptr(), out.data_ptr())
+    window = rows[-(2 + kw - 1):].double().view(1, 1, 1, -1)
+    expected = cached_conv_reference.cached_conv2d(window, weight.double(), bias.double(), 0, 2, 1)
+    assert_close_sum(out.view(1, 2, count)[:, :, -2:], expected, torch.bfloat16, kw)
+    assert (out.view(2, count)[:, -tail:-2] == 0).all()
