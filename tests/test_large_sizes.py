@@ -9,6 +9,11 @@ only the pages holding the argument's few elements are touched: a few KB residen
 Element counts: an op that bounds a size (the Triton convolutions' N·H·W < 2^31) rejects an expanded
 (stride-0) x past the bound, naming it, before it allocates anything.
 
+Whole tensors past 2^31 elements (nightly, GMK_LARGE_SIZES=1: a ~4 GB output each): bias_act and
+gated_activation on the cpu backend, x of 2^31 + 8192 bfloat16 elements read from an untouched mapping,
+their first and last outputs against the reference. (The CUDA kernels' offsets past 2^31:
+test_cuda_emulation.py runs the last blocks of such grids.)
+
 A kernel that computes an offset in 32 bits reads out of range: each case runs in a forked child, so
 such a read fails its test (killed by a signal) instead of ending the session; the children that must
 not allocate run under an address-space limit.
@@ -27,7 +32,7 @@ import pytest
 import torch
 
 import gmkernels as gmk
-from conftest import backends_under_test
+from conftest import assert_close, backends_under_test
 from test_input_integrity import OPS, SIZES, assert_same_result, backends_of, contiguous_run, run
 
 FAR = 2**31
@@ -142,4 +147,50 @@ def test_pixel_count_past_2_31_rejected(op, backend):
         assert_names(raised.value, "x")
 
     failure = failure_in_child(check, extra_address_space=2**30)
+    assert failure is None, failure
+
+
+# --- tensors of more than 2^31 elements (nightly: GMK_LARGE_SIZES=1) -------------------------------------
+
+LARGE_SIZES = os.environ.get("GMK_LARGE_SIZES") == "1"
+TAIL = 4096
+
+
+def past_2_31():
+    """x (1, 2, L), bfloat16, of more than 2^31 elements: zeros in an untouched mapping (reading them maps no
+    memory) but the last TAIL of each channel, random; channel 1's lie past 2^31 elements."""
+    length = FAR // 2 + TAIL
+    x = untouched(2 * length, torch.bfloat16).view(1, 2, length)
+    x[:, :, -TAIL:] = torch.randn(1, 2, TAIL).bfloat16()
+    return x
+
+
+def bias_act_pairs(x):
+    b = torch.randn(2).bfloat16()
+    y = gmk.bias_act(x, b, act="lrelu", clamp=1.5, backend="cpu")
+    return [(y[..., part], gmk.bias_act(x[..., part].double(), b.double(), act="lrelu", clamp=1.5,
+                                       backend="reference")) for part in (slice(-TAIL, None), slice(0, TAIL))]
+
+
+def gated_pairs(x):
+    y = gmk.gated_activation(x, backend="cpu")
+    return [(y[..., part], gmk.gated_activation(x[..., part].double(), backend="reference"))
+            for part in (slice(-TAIL, None), slice(0, TAIL))]
+
+
+PAST_2_31_OPS = {"bias_act": bias_act_pairs, "gated_activation": gated_pairs}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LARGE_SIZES, reason="allocates a 2^31-element output (~4 GB): GMK_LARGE_SIZES=1 (nightly)")
+@pytest.mark.parametrize("op", PAST_2_31_OPS)
+def test_more_than_2_31_elements_on_cpu(op):
+    """x of 2^31 + 8192 bfloat16 elements (1, 2, L): the cpu backend's last outputs (from channel 1's
+    elements past 2^31) and its first ones match the reference on the same values."""
+
+    def check():
+        for actual, expected in PAST_2_31_OPS[op](past_2_31()):
+            assert_close(actual, expected, torch.bfloat16)
+
+    failure = failure_in_child(check)
     assert failure is None, failure
