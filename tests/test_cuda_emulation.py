@@ -1578,3 +1578,26 @@ def test_cached_conv_past_2_31_elements(emu):
     expected = cached_conv_reference.cached_conv2d(window, weight.double(), bias.double(), 0, 2, 1)
     assert_close_sum(out.view(1, 2, count)[:, :, -2:], expected, torch.bfloat16, kw)
     assert (out.view(2, count)[:, -tail:-2] == 0).all()
+
+
+def test_actnorm_past_2_31_elements(emu):
+    """(1, 2, I) with 2 I > 2^31: the kernel takes its 64-bit index path (fits_32_bits is false); the last of
+    its 65536 grid-stride blocks reads and writes every 2^24-th run of 256 elements, up to past 2^31, with
+    channel 1's bias and scale past 2^30 elements."""
+    inner = FAR // 2 + 4096
+    total, step, base = 2 * inner, 65536 * 256, 65535 * 256  # the last block's first element
+    x, out = untouched(total, torch.bfloat16), untouched(total, torch.bfloat16)
+    runs = -(-(total - base) // step)
+    assert base + (runs - 1) * step + 256 <= total
+    x_runs, out_runs = (t.as_strided((runs, 256), (step, 1), base) for t in (x, out))
+    x_runs.copy_(torch.randn(runs, 256).bfloat16())
+    bias, log_scale = torch.randn(2), 0.3 * torch.randn(2)
+    with last_blocks(emu, 1):
+        launches = emu.run("gmk_emu_actnorm", 0, 1, 2, inner, 0, DTYPE_CODES[torch.bfloat16], x.data_ptr(),
+                           _longs(total, inner, 1), bias.data_ptr(), log_scale.data_ptr(), None, out.data_ptr(),
+                           None, 0)
+    assert "long int" in launches[0] or "int64" in launches[0], launches  # forward_kernel<T, int64_t>
+    channel = (base + torch.arange(runs).unsqueeze(1) * step + torch.arange(256)) // inner
+    expected = (x_runs.double() + bias.double()[channel]) * log_scale.double().exp()[channel]
+    assert_close(out_runs, expected, torch.bfloat16)
+    assert channel[-1, -1] == 1 and out[base - 256:base].eq(0).all()
