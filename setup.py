@@ -68,10 +68,13 @@ def torch_requirement():
     return f"torch>={major}.{minor},<{major}.{minor + 1}"
 
 
+BUILD_RECORD = "_C_build.json"
+
+
 def write_build_record(out_dir, torch, cmake_archs):
     record = {"torch_version": torch.__version__, "torch_cuda": torch.version.cuda,
               "with_cuda": cmake_archs is not None, "cuda_archs": cmake_archs}
-    (out_dir / "_C_build.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out_dir / BUILD_RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def cmake_arch_list(archs):
@@ -81,6 +84,12 @@ def cmake_arch_list(archs):
 
 
 class CMakeBuild(build_ext):
+    def copy_extensions_to_source(self):
+        """--inplace and editable installs: setuptools copies _C from build_lib into the source tree; its record too."""
+        super().copy_extensions_to_source()
+        package_dir = self.get_finalized_command("build_py").get_package_dir("gmkernels")
+        self.copy_file(os.path.join(self.build_lib, "gmkernels", BUILD_RECORD), os.path.join(package_dir, BUILD_RECORD))
+
     def build_extension(self, ext):
         import pybind11
         import torch
