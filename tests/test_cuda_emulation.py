@@ -1601,3 +1601,24 @@ def test_actnorm_past_2_31_elements(emu):
     expected = (x_runs.double() + bias.double()[channel]) * log_scale.double().exp()[channel]
     assert_close(out_runs, expected, torch.bfloat16)
     assert channel[-1, -1] == 1 and out[base - 256:base].eq(0).all()
+
+
+def test_logistic_mixture_sample_past_2_31_positions(emu):
+    """params (1, 6, S), S > 2^31 positions (2 components of one channel): the last 2 blocks' samples read
+    parameters up to 6 S elements in (past 2^33) and noise and write samples past 2^31."""
+    from test_logistic_mixture import make_params
+
+    s, tail = FAR + 64, 256
+    params, out = untouched(6 * s, torch.bfloat16).view(1, 6, s), untouched(s, torch.float32).view(1, 1, s)
+    gumbel_u, logistic_u = untouched(2 * s, torch.float32).view(1, 2, s), untouched(s, torch.float32).view(1, 1, s)
+    params[..., -tail:] = make_params(1, 1, 2, (tail,), dtype=torch.bfloat16)
+    gumbel_u[..., -tail:], logistic_u[..., -tail:] = torch.rand(1, 2, tail), torch.rand(1, 1, tail)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_logistic_mixture", 2, _longs(1, 1, 2, s, 256), -7.0, DTYPE_CODES[torch.bfloat16],
+                params.data_ptr(), _strides(params), None, None, None, None, gumbel_u.data_ptr(),
+                _strides(gumbel_u), logistic_u.data_ptr(), _strides(logistic_u), out.data_ptr())
+    run = last_two_blocks(s, 128)
+    expected = lm_reference.discretized_logistic_mixture_sample(params[..., -run:], gumbel_u[..., -run:],
+                                                                logistic_u[..., -run:])
+    torch.testing.assert_close(out[..., -run:], expected, atol=0, rtol=0)
+    assert out[..., -tail:-run].eq(0).all()
