@@ -139,7 +139,11 @@ def setup_filter(f, *, normalize: bool = True, flip_filter: bool = False, gain: 
     and their outer product otherwise; ``normalize`` divides by the sum (the DC gain becomes 1),
     ``flip_filter`` flips it, and the result is scaled by ``gain`` (``gain ** (f.dim() / 2)`` per tap)."""
     function = "setup_filter"
-    f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32)
+    try:
+        f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as error:  # ragged lists, strings, complex values
+        raise ValueError(f"setup_filter: f must be taps convertible to a float32 tensor, got {f!r} ({error})") \
+            from None
     if f.dim() > 2 or f.numel() == 0:
         raise ValueError(f"setup_filter: f must be a scalar, 1-D taps or a 2-D filter, non-empty, "
                          f"got shape {tuple(f.shape)}")

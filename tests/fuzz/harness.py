@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 FAILURES = ("unclear error", "mismatch", "written", "crash", "hang")
-OUTCOMES = ("error", "match", *FAILURES)
+OUTCOMES = ("error", "match", "known", *FAILURES)  # known: a mismatch of an open issue (FuzzOp.known)
 FENCE = 7  # elements of fence on each side of every tensor argument's storage
 DEADLINE_S = float(os.environ.get("GMK_FUZZ_DEADLINE", "300"))  # per draw; past it the process dies with a trace
 
@@ -228,6 +228,9 @@ class FuzzOp:
     backends: bool = True
     tolerance_scale: float = 1.0  # on the tables' tolerances
     float64_scale: float = 1.0    # and on float64's alone (a formula that cancels more than float64's 1e-12)
+    # An open issue: a mismatch on a draw with a NaN/inf input is counted "known" (not a pass, not a failure of
+    # the CI run); tests/fuzz/test_fuzz_regressions.py holds its example as a strict xfail.
+    known_nonfinite: str = ""
 
 
 def _as_tuple(outputs) -> tuple:
@@ -345,6 +348,13 @@ def judge(op: FuzzOp, draw: Draw) -> dict[str, tuple[str, str]]:
     return verdicts
 
 
+def _known(op: FuzzOp, verdicts: dict, args: dict) -> dict:
+    if not op.known_nonfinite or not has_nonfinite(args):
+        return verdicts
+    return {backend: ("known", f"{op.known_nonfinite}: {detail}") if outcome == "mismatch" else (outcome, detail)
+            for backend, (outcome, detail) in verdicts.items()}
+
+
 def _judge(op: FuzzOp, draw: Draw, backends: list) -> dict:
     args, fenced = build_args(draw.args)
     verdicts = {}
@@ -360,7 +370,7 @@ def _judge(op: FuzzOp, draw: Draw, backends: list) -> dict:
     for backend in backends[1:]:
         result = run_once(op, args, backend, draw, reference.cotangents)
         verdicts[backend] = _verdict(op, result, fenced, ideal, pattern, draw, _float_dtypes(args.values()))
-    return verdicts
+    return _known(op, verdicts, args)
 
 
 def _oracle(op: FuzzOp, args: dict, backend: str, draw: Draw, reference: Result, to_float64: bool) -> Result:

@@ -437,6 +437,10 @@ CONV1X1 = {
     "actnorm_conv1x1_lu": (gmk.actnorm_conv1x1_lu, True, True, ("bias", "log_scale", *LU)),
 }
 
+# open issues at NaN/inf inputs (docs/finite-ranges.md, "Open"; examples in test_fuzz_regressions.py)
+MASKED_TAPS = "open: the reference multiplies masked-out taps (weight 0) by a NaN/inf input, the kernels skip them"
+TRITON_INF = "open: the Triton causal convolution gives NaN where an inf input should give ±inf or a finite value"
+
 OPS = [
     _op("gated_activation", gated_draws, gated_call, ("gated",), ("x", "cond", "activation", "dim")),
     _op("discretized_logistic_mixture_nll", nll_draws, nll_call, ("logistic_mixture",),
@@ -446,13 +450,14 @@ OPS = [
     _op("bits_per_dim", bits_draws, _plain(gmk.bits_per_dim, "nll_nats", "num_subpixels"), ("bits_per_dim",),
         ("nll_nats", "num_subpixels"), backends=False),
     _op("masked_conv2d", masked_draws, masked_call, ("masked_conv2d",),
-        ("x", "weight", "bias", "cond", "mask_type", "color_groups", "gate", "grad_out")),
+        ("x", "weight", "bias", "cond", "mask_type", "color_groups", "gate", "grad_out"), known_nonfinite=MASKED_TAPS),
     _op("shifted_conv2d", shifted_draws, shifted_call, ("shifted_conv2d",), ("x", "weight", "bias", "shift", "grad_out")),
     _op("cached_conv2d", cached_draws, cached_call, ("cached_conv2d",),
         ("rows", "weight", "bias", "column", "count", "stride")),
-    _op("causal_conv1d", causal_draws, causal_call, ("causal_conv1d",), ("x", "weight", "bias", "dilation", "grad_out")),
+    _op("causal_conv1d", causal_draws, causal_call, ("causal_conv1d",), ("x", "weight", "bias", "dilation", "grad_out"),
+        known_nonfinite=TRITON_INF),
     _op("wavenet_layer", layer_draws, layer_call, ("wavenet_layer",),
-        (*LAYER_TENSORS, "dilation", "residual_scale", "grad_x_next", "grad_skip")),
+        (*LAYER_TENSORS, "dilation", "residual_scale", "grad_x_next", "grad_skip"), known_nonfinite=TRITON_INF),
     _op("wavenet_generate", generate_draws, generate_call, ("wavenet_generate",),
         (*WEIGHTS, "uniform", "cond", "dilations", "start_class", "residual_scale", "temperature", "head",
          "log_scale_min", "weights"), exact_only=True),

@@ -1,4 +1,4 @@
-"""Issue 16 (1): every public op on drawn shapes, dtypes, layouts and options, on every backend that runs
+"""Issue 16 (1): every public op and nn module on drawn shapes, dtypes, layouts and options, on every backend that runs
 here: a clear error naming the op and an argument, or the reference's result within tolerance; never a write
 outside the outputs (NaN fences around every input), a crash or a hang (harness.DEADLINE_S per draw).
 
@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given
 
 from .harness import failures_of, judge
+from .modules import MODULES
 from .ops import OPS
 from .settings import CAMPAIGN, FUZZ
 
 
-@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("op", OPS + MODULES, ids=lambda op: op.name)
 def test_fuzz(op):
     found: list[str] = []
 
