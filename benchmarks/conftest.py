@@ -16,7 +16,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-device", choices=("cpu", "cuda"), default=None,
                     help="device of the cases (default: cuda when available, else cpu)")
     group.addoption("--bench-ops", default=None, help="comma-separated families (default: all)")
-    group.addoption("--bench-full", action="store_true", help="full sizes on CPU too (default there: --quick)")
+    group.addoption("--bench-full", action="store_true",
+                    help="full sizes on CPU too (default there: --quick)")
     group.addoption("--bench-repeats", type=int, default=None,
                     help="timed calls per peer (default: gmk bench's, 20 on CPU, 100 on CUDA)")
 
@@ -46,7 +47,8 @@ def pytest_generate_tests(metafunc):
     torch.manual_seed(0)
     peers = [(family, name, peer) for family, name, peer_names in
              list_cases(settings["families"], settings["device"], settings["quick"]) for peer in peer_names]
-    metafunc.parametrize("bench_peer", peers, ids=[_ascii(f"{family}/{name}/{peer}") for family, name, peer in peers])
+    ids = [_ascii(f"{family}/{name}/{peer}") for family, name, peer in peers]
+    metafunc.parametrize("bench_peer", peers, ids=ids)
 
 
 def _ascii(text: str) -> str:

@@ -43,7 +43,8 @@ def speedup_rows(case: dict, environment: dict) -> dict:
         return {}
     eager = report.fastest(case, case.get("baseline", report.EAGER))
     compiled = report.fastest(case, case.get("compiled_baseline", report.COMPILED))
-    warned = any(report.timing_warnings(result, case, environment) for result in (mine, eager, compiled) if result)
+    warned = any(report.timing_warnings(result, case, environment)
+                 for result in (mine, eager, compiled) if result)
     return {"eager": _ratio_and_spread(eager, mine), "compile": _ratio_and_spread(compiled, mine),
             "warned": warned}
 
@@ -82,7 +83,8 @@ def _save(figure, path: Path, environment: dict) -> Path:
     64-colour PNG (a third of the size: the plots are committed beside the records)."""
     top = 1.0
     if environment["device"] == "cpu":
-        figure.suptitle("CPU run: exercises the suite, not the library's performance", fontsize=9, color="#a00")
+        figure.suptitle("CPU run: exercises the suite, not the library's performance", fontsize=9,
+                        color="#a00")
         top = 1 - 0.4 / figure.get_figheight()
     figure.tight_layout(rect=(0, 0, 1, top))
     figure.savefig(path)
@@ -112,7 +114,8 @@ def speedup_plot(record: dict, path: Path) -> Path | None:
     if not families:
         return None
     figure = _figure(sum(len(cases) + 2 for cases in families.values()), 0.36)
-    grid = figure.add_gridspec(len(families), 1, height_ratios=[len(cases) + 2 for cases in families.values()])
+    heights = [len(cases) + 2 for cases in families.values()]
+    grid = figure.add_gridspec(len(families), 1, height_ratios=heights)
     for index, (family, cases) in enumerate(families.items()):
         _speedup_panel(figure.add_subplot(grid[index]), family, cases, record["environment"])
     return _save(figure, path, record["environment"])
@@ -131,7 +134,8 @@ def _peer_color(peer: str) -> str:
 
 def bandwidth_plot(record: dict, path: Path, models: set[str]) -> Path | None:
     cases = [case for case in record["cases"] if _memory_bound(case, models)]
-    bars = [(case["name"], result) for case in cases for result in case["results"] if result["status"] == "ok"]
+    bars = [(case["name"], result) for case in cases for result in case["results"]
+            if result["status"] == "ok"]
     if not bars:
         return None
     figure = _figure(len(bars), 0.22)
@@ -164,7 +168,8 @@ def models_plot(record: dict, path: Path, models: set[str]) -> Path | None:
     for index, (case, result) in enumerate(bars):
         color = _peer_color(result["peer"])
         time_axes.barh(index, result["median_ms"], color=color,
-                       xerr=[[result["median_ms"] - result["p20_ms"]], [result["p80_ms"] - result["median_ms"]]])
+                       xerr=[[result["median_ms"] - result["p20_ms"]],
+                             [result["p80_ms"] - result["median_ms"]]])
         rate_axes.barh(index, case["params"]["batch"] / (result["median_ms"] / 1e3), color=color)
     for axes, label in ((time_axes, "training step, ms (p20–p80)"), (rate_axes, "samples/s")):
         axes.set_yticks(range(len(bars)), labels, fontsize=7)

@@ -146,7 +146,8 @@ def summary_line(case: dict, environment: dict) -> str:
               ("compile", fastest(case, case.get("compiled_baseline", COMPILED)))]
     others += [(name, fastest(case, name)) for name in external_peers(case)]
     ratios = [text for label, other in others if (text := _ratio(label, other, mine))]
-    warnings = merged_warnings([mine] + [other for _, other in others if other is not None], case, environment)
+    timings = [mine] + [other for _, other in others if other is not None]
+    warnings = merged_warnings(timings, case, environment)
     parts = [f"{mine['peer']} {_ms(mine['median_ms'])} ({_spread(mine)})", *ratios]
     line = f"- {case['name']}: " + " · ".join(parts)
     return line + (f" {WARNING_MARK} " + "; ".join(warnings) if warnings else "")
@@ -165,8 +166,8 @@ def summary(record: dict) -> str:
         lines += ["", f"**{CPU_NOTE}**"]
     flagged = untrusted_cases(record)
     if flagged:
-        lines += ["", f"{WARNING_MARK} {flagged} of {len(record['cases'])} cases carry warnings: their figures "
-                      "are not to be trusted (see notes)."]
+        lines += ["", f"{WARNING_MARK} {flagged} of {len(record['cases'])} cases carry warnings: their "
+                      "figures are not to be trusted (see notes)."]
     load = env.get("load_1min")
     if load is not None and env.get("cpu_count") and load > env["cpu_count"]:
         lines += ["", f"{WARNING_MARK} the machine was loaded at the start: load {load:.1f} on "
@@ -233,7 +234,8 @@ def header(record: dict) -> list[str]:
 def full_table(record: dict) -> str:
     lines = ["## All peers", "", "| " + " | ".join(COLUMNS) + " |",
              "|---|---|" + "---:|" * (len(COLUMNS) - 3) + "---|"]
-    lines += [_row(case, result, record["environment"]) for case in record["cases"] for result in case["results"]]
+    lines += [_row(case, result, record["environment"])
+              for case in record["cases"] for result in case["results"]]
     return "\n".join(lines) + "\n"
 
 

@@ -232,7 +232,8 @@ def launch_problems(kernel: Kernel, limits: dict = SM90) -> list[str]:
         problems.append(f"{kernel.static_shared} B shared memory > {limits['shared_per_block']} B per block")
     if kernel.threads is not None and occupancy(kernel.registers, kernel.threads, kernel.static_shared,
                                                 limits)["blocks"] < 1:
-        problems.append(f"one block of {kernel.threads} threads × {kernel.registers} registers does not fit an SM")
+        problems.append(f"one block of {kernel.threads} threads × {kernel.registers} registers "
+                        "does not fit an SM")
     return problems
 
 
@@ -263,7 +264,8 @@ def _ptxas_spills(library: Path, cuobjdump: str, ptxas: str) -> dict[str, tuple[
         files = sorted(Path(folder).glob(f"*.{ARCH}.ptx"))
 
         def verbose(path: Path) -> str:
-            command = [ptxas, "-v", f"-arch={ARCH}", "-O3", "--generate-line-info", str(path), "-o", os.devnull]
+            command = [ptxas, "-v", f"-arch={ARCH}", "-O3", "--generate-line-info", str(path),
+                       "-o", os.devnull]
             return subprocess.run(command, capture_output=True, text=True, check=True).stderr
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
