@@ -17,8 +17,9 @@ it reserved per block), threads (2048) and blocks (32), times the block's warps,
 kernel with dynamic shared memory it is an upper bound (the call's bytes come on top).
 
 ``check(kernels, baseline)`` lists what breaks the rules that tests/test_bench.py and the Triton
-compile check enforce: a stack frame larger than the committed baseline
-(``benchmarks/static_baseline.json``: a kernel newly spilling), or a block that cannot launch on sm_90.
+compile check enforce: a kernel newly spilling (a stack frame where the committed
+``benchmarks/static_baseline.json`` has none; for CUDA kernels also one larger than its figure there),
+or a block that cannot launch on sm_90.
 """
 from __future__ import annotations
 
@@ -241,17 +242,32 @@ def load_baseline(path: Path = BASELINE) -> dict:
     return json.loads(path.read_text())
 
 
+def _allowed_stack(kernel: Kernel, baseline: dict) -> int | None:
+    entry = baseline.get(kernel.kind, {}).get(kernel.name)
+    return None if entry is None else entry["stack_bytes"]
+
+
 def check(kernels: list[Kernel], baseline: dict) -> list[str]:
-    """The rules: no stack frame above the baseline's (0 for a kernel it does not name: a spill, or a new
-    local array, is a deliberate, committed change) and every block launchable on sm_90."""
+    """The rules: every block launchable on sm_90, and no kernel newly spilling: a stack frame (spills or
+    local arrays) in a kernel that the baseline does not name, or, for a CUDA kernel (the build holds a fixed
+    set), a frame larger than the baseline's. A deliberate change updates the committed baseline."""
     problems = []
     for kernel in kernels:
-        allowed = baseline.get(kernel.kind, {}).get(kernel.name, {}).get("stack_bytes", 0)
-        if kernel.stack_bytes > allowed:
+        allowed = _allowed_stack(kernel, baseline)
+        limit = 0 if allowed is None else allowed if kernel.kind == "cuda" else None
+        if limit is not None and kernel.stack_bytes > limit:
             problems.append(f"{kernel.kind} {kernel.name}{' ' + kernel.detail if kernel.detail else ''}: "
-                            f"stack frame {kernel.stack_bytes} B > baseline {allowed} B (spills or local arrays)")
+                            f"stack frame {kernel.stack_bytes} B > baseline {limit} B (spills or local arrays)")
         problems += [f"{kernel.kind} {kernel.name}: {problem}" for problem in launch_problems(kernel)]
     return problems
+
+
+def growth(kernels: list[Kernel], baseline: dict) -> list[str]:
+    """Triton kernels that spill more than the baseline's largest frame: which specialisations a test session
+    compiles depends on the tests run, so this is reported (a warning), not failed on."""
+    return [f"{kernel.name} {kernel.detail}: stack frame {kernel.stack_bytes} B > baseline {allowed} B"
+            for kernel in kernels if kernel.kind == "triton"
+            and (allowed := _allowed_stack(kernel, baseline)) is not None and kernel.stack_bytes > allowed]
 
 
 # --- collecting ------------------------------------------------------------------------------------
@@ -397,8 +413,14 @@ def main() -> int:
         kernels += triton_kernels
         sections.append(markdown(triton_kernels, f"Triton specialisations compiled for {ARCH} by the compile "
                                                  f"check of {date}: {len(triton_kernels)}"))
-    problems = check(kernels, load_baseline())
-    sections.append("Rules (no stack frame above benchmarks/static_baseline.json, every block launchable on sm_90): "
+    baseline = load_baseline()
+    problems = check(kernels, baseline)
+    sections.append("Rules (no kernel newly spilling against benchmarks/static_baseline.json, every block "
+                    "launchable on sm_90): "
                     + ("all kept." if not problems else "broken:\n" + "\n".join(f"- {p}" for p in problems)))
+    grown = growth(kernels, baseline)
+    if grown:
+        sections.append("Triton kernels spilling more than the baseline's largest frame:\n"
+                        + "\n".join(f"- {line}" for line in grown))
     print("\n".join(sections))
     return 1 if problems else 0

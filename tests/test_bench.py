@@ -334,6 +334,11 @@ def test_static_occupancy_and_launch_limits_of_sm90():
     spilling = static.Kernel("spills", "cuda", registers=255, stack_bytes=16, static_shared=0, threads=256)
     assert static.check([spilling], {"cuda": {"spills": {"stack_bytes": 16}}}) == []
     assert "stack frame 16 B > baseline 0 B" in static.check([spilling], {"cuda": {}})[0]
+    assert "stack frame 16 B > baseline 8 B" in static.check([spilling], {"cuda": {"spills": {"stack_bytes": 8}}})[0]
+    triton = static.Kernel("tk", "triton", registers=255, stack_bytes=100, static_shared=0, threads=128, detail="d")
+    assert static.check([triton], {"triton": {"tk": {"stack_bytes": 8}}}) == []  # it spilled before: not new
+    assert static.growth([triton], {"triton": {"tk": {"stack_bytes": 8}}}) == ["tk d: stack frame 100 B > baseline 8 B"]
+    assert "stack frame 100 B > baseline 0 B" in static.check([triton], {"triton": {}})[0]
 
 
 def test_no_built_cuda_kernel_newly_spills_or_exceeds_sm90_limits():
