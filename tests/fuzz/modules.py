@@ -14,7 +14,7 @@ import gmkernels as gmk
 import gmkernels.nn as gnn
 
 from .harness import Draw, FuzzOp
-from .ops import BAD_BOOLS, BAD_CHOICES, MASKED_TAPS, TRITON_INF, composite
+from .ops import BAD_BOOLS, BAD_CHOICES, MASKED_TAPS, STRAIGHT_THROUGH, TRITON_INF, composite
 from .strategies import BAD_FLOATS, BAD_INTS, SMALL, capped, size
 
 CHANNELS = st.integers(1, 4)
@@ -151,6 +151,18 @@ def resample_draws(factor_name):
     return draws
 
 
+@composite(("x", "num_codes", "code_dim", "commitment", "ema", "decay", "dead_code_threshold"))
+def quantizer_draws(b):
+    d = b.option("code_dim", CHANNELS, BAD_SIZES)
+    return Draw({"num_codes": b.option("num_codes", (1, 4, 9), BAD_SIZES), "code_dim": d,
+                 "commitment": b.option("commitment", (0.25, 0.0), BAD_FLOATS[:4]),
+                 "ema": b.option("ema", (True, False), BAD_BOOLS),
+                 "decay": b.option("decay", (0.99, 0.5), (1.5, -0.1, *BAD_FLOATS[:3])),
+                 "dead_code_threshold": b.option("dead_code_threshold", (0.1, 0.0), BAD_FLOATS[:4]),
+                 "x": image(b, "x", d if isinstance(d, int) and 0 < d else 2)}, grads=("x",), terms=4,
+                seed=b.seed)
+
+
 def _module(name, cls, strategy, arguments, inputs=("x",), op_names=(), known=""):
     """``arguments``: the constructor's and forward's names (the forwards call their first one "input")."""
     return FuzzOp(name, strategy, module_call(cls, inputs), (name.removeprefix("nn."), *op_names),
@@ -193,6 +205,9 @@ MODULES = [
             op_names=("upsample2d", "upfirdn2d", "setup_filter")),
     _module("nn.Downsample2d", gnn.Downsample2d, resample_draws("factor"), ("x", "taps", "factor", "gain", "f"),
             op_names=("downsample2d", "upfirdn2d", "setup_filter")),
+    _module("nn.VectorQuantizer", gnn.VectorQuantizer, quantizer_draws,
+            ("x", "num_codes", "code_dim", "commitment", "ema", "decay", "dead_code_threshold", "codebook"),
+            op_names=("vector_quantize", "vector_quantize_statistics"), known=STRAIGHT_THROUGH),
     _module("nn.Blur", gnn.Blur, resample_draws("upsample_factor"), ("x", "taps", "upsample_factor", "padding", "f"),
             op_names=("filter2d", "upfirdn2d", "setup_filter")),
 ]

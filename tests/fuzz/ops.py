@@ -381,6 +381,47 @@ def resample_call(function: str):
     return call
 
 
+# --- vector quantisation ------------------------------------------------------------------------------------
+
+def vq_x(b: Builder, dtype, d):
+    rank = b.draw(st.integers(1, 4))
+    dim = b.draw(st.integers(-rank, rank - 1))
+    shape = [size(b.draw, SMALL) for _ in range(rank)]
+    shape[dim] = d
+    return capped(shape, keep=(dim % rank,), limit=1024), dim
+
+
+@composite(("x", "codebook", "dim", "return_distance"))
+def vq_draws(b):
+    dtype, d, k = b.dtype(), size(b.draw, SMALL[:-1]), b.draw(st.sampled_from((1, 2, 5, 17, 64)))
+    shape, dim = vq_x(b, dtype, d)
+    return Draw({"x": b.tensor("x", shape, dtype), "codebook": b.tensor("codebook", (k, d), dtype),
+                 "dim": b.option("dim", (dim,), (len(shape), -len(shape) - 1, 1.5, None, True)),
+                 "return_distance": b.option("return_distance", (False, True), BAD_BOOLS)},
+                grads=("x", "codebook"), terms=d, seed=b.seed)
+
+
+def vq_call(a, backend):
+    return gmk.vector_quantize(a["x"], a["codebook"], dim=a["dim"], return_distance=a["return_distance"],
+                               backend=backend)
+
+
+@composite(("x", "indices", "num_codes", "dim"))
+def vq_statistics_draws(b):
+    dtype, d, k = b.dtype(), size(b.draw, SMALL[:-1]), b.draw(st.sampled_from((1, 2, 5, 17)))
+    shape, dim = vq_x(b, dtype, d)
+    positions = [s for i, s in enumerate(shape) if i != dim % len(shape)]
+    return Draw({"x": b.tensor("x", shape, dtype), "indices": b.tensor("indices", positions, torch.int64,
+                                                                       values=f"classes:{k}"),
+                 "num_codes": b.option("num_codes", (k,), BAD_INTS),
+                 "dim": b.option("dim", (dim,), (len(shape), -len(shape) - 1, 1.5, None, True))},
+                terms=max(1, math.prod(positions)), seed=b.seed)
+
+
+def vq_statistics_call(a, backend):
+    return gmk.vector_quantize_statistics(a["x"], a["indices"], a["num_codes"], dim=a["dim"], backend=backend)
+
+
 # --- plain functions (no backend) -----------------------------------------------------------------------------
 
 @composite(("audio", "num_classes"))
@@ -439,6 +480,8 @@ CONV1X1 = {
 
 # open issues at NaN/inf inputs (docs/finite-ranges.md, "Open"; examples in test_fuzz_regressions.py)
 MASKED_TAPS = "open: the reference multiplies masked-out taps (weight 0) by a NaN/inf input, the kernels skip them"
+STRAIGHT_THROUGH = ("open: the reference's straight-through x + (q - x) is NaN at an inf x; the kernels return "
+                    "the code q")
 TRITON_INF = "open: the Triton causal convolution gives NaN where an inf input should give ±inf or a finite value"
 
 OPS = [
@@ -470,6 +513,10 @@ OPS = [
     _op("bias_act", bias_act_draws, bias_act_call, ("bias_act",), ("x", "b", "dim", "act", "alpha", "gain", "clamp")),
     *(_op(name, resample_draws(name), resample_call(name), (name, "upfirdn2d"),
           ("x", "f", "up", "down", "padding", "flip_filter", "gain")) for name in RESAMPLERS),
+    _op("vector_quantize", vq_draws, vq_call, ("vector_quantize",), ("x", "codebook", "dim", "return_distance"),
+        known_nonfinite=STRAIGHT_THROUGH),
+    _op("vector_quantize_statistics", vq_statistics_draws, vq_statistics_call, ("vector_quantize_statistics",),
+        ("x", "indices", "num_codes", "dim", "check_inputs")),
     _op("mu_law_encode", mu_encode_draws, _plain(gmk.mu_law_encode, "audio", "num_classes"), ("mu_law",),
         ("audio", "num_classes"), backends=False),
     _op("mu_law_decode", mu_decode_draws, _plain(gmk.mu_law_decode, "classes", "num_classes"), ("mu_law",),

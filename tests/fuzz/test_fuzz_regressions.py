@@ -62,6 +62,10 @@ OPEN = {
         "x": T((1, 1, 1), values="sign", scale=float("inf")), "conv_weight": T((2, 1, 2)), "conv_bias": None,
         "res_weight": T((1, 1)), "res_bias": None, "skip_weight": T((1, 1)), "skip_bias": None, "cond": None,
         "dilation": 1, "residual_scale": 1.0})),
+    # quantized = codebook[index] at x = inf on the kernels; the reference's x + (q - x) gives NaN
+    "vector_quantize-inf-x": ("vector_quantize", Draw({
+        "x": T((1, 2, 1), values="sign", scale=float("inf")), "codebook": T((3, 2)), "dim": 1,
+        "return_distance": False})),
 }
 
 
