@@ -203,9 +203,10 @@ def test_vqvae_models_are_registered():
     assert MODELS["vqvae-prior"] is VQVAEPrior and VQVAEPrior.config_class is VQVAEPriorConfig
 
 
-@pytest.mark.parametrize("in_channels, num_bins, levels", [(1, 17, 1), (3, 256, 2)])
-def test_encode_gives_the_nearest_codes_and_decode_the_image_shape(in_channels, num_bins, levels):
-    model = tiny_vqvae(in_channels, num_bins, levels=levels).double()
+@pytest.mark.parametrize("in_channels, num_bins, levels, local_codes", [(1, 17, 1, False), (3, 256, 2, False),
+                                                                       (1, 17, 1, True)])
+def test_encode_gives_the_nearest_codes_and_decode_the_image_shape(in_channels, num_bins, levels, local_codes):
+    model = tiny_vqvae(in_channels, num_bins, levels=levels, local_codes=local_codes).double()
     x = images(3, in_channels, num_bins)
     indices = model.encode(x)
     size = 8 // 2 ** levels
@@ -219,6 +220,22 @@ def test_encode_gives_the_nearest_codes_and_decode_the_image_shape(in_channels, 
     assert decoded.shape == x.shape and decoded.dtype == torch.int64
     assert decoded.min() >= 0 and decoded.max() < num_bins
     assert torch.equal(model.reconstruct(x), decoded)
+
+
+def test_local_codes_depend_on_their_own_patch_only():
+    model = tiny_vqvae(local_codes=True, levels=2).double()
+    with torch.no_grad():
+        model.quantizer.codebook.copy_(torch.randn(8, 4, dtype=torch.float64, generator=generator(12)))
+    x = images(1)
+    changed = x.clone()
+    changed[0, 0, 4:8, 0:4] = (changed[0, 0, 4:8, 0:4] + 9) % 17  # the patch of code (1, 0)
+    before, after = model.encode(x), model.encode(changed)
+    with torch.no_grad():
+        z = [model.encoder(gmk.models.vqvae.scale_bins(v, 17, torch.float64)) for v in (x, changed)]
+    assert not torch.allclose(z[0][..., 1, 0], z[1][..., 1, 0])
+    z[0][..., 1, 0] = z[1][..., 1, 0]
+    assert torch.equal(z[0], z[1])  # every other position's encoding is untouched
+    assert torch.equal(before[0, 0], after[0, 0]) and torch.equal(before[:, :, 1], after[:, :, 1])
 
 
 def test_decode_rounds_the_decoders_output_to_bins():
@@ -266,6 +283,7 @@ def test_eval_mode_leaves_the_codebook_and_encode_never_moves_it():
     (dict(num_codes=0), ValueError, "num_codes must be an int >= 1"),
     (dict(commitment=-1.0), ValueError, "commitment must be a number"),
     (dict(ema="yes"), TypeError, "ema must be a bool"),
+    (dict(local_codes=1), TypeError, "local_codes must be a bool"),
 ])
 def test_bad_vqvae_config_fields_are_named(fields, error, message):
     with pytest.raises(error, match=message):

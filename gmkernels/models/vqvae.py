@@ -55,6 +55,7 @@ class VQVAEConfig(ImageConfig):
     commitment: float = 0.25
     ema: bool = True
     decay: float = 0.99
+    local_codes: bool = False  # the encoder sees only each code's own patch (see VQVAE)
 
     def __post_init__(self):
         name = type(self).__name__
@@ -68,6 +69,7 @@ class VQVAEConfig(ImageConfig):
         check_levels(self)
         check_number(name, "commitment", self.commitment, 0.0, math.inf)
         check_bool(name, "ema", self.ema)
+        check_bool(name, "local_codes", self.local_codes)
         check_number(name, "decay", self.decay, 0.0, 1.0)
 
     @property
@@ -83,9 +85,9 @@ class VQVAEConfig(ImageConfig):
 
     @staticmethod
     def presets(in_channels: int) -> tuple[dict, dict]:
-        """The "tiny" network's fields and the small one's (8×8 digits -> 4×4 maps of 32 codes)."""
+        """The "tiny" network's fields and the small one's (8×8 digits -> 4×4 maps of 32 local codes)."""
         tiny = dict(channels=8, levels=1, residual_blocks=1, num_codes=8, code_dim=4)
-        small = dict(channels=64, levels=1, residual_blocks=2, num_codes=32, code_dim=16)
+        small = dict(channels=64, levels=1, residual_blocks=2, num_codes=32, code_dim=16, local_codes=True)
         return tiny, small
 
 
@@ -102,9 +104,23 @@ class ResidualBlock(torch.nn.Module):
         return x + self.conv1(self.conv3(self.first(x)))
 
 
+def local_encoder(c: VQVAEConfig) -> torch.nn.Sequential:
+    """A 2^levels × 2^levels patch convolution of stride 2^levels, a 1x1 convolution, a 1x1 to code_dim."""
+    patch = 2 ** c.levels
+    return torch.nn.Sequential(conv(c.in_channels, c.channels, patch, patch), conv(c.channels, c.channels, 1),
+                               torch.nn.Conv2d(c.channels, c.code_dim, 1))
+
+
 class VQVAE(torch.nn.Module):
     """``encoder`` (convolutions to code_dim channels), ``quantizer`` (gmk.nn.VectorQuantizer), ``decoder``
-    (convolutions to C channels)."""
+    (convolutions to C channels).
+
+    ``local_codes=True``: the encoder is a patch convolution (kernel and stride 2^levels, so each code sees
+    its own patch only), then two 1x1 convolutions; the decoder is unchanged. The paper's encoder sees
+    most of a small image from every code: on the 8×8 digits its codes (4×4 maps of 32) spread even the
+    blank patches over every code, and a Gated PixelCNN prior trained on them did no better than the
+    codes' per-position frequencies (4.83 test bits per code, against their 4.78 bits of entropy); with
+    local codes (a blank patch is one code) the same prior learns the codes' layout (see the README)."""
 
     kind = "vqvae"
     config_class = VQVAEConfig
@@ -118,7 +134,7 @@ class VQVAE(torch.nn.Module):
         config = config or VQVAEConfig()
         super().__init__()
         self.config = c = config
-        self.encoder = torch.nn.Sequential(
+        self.encoder = local_encoder(c) if c.local_codes else torch.nn.Sequential(
             conv(c.in_channels, c.channels, 3),
             *(conv(c.channels, c.channels, 4, 2) for _ in range(c.levels)),
             *(ResidualBlock(c.channels) for _ in range(c.residual_blocks)), FusedLeakyReLU(c.channels),
