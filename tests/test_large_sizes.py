@@ -165,14 +165,15 @@ def past_2_31():
     return x
 
 
-def bias_act_pairs(x):
-    b = torch.randn(2).bfloat16()
+def bias_act_pairs():
+    x, b = past_2_31(), torch.randn(2).bfloat16()
     y = gmk.bias_act(x, b, act="lrelu", clamp=1.5, backend="cpu")
     return [(y[..., part], gmk.bias_act(x[..., part].double(), b.double(), act="lrelu", clamp=1.5,
                                        backend="reference")) for part in (slice(-TAIL, None), slice(0, TAIL))]
 
 
-def gated_pairs(x):
+def gated_pairs():
+    x = past_2_31()
     y = gmk.gated_activation(x, backend="cpu")
     return [(y[..., part], gmk.gated_activation(x[..., part].double(), backend="reference"))
             for part in (slice(-TAIL, None), slice(0, TAIL))]
@@ -185,11 +186,11 @@ PAST_2_31_OPS = {"bias_act": bias_act_pairs, "gated_activation": gated_pairs}
 @pytest.mark.skipif(not LARGE_SIZES, reason="allocates a 2^31-element output (~4 GB): GMK_LARGE_SIZES=1 (nightly)")
 @pytest.mark.parametrize("op", PAST_2_31_OPS)
 def test_more_than_2_31_elements_on_cpu(op):
-    """x of 2^31 + 8192 bfloat16 elements (1, 2, L): the cpu backend's last outputs (from channel 1's
-    elements past 2^31) and its first ones match the reference on the same values."""
+    """x (1, 2, L) of 2^31 + 8192 bfloat16 elements: the cpu backend's outputs from channel 1's elements past
+    2^31 (and its first ones) match the reference on the same values."""
 
     def check():
-        for actual, expected in PAST_2_31_OPS[op](past_2_31()):
+        for actual, expected in PAST_2_31_OPS[op]():
             assert_close(actual, expected, torch.bfloat16)
 
     failure = failure_in_child(check)
