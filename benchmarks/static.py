@@ -359,16 +359,31 @@ def read_triton_record(path: Path | None = None) -> tuple[str, list[Kernel]] | N
 # --- report ----------------------------------------------------------------------------------------
 
 
+def _short_detail(detail: str) -> str:
+    """A Triton specialisation in brief: its pointer dtypes, constexprs and warps/stages."""
+    try:
+        job = json.loads(detail)
+    except (ValueError, TypeError):
+        return detail
+    dtypes = sorted({kind[1:] for kind in job.get("signature", {}).values() if kind.startswith("*")})
+    constexprs = [f"{name}={value}" for name, value in sorted(job.get("constexprs", {}).items())
+                  if name != "INTERPRETED"]
+    options = job.get("options", {})
+    launch = [f"{options[key]} {key.removeprefix('num_')}" for key in ("num_warps", "num_stages") if key in options]
+    return " ".join(["/".join(dtypes), *constexprs, *launch])
+
+
 def _row(kernel: Kernel) -> str:
     spills = ("–" if kernel.spill_stores is None else f"{kernel.spill_stores}/{kernel.spill_loads}")
     shared = f"{kernel.static_shared}" + (" + per call" if kernel.dynamic_shared else "")
     if kernel.threads:
         fit = occupancy(kernel.registers, kernel.threads, kernel.static_shared)
         bound = "≤ " if kernel.dynamic_shared else ""
-        occupied = f"{bound}{100 * fit['occupancy']:.0f}% ({fit['blocks']} blocks, {fit['limiter']})"
+        blocks = f"{fit['blocks']} block{'s' if fit['blocks'] != 1 else ''}"
+        occupied = f"{bound}{100 * fit['occupancy']:.0f}% ({blocks}, {fit['limiter']})"
     else:
         occupied = "–"
-    name = kernel.name + (f" {kernel.detail}" if kernel.detail else "")
+    name = kernel.name.removeprefix("gmkernels.triton.") + (f" {_short_detail(kernel.detail)}" if kernel.detail else "")
     return (f"| {name.replace('|', '/')} | {kernel.threads or '–'} | {kernel.registers} | {kernel.stack_bytes} | "
             f"{spills} | {shared} | {occupied} |")
 
