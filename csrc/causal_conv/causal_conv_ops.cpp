@@ -74,6 +74,11 @@ void check_layer(const char* op, const at::Tensor& x, const at::Tensor& conv_wei
   if (cond.has_value()) check_like_x(op, x, *cond, "cond", {n, 2 * r, t});
 }
 
+void check_residual_scale(const char* op, double residual_scale) {
+  TORCH_CHECK_VALUE(std::isfinite(residual_scale), op, ": residual_scale must be a finite number, got ",
+                    residual_scale);
+}
+
 // The layer's backward: the forward's operands (no output biases) and grad_x_next, grad_skip.
 void check_layer_backward(const at::Tensor& grad_x_next, const at::Tensor& grad_skip, const at::Tensor& x,
                           const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
@@ -103,6 +108,7 @@ std::tuple<at::Tensor, at::Tensor> wavenet_layer_on_cpu(
     const std::optional<at::Tensor>& skip_bias, const std::optional<at::Tensor>& cond, int64_t dilation,
     double residual_scale) {
   check_layer(kLayer, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation);
+  check_residual_scale(kLayer, residual_scale);
   return layer_cpu(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation,
                    residual_scale);
 }
@@ -113,6 +119,7 @@ LayerGrads wavenet_layer_backward_on_cpu(const at::Tensor& grad_x_next, const at
                                          const at::Tensor& skip_weight, const std::optional<at::Tensor>& cond,
                                          int64_t dilation, double residual_scale, std::array<bool, 8> output_mask) {
   check_layer_backward(grad_x_next, grad_skip, x, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation);
+  check_residual_scale(kLayerBackward, residual_scale);
   return layer_backward_cpu(grad_x_next, grad_skip, x, conv_weight, conv_bias, res_weight, skip_weight, cond,
                             dilation, residual_scale, output_mask);
 }
@@ -168,8 +175,7 @@ void check_cuda_layer(const char* op, const at::Tensor& x, bool backward) {
 LayerArgs layer_args(const char* op, const at::Tensor& x, const at::Tensor& cw, const at::Tensor& cb,
                      const at::Tensor& rw, const at::Tensor& sw, const std::optional<at::Tensor>& cond,
                      int64_t dilation, double residual_scale) {
-  TORCH_CHECK_VALUE(std::isfinite(residual_scale), op, ": residual_scale must be a finite number, got ",
-                    residual_scale);
+  check_residual_scale(op, residual_scale);
   LayerArgs args;
   args.batch = x.size(0);
   args.residual = x.size(1);

@@ -82,3 +82,10 @@ def test_open_issue(name):
     op_name, draw = OPEN[name]
     verdicts = judge(replace(OPS_BY_NAME[op_name], known_nonfinite=""), draw)
     assert not failures_of(verdicts), "\n".join(failures_of(verdicts))
+
+
+def test_cpp_wavenet_layer_rejects_nan_residual_scale():
+    """The C++ op checks it too (called directly, without the public function's check)."""
+    x, cw, rw, sw = torch.randn(1, 2, 3), torch.randn(4, 2, 2), torch.randn(2, 2), torch.randn(3, 2)
+    with pytest.raises(ValueError, match="wavenet_layer: residual_scale must be a finite number"):
+        torch.ops.gmkernels.wavenet_layer(x, cw, None, rw, None, sw, None, None, 1, math.nan)
