@@ -9,8 +9,9 @@ written as rosinality/vq-vae-2-pytorch's ``Quantize`` (the (positions, K) distan
 (positions, K) one-hot, the EMA statistics as one-hot products), the same EMA update and loss, the rest of the
 model on the reference backend. Every peer has its own copy of the model (the EMA step changes the codebook).
 Bytes and FLOPs are counted as in benchmarks/models/pixelcnn.py (hooks on the leaf modules, the
-convolutions' multiply-adds; the quantizer's search, 2·positions·K·D FLOPs, is added). On CPU the case is the
-digits model (``VQVAEConfig.for_data(1, 17, 8)``, batch 64); with --quick the "tiny" config on 8×8 RGB images.
+convolutions' multiply-adds; the quantizer's search, 2·positions·K·D FLOPs, is added). On CPU the case is
+the digits model (``VQVAEConfig.for_data(1, 17, 8)``, batch 64); with --quick the "tiny" config on 8×8 RGB
+images.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class OneHotQuantizer(torch.nn.Module):
                      + codebook.pow(2).sum(1)[None])
         indices = distances.argmin(1)
         one_hot = F.one_hot(indices, q.num_codes).type(flat.dtype)
-        codes = F.embedding(indices, codebook).view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
+        n, _, h, w = x.shape
+        codes = F.embedding(indices, codebook).view(n, h, w, -1).permute(0, 3, 1, 2)
         loss = q.commitment * (x - codes.detach()).pow(2).mean()
         if self.training:
             with torch.no_grad():
@@ -68,7 +70,7 @@ class OneHotQuantizer(torch.nn.Module):
                     q._restart_dead_codes(flat.detach(), 1)
         self.last_perplexity = torch.exp(torch.special.entr(one_hot.mean(0)).sum()).detach()
         quantized = x + (codes - x).detach()
-        return quantized, indices.view(x.shape[0], x.shape[2], x.shape[3]), loss
+        return quantized, indices.view(n, h, w), loss
 
 
 def _training_case(device: str, quick: bool) -> Case:
