@@ -68,6 +68,18 @@ def torch_requirement():
     return f"torch>={major}.{minor},<{major}.{minor + 1}"
 
 
+def cuda_cmake_args(torch):
+    """CMake's CUDA arguments, CMake's arch list (None: no CUDA kernels) and what the build says about them."""
+    nvcc = want_cuda(torch)
+    if not nvcc:  # said explicitly: a build tree configured with CUDA before keeps the cached ON otherwise
+        return ["-DGMK_WITH_CUDA=OFF"], None, "gmkernels: building CPU kernels only"
+    archs, why = cuda_archs(torch)
+    cmake_archs = cmake_arch_list(archs)
+    args = ["-DGMK_WITH_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={cmake_archs}"]
+    return args, cmake_archs, (f"gmkernels: building CUDA kernels for {archs} (SASS for each, PTX for the last) "
+                               f"with {nvcc}: {why}")
+
+
 BUILD_RECORD = "_C_build.json"
 
 
@@ -110,20 +122,9 @@ class CMakeBuild(build_ext):
         ]
         if shutil.which("ninja"):
             args.append("-GNinja")
-        nvcc = want_cuda(torch)
-        cmake_archs = None
-        if nvcc:
-            archs, why = cuda_archs(torch)
-            cmake_archs = cmake_arch_list(archs)
-            args += [
-                "-DGMK_WITH_CUDA=ON",
-                f"-DCMAKE_CUDA_COMPILER={nvcc}",
-                f"-DCMAKE_CUDA_ARCHITECTURES={cmake_archs}",
-            ]
-            print(f"gmkernels: building CUDA kernels for {archs} (SASS for each, PTX for the last) with {nvcc}: "
-                  f"{why}", flush=True)
-        else:
-            print("gmkernels: building CPU kernels only", flush=True)
+        cuda_args, cmake_archs, message = cuda_cmake_args(torch)
+        args += cuda_args
+        print(message, flush=True)
         jobs = os.environ.get("GMK_BUILD_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_dir)
         subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir)

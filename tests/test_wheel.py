@@ -272,6 +272,25 @@ def test_setup_py_cmake_arch_list():
     assert setup_py.cmake_arch_list(" 8.6, 12.0 ") == "86-real;120"
 
 
+def test_setup_py_says_cuda_off_explicitly(monkeypatch):
+    """A build tree configured with CUDA before must not keep its cached GMK_WITH_CUDA=ON."""
+    setup_py = load_setup_py()
+    monkeypatch.setenv("GMK_BUILD_CUDA", "0")
+    assert setup_py.cuda_cmake_args(torch) == (["-DGMK_WITH_CUDA=OFF"], None, "gmkernels: building CPU kernels only")
+
+
+@pytest.mark.skipif(not (torch.version.cuda and load_setup_py().find_nvcc()), reason="needs torch's CUDA build and nvcc")
+def test_setup_py_cuda_args(monkeypatch):
+    setup_py = load_setup_py()
+    monkeypatch.setenv("GMK_BUILD_CUDA", "1")
+    monkeypatch.setenv("GMK_CUDA_ARCHS", "8.0;9.0")
+    args, cmake_archs, message = setup_py.cuda_cmake_args(torch)
+    assert "-DGMK_WITH_CUDA=ON" in args and "-DCMAKE_CUDA_ARCHITECTURES=80-real;90" in args
+    assert cmake_archs == "80-real;90"
+    assert message.startswith("gmkernels: building CUDA kernels for 8.0;9.0 (SASS for each, PTX for the last)")
+    assert message.endswith("from GMK_CUDA_ARCHS")
+
+
 def test_setup_py_pins_the_torch_minor_built_against(monkeypatch):
     setup_py = load_setup_py()
     monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
