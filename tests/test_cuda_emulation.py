@@ -1622,3 +1622,40 @@ def test_logistic_mixture_sample_past_2_31_positions(emu):
                                                                 logistic_u[..., -run:])
     torch.testing.assert_close(out[..., -run:], expected, atol=0, rtol=0)
     assert out[..., -tail:-run].eq(0).all()
+
+
+_PROTOTYPES.update({"gmk_emu_vector_quantize": [_P, ctypes.c_int] + [_P] * 6,
+                    "gmk_emu_vector_quantize_statistics": [_P, ctypes.c_int] + [_P] * 4})
+
+
+def test_vector_quantize_past_2_31_positions(emu):
+    """x (1, 2, P) with P > 2^31 positions (its second dimension past 2^32 elements): the search's last 2
+    blocks pick each position's nearest code and write quantized, indices and distances past 2^31; the
+    statistics' last 2 blocks (second dimension only) add x into sums[k][1] at the indices' codes."""
+    positions, tail, codes = FAR + 64, 512, 5
+    x, quantized = untouched(2 * positions, torch.bfloat16), untouched(2 * positions, torch.bfloat16)
+    indices, distance = untouched(positions, torch.int64), untouched(positions, torch.float32)
+    x3, q3 = x.view(1, 2, positions), quantized.view(1, 2, positions)
+    codebook = (4 * torch.randn(codes, 2)).bfloat16()
+    chosen = torch.randint(codes, (tail,))
+    x3[0, :, -tail:] = (codebook.float()[chosen] + 0.05 * torch.randn(tail, 2)).T.bfloat16()
+    norms = torch.full((codes,), math.nan)
+    sizes = _longs(1, 2, positions, codes)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_vector_quantize", sizes, DTYPE_CODES[torch.bfloat16], x.data_ptr(), codebook.data_ptr(),
+                norms.data_ptr(), quantized.data_ptr(), indices.data_ptr(), distance.data_ptr())
+    run = last_two_blocks(positions, 128)
+    assert torch.equal(indices[-run:], chosen[-run:]) and indices[-tail:-run].eq(0).all()
+    assert torch.equal(q3[0, :, -run:], codebook[chosen[-run:]].T)
+    expected = ((x3[0, :, -run:].double() - codebook.double()[chosen[-run:]].T) ** 2).sum(0)
+    assert_close(distance[-run:], expected, torch.float32)
+
+    counts, sums = torch.full((codes,), math.nan), torch.full((codes, 2), math.nan)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_vector_quantize_statistics", sizes, DTYPE_CODES[torch.bfloat16], x.data_ptr(),
+                indices.data_ptr(), counts.data_ptr(), sums.data_ptr())
+    covered = last_two_blocks(2 * positions, 256)  # elements of x: the second dimension's last positions
+    values, codes_of = x3[0, 1, -covered:].double(), indices[-covered:]
+    expected_sums = torch.zeros(codes, dtype=torch.float64).index_add_(0, codes_of, values)
+    assert counts.eq(0).all() and sums[:, 0].eq(0).all()
+    assert_close_sum(sums[:, 1], expected_sums, torch.float32, covered)
