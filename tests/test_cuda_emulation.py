@@ -1659,3 +1659,29 @@ def test_vector_quantize_past_2_31_positions(emu):
     expected_sums = torch.zeros(codes, dtype=torch.float64).index_add_(0, codes_of, values)
     assert counts.eq(0).all() and sums[:, 0].eq(0).all()
     assert_close_sum(sums[:, 1], expected_sums, torch.float32, covered)
+
+
+def test_conv1x1_past_2_31_elements(emu):
+    """x (1, 2, I), y (1, 3, I), 3 I > 2^31: the last of the 4096 grid-stride blocks computes every 2^20-th run
+    of 256 positions; y's third channel lands past 2^31 elements."""
+    inner = FAR // 2 + 4096
+    step, base = 4096 * 256, 4095 * 256
+    x = untouched(2 * inner, torch.bfloat16).view(1, 2, inner)
+    y = untouched(3 * inner, torch.bfloat16).view(1, 3, inner)
+    runs = -(-(inner - base) // step)
+    assert base + (runs - 1) * step + 256 <= inner  # every run of the last block is whole
+
+    def visited(t, channel):  # the last block's positions in one channel: (runs, 256)
+        return t.reshape(-1).as_strided((runs, 256), (step, 1), channel * inner + base)
+
+    for channel in range(2):
+        visited(x, channel).copy_(torch.randn(runs, 256).bfloat16())
+    weight, bias = torch.randn(3, 2), torch.randn(3)
+    with last_blocks(emu, 1):
+        emu.run("gmk_emu_conv1x1", 1, 2, 3, inner, DTYPE_CODES[torch.bfloat16], x.data_ptr(),
+                _longs(2 * inner, inner, 1), weight.data_ptr(), bias.data_ptr(), y.data_ptr())
+    x0, x1 = (visited(x, c).double() for c in range(2))
+    for c in range(3):
+        expected = weight[c, 0].double() * x0 + weight[c, 1].double() * x1 + bias[c].double()
+        assert_close_sum(visited(y, c), expected, torch.bfloat16, 2)
+    assert y[0, 2, base - 256:base].eq(0).all()
