@@ -165,7 +165,9 @@ bool run_block(Block& b) {
     ran_pass = false;
     const bool ascending = b.pass % 2 == 0;
     const std::uint64_t generation = b.barrier_generation;
-    const auto running = [&] { return b.barrier_generation == generation && cluster->generation == cluster_generation; };
+    const auto running = [&] {
+      return b.barrier_generation == generation && cluster->generation == cluster_generation;
+    };
     for (unsigned i = 0; i < warps && running(); ++i) {
       const unsigned warp = ascending ? i : warps - 1 - i, lanes = warp_size_of(warp);
       for (bool ran = true; ran && running();) {

@@ -2,21 +2,21 @@
 // as host C++, so that g++ compiles the kernels unchanged and tests run them without a GPU
 // (tests/test_cuda_emulation.py; build.py rewrites two constructs no macro can, see there).
 //
-// Execution model (emulator.cpp). The blocks of a grid run one after another, in a shuffled but
-// fixed order (with thread-block clusters: the clusters; see below). gmk_emu_run_last_clusters(n)
-// makes launches run only their last n blocks (clusters), for tests of the index arithmetic of grids
-// too large to run (sizes past 2^31 elements). The threads of a block are fibers (ucontext) on the calling OS thread. Between two
-// __syncthreads, the warps run one after another, each until all its threads wait at the barrier
-// (or exited); a warp's threads take turns, each running until the next barrier or warp-collective
-// operation (shuffle, __syncwarp, WMMA). The order of warps and of lanes alternates between
-// ascending and descending from one barrier to the next. So a missing __syncthreads shows
-// deterministically: in one phase or the other a warp reads what another has not written yet, or
-// has already overwritten. Shared memory is a per-block arena filled with 0xFF bytes (NaN in every
-// float type) when the block starts. Faults, which the tests read (gmk_emu_take_faults): barrier
-// divergence (a thread exits, or never arrives, while others wait), misaligned __ldg or WMMA
-// pointers, WMMA arguments that differ across a warp, SIGSEGV in a kernel (an address out of any
-// allocation, a misaligned 16-byte access), too large launches, __trap(). Bad launch
-// configurations set cudaGetLastError, as on a GPU.
+// Execution model (emulator.cpp). The blocks of a grid run one after another, in a shuffled but fixed
+// order (with thread-block clusters: the clusters; see below). gmk_emu_run_last_clusters(n) makes
+// launches run only their last n blocks (clusters), for tests of the index arithmetic of grids too
+// large to run (sizes past 2^31 elements). The threads of a block are fibers (ucontext) on the calling
+// OS thread. Between two __syncthreads, the warps run one after another, each until all its threads
+// wait at the barrier (or exited); a warp's threads take turns, each running until the next barrier or
+// warp-collective operation (shuffle, __syncwarp, WMMA). The order of warps and of lanes alternates
+// between ascending and descending from one barrier to the next. So a missing __syncthreads shows
+// deterministically: in one phase or the other a warp reads what another has not written yet, or has
+// already overwritten. Shared memory is a per-block arena filled with 0xFF bytes (NaN in every float
+// type) when the block starts. Faults, which the tests read (gmk_emu_take_faults): barrier divergence
+// (a thread exits, or never arrives, while others wait), misaligned __ldg or WMMA pointers, WMMA
+// arguments that differ across a warp, SIGSEGV in a kernel (an address out of any allocation, a
+// misaligned 16-byte access), too large launches, __trap(). Bad launch configurations set
+// cudaGetLastError, as on a GPU.
 //
 // WMMA: every thread of a warp holds the whole tile in its fragment (the hardware spreads the tile
 // over the warp in an unspecified register mapping); one lane computes a product and the others
