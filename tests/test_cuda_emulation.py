@@ -1309,6 +1309,26 @@ def test_wavenet_generate_cluster_kernel(emu, case):
         assert torch.equal(run(plan=plans[size]), expected), f"cluster size {size}"
 
 
+_PROTOTYPES["gmk_emu_wavenet_max_active_clusters"] = [_I64, _I64, ctypes.c_int]
+
+
+def test_wavenet_cluster_capacity(emu):
+    """The op's residency query (max_active_clusters_cuda: the launch configuration with its shared memory
+    opt-in, then cudaOccupancyMaxActiveClusters) for each cluster plan: the emulated device's bound, 132
+    multiprocessors x blocks per multiprocessor (228 KB of shared memory, 1 KB reserved per block; 2048
+    threads) / C."""
+    shape = (16, 16, 16, 32, 4, 2)
+    plans = cluster_plans(emu, shape, 4, False, 1)
+    assert [plan[0] for plan in plans] == [2, 4, 8, 16]
+    for size, _, shared, _ in plans:
+        per_multiprocessor = min(228 * 1024 // (shared + 1024), 2048 // 256)
+        assert emu.lib.gmk_emu_wavenet_max_active_clusters(size, shared, 0) == 132 * per_multiprocessor // size
+    size, _, shared, _ = wavenet_plan(emu, (64, 64, 64, 64, 8, 2, 1), 4, False, OPTIN_SHARED["sm90"], 132, 90)
+    assert size > 0 and shared > 48 * 1024  # over 48 KB: the query needs the opt-in first
+    assert emu.lib.gmk_emu_wavenet_max_active_clusters(size, shared, 0) == 132 * (228 * 1024 // (shared + 1024)) // size
+    assert emu.lib.gmk_emu_wavenet_max_active_clusters(17, 1024, 0) == -1  # over 16 blocks: no GPU takes it
+
+
 # --- bias_act and upfirdn2d (issue 13) ---------------------------------------------------------------
 
 import gmkernels.ops.bias_act as bias_act_ops  # noqa: E402

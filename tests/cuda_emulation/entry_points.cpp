@@ -316,6 +316,17 @@ int gmk_emu_wavenet_plan(const int64_t* sizes, int64_t element_size, int mixture
   return plan.error.empty() ? 0 : -1;
 }
 
+// max_active_clusters_cuda for the cluster kernel of plan (cluster_size, shared_bytes) in dtype; -1 on error.
+int gmk_emu_wavenet_max_active_clusters(int64_t cluster_size, int64_t shared_bytes, int dtype) {
+  gmk::wavenet_generate::Args a;
+  a.batch = 1;
+  a.cluster_size = cluster_size;
+  a.shared_bytes = shared_bytes;
+  a.dtype = static_cast<gmk::DType>(dtype);
+  int clusters = 0;
+  return gmk::wavenet_generate::max_active_clusters_cuda(a, &clusters) == cudaSuccess ? clusters : -1;
+}
+
 // sizes: batch, steps, layers, residual, skip, hidden, outputs, classes, kernel_size, cond_steps, uniforms,
 // cache_per_batch, start_class; plan: cluster_size, batch_per_block, shared_bytes, weights_in_shared;
 // floats: residual_scale, temperature, log_scale_min; tensors: embedding, conv_weight, conv_bias, res_weight,
