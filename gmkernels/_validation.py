@@ -45,9 +45,10 @@ def check_generator(function: str, generator, device: torch.device) -> None:
                          f"{device}), got a {generator.device.type} one")
 
 
-def check_input(function: str, x, channels: int | None = None, rank: int | None = None) -> None:
+def check_input(function: str, x, channels: int | None = None, rank: int | None = None,
+                device: torch.device | None = None) -> None:
     """``x`` is a floating-point tensor (N, channels, ...) of ``rank`` dimensions (None: any channels,
-    any rank >= 2); the message names what the module expected."""
+    any rank >= 2), on ``device`` when given (the module's); the message names what the module expected."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{function}: input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -57,3 +58,5 @@ def check_input(function: str, x, channels: int | None = None, rank: int | None 
         layout = "(N, C, H, W)" if rank == 4 else "(N, C, *spatial)"
         wanted = layout if channels is None else layout.replace("C", str(channels))
         raise ValueError(f"{function}: input must be {wanted}, got shape {tuple(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{function}: input must be on the module's device {device}, got {x.device}")

@@ -66,13 +66,13 @@ class ActNorm(torch.nn.Module):
         self._initialized = bool(self.initialized)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input("ActNorm", x, self.num_channels)
+        check_input("ActNorm", x, self.num_channels, device=self.bias.device)
         if not self._initialized:
             self.initialize(x)
         return actnorm(x, self.bias, self.log_scale)
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
-        check_input("ActNorm.reverse", y, self.num_channels)
+        check_input("ActNorm.reverse", y, self.num_channels, device=self.bias.device)
         return actnorm(y, self.bias, self.log_scale, reverse=True)[0]
 
     def extra_repr(self) -> str:

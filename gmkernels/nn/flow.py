@@ -59,7 +59,7 @@ class FlowStep(torch.nn.Module):
         return actnorm_conv1x1(x, bias, log_scale, self.invconv.weight, reverse=reverse)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input("FlowStep", x, self.actnorm.num_channels, rank=4)
+        check_input("FlowStep", x, self.actnorm.num_channels, rank=4, device=self.actnorm.bias.device)
         if not self.actnorm._initialized:  # a Python flag: reading the buffer on CUDA would synchronise
             self.actnorm.initialize(x)
         z, logdet = self._actnorm_conv1x1(x, reverse=False)
@@ -67,7 +67,7 @@ class FlowStep(torch.nn.Module):
         return y, logdet + logdet_coupling
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
-        check_input("FlowStep.reverse", y, self.actnorm.num_channels, rank=4)
+        check_input("FlowStep.reverse", y, self.actnorm.num_channels, rank=4, device=self.actnorm.bias.device)
         return self._actnorm_conv1x1(self.coupling.reverse(y), reverse=True)[0]
 
     def extra_repr(self) -> str:

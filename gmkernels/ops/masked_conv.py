@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import OpBackends
+from .._validation import INT64_MAX
 from ..reference import masked_conv as reference
 from ._common import check_choice, check_like, check_tensor
 from ._declare import Autograd, Op, triton_family
@@ -21,8 +22,8 @@ _triton = triton_family("masked_conv")
 def _check_positive_int(function: str, name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{function}: {name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{function}: {name} must be positive, got {value}")
+    if not 1 <= value <= INT64_MAX:
+        raise ValueError(f"{function}: {name} must be positive and fit int64, got {value}")
 
 
 def _check_mask(function: str, kernel_size: int, mask_type: str, in_channels: int, out_channels: int,

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from .harness import Draw, TensorSpec, failures_of, judge
+from .modules import MODULES
 from .ops import OPS_BY_NAME
+
+MODULES_BY_NAME = {module.name: module for module in MODULES}
 
 
 def T(shape, dtype=torch.float32, **kwargs):  # noqa: N802 - the harness' short form
@@ -48,6 +51,9 @@ REGRESSIONS = {
     # ragged taps reached torch.as_tensor ("expected sequence of length 2 at dim 1", unnamed)
     "setup_filter-ragged-taps": ("setup_filter", Draw({"f": [[1.0, 2.0], [3.0]], "normalize": True,
                                                        "flip_filter": False, "gain": 1.0, "separable": None})),
+    # a size past int64 reached torch.zeros (an unnamed overflow TypeError)
+    "conv_mask-out_channels-2**63": ("conv_mask", Draw({"kernel_size": 5, "mask_type": "B", "in_channels": 2,
+                                                        "out_channels": 2**63, "color_groups": 1})),
 }
 
 # Open issues (FuzzOp.known_nonfinite): their examples fail until fixed.
@@ -89,3 +95,14 @@ def test_cpp_wavenet_layer_rejects_nan_residual_scale():
     x, cw, rw, sw = torch.randn(1, 2, 3), torch.randn(4, 2, 2), torch.randn(2, 2), torch.randn(3, 2)
     with pytest.raises(ValueError, match="wavenet_layer: residual_scale must be a finite number"):
         torch.ops.gmkernels.wavenet_layer(x, cw, None, rw, None, sw, None, None, 1, math.nan)
+
+
+@pytest.mark.parametrize("module", ["nn.ActNorm", "nn.AffineCoupling", "nn.FlowStep"])
+def test_module_input_on_another_device(module):
+    """A meta input to a CPU module: a clear error naming the input (ActNorm's data-dependent initialisation
+    copied out of the meta tensor; AffineCoupling's network raised torch's unnamed device error)."""
+    draw = Draw({"num_channels": 4, "x": T((2, 4, 2, 4), device="meta"),
+                 **({"hidden_channels": 3} if module != "nn.ActNorm" else {})})
+    verdicts = judge(MODULES_BY_NAME[module], draw)
+    assert not failures_of(verdicts), "\n".join(failures_of(verdicts))
+    assert all(outcome == "error" for outcome, _ in verdicts.values())
