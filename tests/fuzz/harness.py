@@ -321,7 +321,7 @@ def run_once(op: FuzzOp, args: dict, backend: str | None, draw: Draw, cotangents
               and args[name].requires_grad]
     if cotangents is None:  # one per output, rounded to its dtype: every other run gets these very values
         generator = torch.Generator().manual_seed(draw.seed)
-        cotangents = [torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype)
+        cotangents = [torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device, out.dtype)
                       if isinstance(out, torch.Tensor) and out.is_floating_point() else None for out in outputs]
     pairs = [(out, c) for out, c in zip(outputs, cotangents) if isinstance(out, torch.Tensor) and out.requires_grad
              and c is not None and c.shape == out.shape]
