@@ -2,7 +2,7 @@
 from .actnorm import ActNorm
 from .bias_act import FusedLeakyReLU
 from .causal_conv import CausalConv1d, WaveNetLayer
-from .coupling import AffineCoupling
+from .coupling import AffineCoupling, ZeroConv2d
 from .flow import FlowStep, Squeeze2d
 from .gated import GatedActivation
 from .invconv import InvConv2d, InvConv2dLU
@@ -13,4 +13,4 @@ from .vector_quantize import VectorQuantizer
 
 __all__ = ["ActNorm", "AffineCoupling", "CausalConv1d", "DiscretizedLogisticMixtureLoss", "FlowStep",
            "GatedActivation", "InvConv2d", "InvConv2dLU", "MaskedConv2d", "ShiftedConv2d", "Squeeze2d",
-           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d", "VectorQuantizer"]
+           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d", "VectorQuantizer", "ZeroConv2d"]
