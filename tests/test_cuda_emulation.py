@@ -1705,3 +1705,240 @@ def test_conv1x1_past_2_31_elements(emu):
         expected = weight[c, 0].double() * x0 + weight[c, 1].double() * x1 + bias[c].double()
         assert_close_sum(visited(y, c), expected, torch.bfloat16, 2)
     assert y[0, 2, base - 256:base].eq(0).all()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))  # sm90: tensor cores (bfloat16); sm75: the FMA tiles
+def test_masked_conv_past_2_31_elements(emu, arch):
+    """A mask-B 3 x 3 convolution, 64 channels, x and grad_y (1, 64, 5800, 5800) channels_last: the last
+    positions' NHWC elements lie past 2^31, as does output channel 63's NCHW plane. The last 2 blocks of the
+    forward (NCHW output), of grad_x (channels-last output) and of the weight gradient's last split (taps 3
+    and 4) against the reference on the last 2 rows, the only ones not zero."""
+    h = w = 5800
+    c, positions, taps = 64, h * w, _live_taps("B", 1, 3, 3, 64, 64)
+    assert (positions - 256) * c > FAR and (c - 1) * positions + positions - 256 * 2 > FAR
+    x, grad_y = (untouched(positions * c, torch.bfloat16).view(1, h, w, c) for _ in range(2))
+    x[0, -2:], grad_y[0, -2:] = torch.randn(2, w, c).bfloat16(), torch.randn(2, w, c).bfloat16()
+    weight, b = (torch.randn(c, c, 3, 3) / 24).bfloat16(), torch.randn(c).bfloat16()
+    live = weight.flatten(2)[:, :, :taps]
+    packed, packed_t = live.permute(2, 1, 0).contiguous(), live.permute(2, 0, 1).contiguous()
+    geometry = _geometry("B", 1, 3, 3, c, c, 1, h, w)
+    emu.set_device(arch)
+
+    per_split = 2600  # the last split: the last row's last 2800 positions
+    splits = -(-positions // per_split)
+    assert splits * taps <= 65535
+    split_begin = (splits - 1) * per_split - (h - 1) * w  # its first column in the last row
+    rows = [t[:, -2:].permute(0, 3, 1, 2).double().requires_grad_() for t in (x,)] + [weight.double().requires_grad_()]
+    y64 = conv_reference.masked_conv2d(*rows, b.double(), mask_type="B", color_groups=1)
+    grad_rows = grad_y[:, -2:].permute(0, 3, 1, 2).double()
+    grad_x64, _ = torch.autograd.grad(y64, rows, grad_rows, retain_graph=True)
+    in_split = torch.zeros_like(grad_rows)
+    in_split[..., -1, split_begin:] = grad_rows[..., -1, split_begin:]
+    _, grad_w64 = torch.autograd.grad(y64, rows, in_split)
+
+    run = last_two_blocks(positions, 128)
+    y = untouched(positions * c, torch.bfloat16).view(1, c, h, w)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_tap_gemm", geometry, DTYPE_CODES[torch.bfloat16], 0, 0, 0, taps, c, c, x.data_ptr(),
+                packed.data_ptr(), b.data_ptr(), y.data_ptr())
+    assert_close_sum(y[0, :, -1, -run:], y64[0, :, -1, -run:], torch.bfloat16, c * taps)
+    assert y[0, :, -1, -run - 64:-run].eq(0).all()
+
+    grad_x = untouched(positions * c, torch.bfloat16).view(1, h, w, c)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_tap_gemm", geometry, DTYPE_CODES[torch.bfloat16], 0, 1, 1, taps, c, c, grad_y.data_ptr(),
+                packed_t.data_ptr(), None, grad_x.data_ptr())
+    assert_close_sum(grad_x[0, -1, -run:].T, grad_x64[0, :, -1, -run:], torch.bfloat16, c * taps)
+    assert grad_x[0, -1, -run - 64:-run].eq(0).all()
+
+    partial = untouched(splits * taps * c * c, torch.float32).view(splits, taps, c, c)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_weight_grad", geometry, DTYPE_CODES[torch.bfloat16], 0, taps, splits, per_split,
+                x.data_ptr(), grad_y.data_ptr(), partial.data_ptr())
+    for t in (taps - 2, taps - 1):  # (centre row, left) and the centre
+        assert_close_sum(partial[-1, t].T, grad_w64[:, :, t // 3, t % 3], torch.bfloat16, w - split_begin)
+    assert partial[-1, taps - 3].eq(0).all() and partial[-2].eq(0).all()
+
+
+def test_causal_conv_past_2_31_elements(emu):
+    """x, grad_y (1, 2, T) with T > 2^31 time steps: the last 2 blocks of the forward, of grad_x (the mirrored
+    taps) and of the weight gradient's tap 1 over its last 2 splits of 64 steps, against the reference on the
+    last 300 steps (the only ones not zero), every offset past 2^31."""
+    length, tail, k, dilation = FAR + 100, 300, 2, 3
+    x, grad_y = (untouched(2 * length, torch.bfloat16).view(1, 2, length) for _ in range(2))
+    x[..., -tail:], grad_y[..., -tail:] = torch.randn(1, 2, tail).bfloat16(), torch.randn(1, 2, tail).bfloat16()
+    weight, bias = (torch.randn(2, 2, k) / 2).bfloat16(), torch.randn(2).bfloat16()
+    leaves = [x[..., -tail:].double().requires_grad_(), weight.double().requires_grad_()]
+    y64 = causal_reference.causal_conv1d(*leaves, bias.double(), dilation)
+    (grad_x64,) = torch.autograd.grad(y64, leaves[0], grad_y[..., -tail:].double())
+    code, strides = DTYPE_CODES[torch.bfloat16], _longs(2 * length, length, 1)
+    run = last_two_blocks(length, 64)
+
+    y = untouched(2 * length, torch.bfloat16).view(1, 2, length)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_causal_conv", _longs(1, 2, 2, length, k, dilation), -1, code, x.data_ptr(), strides,
+                weight.data_ptr(), _longs(*weight.stride()), bias.data_ptr(), y.data_ptr())
+    assert_close_sum(y[..., -run:], y64[..., -run:], torch.bfloat16, 2 * k)
+    assert y[..., -run - 64:-run].eq(0).all()
+    grad_x = untouched(2 * length, torch.bfloat16).view(1, 2, length)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_causal_conv", _longs(1, 2, 2, length, k, dilation), 1, code, grad_y.data_ptr(), strides,
+                weight.data_ptr(), _longs(weight.stride(1), weight.stride(0), weight.stride(2)), None,
+                grad_x.data_ptr())
+    assert_close_sum(grad_x[..., -run:], grad_x64[..., -run:], torch.bfloat16, 2 * k)
+    assert grad_x[..., -run - 64:-run].eq(0).all()
+
+    splits = -(-length // 64)
+    assert -(-length // splits) == 64
+    last = length - (splits - 1) * 64  # steps of the last split
+    partial = untouched(splits * 2 * 2 * k, torch.float32).view(splits, 2, 2, k)
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_causal_conv_weight_grad", _longs(1, 2, 2, length, k, dilation, splits), code,
+                grad_y.data_ptr(), x.data_ptr(), strides, partial.data_ptr())
+    g, xs = grad_y[0, :, -tail:].double(), x[0, :, -tail:].double()
+    for split, steps in ((-1, slice(-last, None)), (-2, slice(-last - 64, -last))):
+        assert_close_sum(partial[split, :, :, k - 1], g[:, steps] @ xs[:, steps].T, torch.float32, 64)
+    assert partial[-2:, :, :, :k - 1].eq(0).all() and partial[-3].eq(0).all()
+
+
+def test_wavenet_layer_past_2_31_elements(emu):
+    """The fused layer on (1, R, T), T > 2^31, R = 2, S = 1, conditioning (1, 2R, T): the last 2 blocks of the
+    forward (x_next, skip) and of the backward's first pass (grad_h, z) against the reference on the last 200
+    steps (the only ones not zero), every offset past 2^31."""
+    length, tail, r, s, k, dilation, scale = FAR + 40, 200, 2, 1, 2, 3, 0.5**0.5
+    bf16 = torch.bfloat16
+
+    def tensor(channels, values=False):
+        t = untouched(channels * length, bf16).view(1, channels, length)
+        if values:
+            t[..., -tail:] = torch.randn(1, channels, tail).bfloat16()
+        return t
+
+    x, cond, grad_x_next, grad_skip = tensor(r, True), tensor(2 * r, True), tensor(r, True), tensor(s, True)
+    x_next, skip, grad_h, z = tensor(r), tensor(s), tensor(2 * r), tensor(r)
+    conv_weight = (torch.randn(2 * r, r, k) / 2).bfloat16()
+    res_weight, skip_weight = (torch.randn(r, r) / 2).bfloat16(), (torch.randn(s, r) / 2).bfloat16()
+    conv_bias, res_bias, skip_bias = (torch.randn(c).bfloat16() for c in (2 * r, r, s))
+    tensors = [x, cond, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, x_next, skip,
+               grad_x_next, grad_skip, grad_h, z]
+    pointers = (ctypes.c_void_p * 14)(*[t.data_ptr() for t in tensors])
+    common = (_longs(1, r, s, length, k, dilation), scale, DTYPE_CODES[bf16], _longs(r * length, length, 1),
+              _longs(2 * r * length, length, 1), pointers)
+    for backward in (0, 1):
+        with last_blocks(emu, 2):
+            emu.run("gmk_emu_wavenet_layer", backward, *common)
+
+    def crop(t):
+        return t[..., -tail:].double()
+
+    h64 = (causal_reference.causal_conv1d(crop(x), conv_weight.double(), conv_bias.double(), dilation)
+           + crop(cond)).requires_grad_()
+    z64 = gated_reference.gated_activation(h64, activation="tanh")
+    x_next64, skip64 = causal_reference.wavenet_layer(
+        crop(x), conv_weight.double(), conv_bias.double(), res_weight.double(), res_bias.double(),
+        skip_weight.double(), skip_bias.double(), crop(cond), dilation, scale)
+    grad_z64 = scale * torch.einsum("oc,not->nct", res_weight.double(), crop(grad_x_next)) + \
+        torch.einsum("sc,nst->nct", skip_weight.double(), crop(grad_skip))
+    (grad_h64,) = torch.autograd.grad(z64, h64, grad_z64)
+    run = last_two_blocks(length, 32)
+    for actual, expected, terms in ((x_next, x_next64, r * k), (skip, skip64, r * k), (z, z64, r * k),
+                                    (grad_h, grad_h64, r + s)):
+        assert_close_sum(actual[..., -run:], expected[..., -run:], bf16, terms, roundings=2)
+        assert actual[..., -run - 32:-run].eq(0).all()
+
+
+# (layout, outer, inner, width (checkerboard), misaligned): x_b of one sample past 2^31 elements (the 64-bit
+# division of offsets_of), or a second sample past 2^31 (32-bit division: half * inner < 2^31); 16-byte loads,
+# or one element (x one element past the alignment).
+COUPLING_FAR_CASES = {
+    "halves-vector": ("halves", 1, FAR + 4096, 1, False),
+    "halves-scalar-sample-1": ("halves", 2, 2**30 + 4096, 1, True),
+    "interleaved-vector-sample-1": ("interleaved", 2, 2**30 + 4096, 1, False),
+    "checkerboard": ("checkerboard", 1, FAR + 5 * 1024, 1024, False),
+    "checkerboard-odd-sample-1": ("checkerboard_odd", 2, 2**30 + 5 * 1024, 1024, False),
+}
+
+
+@pytest.mark.parametrize("case", COUPLING_FAR_CASES.values(), ids=COUPLING_FAR_CASES.keys())
+def test_coupling_past_2_31_elements(emu, case):
+    """Glow coupling, half = 1: the last 2 blocks of the forward (y; their log s sums, which the second kernel
+    adds up with the untouched zero slots into logdet) and of the backward (grad_x, grad_h) of the last sample,
+    against the reference's autograd on their elements, at offsets past 2^31."""
+    layout, outer, inner, width, misaligned = case
+    checkerboard = layout.startswith("checkerboard")
+    channels = 1 if checkerboard else 2  # x's; h has 2 half (r and t)
+    run = last_two_blocks(inner, 2048)
+    assert not checkerboard or (run % width == 0 and (inner // width - run // width) % 2 == 0)  # whole rows,
+    shift = 1 if misaligned else 0                                                               # the same parity
+
+    def tensor(c, values=False):
+        t = untouched(outer * c * inner + shift, torch.bfloat16)[shift:].view(outer, c, inner)
+        if values:
+            t[-1, :, -run - 64:] = torch.randn(c, run + 64).bfloat16()
+        return t
+
+    x, h, grad_y = tensor(channels, True), tensor(2, True), tensor(channels, True)
+    y, grad_x, grad_h = tensor(channels), tensor(channels), tensor(2)
+    grad_logdet = torch.randn(outer)
+    floats = emu.lib.gmk_emu_coupling_workspace(outer, 1, inner, 0)
+    assert floats == outer * -(-inner // 2048)
+    workspace, logdet = untouched(floats, torch.float32), torch.full((outer,), math.nan)
+    code = coupling_reference.LAYOUTS.index(layout)
+    common = (_longs(outer, 1, inner, width), 0, code, 0, DTYPE_CODES[torch.bfloat16], x.data_ptr(),
+              _longs(*x.stride()), h.data_ptr(), _longs(*h.stride()))
+    with last_blocks(emu, 2):
+        launches = emu.run("gmk_emu_coupling", 0, *common, None, None, y.data_ptr(), None, logdet.data_ptr(),
+                           workspace.data_ptr())
+        emu.run("gmk_emu_coupling", 1, *common, grad_y.data_ptr(), grad_logdet.data_ptr(), grad_x.data_ptr(),
+                grad_h.data_ptr(), None, None)
+    vector = not checkerboard and not misaligned
+    assert (", true>" in launches[0]) == vector and "sum_blocks_kernel" in launches[1], launches
+
+    def crop(t):
+        part = t[-1:, :, -run:].double()
+        return part.view(1, part.shape[1], -1, width) if checkerboard else part
+
+    leaves = [crop(x).requires_grad_(), crop(h).requires_grad_()]
+    y64, logdet64 = coupling_reference.affine_coupling(*leaves, "glow", layout, False)
+    grad_x64, grad_h64 = torch.autograd.grad([y64, logdet64], leaves, [crop(grad_y), grad_logdet[-1:].double()])
+    for actual, expected, kind in ((y, y64, "forward"), (grad_x, grad_x64, "grad"), (grad_h, grad_h64, "grad")):
+        assert_close(actual[-1, :, -run:], expected.flatten(2)[0], torch.bfloat16, kind)
+        assert actual[-1, :, -run - 64:-run].eq(0).all()
+    assert_close(logdet[-1:], logdet64, torch.float32, "forward", terms=run)
+    assert logdet[:-1].eq(0).all()  # the other samples: sums of untouched (zero) slots
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_logistic_mixture_nll_past_2_31_positions(emu, num_channels):
+    """params (1, P, S), S > 2^31 positions, 2 components: the last 2 blocks of the loss and of its backward
+    read parameters, x and grad_nll and write nll and grad_params at offsets past 2^31 (up to P S)."""
+    from test_logistic_mixture import make_params, make_x
+
+    s, tail, k = FAR + 64, 256, 2
+    p = lm_reference.params_per_component(num_channels) * k
+    params, grad = (untouched(p * s, torch.bfloat16).view(1, p, s) for _ in range(2))
+    x = untouched(num_channels * s, torch.float32).view(1, num_channels, s)
+    grad_nll, nll = (untouched(s, torch.float32).view(1, s) for _ in range(2))
+    params[..., -tail:] = make_params(1, num_channels, k, (tail,), dtype=torch.bfloat16)
+    x[..., -tail:] = make_x(1, num_channels, (tail,)).float()
+    grad_nll[..., -tail:] = torch.randn(1, tail)
+    common = (_longs(1, num_channels, k, s, 256), -7.0, DTYPE_CODES[torch.bfloat16], params.data_ptr(),
+              _strides(params), x.data_ptr(), _strides(x))
+    with last_blocks(emu, 2):
+        emu.run("gmk_emu_logistic_mixture", 0, *common, None, None, None, None, None, None, nll.data_ptr())
+        emu.run("gmk_emu_logistic_mixture", 1, *common, grad_nll.data_ptr(), _longs(grad_nll.stride(0), 0, 1),
+                None, None, None, None, grad.data_ptr())
+    run = last_two_blocks(s, 128)
+
+    def nll_and_grad(dtype):
+        leaf = params[..., -run:].to(dtype).requires_grad_()
+        loss = lm_reference.discretized_logistic_mixture_nll(leaf, x[..., -run:].to(dtype))
+        return loss, torch.autograd.grad(loss, leaf, grad_nll[..., -run:].to(dtype))[0]
+
+    # As test_logistic_mixture_nll_and_backward: widened by the float32 reference's own error.
+    (nll64, grad64), (nll32, grad32) = nll_and_grad(torch.float64), nll_and_grad(torch.float32)
+    for actual, expected, kind, error in ((nll, nll64, "forward", relative_error(nll32, nll64)),
+                                          (grad, grad64, "grad", relative_error(grad32, grad64))):
+        atol, rtol = (tolerance + 2 * error for tolerance in LM_TOLERANCES[torch.bfloat16][kind])
+        torch.testing.assert_close(actual[..., -run:].double(), expected, atol=atol, rtol=rtol)
+        assert actual[..., -tail:-run].eq(0).all()
