@@ -3,6 +3,9 @@ backend that runs here against the reference (every dtype, odd sizes, strided ca
 row, stride 2), against the full masked and shifted convolutions it stands for, autograd through its
 formula, opcheck, and bad input naming the argument (public function, C++ op, Triton op)."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,6 +82,55 @@ def test_strided_caches_and_parameters(backend):
 def test_empty_batch(backend):
     (rows, weight, b), options = make(SHAPES["position"], torch.float32)
     assert cached_conv2d(rows[:0], weight, b, backend=backend, **options).shape == (0, 7, 1)
+
+
+# (N, Cin, R, Wp, Cout, kh, kw, column, count, stride): several tiles of the CPU kernel, tiles ending inside
+# a sample's row (2340 taps: 93 pairs a tile; 3000 output channels: 47)
+TILED = {
+    "many-taps": (5, 90, 2, 52, 9, 2, 13, 0, 37, 1),
+    "many-outputs": (3, 2, 1, 70, 3000, 1, 3, 1, 31, 2),
+}
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", TILED)
+def test_tiles_of_the_cpu_kernel(shape, dtype):
+    (rows, weight, b), options = make(TILED[shape], dtype)
+    out = cached_conv2d(noncontiguous(rows), weight, b, backend="cpu", **options)
+    expected = reference.cached_conv2d(rows.double(), weight.double(), b.double(), *options.values())
+    assert_close_sum(out, expected, dtype, terms=weight[0].numel())
+
+
+BOUNDED_SCRATCH = """
+import sys, torch, gmkernels
+from gmkernels.ops.cached_conv import cached_conv2d
+def peak_mb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+torch.set_num_threads(1)
+width, kw = 2**22, 64  # (outputs x taps) window matrix in float: 2^22 x 64 x 4 B = 1 GiB
+rows = torch.randn(1, 1, 1, width + kw - 1)
+weight = torch.randn(1, 1, 1, kw)
+cached_conv2d(rows[..., :kw + 7], weight, count=8, backend="cpu")
+before = peak_mb()
+out = cached_conv2d(rows, weight, count=width, backend="cpu")
+growth = peak_mb() - before - out.numel() * 4 / 2**20
+for t in (0, width // 2 + 3, width - 1):
+    expected = (rows[0, 0, 0, t:t + kw].double() * weight.flatten().double()).sum()
+    assert abs(out[0, 0, t].item() - expected.item()) < 1e-4 * kw, (t, out[0, 0, t].item(), expected.item())
+print(growth)
+"""
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc/self/status (Linux)")
+def test_the_cpu_kernel_scratch_is_bounded():
+    """2^22 outputs of 64 taps (a 1 GiB float window matrix if it were built whole), in a fresh process:
+    its peak resident memory grows by the output and less than 64 MiB more."""
+    result = subprocess.run([sys.executable, "-c", BOUNDED_SCRATCH], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) < 64
 
 
 @pytest.mark.gpu
