@@ -1728,7 +1728,7 @@ def test_masked_conv_past_2_31_elements(emu, arch):
     splits = -(-positions // per_split)
     assert splits * taps <= 65535
     split_begin = (splits - 1) * per_split - (h - 1) * w  # its first column in the last row
-    rows = [t[:, -2:].permute(0, 3, 1, 2).double().requires_grad_() for t in (x,)] + [weight.double().requires_grad_()]
+    rows = [x[:, -2:].permute(0, 3, 1, 2).double().requires_grad_(), weight.double().requires_grad_()]
     y64 = conv_reference.masked_conv2d(*rows, b.double(), mask_type="B", color_groups=1)
     grad_rows = grad_y[:, -2:].permute(0, 3, 1, 2).double()
     grad_x64, _ = torch.autograd.grad(y64, rows, grad_rows, retain_graph=True)
@@ -1746,8 +1746,8 @@ def test_masked_conv_past_2_31_elements(emu, arch):
 
     grad_x = untouched(positions * c, torch.bfloat16).view(1, h, w, c)
     with last_blocks(emu, 2):
-        emu.run("gmk_emu_tap_gemm", geometry, DTYPE_CODES[torch.bfloat16], 0, 1, 1, taps, c, c, grad_y.data_ptr(),
-                packed_t.data_ptr(), None, grad_x.data_ptr())
+        emu.run("gmk_emu_tap_gemm", geometry, DTYPE_CODES[torch.bfloat16], 0, 1, 1, taps, c, c,
+                grad_y.data_ptr(), packed_t.data_ptr(), None, grad_x.data_ptr())
     assert_close_sum(grad_x[0, -1, -run:].T, grad_x64[0, :, -1, -run:], torch.bfloat16, c * taps)
     assert grad_x[0, -1, -run - 64:-run].eq(0).all()
 
@@ -1766,7 +1766,8 @@ def test_causal_conv_past_2_31_elements(emu):
     last 300 steps (the only ones not zero), every offset past 2^31."""
     length, tail, k, dilation = FAR + 100, 300, 2, 3
     x, grad_y = (untouched(2 * length, torch.bfloat16).view(1, 2, length) for _ in range(2))
-    x[..., -tail:], grad_y[..., -tail:] = torch.randn(1, 2, tail).bfloat16(), torch.randn(1, 2, tail).bfloat16()
+    for t in (x, grad_y):
+        t[..., -tail:] = torch.randn(1, 2, tail).bfloat16()
     weight, bias = (torch.randn(2, 2, k) / 2).bfloat16(), torch.randn(2).bfloat16()
     leaves = [x[..., -tail:].double().requires_grad_(), weight.double().requires_grad_()]
     y64 = causal_reference.causal_conv1d(*leaves, bias.double(), dilation)
@@ -1782,9 +1783,9 @@ def test_causal_conv_past_2_31_elements(emu):
     assert y[..., -run - 64:-run].eq(0).all()
     grad_x = untouched(2 * length, torch.bfloat16).view(1, 2, length)
     with last_blocks(emu, 2):
-        emu.run("gmk_emu_causal_conv", _longs(1, 2, 2, length, k, dilation), 1, code, grad_y.data_ptr(), strides,
-                weight.data_ptr(), _longs(weight.stride(1), weight.stride(0), weight.stride(2)), None,
-                grad_x.data_ptr())
+        emu.run("gmk_emu_causal_conv", _longs(1, 2, 2, length, k, dilation), 1, code, grad_y.data_ptr(),
+                strides, weight.data_ptr(), _longs(weight.stride(1), weight.stride(0), weight.stride(2)),
+                None, grad_x.data_ptr())
     assert_close_sum(grad_x[..., -run:], grad_x64[..., -run:], torch.bfloat16, 2 * k)
     assert grad_x[..., -run - 64:-run].eq(0).all()
 
@@ -1861,15 +1862,16 @@ COUPLING_FAR_CASES = {
 
 @pytest.mark.parametrize("case", COUPLING_FAR_CASES.values(), ids=COUPLING_FAR_CASES.keys())
 def test_coupling_past_2_31_elements(emu, case):
-    """Glow coupling, half = 1: the last 2 blocks of the forward (y; their log s sums, which the second kernel
-    adds up with the untouched zero slots into logdet) and of the backward (grad_x, grad_h) of the last sample,
-    against the reference's autograd on their elements, at offsets past 2^31."""
+    """Glow coupling, half = 1: the last 2 blocks of the forward (y; their log s sums, which the second
+    kernel adds up with the untouched zero slots into logdet) and of the backward (grad_x, grad_h) of the
+    last sample, against the reference's autograd on their elements, at offsets past 2^31."""
     layout, outer, inner, width, misaligned = case
     checkerboard = layout.startswith("checkerboard")
     channels = 1 if checkerboard else 2  # x's; h has 2 half (r and t)
     run = last_two_blocks(inner, 2048)
-    assert not checkerboard or (run % width == 0 and (inner // width - run // width) % 2 == 0)  # whole rows,
-    shift = 1 if misaligned else 0                                                               # the same parity
+    # A checkerboard's last blocks: whole rows, the first of the same parity as in the crop.
+    assert not checkerboard or (run % width == 0 and (inner // width - run // width) % 2 == 0)
+    shift = 1 if misaligned else 0
 
     def tensor(c, values=False):
         t = untouched(outer * c * inner + shift, torch.bfloat16)[shift:].view(outer, c, inner)
@@ -1900,8 +1902,10 @@ def test_coupling_past_2_31_elements(emu, case):
 
     leaves = [crop(x).requires_grad_(), crop(h).requires_grad_()]
     y64, logdet64 = coupling_reference.affine_coupling(*leaves, "glow", layout, False)
-    grad_x64, grad_h64 = torch.autograd.grad([y64, logdet64], leaves, [crop(grad_y), grad_logdet[-1:].double()])
-    for actual, expected, kind in ((y, y64, "forward"), (grad_x, grad_x64, "grad"), (grad_h, grad_h64, "grad")):
+    grad_x64, grad_h64 = torch.autograd.grad([y64, logdet64], leaves,
+                                             [crop(grad_y), grad_logdet[-1:].double()])
+    for actual, expected, kind in ((y, y64, "forward"), (grad_x, grad_x64, "grad"),
+                                   (grad_h, grad_h64, "grad")):
         assert_close(actual[-1, :, -run:], expected.flatten(2)[0], torch.bfloat16, kind)
         assert actual[-1, :, -run - 64:-run].eq(0).all()
     assert_close(logdet[-1:], logdet64, torch.float32, "forward", terms=run)
@@ -1942,3 +1946,74 @@ def test_logistic_mixture_nll_past_2_31_positions(emu, num_channels):
         atol, rtol = (tolerance + 2 * error for tolerance in LM_TOLERANCES[torch.bfloat16][kind])
         torch.testing.assert_close(actual[..., -run:].double(), expected, atol=atol, rtol=rtol)
         assert actual[..., -tail:-run].eq(0).all()
+
+
+def generate_far(emu, config, weights, layer_cond, uniform, *, batch, layer_gap, cond_steps, plan, blocks):
+    """run_generate's packing (softmax head, temperature 0.9) for ``batch`` elements in untouched mappings,
+    the last m of which hold ``layer_cond`` (L, m, 2R, T) and ``uniform`` (m, T, U): conditioning (L, batch,
+    cond_steps, 2R), layer l's ring buffer ``l * layer_gap`` floats into each element's cache. Runs the last
+    ``blocks`` blocks (clusters) of the kernel of ``plan``; returns the last m elements' samples, after
+    checking that the element before them has none."""
+    dtype = weights[0].dtype
+    classes, r = weights[0].shape
+    layers, _, _, k = weights[1].shape
+    s, h, p = weights[5].shape[1], weights[7].shape[0], weights[9].shape[0]
+    m, steps, uniforms = uniform.shape
+    dilations = config.dilations
+    assert all((k - 1) * d * r <= layer_gap for d in dilations)
+    packed = [t.permute(*dims).contiguous() for t, dims in zip(weights, (
+        (0, 1), (0, 3, 2, 1), (0, 1), (0, 2, 1), (0, 1), (0, 2, 1), (0, 1), (1, 0), (0,), (1, 0), (0,)))]
+    cond = untouched(layers * batch * cond_steps * 2 * r, dtype).view(layers, batch, cond_steps, 2 * r)
+    cond[:, -m:, :steps] = layer_cond.permute(0, 1, 3, 2)
+    noise = untouched(batch * steps * uniforms, torch.float32).view(batch, steps, uniforms)
+    noise[-m:] = uniform
+    layer_info = torch.tensor([[d, l * layer_gap] for l, d in enumerate(dilations)], dtype=torch.int64)
+    cache = untouched(batch * layers * layer_gap, torch.float32)
+    samples = untouched(batch * steps, torch.int64).view(batch, steps)
+    tensors = packed + [cond, noise, layer_info, cache, samples]
+    pointers = (ctypes.c_void_p * 16)(*[t.data_ptr() for t in tensors])
+    sizes = _longs(batch, steps, layers, r, s, h, p, classes, k, cond_steps, uniforms, layers * layer_gap,
+                   config.start_class)
+    floats = (ctypes.c_double * 3)(config.residual_scale, 0.9, config.log_scale_min)
+    with last_blocks(emu, blocks):
+        emu.run("gmk_emu_wavenet_generate", sizes, _longs(*plan), floats, 0, DTYPE_CODES[dtype], pointers)
+    assert samples[-m - 1].eq(0).all()
+    return samples[-m:].clone()
+
+
+@pytest.mark.parametrize("kernel", ["block", "cluster"])
+def test_wavenet_generate_past_2_31_elements(emu, kernel):
+    """Softmax WaveNet (L = 4, R = S = H = 16, A = 32, bfloat16, local and global conditioning), 8 steps.
+    Block kernel: 2^28 + 3 batch elements (8 a block), so that samples (N, T), uniforms, the caches (N, 96 R)
+    and the conditioning (L, N, T, 2R) pass 2^31 elements; its last 2 blocks (11 elements). Cluster kernel
+    (C = 2, 2 elements; 2 per cluster is its bound): the last cluster's caches and conditioning past 2^31,
+    with each layer's ring buffer 2^30 floats into an element's cache and the conditioning's time dimension
+    2^26 long. Their samples are the float32 cached loop's."""
+    from gmkernels.models import WaveNet
+    from test_wavenet import cached_loop, generation_inputs, small_config
+
+    config = small_config("softmax", 2, "local+global", layers=4, residual_channels=16, skip_channels=16,
+                          head_channels=16, num_classes=32)
+    torch.manual_seed(2)
+    model = WaveNet(config).to(torch.bfloat16)
+    shape = (16, 16, 16, 32, 4, 2)
+    if kernel == "block":
+        batch, layer_gap, cond_steps = 2**28 + 3, 96, 8
+        plan = wavenet_plan(emu, (*shape, batch), 2, False, OPTIN_SHARED["sm90"], 132, 0)
+        assert plan[0] == 0 and plan[1] == 8, plan
+        m = last_two_blocks(batch, 8)
+    else:
+        batch, layer_gap, cond_steps = 2, 2**30, 2**26
+        plan = cluster_plans(emu, shape, 2, False, batch)[0]
+        assert plan[0] == 2, plan
+        m = 1
+    weights, layer_cond, uniform = generation_inputs(model, batch=m, steps=8, dtype=torch.bfloat16)
+    weights = [w * 3 if i in (7, 9) else w for i, w in enumerate(weights)]  # logits that depend on the layers
+    assert max(config.dilations) * 16 <= layer_gap
+    samples = generate_far(emu, config, weights, layer_cond, uniform, batch=batch, layer_gap=layer_gap,
+                           cond_steps=cond_steps, plan=plan, blocks=2 if kernel == "block" else 1)
+    floats = [w.float() for w in weights]
+    expected = cached_loop(config, floats, layer_cond.float(), uniform, 0.9)
+    assert torch.equal(samples, expected)
+    no_skip = [w * 0 if i in (5, 6) else w for i, w in enumerate(floats)]  # relu(skip) = 0: the head alone
+    assert not torch.equal(cached_loop(config, no_skip, layer_cond.float(), uniform, 0.9), expected)
