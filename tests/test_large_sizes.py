@@ -11,8 +11,9 @@ Element counts: an op that bounds a size (the Triton convolutions' N·H·W < 2^3
 
 Whole tensors past 2^31 elements (nightly, GMK_LARGE_SIZES=1: a ~4 GB output each): bias_act and
 gated_activation on the cpu backend, x of 2^31 + 8192 bfloat16 elements read from an untouched mapping,
-their first and last outputs against the reference. (The CUDA kernels' offsets past 2^31:
-test_cuda_emulation.py runs the last blocks of such grids.)
+their first and last outputs against the reference; cached_conv2d along such a row (its output past 2^31
+too; 24 s here). (The CUDA kernels' offsets past 2^31: test_cuda_emulation.py runs the last blocks of such
+grids.)
 
 A kernel that computes an offset in 32 bits reads out of range: each case runs in a forked child, so
 such a read fails its test (killed by a signal) instead of ending the session; the children that must
@@ -179,7 +180,22 @@ def gated_pairs():
             for part in (slice(-TAIL, None), slice(0, TAIL))]
 
 
-PAST_2_31_OPS = {"bias_act": bias_act_pairs, "gated_activation": gated_pairs}
+def cached_conv_pairs():
+    """rows (1, 2, 1, L) as past_2_31's x, a 1x3 kernel along the whole row: an output of 2^31 + 8188
+    elements, channel 1's last outputs (from rows' channel 1, past 2^31) past 2^31 too."""
+    rows = past_2_31().unsqueeze(2)
+    weight, bias = torch.randn(2, 2, 1, 3).bfloat16(), torch.randn(2).bfloat16()
+    out = gmk.cached_conv2d(rows, weight, bias, count=rows.shape[3] - 2, backend="cpu")
+
+    def expected(part):
+        return gmk.cached_conv2d(rows[..., part].double(), weight.double(), bias.double(), count=TAIL - 2,
+                                 backend="reference")
+    return [(out[..., -(TAIL - 2):], expected(slice(-TAIL, None))),
+            (out[..., :TAIL - 2], expected(slice(0, TAIL)))]
+
+
+PAST_2_31_OPS = {"bias_act": bias_act_pairs, "gated_activation": gated_pairs,
+                 "cached_conv2d": cached_conv_pairs}
 
 
 @pytest.mark.slow
