@@ -212,10 +212,12 @@ def _coupling_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, grad_x_
 
 
 @triton.jit
-def _checkerboard_offsets(o, m, channels, inner, width, sx_outer, sx_channel, sx_inner, sh_outer, sh_channel,
-                          sh_inner, TRANSFORM: tl.constexpr, ODD: tl.constexpr):
-    """Element m = c * inner + p of a sample's x (int32, as in _offsets): offsets of x, r, t (strided), of
-    y (contiguous), of r, t in a contiguous h (additive: h is t alone); and whether the element is in x_b."""
+def _checkerboard_elements(blocks_per_sample, channels, inner, width, sx_outer, sx_channel, sx_inner, sh_outer,
+                           sh_channel, sh_inner, TRANSFORM: tl.constexpr, ODD: tl.constexpr, BLOCK: tl.constexpr):
+    """The program's elements m = c * inner + p of sample o's x (int32, as in _offsets): the program id, o,
+    the mask; offsets of x, r, t (strided), of y (contiguous), of r, t in a contiguous h (additive: h is t
+    alone); and whether the element is in x_b."""
+    pid, o, m, mask = _program_elements(blocks_per_sample, channels, inner, BLOCK)
     c = m // inner
     p = m - c * inner
     i = p // width
@@ -231,7 +233,7 @@ def _checkerboard_offsets(o, m, channels, inner, width, sx_outer, sx_channel, sx
     if TRANSFORM == 2:
         t = r
         gt = y
-    return x, r, t, y, gr, gt, in_b
+    return pid, o, mask, x, r, t, y, gr, gt, in_b
 
 
 @triton.jit
@@ -239,10 +241,9 @@ def _checkerboard_forward_kernel(x_ptr, h_ptr, y_ptr, sums_ptr, blocks_per_sampl
                                  sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
                                  TRANSFORM: tl.constexpr, ODD: tl.constexpr, REVERSE: tl.constexpr,
                                  BLOCK: tl.constexpr):
-    pid, o, m, mask = _program_elements(blocks_per_sample, channels, inner, BLOCK)
-    x_off, r_off, t_off, y_off, _, _, in_b = _checkerboard_offsets(o, m, channels, inner, width, sx_outer,
-                                                                   sx_channel, sx_inner, sh_outer, sh_channel,
-                                                                   sh_inner, TRANSFORM, ODD)
+    pid, o, mask, x_off, r_off, t_off, y_off, _, _, in_b = _checkerboard_elements(
+        blocks_per_sample, channels, inner, width, sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+        TRANSFORM, ODD, BLOCK)
     load_b = mask & in_b
     x = tl.load(x_ptr + x_off, mask=mask)
     z = x.to(tl.float32)
@@ -259,10 +260,9 @@ def _checkerboard_backward_kernel(grad_y_ptr, grad_logdet_ptr, x_ptr, h_ptr, gra
                                   sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
                                   TRANSFORM: tl.constexpr, ODD: tl.constexpr, REVERSE: tl.constexpr,
                                   BLOCK: tl.constexpr):
-    pid, o, m, mask = _program_elements(blocks_per_sample, channels, inner, BLOCK)
-    x_off, r_off, t_off, y_off, gr, gt, in_b = _checkerboard_offsets(o, m, channels, inner, width, sx_outer,
-                                                                     sx_channel, sx_inner, sh_outer, sh_channel,
-                                                                     sh_inner, TRANSFORM, ODD)
+    pid, o, mask, x_off, r_off, t_off, y_off, gr, gt, in_b = _checkerboard_elements(
+        blocks_per_sample, channels, inner, width, sx_outer, sx_channel, sx_inner, sh_outer, sh_channel, sh_inner,
+        TRANSFORM, ODD, BLOCK)
     load_b = mask & in_b
     grad_y = tl.load(grad_y_ptr + y_off, mask=mask)
     grad_z, grad_r, grad_t = _gradients(grad_y.to(tl.float32), grad_logdet_ptr, x_ptr, h_ptr, o, x_off, r_off,
