@@ -1953,7 +1953,7 @@ def generate_far(emu, config, weights, layer_cond, uniform, *, batch, layer_gap,
     the last m of which hold ``layer_cond`` (L, m, 2R, T) and ``uniform`` (m, T, U): conditioning (L, batch,
     cond_steps, 2R), layer l's ring buffer ``l * layer_gap`` floats into each element's cache. Runs the last
     ``blocks`` blocks (clusters) of the kernel of ``plan``; returns the last m elements' samples, after
-    checking that the element before them has none."""
+    checking that the element before them has none and that their ring buffers, and not its, were written."""
     dtype = weights[0].dtype
     classes, r = weights[0].shape
     layers, _, _, k = weights[1].shape
@@ -1978,6 +1978,10 @@ def generate_far(emu, config, weights, layer_cond, uniform, *, batch, layer_gap,
     with last_blocks(emu, blocks):
         emu.run("gmk_emu_wavenet_generate", sizes, _longs(*plan), floats, 0, DTYPE_CODES[dtype], pointers)
     assert samples[-m - 1].eq(0).all()
+    rings = cache.view(batch, layers, layer_gap)
+    for l, d in enumerate(dilations):  # each layer's ring buffer: written for the last m elements only
+        ring = rings[:, l, :(k - 1) * d * r]
+        assert ring[-m:].ne(0).any(1).all() and ring[-m - 1].eq(0).all()
     return samples[-m:].clone()
 
 
