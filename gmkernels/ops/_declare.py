@@ -87,6 +87,10 @@ class Op:
                 _register_autograd(qualname, namespace, autograd)
             elif formula is not None:
                 _register_formula(qualname, formula)
+        # Resolved once, per backend: lookups in torch.ops on every call are measurable on small CPU ops.
+        self._overloads = {backend: getattr(getattr(torch.ops, namespace_of(backend)), name).default
+                           for backend in ("cpu", "cuda", "triton") if self.has(backend)}
+        self.select = self.backends.select
 
     def namespaces(self) -> list[str]:
         return [namespace for namespace, defined in ((CPP_NAMESPACE, self.cpp), (TRITON_NAMESPACE, self.triton))
@@ -98,14 +102,15 @@ class Op:
 
     def op(self, backend: str):
         """The op that runs on ``backend``: ``torch.ops.gmkernels.<name>`` or ``torch.ops.gmk_triton.<name>``."""
-        return getattr(getattr(torch.ops, namespace_of(backend)), self.name).default
+        overload = self._overloads.get(backend)
+        return overload or getattr(getattr(torch.ops, namespace_of(backend)), self.name).default
 
     def run(self, backend: str, *args):
-        return self.op(backend)(*args)
+        overload = self._overloads.get(backend)
+        return (overload or self.op(backend))(*args)
 
-    def select(self, backend: str, device: torch.device, dtype: torch.dtype) -> str:
-        """The backend a call runs on (see :meth:`gmkernels._backend.OpBackends.select`)."""
-        return self.backends.select(backend, device, dtype)
+    # select(backend, device, dtype): the backend a call runs on, bound in __init__ to the op's
+    # OpBackends.select (see gmkernels._backend).
 
 
 def _library(namespace: str) -> torch.library.Library:
