@@ -1,12 +1,14 @@
 // CPU kernels of the causal convolution and the WaveNet layer: the dilated convolution is k GEMMs,
 // one per tap, on shifted views of x (tap j adds W_j · x[:, 0 : T - shift_j] into y[:, shift_j : T]),
-// so the zero padding is never stored. float16 and bfloat16 compute in float32 and round once.
+// so the zero padding is never stored (where a tap reads it, W_j · 0 is added: NaN in the rows of a non-finite
+// weight, as a GEMM over the padded input gives). float16 and bfloat16 compute in float32 and round once.
 // The fused layer runs per (sample, block of time steps): h = conv + bias + cond into a float block,
 // the gate of gmk/gated.h in place (vectorised, GMK_CPU_CLONES), then both 1x1s as GEMMs on z.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "gmk/causal_conv.h"
 #include "gmk/cpu_math.h"
@@ -63,6 +65,14 @@ at::Tensor taps_first(const at::Tensor& weight, at::ScalarType type) {
   return weight.to(type).permute({2, 0, 1}).contiguous();
 }
 
+// W_j · 0, what tap j adds where it reads the zeros before the start, as a (rows, 1) column: 0, or NaN in
+// the rows holding an inf or NaN weight (0 · inf), as the other backends' GEMMs over the zero-padded input
+// and F.conv1d give; undefined when every weight of the tap is finite (nothing to add).
+at::Tensor padding_term(const at::Tensor& w_j) {
+  const at::Tensor term = w_j.mul(0).sum(1, /*keepdim=*/true);
+  return at::isnan(term).any().item<bool>() ? term : at::Tensor();
+}
+
 }  // namespace
 
 at::Tensor conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -79,6 +89,8 @@ at::Tensor conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::op
   }
   for (int64_t j = 0; j < k; ++j) {
     const int64_t shift = tap_shift(j, k, dilation, t);
+    const at::Tensor padding = shift > 0 ? padding_term(w[j]) : at::Tensor();
+    if (padding.defined()) y.narrow(2, 0, std::min(shift, t)).add_(padding);
     if (shift >= t) continue;  // this tap reads only the zeros before the start
     y.narrow(2, shift, t - shift).baddbmm_(w[j].expand({n, out_channels, x.size(1)}), xc.narrow(2, 0, t - shift));
   }
@@ -126,6 +138,7 @@ struct Layer {
   at::ScalarType type;
   int64_t n, r, t, s, k, dilation, blocks;
   at::Tensor x, w, rw, sw, cb, cond;  // x (N, R, T), w (k, 2R, R), rw (R, R), sw (S, R), cb (2R, 1)
+  std::vector<at::Tensor> padding;    // per tap: padding_term(w[j])
 
   Layer(const at::Tensor& x_in, const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
         const at::Tensor& res_weight, const at::Tensor& skip_weight, const std::optional<at::Tensor>& cond_in,
@@ -134,7 +147,11 @@ struct Layer {
         k(conv_weight.size(2)), dilation(dilation_in), blocks((t + kLayerBlock - 1) / kLayerBlock),
         x(x_in.to(type).contiguous()), w(taps_first(conv_weight, type)), rw(res_weight.to(type).contiguous()),
         sw(skip_weight.to(type).contiguous()), cb(column(conv_bias, 2 * r)),
-        cond(cond_in.has_value() ? *cond_in : at::Tensor()) {}
+        cond(cond_in.has_value() ? *cond_in : at::Tensor()) {
+    for (int64_t j = 0; j < k; ++j) {
+      padding.push_back(tap_shift(j, k, dilation, t) > 0 ? padding_term(w[j]) : at::Tensor());
+    }
+  }
 
   // Read only: it may be the caller's bias itself.
   at::Tensor column(const std::optional<at::Tensor>& bias, int64_t rows) const {
@@ -163,6 +180,7 @@ struct Layer {
     at::Tensor h = at::empty({2 * r, len}, x.options()).copy_(cb);  // never cb itself (len = 1): h is written
     for (int64_t j = 0; j < k; ++j) {  // columns t0 + i with t0 + i - shift >= 0
       const int64_t shift = tap_shift(j, k, dilation, t), first = std::max(t0, shift);
+      if (first > t0 && padding[j].defined()) h.narrow(1, 0, std::min(first, t0 + len) - t0).add_(padding[j]);
       if (first >= t0 + len) continue;
       h.narrow(1, first - t0, t0 + len - first).addmm_(w[j], x[b].narrow(1, first - shift, t0 + len - first));
     }

@@ -93,15 +93,11 @@ def _check_permutation(op: str, perm: torch.Tensor, synchronise: bool) -> torch.
 
 
 def _lu(lower, upper, log_s, sign_s, perm, reverse: bool) -> torch.Tensor:
-    """W = P L U, or in reverse W⁻¹ = U⁻¹ L⁻¹ Pᵀ by two triangular solves, float64."""
+    """W = P L U, or in reverse W⁻¹ = U⁻¹ L⁻¹ Pᵀ by two triangular solves (the reference's), float64."""
+    if reverse:
+        return reference.lu_inverse(lower, upper, log_s, sign_s, perm)
     lower, upper, log_s, sign_s, perm = (t.double() for t in (lower, upper, log_s, sign_s, perm))
-    eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
-    unit_lower = torch.tril(lower, -1) + eye
-    upper = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
-    if not reverse:
-        return perm @ unit_lower @ upper
-    z = torch.linalg.solve_triangular(unit_lower, perm.mT, upper=False, unitriangular=True)
-    return torch.linalg.solve_triangular(upper, z, upper=True)
+    return reference.lu_weight(lower, upper, log_s, sign_s, perm)
 
 
 def _fold_actnorm(matrix, bias, log_scale, reverse: bool,

@@ -139,6 +139,10 @@ def setup_filter(f, *, normalize: bool = True, flip_filter: bool = False, gain: 
     and their outer product otherwise; ``normalize`` divides by the sum (the DC gain becomes 1),
     ``flip_filter`` flips it, and the result is scaled by ``gain`` (``gain ** (f.dim() / 2)`` per tap)."""
     function = "setup_filter"
+    if isinstance(f, torch.Tensor) and f.device.type == "meta" and torch.device(device).type != "meta":
+        raise ValueError(f"setup_filter: f is a tensor on the meta device (shape {tuple(f.shape)}, no values), "
+                         f"so no filter can be made on device {str(device)!r}: pass taps with values, or "
+                         "device='meta' for a meta filter")
     try:
         f = torch.as_tensor(1.0 if f is None else f, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as error:  # ragged lists, strings, complex values

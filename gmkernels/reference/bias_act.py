@@ -16,7 +16,9 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 
 
 def _swish(v, alpha):
-    return torch.sigmoid(v) * v
+    """v · σ(v) through F.silu, whose derivative σ(v)(1 + v(1 − σ(v))) is finite at every finite v (autograd
+    of σ(v) · v multiplies the incoming gradient by v first: inf · σ'(v) = inf · 0 = NaN at v = ±max)."""
+    return F.silu(v)
 
 
 # name: (the function of v = x + b, its default alpha, its default gain)

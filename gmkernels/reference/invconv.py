@@ -5,7 +5,8 @@ actnorm followed by it, as the reference implementations write them (plain PyTor
     log|det J| = |S| · log|det W|              slogdet in float64, as the reference code does
     LU: W = P (L ⊙ strict_lower + I)(U ⊙ strict_upper + diag(sign_s · exp(log_s))),
         log|det J| = |S| · Σ log_s
-The reverse uses W's inverse (computed in float64) and returns the negated log-determinant.
+The reverse uses W's inverse (computed in float64; for LU, U⁻¹ L⁻¹ Pᵀ by two triangular solves, as the
+kernels' path builds it) and returns the negated log-determinant.
 """
 import functools
 
@@ -48,8 +49,26 @@ def lu_weight(lower, upper, log_s, sign_s, perm):
     return perm @ lower @ upper
 
 
+def lu_inverse(lower, upper, log_s, sign_s, perm):
+    """W⁻¹ = U⁻¹ L⁻¹ Pᵀ by two triangular solves, float64: W itself is never inverted. A zero or non-finite
+    diagonal of U (log_s = -inf, a NaN parameter) gives inf/NaN entries where the solves read it, no
+    error (the same matrix on every backend)."""
+    lower, upper, log_s, sign_s, perm = (t.double() for t in (lower, upper, log_s, sign_s, perm))
+    eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
+    unit_lower = torch.tril(lower, -1) + eye
+    upper = torch.triu(upper, 1) + torch.diag(sign_s * torch.exp(log_s))
+    z = torch.linalg.solve_triangular(unit_lower, perm.mT, upper=False, unitriangular=True)
+    return torch.linalg.solve_triangular(upper, z, upper=True)
+
+
+def _lu_matrix(lower, upper, log_s, sign_s, perm, reverse):
+    parameters = (lower, upper, log_s, sign_s, perm)
+    return lu_inverse(*parameters) if reverse else lu_weight(*parameters)
+
+
 def invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse=False):
-    return _apply(x, lu_weight(lower, upper, log_s, sign_s, perm), log_s.double().sum(), reverse)
+    y = conv1x1(x, _lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
+    return y, per_sample(positions(x) * log_s.double().sum(), x, reverse)
 
 
 def actnorm_conv1x1(x, bias, log_scale, weight, reverse=False):
@@ -64,7 +83,10 @@ def actnorm_conv1x1(x, bias, log_scale, weight, reverse=False):
 
 
 def actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse=False):
-    weight = lu_weight(lower, upper, log_s, sign_s, perm)
-    y, _ = actnorm_conv1x1(x, bias, log_scale, weight, reverse)
+    matrix = _lu_matrix(lower, upper, log_s, sign_s, perm, reverse)
+    if reverse:
+        y, _ = actnorm(conv1x1(x, matrix), bias, log_scale, reverse=True)
+    else:
+        y = conv1x1(actnorm(x, bias, log_scale)[0], matrix)
     logdet = positions(x) * (log_scale.double().sum() + log_s.double().sum())
     return y, per_sample(logdet, x, reverse)

@@ -41,11 +41,41 @@ def bias_alone(x, weight, bias):
 
 
 def masked_conv2d(x, weight, bias=None, mask_type="B", color_groups=1):
-    k = weight.shape[-1]
+    """The sum over the live weights only: a masked weight is never read (a NaN there does not reach y) and
+    the inputs only masked taps see are never multiplied (an inf there does not become 0 · inf = NaN)."""
     if has_no_products(x, weight):
         return bias_alone(x, weight, bias)
-    mask = conv_mask(k, mask_type, weight.shape[1], weight.shape[0], color_groups).to(weight)
-    return F.conv2d(x, weight * mask, bias, padding=k // 2)
+    k = weight.shape[-1]
+    mask = conv_mask(k, mask_type, weight.shape[1], weight.shape[0], color_groups).to(weight.device, torch.bool)
+    y = raster_prefix_conv2d(x, torch.where(mask, weight, 0))
+    if mask_type == "B" or color_groups > 1:
+        y = y + centre_tap_conv2d(x, weight[:, :, k // 2, k // 2], mask_type, color_groups)
+    return y if bias is None else y + bias.view(-1, 1, 1)
+
+
+def raster_prefix_conv2d(x, weight):
+    """The k x k kernel's taps before the centre in raster order (the rows above it, then the centre row
+    left of it), zero padding: what every mask keeps off the centre. Zero when k = 1."""
+    c = weight.shape[-1] // 2
+    y = x.new_zeros(x.shape[0], weight.shape[0], *x.shape[2:])
+    if c == 0:
+        return y
+    above = F.pad(x, (c, c, c, -1))         # output row i reads input rows i - c .. i - 1
+    left = F.pad(x, (c, -1, 0, 0))          # output column j reads input columns j - c .. j - 1
+    return y + F.conv2d(above, weight[:, :, :c, :]) + F.conv2d(left, weight[:, :, c:c + 1, :c])
+
+
+def centre_tap_conv2d(x, centre, mask_type, color_groups):
+    """The centre tap (Cout, Cin): output group g reads input groups < g (mask A) or <= g (mask B), and
+    only those (docs/conventions.md, "Colour groups")."""
+    out_per_group, in_per_group = centre.shape[0] // color_groups, centre.shape[1] // color_groups
+    parts = []
+    for group in range(color_groups):
+        seen = (group + (mask_type == "B")) * in_per_group
+        weight = centre[group * out_per_group:(group + 1) * out_per_group, :seen, None, None]
+        parts.append(F.conv2d(x[:, :seen], weight) if seen else
+                     x.new_zeros(x.shape[0], out_per_group, *x.shape[2:]))
+    return torch.cat(parts, dim=1)
 
 
 def shifted_conv2d(x, weight, bias=None, shift="down"):

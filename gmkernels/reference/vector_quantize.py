@@ -44,6 +44,19 @@ def nearest_codes(rows: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return indices
 
 
+class _StraightThrough(torch.autograd.Function):
+    """The value of ``lookup`` (in x's layout), the gradient to both x and lookup unchanged. Not written
+    x + (lookup − x), which is NaN at an infinite x where the kernels return the code."""
+
+    @staticmethod
+    def forward(ctx, x, lookup):
+        return torch.empty_like(x).copy_(lookup)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad
+
+
 def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, dim: int = 1, return_distance: bool = False):
     """``(quantized, indices)`` or ``(quantized, indices, distance)``.
 
@@ -58,7 +71,7 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, dim: int = 1, retur
     looked_up = torch.nn.functional.embedding(indices, codebook)  # (positions, D), the lookup's gradient
     moved = x.movedim(dim, -1)
     lookup = looked_up.reshape(moved.shape).movedim(-1, dim)
-    quantized = (x - x.detach()) + lookup  # exactly the codes in x's layout; the gradient passes to x
+    quantized = _StraightThrough.apply(x, lookup)  # exactly the codes in x's layout; the gradient passes to x
     indices = indices.reshape(moved.shape[:-1])
     if not return_distance:
         return quantized, indices

@@ -223,7 +223,10 @@ def _layer_kernel(x_ptr, w_ptr, bias_ptr, cond_ptr, w_res_ptr, b_res_ptr, w_skip
                               s_w_o, s_w_i, s_w_j, True, R_PAD, BT, BK, PRECISION, INTERPRETED)
     a, b = _gate_inputs(acc_a, acc_b, bias_ptr, s_bias, cond_ptr, n, R, offs_c, c_ok, offs_t, mask,
                         s_cond_n, s_cond_c, s_cond_t, HAS_BIAS, HAS_COND)
-    z = (tanh(a, INTERPRETED) * tl.sigmoid(b)).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
+    z = tanh(a, INTERPRETED) * tl.sigmoid(b)
+    # Rows past R hold 0 · x of the weight's padding, NaN at an inf x: zeroed, as the 1x1s' padded
+    # columns (zero weights) multiply them too.
+    z = tl.where(c_ok[:, None], z, 0.0).to(x_ptr.dtype.element_ty)  # the 1x1s' operand type
     _one_by_one_out(z, w_res_ptr, b_res_ptr, s_res_bias, x_base, x_next_ptr, n, R, R, T, s_wr_o, s_wr_i, s_x_c,
                     s_x_t, scale,
                     offs_c, offs_t, HAS_RES_BIAS, True, BO, BT, PRECISION, INTERPRETED)

@@ -1,7 +1,12 @@
-"""Writes the fuzz run's counts (op, backend, outcome) to $GMK_FUZZ_COUNTS as JSON when it is set (the
-campaign, tests/fuzz/campaign.py, merges them into tests/fuzz/REPORT.md)."""
+"""Triton's interpreter with exact bfloat16 casts (tests/fuzz/interpreter.py); writes the fuzz run's counts
+(op, backend, outcome) to $GMK_FUZZ_COUNTS as JSON when it is set (the campaign, tests/fuzz/campaign.py,
+merges them into tests/fuzz/REPORT.md)."""
 import json
 import os
+
+from .interpreter import install
+
+install()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -9,16 +9,19 @@ the bin's probability is a difference of two CDFs that cancels ~4 digits.
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import gmkernels as gmk
 from gmkernels.ops.cached_conv import cached_conv2d
 from gmkernels.ops.wavenet_generate import wavenet_generate
+from gmkernels.reference import masked_conv as reference_masked_conv
 from gmkernels.reference.wavenet_generate import GenerationWeights
 
-from .harness import Draw, FuzzOp
+from .harness import Draw, FuzzOp, Result
 from .strategies import BAD_FLOATS, BAD_INTS, SMALL, Builder, capped, size
 
 BAD_CHOICES = ("nope", "", None, 1, True)
@@ -127,6 +130,23 @@ def masked_draws(b):
 def masked_call(a, backend):
     return gmk.masked_conv2d(a["x"], a["weight"], a["bias"], mask_type=a["mask_type"], color_groups=a["color_groups"],
                              gate=a["gate"], cond=a["cond"], backend=backend)
+
+
+def _centre_every_pair(x, centre, mask_type, color_groups):
+    """The centre tap over every channel pair, weight 0 where masked: as the kernels' block products read it."""
+    live = reference_masked_conv.conv_mask(1, mask_type, centre.shape[1], centre.shape[0], color_groups)
+    return F.conv2d(x, torch.where(live.to(centre.device, torch.bool), centre[:, :, None, None], 0))
+
+
+def every_centre_pair(call):
+    """``call`` with the reference reading, at the centre tap of a colour-grouped mask, the input channels an
+    output's group does not see (times a zero weight): where the kernels may turn a NaN/inf there into NaN
+    (their block products multiply whole channel blocks; the op's formula, the reference's, does not read
+    them). docs/finite-ranges.md, "Comparison rules"."""
+    def upper(a, backend):
+        with mock.patch.object(reference_masked_conv, "centre_tap_conv2d", _centre_every_pair):
+            return call(a, backend)
+    return upper
 
 
 @composite(("x", "weight", "bias", "shift"))
@@ -374,6 +394,11 @@ def resample_draws(function: str):
     return draws
 
 
+def separable(a) -> bool:
+    """A 1-D f: two passes, the first one's output rounded to x's dtype (the reference's two F.conv2d too)."""
+    return isinstance(a.get("f"), torch.Tensor) and a["f"].dim() == 1
+
+
 def resample_call(function: str):
     def call(a, backend):
         kwargs = {name: a[name] for name in (*SCALING[function], "padding", "flip_filter", "gain")}
@@ -404,6 +429,44 @@ def vq_draws(b):
 def vq_call(a, backend):
     return gmk.vector_quantize(a["x"], a["codebook"], dim=a["dim"], return_distance=a["return_distance"],
                                backend=backend)
+
+
+def near_tie_codes(x: torch.Tensor, codebook: torch.Tensor, dim: int):
+    """(positions, codes): the positions of x (its shape without ``dim``) whose two best scores
+    ||c_k||² - 2 x·c_k differ by less than the scores' rounding error bound, 2 (D + 2) u (||x||² + max ||c||²)
+    with u the unit roundoff of the scores' dtype (float32, float64 for float64 x: docs/conventions.md,
+    "Vector quantisation"), and a (K,) bool of the codes taking part in such a near-tie."""
+    rows = x.detach().movedim(dim, -1).double()
+    codes = codebook.detach().double()
+    shape, k = rows.shape[:-1], codes.shape[0]
+    if k < 2 or rows.numel() == 0:
+        return torch.zeros(shape, dtype=torch.bool), torch.zeros(k, dtype=torch.bool)
+    norms = (codes * codes).sum(1)
+    best = (norms - 2 * rows @ codes.T).topk(2, dim=-1, largest=False)
+    u = 2.0 ** (-53 if x.dtype == torch.float64 else -24)
+    bound = 2 * (rows.shape[-1] + 2) * u * ((rows * rows).sum(-1) + norms.max())
+    tied = (best.values[..., 1] - best.values[..., 0]) <= bound
+    involved = torch.zeros(k, dtype=torch.bool)
+    involved[best.indices[tied].reshape(-1)] = True
+    return tied, involved
+
+
+def _along(tied: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """``tied`` (positions) spread along ``dim`` to ``like``'s shape."""
+    return tied.unsqueeze(dim).expand(like.shape)
+
+
+def vq_near_ties(a, reference: Result):
+    """Where a near-tie may take either code: quantized, indices, distance and x's gradient at its positions,
+    the codebook gradient's rows of the codes in it."""
+    x, codebook = a["x"], a["codebook"]
+    dim = a["dim"] % x.dim()
+    tied, involved = near_tie_codes(x, codebook, dim)
+    if not tied.any():
+        return None
+    quantized, indices, *distance = reference.outputs
+    outputs = (_along(tied, quantized, dim), tied, *(tied for _ in distance))
+    return Result(outputs, (_along(tied, x, dim), involved[:, None].expand(codebook.shape)))
 
 
 @composite(("x", "indices", "num_codes", "dim"))
@@ -478,11 +541,6 @@ CONV1X1 = {
     "actnorm_conv1x1_lu": (gmk.actnorm_conv1x1_lu, True, True, ("bias", "log_scale", *LU)),
 }
 
-# open issues at NaN/inf inputs (docs/finite-ranges.md, "Open"; examples in test_fuzz_regressions.py)
-MASKED_TAPS = "open: the reference multiplies masked-out taps (weight 0) by a NaN/inf input, the kernels skip them"
-STRAIGHT_THROUGH = ("open: the reference's straight-through x + (q - x) is NaN at an inf x; the kernels return "
-                    "the code q")
-TRITON_INF = "open: the Triton causal convolution gives NaN where an inf input should give ±inf or a finite value"
 
 OPS = [
     _op("gated_activation", gated_draws, gated_call, ("gated",), ("x", "cond", "activation", "dim")),
@@ -494,14 +552,14 @@ OPS = [
     _op("bits_per_dim", bits_draws, _plain(gmk.bits_per_dim, "nll_nats", "num_subpixels"), ("bits_per_dim",),
         ("nll_nats", "num_subpixels"), backends=False),
     _op("masked_conv2d", masked_draws, masked_call, ("masked_conv2d",),
-        ("x", "weight", "bias", "cond", "mask_type", "color_groups", "gate", "grad_out"), known_nonfinite=MASKED_TAPS),
+        ("x", "weight", "bias", "cond", "mask_type", "color_groups", "gate", "grad_out"),
+        nonfinite_upper=every_centre_pair(masked_call)),
     _op("shifted_conv2d", shifted_draws, shifted_call, ("shifted_conv2d",), ("x", "weight", "bias", "shift", "grad_out")),
     _op("cached_conv2d", cached_draws, cached_call, ("cached_conv2d",),
         ("rows", "weight", "bias", "column", "count", "stride")),
-    _op("causal_conv1d", causal_draws, causal_call, ("causal_conv1d",), ("x", "weight", "bias", "dilation", "grad_out"),
-        known_nonfinite=TRITON_INF),
+    _op("causal_conv1d", causal_draws, causal_call, ("causal_conv1d",), ("x", "weight", "bias", "dilation", "grad_out")),
     _op("wavenet_layer", layer_draws, layer_call, ("wavenet_layer",),
-        (*LAYER_TENSORS, "dilation", "residual_scale", "grad_x_next", "grad_skip"), known_nonfinite=TRITON_INF),
+        (*LAYER_TENSORS, "dilation", "residual_scale", "grad_x_next", "grad_skip")),
     _op("wavenet_generate", generate_draws, generate_call, ("wavenet_generate",),
         (*WEIGHTS, "uniform", "cond", "dilations", "start_class", "residual_scale", "temperature", "head",
          "log_scale_min", "weights"), exact_only=True),
@@ -513,9 +571,10 @@ OPS = [
         ("x", "h", "transform", "layout", "reverse", "grad_y", "grad_logdet")),
     _op("bias_act", bias_act_draws, bias_act_call, ("bias_act",), ("x", "b", "dim", "act", "alpha", "gain", "clamp")),
     *(_op(name, resample_draws(name), resample_call(name), (name, "upfirdn2d"),
-          ("x", "f", "up", "down", "padding", "flip_filter", "gain")) for name in RESAMPLERS),
+          ("x", "f", "up", "down", "padding", "flip_filter", "gain"), rounds_to_own_dtype=separable)
+      for name in RESAMPLERS),
     _op("vector_quantize", vq_draws, vq_call, ("vector_quantize",), ("x", "codebook", "dim", "return_distance"),
-        known_nonfinite=STRAIGHT_THROUGH),
+        near_ties=vq_near_ties),
     _op("vector_quantize_statistics", vq_statistics_draws, vq_statistics_call, ("vector_quantize_statistics",),
         ("x", "indices", "num_codes", "dim", "check_inputs")),
     _op("mu_law_encode", mu_encode_draws, _plain(gmk.mu_law_encode, "audio", "num_classes"), ("mu_law",),
