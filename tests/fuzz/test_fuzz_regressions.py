@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+import gmkernels as gmk
+
 from .harness import Draw, Layout, TensorSpec, failures_of, judge
 from .modules import MODULES
 from .ops import OPS_BY_NAME
@@ -47,6 +49,10 @@ REGRESSIONS = {
     # the range check read a meta tensor's values (Tensor.item() on meta, unnamed)
     "mu_law_decode-meta": ("mu_law_decode", Draw({"classes": T((31,), torch.int64, values="classes:256",
                                                                device="meta"), "num_classes": 256})),
+    # taps on the meta device reached .to(device): torch's NotImplementedError ("Cannot copy out of meta
+    # tensor"), unnamed; now a ValueError naming f
+    "setup_filter-meta-taps": ("setup_filter", Draw({"f": T((1,), values="unit", device="meta"), "normalize": False,
+                                                     "flip_filter": False, "gain": 4.0, "separable": True})),
     # ragged taps reached torch.as_tensor ("expected sequence of length 2 at dim 1", unnamed)
     "setup_filter-ragged-taps": ("setup_filter", Draw({"f": [[1.0, 2.0], [3.0]], "normalize": True,
                                                        "flip_filter": False, "gain": 1.0, "separable": None})),
@@ -140,3 +146,11 @@ def test_module_input_on_another_device(module):
     verdicts = judge(MODULES_BY_NAME[module], draw)
     assert not failures_of(verdicts), "\n".join(failures_of(verdicts))
     assert all(outcome == "error" for outcome, _ in verdicts.values())
+
+
+def test_setup_filter_meta_taps_on_meta():
+    """Meta taps with device="meta": a meta filter of the shape the taps give (no values needed)."""
+    assert gmk.setup_filter(torch.ones(3, device="meta"), device="meta").shape == (3, 3)
+    assert gmk.setup_filter(torch.ones(9, device="meta"), device="meta").shape == (9,)
+    with pytest.raises(ValueError, match="setup_filter: f is a tensor on the meta device"):
+        gmk.setup_filter(torch.ones(3, device="meta"))
