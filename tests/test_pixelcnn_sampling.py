@@ -1,11 +1,15 @@
 """Cached sampling of the image models (issue 17, Ramachandran et al. 2017): the same images as naive
 sampling for the same generator, for every model, grey and RGB, with and without class conditioning, on
-many seeds, odd image sizes and several resolutions (PixelCNN++'s stride-2 stages)."""
+many seeds, odd image sizes and several resolutions (PixelCNN++'s stride-2 stages); the same through CUDA
+graphs (on CUDA, and emulated on CPU: recorded aten calls replayed on the same tensors)."""
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gmkernels as gmk
 from gmkernels.models import _autoregressive
+from gmkernels.models.pixelcnn_pp import CachedPixelCNNpp as PixelCNNppCached
 from gmkernels.models import (GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig, PixelCNNpp,
                               PixelCNNppConfig)
 
@@ -121,6 +125,151 @@ def test_cached_sampling_on_cuda(name):
         naive, cached = [model.sample(2, y=y, generator=torch.Generator("cuda").manual_seed(seed),
                                       method=method) for method in ("naive", "cached")]
         assert torch.equal(naive, cached), f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MODELS)
+def test_cuda_graphs_give_the_eager_and_naive_images_on_cuda(name):
+    """graph=True (the CUDA graphs of the per-pixel steps and row updates) against graph=False and naive, on an
+    image tall enough that every kind of row of 3-stage PixelCNN++ is captured, then replayed."""
+    model = build(name, 3, 2, dtype=torch.float32).cuda()
+    y = torch.tensor([1, 0], device="cuda")
+    for seed in range(2):
+        images = {}
+        for method, graph in (("naive", False), ("cached", False), ("cached", True), ("cached", "auto")):
+            generator = torch.Generator("cuda").manual_seed(seed)
+            images[method, graph] = model.sample(2, y=y, image_size=11, generator=generator, method=method,
+                                                 graph=graph)
+        naive = images.pop(("naive", False))
+        assert all(torch.equal(naive, other) for other in images.values()), f"seed {seed}"
+
+
+# --- CUDA graphs emulated on CPU ----------------------------------------------------------------------------
+
+# What a stream capture refuses or records wrongly: a value read back to the host, a data-dependent shape,
+# random numbers (the noise is drawn outside the graphs), and a host tensor copied in: a Python list index
+# (lift_fresh of a list; a Python scalar assigned, lift_fresh of a 0-d tensor here, is a fill on CUDA).
+NOT_IN_A_GRAPH = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+                  torch.ops.aten.uniform_.default, torch.ops.aten.normal_.default, torch.ops.aten.random_.default,
+                  torch.ops.aten.bernoulli_.float, torch.ops.aten.bernoulli.default}
+
+
+class RecordedGraph(TorchDispatchMode):
+    """A CUDA graph's semantics on CPU: ``step`` runs once while its aten calls are recorded; a replay runs
+    the recorded calls again on the same tensors (the Python code is not run again): in-place and out=
+    calls write the same memory, functional calls' results are copied into the tensors they returned,
+    views alias the same memory already."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        assert func not in NOT_IN_A_GRAPH, f"{func} in a captured step"
+        assert func != torch.ops.aten.lift_fresh.default or args[0].dim() == 0, "lift_fresh of a host tensor"
+        out = func(*args, **kwargs)
+        assert all(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(out)), f"{func} returns a host value"
+        self.calls.append((func, args, kwargs, out))
+        return out
+
+    def replay(self) -> None:
+        for func, args, kwargs, out in self.calls:
+            schema = func._schema
+            if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+                func(*args, **kwargs)
+            elif not any(r.alias_info is not None for r in schema.returns):
+                for target, value in zip(pytree.tree_leaves(out), pytree.tree_leaves(func(*args, **kwargs))):
+                    target.copy_(value)
+
+
+class EmulatedGraphs:
+    """The ``capture`` of _sample_cached on CPU (it stands for gmkernels.models._autoregressive.cuda_graph),
+    counting the captures and replays."""
+
+    def __init__(self):
+        self.captures = self.replays = 0
+
+    def __call__(self, step):
+        graph = RecordedGraph()
+        with graph:
+            step()
+        self.captures += 1
+
+        def replay():
+            self.replays += 1
+            graph.replay()
+        return replay
+
+
+def emulated_graph_samples(model, n, seed, y=None, image_size=5):
+    graphs = EmulatedGraphs()
+    x = torch.zeros(n, model.config.in_channels, image_size, image_size, dtype=torch.long)
+    with torch.no_grad():
+        model.eval()._sample_cached(x, y, 1.0, torch.Generator().manual_seed(seed), capture=graphs)
+    return x, graphs
+
+
+@pytest.mark.parametrize("data", ["grey", "rgb-conditional"])
+@pytest.mark.parametrize("name", MODELS)
+def test_emulated_cuda_graphs_give_the_naive_images(name, data):
+    """Every step after the first 2 rows captured once per kind and replayed after (9 rows: PixelCNN++'s
+    3 stages have 3 kinds of row after row 0), as on CUDA: the same images as naive sampling."""
+    in_channels, num_classes = DATA[data]
+    model = build(name, in_channels, num_classes)
+    y = torch.arange(2) % num_classes if num_classes else None
+    for seed in range(2):
+        naive = model.sample(2, y=y, image_size=9, generator=torch.Generator().manual_seed(seed), method="naive")
+        graphed, graphs = emulated_graph_samples(model, 2, seed, y, image_size=9)
+        assert torch.equal(naive, graphed), f"seed {seed}"
+        kinds = 3 if name == "pixelcnnpp" else 1
+        steps = len(model.sampling_steps)
+        assert graphs.captures == kinds * (1 + 9 * steps)
+        assert graphs.replays == (9 - _autoregressive.WARMUP_ROWS - kinds) * (1 + 9 * steps)
+
+
+def test_emulated_graphs_catch_a_row_key_that_merges_kinds_of_row(monkeypatch):
+    """The emulation can fail: PixelCNN++ keying its rows by the first row alone replays a graph captured at
+    an even row at the odd rows (its coarser resolutions would run there)."""
+    model = build("pixelcnnpp", 3, 0)
+    naive = [model.sample(2, image_size=9, generator=torch.Generator().manual_seed(seed), method="naive")
+             for seed in range(3)]
+    monkeypatch.setattr(PixelCNNppCached, "row_key", lambda self, i: i == 0)
+    assert any(not torch.equal(images, emulated_graph_samples(model, 2, seed, image_size=9)[0])
+               for seed, images in enumerate(naive))
+
+
+def test_emulated_graphs_refuse_a_list_index(monkeypatch):
+    """Indexing by a Python list copies it to the device: a capture refuses it, and so does the emulation."""
+    monkeypatch.setattr(_autoregressive, "channel_slice", list)
+    with pytest.raises(AssertionError, match="lift_fresh"):
+        emulated_graph_samples(build("pixelcnn", 3, 0), 1, 0)
+
+
+@pytest.mark.parametrize(("graph", "method", "match"), [
+    ("yes", "cached", "graph must be True, False or 'auto'"), (1, "cached", "graph must be"),
+    (None, "cached", "graph must be"), (True, "cached", "graph=True needs the model on a CUDA device"),
+    (True, "naive", "graph=True needs method='cached'")])
+def test_a_bad_graph_option_raises_naming_it(graph, method, match):
+    model = build("pixelcnn", 1, 0)
+    with pytest.raises(ValueError, match=match):
+        model.sample(1, method=method, graph=graph)
+
+
+def test_a_bad_generator_raises_naming_it():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        build("pixelcnnpp", 1, 0).sample(1, generator=3)
+
+
+def test_graph_false_and_auto_on_cpu_sample_eagerly(monkeypatch):
+    model = build("gated_pixelcnn", 1, 0)
+    expected = model.sample(2, generator=torch.Generator().manual_seed(3), graph=False)
+
+    def no_capture(step):
+        raise AssertionError("a graph was captured on CPU")
+
+    monkeypatch.setattr(_autoregressive, "cuda_graph", no_capture)
+    assert torch.equal(model.sample(2, generator=torch.Generator().manual_seed(3), graph="auto"), expected)
 
 
 @pytest.mark.parametrize("name", MODELS)

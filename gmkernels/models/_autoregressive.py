@@ -3,28 +3,38 @@ loss terms, the softmax head and the raster-order sampling loop.
 
 Images are integer bins x (N, C, H, W), C = 1 or 3, in [0, num_bins); a model sees them scaled to
 2v/(num_bins-1) - 1 in [-1, 1]. A model subclasses :class:`AutoregressiveImageModel` and provides
-``network`` (the scaled image -> the head's output per position), ``nll`` (per image) and ``draw``
-(one sampling step at one pixel), and for cached sampling ``cached_network`` (a :class:`CachedNetwork`).
+``network`` (the scaled image -> the head's output per position), ``nll`` (per image), ``noise`` and
+``draw_with`` (one sampling step at one pixel: its uniforms, then the bins from them), and for cached
+sampling ``cached_network`` (a :class:`CachedNetwork`).
 
 Cached sampling (Ramachandran et al. 2017, arXiv 1704.06001): each convolution keeps the last rows of its
 input map that its kernel reads (:class:`Rows`), and the network is evaluated at the one new position a
 sampling step needs (:class:`CachedConv`, :class:`Pointwise`); what sees only the rows above (a vertical
 stack) is computed once per row for the whole row.
+
+On CUDA, cached sampling replays CUDA graphs: each per-pixel step (the network at the pixel, the draw from
+its uniforms, the writes into the caches) and each per-row update is captured the first time its kind
+comes (:meth:`CachedNetwork.row_key`, the column, the sub-pixel) and replayed after; the uniforms are drawn
+outside the graphs, with the generator calls naive sampling makes, into static buffers the graphs read.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_int
+from .._validation import check_generator, check_int
 from ..ops.cached_conv import CACHED_CONV
 from ..ops.gated import gated_activation
 from ..ops.logistic_mixture import bits_per_dim
 
 SIZES = ("default", "tiny")
 METHODS = ("cached", "naive")
+# Rows sampled eagerly before graphs are captured: every kernel the steps launch has then run (lazy
+# initialisation, Triton's compilation and autotuning must not happen while a stream is captured).
+WARMUP_ROWS = 2
 SMALL_IMAGE = 16  # images up to this size get a model's small "default" network (8x8 digits)
 
 
@@ -183,8 +193,15 @@ class CachedNetwork:
 
     The sampling loop calls ``begin_row(i)`` before row i's first pixel, then at each pixel j, per
     sampling step, ``output(j)`` (the network's output at (i, j), (N, P), for the image drawn so far)
-    and ``write(j, channels, levels)`` (the scaled values (N, len(channels)) just drawn there).
+    and ``write(j, channels, levels)`` (the scaled values (N, len(channels)) just drawn there, into the
+    image's cache ``image``, a :class:`Rows`).
+
+    For CUDA graphs, every tensor a call leaves for a later one is either updated in place (the caches)
+    or made by the ``begin_row`` of a row with the same :meth:`row_key`, and the calls read no tensor
+    back to the host.
     """
+
+    image: Rows
 
     def begin_row(self, i: int) -> None:
         raise NotImplementedError
@@ -193,7 +210,45 @@ class CachedNetwork:
         raise NotImplementedError
 
     def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
-        raise NotImplementedError
+        self.image.data[:, channel_slice(channels), -1, self.image.left + j] = levels
+
+    def row_key(self, i: int) -> Hashable:
+        """Rows of the same key run the same ``begin_row`` and ``output(j)`` computations on the same
+        buffers (one CUDA graph each serves them all): by default every row but the first (whose rows
+        above are the zero padding)."""
+        return i == 0
+
+
+def channel_slice(channels: tuple[int, ...]) -> slice:
+    """A sampling step's channels (consecutive) as a slice: indexing by a list would copy it to the device
+    (not allowed in a CUDA graph's capture)."""
+    return slice(channels[0], channels[-1] + 1)
+
+
+def cuda_graph(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` captured in a CUDA graph (its own memory pool) and run once; returns the graph's replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    return graph.replay
+
+
+class StepGraphs:
+    """Runs the sampling loop's steps: eagerly (``capture`` None, or a step without a key), or each step
+    captured by ``capture(step)`` (which runs it once and returns its replay: :func:`cuda_graph`) the
+    first time its key comes and replayed when it comes again."""
+
+    def __init__(self, capture: Callable[[Callable[[], None]], Callable[[], None]] | None):
+        self.capture, self.replays = capture, {}
+
+    def run(self, key: Hashable | None, step: Callable[[], None]) -> None:
+        if self.capture is None or key is None:
+            step()
+        elif key in self.replays:
+            self.replays[key]()
+        else:
+            self.replays[key] = self.capture(step)
 
 
 def deepest_level(position: int, levels: int) -> int:
@@ -212,9 +267,9 @@ class AutoregressiveImageModel(torch.nn.Module):
 
     Subclasses set ``config_class`` and define ``network(inputs, y)`` -> output (N, P, H, W) from the
     scaled image (N, C, H, W) (output at pixel p sees only earlier pixels, and, with colour groups,
-    earlier sub-pixels of p), ``nll(output, x)`` -> (N,) nats and ``draw(output_at_pixel, channels,
-    temperature, generator)`` -> the bins (N, len(channels)) of one sampling step; ``sampling_steps``
-    lists the channels each step draws.
+    earlier sub-pixels of p), ``nll(output, x)`` -> (N,) nats, ``noise(n, channels, generator)`` -> the
+    uniforms of one sampling step and ``draw_with(output_at_pixel, channels, temperature, noise)`` -> its
+    bins (N, len(channels)); ``sampling_steps`` lists the channels each step draws (consecutive).
     """
 
     kind = "image"
@@ -235,9 +290,19 @@ class AutoregressiveImageModel(torch.nn.Module):
     def nll(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def noise(self, n: int, channels: tuple[int, ...],
+              generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def draw_with(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
+                  noise: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
     def draw(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
              generator: torch.Generator | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The bins (N, len(channels)) of one sampling step from the output at the pixel (N, P), with
+        uniforms drawn from ``generator``."""
+        return self.draw_with(output, channels, temperature, self.noise(output.shape[0], channels, generator))
 
     def cached_network(self, n: int, size: int, y: torch.Tensor | None) -> CachedNetwork:
         """The network evaluated incrementally on n images of size × size (labels y), in eval mode."""
@@ -317,7 +382,7 @@ class AutoregressiveImageModel(torch.nn.Module):
     @torch.no_grad()
     def sample(self, n: int, *, image_size: int | None = None, y: torch.Tensor | None = None,
                temperature: float = 1.0, generator: torch.Generator | None = None,
-               method: str = "cached") -> torch.Tensor:
+               method: str = "cached", graph: bool | str = "auto") -> torch.Tensor:
         """n images (n, C, H, W) int64 in [0, num_bins), H = W = ``image_size`` (default: the config's),
         drawn in raster order (and R, G, B within a pixel), in eval mode (no dropout). The noise comes
         from ``generator`` (on the model's device): the same generator state gives the same images.
@@ -327,7 +392,13 @@ class AutoregressiveImageModel(torch.nn.Module):
         ``method="cached"`` evaluates the network only where a step changes it, from caches of each
         convolution's input rows (Ramachandran et al. 2017); ``"naive"`` runs the whole network at every
         step. Both draw the same noise and give the same images (up to float rounding of an output that
-        falls on a bin boundary)."""
+        falls on a bin boundary).
+
+        ``graph`` (cached sampling on CUDA): True replays each per-pixel step and per-row update as a CUDA
+        graph, captured the first time its kind comes after the first WARMUP_ROWS rows (one graph per
+        column and sub-pixel for each kind of row, each with its memory pool: CIFAR PixelCNN++ captures
+        3 x 32 + 3); False runs them eagerly; ``"auto"``: True on CUDA. The images are the same either
+        way."""
         name = f"{type(self).__name__}.sample"
         check_int(name, "n", n)
         size = self.config.image_size if image_size is None else image_size
@@ -337,6 +408,8 @@ class AutoregressiveImageModel(torch.nn.Module):
             raise ValueError(f"{name}: temperature must be a positive finite number, got {temperature!r}")
         if method not in METHODS:
             raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
+        graphs = self._check_graph(name, graph, method)
+        check_generator(name, generator, self._device)
         self._check_y("sample", y, n, check_inputs=True)
         x = torch.zeros(n, self.config.in_channels, size, size, dtype=torch.long, device=self._device)
         training = self.training
@@ -345,7 +418,7 @@ class AutoregressiveImageModel(torch.nn.Module):
             if method == "naive":
                 self._sample_naive(x, y, temperature, generator)
             else:
-                self._sample_cached(x, y, temperature, generator)
+                self._sample_cached(x, y, temperature, generator, cuda_graph if graphs else None)
         finally:
             self.train(training)
         return x
@@ -358,16 +431,50 @@ class AutoregressiveImageModel(torch.nn.Module):
                     output = self.network(scale_bins(x, self.config.num_bins, self._dtype), y)[:, :, i, j]
                     x[:, list(channels), i, j] = self.draw(output, channels, temperature, generator)
 
-    def _sample_cached(self, x: torch.Tensor, y, temperature: float, generator) -> None:
-        size = x.shape[2]
-        network = self.cached_network(x.shape[0], size, y)
+    def _check_graph(self, name: str, graph, method: str) -> bool:
+        """Whether cached sampling replays CUDA graphs (see ``sample``)."""
+        if not (graph is True or graph is False or graph == "auto"):
+            raise ValueError(f"{name}: graph must be True, False or 'auto', got {graph!r}")
+        if graph is not True:
+            return graph == "auto" and method == "cached" and self._device.type == "cuda"
+        if method != "cached":
+            raise ValueError(f"{name}: graph=True needs method='cached', got method={method!r}")
+        if self._device.type != "cuda":
+            raise ValueError(f"{name}: graph=True needs the model on a CUDA device, got {self._device}")
+        return True
+
+    def _sample_cached(self, x: torch.Tensor, y, temperature: float, generator,
+                       capture: Callable[[Callable[[], None]], Callable[[], None]] | None = None) -> None:
+        """Cached sampling into x (N, C, H, W); with ``capture`` (:func:`cuda_graph`), the steps after the
+        first WARMUP_ROWS rows through graphs (:class:`StepGraphs`) reading static noise buffers and
+        writing the row's bins into a static row."""
+        n, size = x.shape[0], x.shape[2]
+        network = self.cached_network(n, size, y)
+        steps = StepGraphs(capture)
+        row = torch.zeros_like(x[:, :, 0])  # (N, C, W): the bins of the row being drawn
+        buffers = [None] * len(self.sampling_steps)  # per step: the static buffers of its uniforms
         for i in range(size):
-            network.begin_row(i)
+            key = None if capture is None or i < WARMUP_ROWS else network.row_key(i)
+            steps.run(None if key is None else ("row", key), lambda: network.begin_row(i))
             for j in range(size):
-                for channels in self.sampling_steps:
-                    bins = self.draw(network.output(j), channels, temperature, generator)
-                    x[:, list(channels), i, j] = bins
-                    network.write(j, channels, scale_bins(bins, self.config.num_bins, self._dtype))
+                for s, channels in enumerate(self.sampling_steps):
+                    noise = self.noise(n, channels, generator)
+                    if capture is not None:  # a graph reads its uniforms from the same buffers each time
+                        if buffers[s] is None:
+                            buffers[s] = tuple(u.clone() for u in noise)
+                        for buffer, u in zip(buffers[s], noise):
+                            buffer.copy_(u)
+                        noise = buffers[s]
+                    steps.run(None if key is None else (key, j, s),
+                              lambda: self._pixel_step(network, row, j, channels, temperature, noise))
+            x[:, :, i] = row
+
+    def _pixel_step(self, network: CachedNetwork, row: torch.Tensor, j: int, channels: tuple[int, ...],
+                    temperature: float, noise: tuple[torch.Tensor, ...]) -> None:
+        """One sampling step at column j of the current row: the bins into ``row`` and the network's cache."""
+        bins = self.draw_with(network.output(j), channels, temperature, noise)
+        row[:, channel_slice(channels), j] = bins
+        network.write(j, channels, scale_bins(bins, self.config.num_bins, self._dtype))
 
 
 class SoftmaxImageModel(AutoregressiveImageModel):
@@ -385,10 +492,15 @@ class SoftmaxImageModel(AutoregressiveImageModel):
         nll = F.cross_entropy(self.logits(output).transpose(1, 2), x.long(), reduction="none")
         return nll.flatten(1).sum(dim=1)
 
-    def draw(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
-             generator: torch.Generator | None) -> torch.Tensor:
+    def noise(self, n: int, channels: tuple[int, ...],
+              generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """One uniform (N, 1) per step, in the logits' dtype."""
+        dtype = torch.float64 if self._dtype == torch.float64 else torch.float32
+        return (torch.rand(n, 1, generator=generator, dtype=dtype, device=self._device),)
+
+    def draw_with(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
+                  noise: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The bin (N, 1) of sub-pixel ``channels[0]`` from the output at one pixel (N, C·B): the inverse
-        CDF of softmax(logits / temperature) at a uniform drawn with ``generator``."""
+        CDF of softmax(logits / temperature) at the uniform ``noise[0]``."""
         probs = torch.softmax(self.logits(output)[:, channels[0]] / temperature, dim=1)
-        u = torch.rand(probs.shape[0], 1, generator=generator, dtype=probs.dtype, device=probs.device)
-        return (probs.cumsum(dim=1) < u).sum(dim=1, keepdim=True).clamp(max=self.config.num_bins - 1)
+        return (probs.cumsum(dim=1) < noise[0]).sum(dim=1, keepdim=True).clamp(max=self.config.num_bins - 1)

@@ -207,6 +207,3 @@ class CachedGatedPixelCNN(CachedNetwork):
             if index + 1 < len(self.layers):
                 self.layers[index + 1].h_rows.write(j, h)
         return self.output2(F.relu(self.output1(F.relu(h))))[:, :, 0]
-
-    def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
-        self.image.data[:, list(channels), -1, self.image.left + j] = levels

@@ -167,6 +167,3 @@ class CachedPixelCNN(CachedNetwork):
                 h = h + bias
             x = x + expand(F.relu(h))
         return self.output2(F.relu(self.output1(F.relu(x))))[:, :, 0]
-
-    def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
-        self.image.data[:, list(channels), -1, self.image.left + j] = levels

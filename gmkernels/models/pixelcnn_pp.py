@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..nn.masked_conv import ShiftedConv2d
 from ..ops.gated import gated_activation
-from ..ops.logistic_mixture import discretized_logistic_mixture_nll, discretized_logistic_mixture_sample
+from ..ops.logistic_mixture import SAMPLE, discretized_logistic_mixture_nll
+from ..reference import logistic_mixture as mixture
 from ..reference.logistic_mixture import params_per_component
 from ._autoregressive import (AutoregressiveImageModel, CachedConv, CachedNetwork, ImageConfig, Pointwise,
                               Rows, check_image_fields, check_int, check_number, deepest_level, down_shift,
@@ -189,10 +190,18 @@ class PixelCNNpp(AutoregressiveImageModel):
                                                log_scale_min=self.config.log_scale_min, check_inputs=False)
         return nll.flatten(1).sum(dim=1)
 
-    def draw(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
-             generator: torch.Generator | None) -> torch.Tensor:
-        """The bins (N, C) of one pixel from the mixture's parameters there (N, P), through
-        gmk.discretized_logistic_mixture_sample. ``temperature`` T divides the component logits and
+    def noise(self, n: int, channels: tuple[int, ...],
+              generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """The uniforms of gmk.discretized_logistic_mixture_sample at one pixel, drawn as it draws them:
+        (N, K, 1) for the component (Gumbel-max), then (N, C, 1) for the sub-pixels."""
+        c = self.config
+        options = dict(generator=generator, device=self._device, dtype=mixture.compute_dtype(self._dtype))
+        return torch.rand((n, c.mixture_components, 1), **options), torch.rand((n, c.in_channels, 1), **options)
+
+    def draw_with(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
+                  noise: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The bins (N, C) of one pixel from the mixture's parameters there (N, P) and its uniforms, by the
+        op of gmk.discretized_logistic_mixture_sample. ``temperature`` T divides the component logits and
         multiplies the logistics' scales (log-scales + log T); the means stay."""
         c = self.config
         k = c.mixture_components
@@ -202,9 +211,9 @@ class PixelCNNpp(AutoregressiveImageModel):
         for channel in range(c.in_channels):
             start = k + channel * per_channel + k
             params[:, start:start + k] += math.log(temperature)
-        levels = discretized_logistic_mixture_sample(params[:, :, None], num_channels=c.in_channels,
-                                                     num_bins=c.num_bins, log_scale_min=c.log_scale_min,
-                                                     generator=generator)[:, :, 0]
+        backend = SAMPLE.select("auto", params.device, params.dtype)
+        sample = mixture.discretized_logistic_mixture_sample if backend == "reference" else SAMPLE.op(backend)
+        levels = sample(params[:, :, None], *noise, c.num_bins, float(c.log_scale_min))[:, :, 0]
         return torch.round((levels + 1) * ((c.num_bins - 1) / 2)).long()
 
     def cached_network(self, n: int, size: int, y: torch.Tensor | None) -> CachedNetwork:
@@ -248,6 +257,7 @@ class CachedPixelCNNpp(CachedNetwork):
         self.output_conv = Pointwise(model.output.weight, model.output.bias)
         self.u_down = [None] * c.stages  # per level: its current row of each down u (the skips)
         self.u_up = [None] * c.stages  # per level: its current row of each up u
+        self.u_up_row = [like.new_zeros(n, c.filters, width) for width in self.widths]  # the last up u
         self.ul_up_row = [like.new_zeros(n, c.filters, width) for width in self.widths]  # the last up ul
         self.ul_from_above = None  # (N, F, W): the down-shifted ul_input_down of this row
         self.row = -1
@@ -321,7 +331,7 @@ class CachedPixelCNNpp(CachedNetwork):
         if level == stages - 1:
             u = skips.pop()
         else:  # the transposed conv of the coarser level's row row // 2, cropped as in _upsample
-            coarse = self.u_up[level + 1][-1][:, :, None]
+            coarse = self.u_up_row[level + 1][:, :, None]
             conv = m.upsample_u[stage - 1]
             u = F.conv_transpose2d(coarse, conv.weight, conv.bias, stride=2)[:, :, row % 2,
                                                                              1:self.widths[level] + 1]
@@ -330,6 +340,7 @@ class CachedPixelCNNpp(CachedNetwork):
             u = self._resnet(block, u, skips.pop(), 0)
             ups.append(u)
         self.u_up[level] = ups
+        self.u_up_row[level].copy_(u)  # in place: a row of another kind (another graph) reads it
 
     # --- the ul stream: once per pixel ------------------------------------------------------------
 
@@ -375,5 +386,6 @@ class CachedPixelCNNpp(CachedNetwork):
         self.ul_up_row[level][:, :, column] = ul[:, :, 0]
         return ul
 
-    def write(self, j: int, channels: tuple[int, ...], levels: torch.Tensor) -> None:
-        self.image.data[:, list(channels), -1, self.image.left + j] = levels
+    def row_key(self, i: int):
+        """The first row (zero rows above), then the resolutions a row runs at (their parities follow)."""
+        return i == 0, deepest_level(i, self.model.config.stages)
