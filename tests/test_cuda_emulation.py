@@ -2021,3 +2021,26 @@ def test_wavenet_generate_past_2_31_elements(emu, kernel):
     assert torch.equal(samples, expected)
     no_skip = [w * 0 if i in (5, 6) else w for i, w in enumerate(floats)]  # relu(skip) = 0: the head alone
     assert not torch.equal(cached_loop(config, no_skip, layer_cond.float(), uniform, 0.9), expected)
+
+
+def test_actnorm_backward_past_2_31_elements(emu):
+    """(1, 2, I) with 2 I > 2^31, the 64-bit path: the last backward block (channel 1's last part of ~2^15
+    elements, past 2^31) writes grad_x = grad_y e^s there and its partial sums of grad_y and grad_y x."""
+    inner = FAR // 2 + 4096
+    parts = emu.lib.gmk_emu_actnorm_parts(1, 2, inner)
+    per_part = -(-inner // parts)
+    begin = (parts - 1) * per_part  # the last part's first element in channel 1
+    x, grad_y, grad_x = (untouched(2 * inner, torch.bfloat16).view(1, 2, inner) for _ in range(3))
+    x[0, 1, begin:], grad_y[0, 1, begin:] = (torch.randn(inner - begin).bfloat16() for _ in range(2))
+    bias, log_scale = torch.randn(2), 0.3 * torch.randn(2)
+    sums = torch.full((2, parts, 2), math.nan)
+    with last_blocks(emu, 1):
+        launches = emu.run("gmk_emu_actnorm", 1, 1, 2, inner, 0, DTYPE_CODES[torch.bfloat16], x.data_ptr(),
+                           _longs(2 * inner, inner, 1), bias.data_ptr(), log_scale.data_ptr(),
+                           grad_y.data_ptr(), grad_x.data_ptr(), sums.data_ptr(), parts)
+    assert "long int" in launches[0] or "int64" in launches[0], launches  # backward_kernel<T, int64_t>
+    g, v = grad_y[0, 1, begin:].double(), x[0, 1, begin:].double()
+    assert_close(grad_x[0, 1, begin:], g * log_scale[1].double().exp(), torch.bfloat16, "grad")
+    assert_close_sum(sums[1, -1], torch.stack([g.sum(), (g * v).sum()]), torch.float32, inner - begin)
+    assert grad_x[0, 1, begin - 256:begin].eq(0).all()
+    assert sums[1, :-1].isnan().all() and sums[0].isnan().all()
