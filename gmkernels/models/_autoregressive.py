@@ -225,10 +225,12 @@ def channel_slice(channels: tuple[int, ...]) -> slice:
     return slice(channels[0], channels[-1] + 1)
 
 
-def cuda_graph(step: Callable[[], None]) -> Callable[[], None]:
-    """``step`` captured in a CUDA graph (its own memory pool) and run once; returns the graph's replay."""
+def cuda_graph(step: Callable[[], None], check_inputs: bool = False) -> Callable[[], None]:
+    """``step`` captured in a CUDA graph (its own memory pool) and run once; returns the graph's replay.
+    ``check_inputs`` (tests): torch raises if a tensor the graph reads from outside is freed before a
+    replay (check_input_liveness)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, **({"check_input_liveness": True} if check_inputs else {})):
         step()
     graph.replay()
     return graph.replay

@@ -196,7 +196,8 @@ class PixelCNNpp(AutoregressiveImageModel):
         (N, K, 1) for the component (Gumbel-max), then (N, C, 1) for the sub-pixels."""
         c = self.config
         options = dict(generator=generator, device=self._device, dtype=mixture.compute_dtype(self._dtype))
-        return torch.rand((n, c.mixture_components, 1), **options), torch.rand((n, c.in_channels, 1), **options)
+        gumbel_u = torch.rand((n, c.mixture_components, 1), **options)
+        return gumbel_u, torch.rand((n, c.in_channels, 1), **options)
 
     def draw_with(self, output: torch.Tensor, channels: tuple[int, ...], temperature: float,
                   noise: tuple[torch.Tensor, ...]) -> torch.Tensor:
