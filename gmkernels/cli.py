@@ -108,8 +108,9 @@ def _add_sample(commands) -> None:
     sample.add_argument("--truncation", type=float,
                         help="GANs: pull each latent toward the mean one by ψ in [0, 1] (default 1: none)")
     sample.add_argument("--method", choices=("cached", "naive"),
-                        help="image models: cached (default; the network evaluated only where a step changes "
-                             "it) or naive (the whole network per step; the same images, slower)")
+                        help="PixelCNN models and the VQ-VAE prior: cached (default; the network evaluated "
+                             "only where a step changes it; CUDA graphs on CUDA) or naive (the whole network "
+                             "per step; the same images, slower)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import gmkernels as gmk
 from gmkernels.models import _autoregressive
 from gmkernels.models.pixelcnn_pp import CachedPixelCNNpp as PixelCNNppCached
+from gmkernels.models.vqvae import VQVAEPrior, VQVAEPriorConfig
+from gmkernels.training import checkpoint as gmk_checkpoint
 from gmkernels.models import (GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig, PixelCNNpp,
                               PixelCNNppConfig)
 
@@ -326,6 +328,28 @@ def test_gmk_sample_method_cached_and_naive_write_the_same_grid(tmp_path):
     assert grids["cached"] == grids["naive"]
     assert gmk("sample", run, "--n", 4, "--seed", 2, "--out", tmp_path / "default.png") == 0
     assert (tmp_path / "default.png").read_bytes() == grids["cached"]
+
+
+def test_gmk_sample_method_for_the_vqvae_prior(tmp_path):
+    """The VQ-VAE prior is a Gated PixelCNN over code maps: --method naive and cached decode the same
+    code maps (the same grid), and match its model's sample(method=...)."""
+    vq, prior = tmp_path / "vq", tmp_path / "prior"
+    common = ["--data", "digits", "--steps", "1", "--samples", "0", *TINY]
+    assert gmk("train", "vqvae", *common, "--out", vq) == 0
+    assert gmk("train", "vqvae-prior", "--vqvae", vq, "--conditional", *common, "--out", prior) == 0
+    grids = {}
+    for method in ("cached", "naive"):
+        out = tmp_path / f"{method}.png"
+        assert gmk("sample", prior, "--n", 4, "--seed", 3, "--method", method, "--out", out) == 0
+        grids[method] = out.read_bytes()
+    assert grids["cached"] == grids["naive"]
+    state = gmk_checkpoint.load(prior)
+    model = VQVAEPrior(VQVAEPriorConfig(**state["config"]))
+    model.load_state_dict(state["ema_state"])
+    y = torch.arange(4) % model.config.num_classes
+    codes = [model.eval().sample_codes(4, y=y, generator=torch.Generator().manual_seed(3), method=method)
+             for method in ("cached", "naive")]
+    assert torch.equal(*codes) and codes[0].unique().numel() > 1
 
 
 @pytest.mark.parametrize(("model", "data"), [("wavenet", "tones"), ("glow", "digits")])

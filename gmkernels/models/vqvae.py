@@ -288,13 +288,17 @@ class VQVAEPrior(torch.nn.Module):
 
     @torch.no_grad()
     def sample_codes(self, n: int, *, y: torch.Tensor | None = None, temperature: float = 1.0,
-                     generator: torch.Generator | None = None, method: str = "cached") -> torch.Tensor:
+                     generator: torch.Generator | None = None, method: str = "cached",
+                     graph: bool | str = "auto") -> torch.Tensor:
         """n code maps (n, h, w) int64 drawn from the prior (GatedPixelCNN.sample's arguments)."""
-        return self.prior.sample(n, y=y, temperature=temperature, generator=generator, method=method)[:, 0]
+        return self.prior.sample(n, y=y, temperature=temperature, generator=generator, method=method,
+                                 graph=graph)[:, 0]
 
     @torch.no_grad()
     def sample(self, n: int, *, y: torch.Tensor | None = None, temperature: float = 1.0,
-               generator: torch.Generator | None = None, method: str = "cached") -> torch.Tensor:
-        """n images (n, C, H, W) int64 bins: code maps from the prior, decoded by the VQ-VAE."""
+               generator: torch.Generator | None = None, method: str = "cached",
+               graph: bool | str = "auto") -> torch.Tensor:
+        """n images (n, C, H, W) int64 bins: code maps from the prior (``method`` and ``graph`` as in
+        GatedPixelCNN.sample), decoded by the VQ-VAE."""
         return self.vqvae.decode(self.sample_codes(n, y=y, temperature=temperature, generator=generator,
-                                                   method=method))
+                                                   method=method, graph=graph))

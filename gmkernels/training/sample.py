@@ -7,11 +7,14 @@ from pathlib import Path
 import torch
 
 from ..models._autoregressive import AutoregressiveImageModel
+from ..models.vqvae import VQVAEPrior
 from . import checkpoint, distributed, kinds
 from .errors import TrainingError
 
 
 METHODS = ("cached", "naive")
+# the models that sample by a method: the PixelCNN models and the VQ-VAE prior (a Gated PixelCNN)
+BY_METHOD = (AutoregressiveImageModel, VQVAEPrior)
 
 
 def sample(directory: str | Path, *, n: int | None = None, out: str | Path | None = None, seed: int = 0,
@@ -19,8 +22,9 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
            truncation: float | None = None) -> Path:
     """Draw ``n`` samples (default 64 images or 4 audio clips of ``length`` samples, default 0.1 s) from
     the checkpoint in ``directory`` with ``seed``; write them to ``out`` (default DIR/sample.png or
-    DIR/sample.wav) and return its path. ``method``: an image model's sampling method, "cached" (its
-    default) or "naive" (the same images, slower). ``truncation``: a GAN's ψ in [0, 1] (default 1)."""
+    DIR/sample.wav) and return its path. ``method``: a PixelCNN model's (or a VQ-VAE prior's) sampling
+    method, "cached" (its default) or "naive" (the same images, slower). ``truncation``: a GAN's ψ in
+    [0, 1] (default 1)."""
     directory = Path(directory)
     path = directory / checkpoint.FILE
     state = checkpoint.load(directory)
@@ -31,9 +35,10 @@ def sample(directory: str | Path, *, n: int | None = None, out: str | Path | Non
             raise TrainingError(f"{name} must be a positive integer, got {value!r}")
     if method is not None and method not in METHODS:
         raise TrainingError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method is not None and not issubclass(model_class, AutoregressiveImageModel):
-        raise TrainingError(f"--method chooses how a PixelCNN model (pixelcnn, gated_pixelcnn, pixelcnnpp) "
-                            f"samples; {state['model']} has one way to sample")
+    if method is not None and not issubclass(model_class, BY_METHOD):
+        raise TrainingError(f"--method chooses how a PixelCNN model (pixelcnn, gated_pixelcnn, pixelcnnpp, "
+                            f"the vqvae_prior's Gated PixelCNN) samples; {state['model']} has one way to "
+                            f"sample")
     if truncation is not None and (model_class.kind != "gan" or isinstance(truncation, bool)
                                    or not isinstance(truncation, (int, float)) or not 0 <= truncation <= 1):
         raise TrainingError(f"--truncation must be a number in [0, 1], for a GAN (dcgan, stylegan2); got "
