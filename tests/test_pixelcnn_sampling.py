@@ -3,6 +3,7 @@ sampling for the same generator, for every model, grey and RGB, with and without
 many seeds, odd image sizes and several resolutions (PixelCNN++'s stride-2 stages); the same through CUDA
 graphs (on CUDA, and emulated on CPU: recorded aten calls replayed on the same tensors)."""
 import functools
+import weakref
 
 import pytest
 import torch
@@ -162,34 +163,81 @@ NOT_IN_A_GRAPH = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.non
                   torch.ops.aten.bernoulli.default}
 
 
+class Made:
+    """A recorded call's argument: leaf ``leaf`` of what recorded call ``call`` returned."""
+
+    def __init__(self, call: int, leaf: int):
+        self.call, self.leaf = call, leaf
+
+
 class RecordedGraph(TorchDispatchMode):
     """A CUDA graph's semantics on CPU: ``step`` runs once while its aten calls are recorded; a replay runs
-    the recorded calls again on the same tensors (the Python code is not run again): in-place and out=
-    calls write the same memory, functional calls' results are copied into the tensors they returned,
-    views alias the same memory already."""
+    the recorded calls again (the Python code is not run again). Like a graph it keeps the tensors its calls
+    made (its memory pool: functional results are copied back into them; views and in-place results are
+    made again from their inputs), and the tensors in ``pool`` (other graphs' memory); it holds the other
+    tensors it reads weakly: one freed since the capture fails the replay (on CUDA its memory could hold
+    anything by then)."""
 
-    def __init__(self):
+    def __init__(self, pool: set[int]):
         super().__init__()
-        self.calls = []
+        self.calls, self.pool = [], pool
+        self.made = {}  # id of a tensor a recorded call returned -> Made
+        self.seen = []  # every tensor seen while recording, so that no id is reused meanwhile
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         assert func not in NOT_IN_A_GRAPH, f"{func} in a captured step"
         assert func != torch.ops.aten.lift_fresh.default or args[0].dim() == 0, "lift_fresh of a host tensor"
         out = func(*args, **kwargs)
-        host = [t for t in pytree.tree_leaves(out) if not isinstance(t, torch.Tensor)]
-        assert not host, f"{func} returns a host value"
-        self.calls.append((func, args, kwargs, out))
+        leaves = pytree.tree_leaves(out)
+        assert all(isinstance(t, torch.Tensor) for t in leaves), f"{func} returns a host value"
+        schema = func._schema
+        if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+            kind = "write"
+        else:
+            kind = "view" if any(r.alias_info is not None for r in schema.returns) else "new"
+        # lift_fresh's input, a Python scalar made a tensor outside the mode, is a constant of the graph
+        constant = func == torch.ops.aten.lift_fresh.default
+        inputs = (args, kwargs) if constant else pytree.tree_map(self._reference, (args, kwargs))
+        for leaf, t in enumerate(leaves):
+            self.made[id(t)] = Made(len(self.calls), leaf)
+        self.seen += leaves
+        self.calls.append((func, kind, inputs, leaves if kind == "new" else None))
+        if kind == "new":
+            self.pool.update(t.untyped_storage().data_ptr() for t in leaves)
         return out
 
+    def _reference(self, value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        self.seen.append(value)
+        if id(value) in self.made:
+            return self.made[id(value)]
+        return value if value.untyped_storage().data_ptr() in self.pool else weakref.ref(value)
+
+    def end(self) -> None:
+        self.made, self.seen = {}, []
+
     def replay(self) -> None:
-        for func, args, kwargs, out in self.calls:
-            schema = func._schema
-            if any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
-                func(*args, **kwargs)
-            elif not any(r.alias_info is not None for r in schema.returns):
-                for target, value in zip(pytree.tree_leaves(out), pytree.tree_leaves(func(*args, **kwargs))):
+        results = []
+
+        def resolve(value):
+            if isinstance(value, Made):
+                return results[value.call][value.leaf]
+            if isinstance(value, weakref.ref):
+                tensor = value()
+                assert tensor is not None, "a graph reads a tensor freed since its capture"
+                return tensor
+            return value
+
+        for func, kind, inputs, kept in self.calls:
+            args, kwargs = pytree.tree_map(resolve, inputs)
+            leaves = pytree.tree_leaves(func(*args, **kwargs))
+            if kind == "new":
+                for target, value in zip(kept, leaves):
                     target.copy_(value)
+                leaves = kept
+            results.append(leaves)
 
 
 class EmulatedGraphs:
@@ -198,11 +246,13 @@ class EmulatedGraphs:
 
     def __init__(self):
         self.captures = self.replays = 0
+        self.pool = set()  # the storages the graphs made
 
     def __call__(self, step):
-        graph = RecordedGraph()
+        graph = RecordedGraph(self.pool)
         with graph:
             step()
+        graph.end()
         self.captures += 1
 
         def replay():
@@ -247,6 +297,18 @@ def test_emulated_graphs_catch_a_row_key_that_merges_kinds_of_row(monkeypatch):
     monkeypatch.setattr(PixelCNNppCached, "row_key", lambda self, i: i == 0)
     assert any(not torch.equal(images, emulated_graph_samples(model, 2, seed, image_size=9)[0])
                for seed, images in enumerate(naive))
+
+
+def test_the_emulation_replays_on_the_captured_tensors_and_fails_on_a_freed_one():
+    graphs, state, out = EmulatedGraphs(), {"x": torch.ones(3)}, torch.zeros(3)
+    replay = graphs(lambda: out.copy_(state["x"] * 2 + torch.arange(3)))
+    assert out.tolist() == [2, 3, 4]
+    state["x"].fill_(5)
+    replay()
+    assert out.tolist() == [10, 11, 12]
+    state["x"] = torch.zeros(3)  # the captured tensor freed (on CUDA its memory reused)
+    with pytest.raises(AssertionError, match="freed since its capture"):
+        replay()
 
 
 def test_emulated_graphs_refuse_a_list_index(monkeypatch):
