@@ -96,8 +96,17 @@ TILED = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", TILED)
 def test_tiles_of_the_cpu_kernel(shape, dtype):
+    """On one thread, then on two (tiles in parallel, one row's split between threads too)."""
     (rows, weight, b), options = make(TILED[shape], dtype)
-    out = cached_conv2d(noncontiguous(rows), weight, b, backend="cpu", **options)
+    expected = reference.cached_conv2d(rows.double(), weight.double(), b.double(), *options.values())
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        out = cached_conv2d(noncontiguous(rows), weight, b, backend="cpu", **options)
+        assert_close_sum(out, expected, dtype, terms=weight[0].numel())
+    torch.set_num_threads(2)
+    (rows, weight, b), options = make(SHAPES["row"], dtype)
+    rows, options["count"] = torch.randn(71, *rows.shape[1:]).to(dtype), 7  # 497 pairs: tiles of 249, 248
+    out = cached_conv2d(rows, weight, b, backend="cpu", **options)
     expected = reference.cached_conv2d(rows.double(), weight.double(), b.double(), *options.values())
     assert_close_sum(out, expected, dtype, terms=weight[0].numel())
 
