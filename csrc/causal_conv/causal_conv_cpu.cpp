@@ -1,7 +1,8 @@
 // CPU kernels of the causal convolution and the WaveNet layer: the dilated convolution is k GEMMs,
 // one per tap, on shifted views of x (tap j adds W_j · x[:, 0 : T - shift_j] into y[:, shift_j : T]),
-// so the zero padding is never stored (where a tap reads it, W_j · 0 is added: NaN in the rows of a non-finite
-// weight, as a GEMM over the padded input gives). float16 and bfloat16 compute in float32 and round once.
+// so the zero padding is never stored (where a tap reads it, W_j · 0 is added: NaN in the rows of a
+// non-finite weight, as a GEMM over the padded input gives). float16 and bfloat16 compute in float32 and
+// round once.
 // The fused layer runs per (sample, block of time steps): h = conv + bias + cond into a float block,
 // the gate of gmk/gated.h in place (vectorised, GMK_CPU_CLONES), then both 1x1s as GEMMs on z.
 #include <ATen/ATen.h>

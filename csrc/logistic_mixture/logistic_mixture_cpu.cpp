@@ -80,21 +80,23 @@ GMK_CPU_INLINE T kept_term(const RunPosition<T>& at, const Layout& layout, int64
 
 // log Σ_k exp(logits_k) of each position.
 template <typename T>
-GMK_CPU_INLINE void log_norms(const Model<T>& model, const RunInputs<T>& in, T* log_norm) {
+GMK_CPU_INLINE void log_norms(const Model<T>& model, const RunInputs<T>& in, Normaliser<T>* log_norm) {
   LogSumExp<cpu::Math, T> lse[kRun];
   for (int64_t k = 0; k < model.layout.mixtures; ++k) {
     for (int64_t j = 0; j < in.length; ++j) lse[j].add(in.params[model.layout.logit(k) * kRun + j]);
   }
-  for (int64_t j = 0; j < in.length; ++j) log_norm[j] = lse[j].value();
+  for (int64_t j = 0; j < in.length; ++j) log_norm[j] = lse[j].normaliser();
 }
 
-// log p of each position; with kGrad, also the first pass of the gradient (keep_term).
+// The normaliser of each position's terms (log p = max + log_sum; mixture_normaliser); with kGrad, also
+// the first pass of the gradient (keep_term).
 //
 // Position j reads and writes only its own column of the buffers: there is no dependence between the
 // iterations of the loops over j, which GCC cannot prove for the many rows written without more
 // run-time alias checks than it makes (hence ivdep).
 template <bool kGrad, int kChannels, typename T>
-GMK_CPU_INLINE void log_probs(const Model<T>& model, const RunInputs<T>& in, const T* log_norm, T* log_p, T* grad) {
+GMK_CPU_INLINE void log_probs(const Model<T>& model, const RunInputs<T>& in, const Normaliser<T>* log_norm,
+                              Normaliser<T>* joint, T* grad) {
   LogSumExp<cpu::Math, T> lse[kRun];
   for (int64_t k = 0; k < model.layout.mixtures; ++k) {
 #pragma GCC ivdep
@@ -109,23 +111,23 @@ GMK_CPU_INLINE void log_probs(const Model<T>& model, const RunInputs<T>& in, con
       lse[j].add(term);
     }
   }
-  for (int64_t j = 0; j < in.length; ++j) log_p[j] = lse[j].value();
+  for (int64_t j = 0; j < in.length; ++j) joint[j] = lse[j].normaliser();
 }
 
 template <int kChannels, typename T>
 GMK_CPU_INLINE void nll_math(const Model<T>& model, const RunInputs<T>& in, T* nll) {
-  T log_norm[kRun], log_p[kRun];
+  Normaliser<T> log_norm[kRun], joint[kRun];
   log_norms(model, in, log_norm);
-  log_probs<false, kChannels>(model, in, log_norm, log_p, static_cast<T*>(nullptr));
-  for (int64_t j = 0; j < in.length; ++j) nll[j] = -log_p[j];
+  log_probs<false, kChannels>(model, in, log_norm, joint, static_cast<T*>(nullptr));
+  for (int64_t j = 0; j < in.length; ++j) nll[j] = -(joint[j].max + joint[j].log_sum);
 }
 
 template <int kChannels, typename T>
 GMK_CPU_INLINE void grad_math(const Model<T>& model, const RunInputs<T>& in, T* grad) {
   const Layout& layout = model.layout;
-  T log_norm[kRun], log_p[kRun];
+  Normaliser<T> log_norm[kRun], joint[kRun];
   log_norms(model, in, log_norm);
-  log_probs<true, kChannels>(model, in, log_norm, log_p, grad);
+  log_probs<true, kChannels>(model, in, log_norm, joint, grad);
   for (int64_t k = 0; k < layout.mixtures; ++k) {
 #pragma GCC ivdep
     for (int64_t j = 0; j < in.length; ++j) {
@@ -134,9 +136,9 @@ GMK_CPU_INLINE void grad_math(const Model<T>& model, const RunInputs<T>& in, T* 
       ComponentLogProb<T> channel[kChannels];
       load_x<kChannels>(in, j, x);
       const T term = kept_term(at, layout, k, coef_derivative, channel);
-      const T weight = cpu::Math::exp(at.param(layout.logit(k)) - log_norm[j]);
-      set_component_grads<kChannels>(at, layout, k, x, coef_derivative, channel, weight,
-                                     cpu::Math::exp(term - log_p[j]), in.grad_nll[j]);
+      const T weight = cpu::Math::exp(log_norm[j].log_softmax(at.param(layout.logit(k))));
+      set_component_grads<kChannels>(at, model, k, x, coef_derivative, channel, weight,
+                                     cpu::Math::exp(joint[j].log_softmax(term)), in.grad_nll[j]);
     }
   }
 }

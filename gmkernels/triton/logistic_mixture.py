@@ -168,7 +168,9 @@ def _log_normalisers(row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_
                      C: tl.constexpr, INTERPRETED: tl.constexpr):
     """M = max_k logit_k, then logsumexp_k (logit_k - M) and logsumexp_k (logit_k - M + log_p_k), online.
 
-    log p(x) is the second minus the first. Shifting by M first (as log_softmax does) keeps large
+    log p(x) is the second minus the first; the second is returned as its maximum and log-sum, whose
+    difference from a joint is the responsibility's log (they sum to 1 also where the max + log-sum of
+    terms of 1e7 rounds in float32). Shifting by M first (as log_softmax does) keeps large
     logits from meeting log_p_k in float32; the backward pass recomputes the same shifted joints.
     """
     logit_max = tl.full(x0.shape, float("-inf"), tl.float32)
@@ -182,7 +184,7 @@ def _log_normalisers(row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_
             row, sp_p, offset, mask, k, K, x0, x1, x2, half_bin, log_half_bins, log_scale_min, C, INTERPRETED)
         logit_sum += tl.exp(logit - logit_max)
         joint_max, joint_sum = _add_to_logsumexp(joint_max, joint_sum, logit - logit_max + log_p)
-    return logit_max, tl.log(logit_sum), joint_max + tl.log(joint_sum)
+    return logit_max, tl.log(logit_sum), joint_max, tl.log(joint_sum)
 
 
 # --- kernels -------------------------------------------------------------------------------------
@@ -206,14 +208,22 @@ def _nll_kernel(params_ptr, x_ptr, nll_ptr, sp_n, sp_p, sp_s, sx_n, sx_c, sx_s, 
                 C: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK: tl.constexpr):
     n, s, mask, row, offset, x0, x1, x2 = _load_positions(params_ptr, x_ptr, sp_n, sp_s, sx_n, sx_c, sx_s, S,
                                                           blocks_per_sample, C, BLOCK)
-    _, log_norm_logits, log_norm_joints = _log_normalisers(
+    _, log_norm_logits, joint_max, joint_log_sum = _log_normalisers(
         row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_bins, log_scale_min, C, INTERPRETED)
-    tl.store(nll_ptr + n * S + s, log_norm_logits - log_norm_joints, mask=mask)
+    tl.store(nll_ptr + n * S + s, log_norm_logits - (joint_max + joint_log_sum), mask=mask)
 
 
 @triton.jit
 def _store(grad_row, p, S, s, mask, value):
     tl.store(grad_row + tl.cast(p, tl.int64) * S + s, value.to(grad_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_log_scale_grad(grad_row, p, row, sp_p, offset, S, s, mask, weight, b, log_scale_min):
+    """The gradient of log-scale p, weight · b, or exactly 0 where it is clamped (selected, not 0 · weight:
+    also where the responsibility is NaN, as torch.where gives the reference's)."""
+    clamped = _load(row, p, sp_p, offset, mask) <= log_scale_min
+    _store(grad_row, p, S, s, mask, tl.where(clamped, 0.0, weight * b))
 
 
 @triton.jit
@@ -227,23 +237,23 @@ def _nll_backward_kernel(grad_nll_ptr, params_ptr, x_ptr, grad_params_ptr, sg_n,
     n, s, mask, row, offset, x0, x1, x2 = _load_positions(params_ptr, x_ptr, sp_n, sp_s, sx_n, sx_c, sx_s, S,
                                                           blocks_per_sample, C, BLOCK)
     grad_nll = tl.load(grad_nll_ptr + n * sg_n + s.to(tl.int64) * sg_s, mask=mask, other=0.0).to(tl.float32)
-    logit_max, log_norm_logits, log_norm_joints = _log_normalisers(
+    logit_max, log_norm_logits, joint_max, joint_log_sum = _log_normalisers(
         row, sp_p, offset, mask, K, x0, x1, x2, half_bin, log_half_bins, log_scale_min, C, INTERPRETED)
     grad_row = grad_params_ptr + n * (K * (10 if C == 3 else 3)) * S
     for k in range(K):
         logit, log_p, a0, b0, a1, b1, a2, b2, t0, t1, t2 = _component(
             row, sp_p, offset, mask, k, K, x0, x1, x2, half_bin, log_half_bins, log_scale_min, C, INTERPRETED)
-        weight = grad_nll * tl.exp(logit - logit_max + log_p - log_norm_joints)  # grad_nll · r_k
+        weight = grad_nll * tl.exp((logit - logit_max + log_p - joint_max) - joint_log_sum)  # grad_nll · r_k
         _store(grad_row, k, S, s, mask, grad_nll * tl.exp(logit - logit_max - log_norm_logits) - weight)
         _store(grad_row, K + k, S, s, mask, weight * a0)
-        _store(grad_row, 2 * K + k, S, s, mask, weight * b0)
+        _store_log_scale_grad(grad_row, 2 * K + k, row, sp_p, offset, S, s, mask, weight, b0, log_scale_min)
         if C == 3:  # the coefficients reach the loss through the coupled means μ_1 and μ_2
             _store(grad_row, 3 * K + k, S, s, mask, weight * a1 * x0 * (1.0 - t0 * t0))
             _store(grad_row, 4 * K + k, S, s, mask, weight * a1)
-            _store(grad_row, 5 * K + k, S, s, mask, weight * b1)
+            _store_log_scale_grad(grad_row, 5 * K + k, row, sp_p, offset, S, s, mask, weight, b1, log_scale_min)
             _store(grad_row, 6 * K + k, S, s, mask, weight * a2 * x0 * (1.0 - t1 * t1))
             _store(grad_row, 7 * K + k, S, s, mask, weight * a2)
-            _store(grad_row, 8 * K + k, S, s, mask, weight * b2)
+            _store_log_scale_grad(grad_row, 8 * K + k, row, sp_p, offset, S, s, mask, weight, b2, log_scale_min)
             _store(grad_row, 9 * K + k, S, s, mask, weight * a2 * x1 * (1.0 - t2 * t2))
 
 

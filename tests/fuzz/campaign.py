@@ -1,8 +1,12 @@
 """The fuzz campaign: every op's fuzz test in a child process of its own, so that a crash or a hang (the
 per-draw deadline kills the child) is counted against that op and the others still run; then
-tests/fuzz/REPORT.md from the children's counts.
+tests/fuzz/REPORT.md from the children's counts, rewritten after every op (the ops not run yet listed as
+such), so that a campaign stopped early leaves a true partial report.
 
-    GMK_FUZZ_EXAMPLES=1000 python -m tests.fuzz.campaign [--jobs 2] [--only OP ...]
+    GMK_FUZZ_EXAMPLES=1000 python -m tests.fuzz.campaign [--jobs 2] [--only OP ...] [--resume]
+
+Each op's result is kept in build/fuzz-campaign/<examples>/<op>.json (git-ignored); ``--resume`` reuses
+the ones there (same number of draws) and runs only the other ops.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -26,6 +30,7 @@ from .ops import OPS
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = Path(__file__).with_name("REPORT.md")
+RESULTS = ROOT / "build" / "fuzz-campaign"  # per draws count, one JSON per op (build/ is git-ignored)
 MEMORY_LIMIT = 16 * 2**30  # address space per child (torch and Triton reserve a few GB of it)
 
 
@@ -60,9 +65,11 @@ def _failure_lines(output: str) -> list[str]:
     return [line[1:].strip() for line in output.splitlines() if line.startswith("E ")][:40]
 
 
-def table(results: list[dict], examples: int) -> str:
+def table(results: list[dict], examples: int, pending: list[str] = ()) -> str:
     lines = ["| op | backend | draws | clear error | matched reference | known open issue | " + " | ".join(FAILURES)
              + " |", "|---|---|---:|---:|---:|---:|" + "---:|" * len(FAILURES)]
+    for name in pending:
+        lines.append(f"| {name} | not run yet | 0 |" + " |" * (3 + len(FAILURES)))
     for result in results:
         rows = result["rows"] or [{"op": result["op"], "backend": "?"}]
         for row in rows:
@@ -76,7 +83,7 @@ def table(results: list[dict], examples: int) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[dict], examples: int, seconds: float) -> None:
+def write_report(results: list[dict], examples: int, seconds: float, pending: list[str] = ()) -> None:
     failing = [r for r in results if r["returncode"] or r["died"]]
     total = {outcome: sum(row.get(outcome, 0) for r in results for row in r["rows"]) for outcome in OUTCOMES}
     text = [
@@ -89,7 +96,10 @@ def write_report(results: list[dict], examples: int, seconds: float) -> None:
         f"plain torch functions run once (backend `torch`)",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python "
         f"{platform.python_version()}; per-draw deadline {DEADLINE_S:.0f} s; campaign wall time "
-        f"{seconds / 60:.1f} min",
+        f"{seconds / 60:.1f} min (the ops' own run times summed: {sum(r['seconds'] for r in results) / 60:.1f} "
+        f"min)",
+        *([f"- **partial**: {len(pending)} of {len(pending) + len(results)} ops not run yet (listed first)"]
+          if pending else []),
         f"- totals over ops x backends: clear error {total['error']}, matched reference {total['match']}, "
         f"known open issue {total['known']}, "
         + ", ".join(f"{f} {total[f] + sum(r['died'] == f for r in results)}" for f in FAILURES),
@@ -104,7 +114,7 @@ def write_report(results: list[dict], examples: int, seconds: float) -> None:
         "issue* (a mismatch at NaN/inf inputs of an op with an open issue, docs/finite-ranges.md), or a failure: "
         "*unclear error*, *mismatch*, *written* (a fence or an input changed), *crash*, *hang*.",
         "",
-        table(results, examples),
+        table(results, examples, pending),
         "",
     ]
     if failing:
@@ -118,19 +128,33 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1, help="ops run at the same time")
     parser.add_argument("--only", nargs="*", help="these ops only (names as in tests/fuzz/ops.py)")
+    parser.add_argument("--resume", action="store_true", help="reuse the ops' results kept from an earlier run")
     args = parser.parse_args(argv)
     examples = int(os.environ.get("GMK_FUZZ_EXAMPLES", "200"))
     names = [op.name for op in OPS + MODULES if not args.only or op.name in args.only]
+    kept = RESULTS / str(examples)
+    kept.mkdir(parents=True, exist_ok=True)
+    results = {name: json.loads((kept / f"{name}.json").read_text()) for name in names
+               if args.resume and (kept / f"{name}.json").exists()}
     start = time.time()
-    results = []
+
+    def report() -> None:  # in the table's order; the ops still running or queued listed as not run yet
+        write_report([results[n] for n in names if n in results], examples, time.time() - start,
+                     [n for n in names if n not in results])
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        for result in pool.map(lambda name: run_op(name, examples), names):
+        running = [pool.submit(run_op, name, examples) for name in names if name not in results]
+        for done in as_completed(running):
+            result = done.result()
             state = result["died"] or ("failed" if result["returncode"] else "ok")
             print(f"{result['op']:40s} {state:7s} {result['seconds']:7.1f} s", flush=True)
             for line in result["failures"][:6]:
                 print("    " + line[:300], flush=True)
-            results.append(result)
-    write_report(results, examples, time.time() - start)
+            results[result["op"]] = result
+            (kept / f"{result['op']}.json").write_text(json.dumps(result))
+            report()
+    report()
+    results = list(results.values())
     print(f"wrote {REPORT}")
     return int(any(r["returncode"] or r["died"] for r in results))
 

@@ -76,7 +76,8 @@ def nll_draws(b):
     dtype = b.dtype()
     channels, n, s, params = mixture_params(b, dtype)
     bins = b.option("num_bins", (2, 5, 256, 65536), BAD_INTS)
-    grid = bins if isinstance(bins, int) and not isinstance(bins, bool) and bins >= 2 else 256
+    # x's grid: the drawn num_bins when it is a valid count the grid can be drawn on (a bad 2**63 is not)
+    grid = bins if isinstance(bins, int) and not isinstance(bins, bool) and 2 <= bins <= 65536 else 256
     x_dtype = b.draw(st.sampled_from((dtype, dtype, torch.float32)))
     return Draw({"params": params, "x": b.tensor("x", (n, channels, *s), x_dtype, values=f"grid:{grid}"),
                  "num_bins": bins, "log_scale_min": b.option("log_scale_min", (-7.0, -3.0, -20.0), BAD_FLOATS),

@@ -93,15 +93,9 @@ SUMS_OF_TERMS = {"invertible_conv1x1", "actnorm_conv1x1", "coupling_realnvp", "u
 FINITE_EVERYWHERE = {"gated_activation", "bias_act_linear", "bias_act_tanh", "bias_act_sigmoid", "bias_act_elu",
                      "bias_act_softplus", "bias_act_clamp", "mixture_sample_rgb"}
 
-# (case, magnitude) -> (the dtypes it fails in, why): found by this test, open (docs/finite-ranges.md lists them)
-KNOWN = {
-    **{case: (dtypes, "the gradient at params of ±1e4 / ±max differs from the float64 reference's (NaN or "
-                      "other values)")
-       for case, dtypes in ((("mixture_nll_rgb", "1e4"), (torch.float32,)),
-                            (("mixture_nll_rgb", "max"), (torch.float32, torch.float64, torch.bfloat16)),
-                            (("mixture_nll_audio", "1e4"), (torch.float32, torch.float16, torch.bfloat16)),
-                            (("mixture_nll_audio", "max"), DTYPES))},
-}
+# (case, magnitude) -> (the dtypes it fails in, why): found by this test, open (docs/finite-ranges.md lists
+# them); none now
+KNOWN: dict = {}
 
 
 def cases():

@@ -168,6 +168,16 @@ GMK_HOST_DEVICE T sample_logistic(T mu, T log_scale, T uniform, const Bins<T>& b
   return T(2) * bin / bins.intervals - T(1);
 }
 
+// The normaliser of log_softmax over the logits, kept as their maximum and log Σ e^(logit - max), so that
+// log_softmax(logit) = (logit - max) - log_sum as torch's: folding the two into one number (max + log_sum)
+// loses log_sum's digits to the rounding of a large max (a pair of logits of 3e38 would weigh 1 each).
+template <typename T>
+struct Normaliser {
+  T max, log_sum;
+
+  GMK_HOST_DEVICE T log_softmax(T logit) const { return (logit - max) - log_sum; }
+};
+
 // log Σ exp(v_i), one term at a time (online: a running maximum and the sum scaled by it); one
 // exponential per term, e^-|v - max|, which scales the new term or the old sum. A term equal to the
 // maximum counts 1, also when both are -inf (a component of probability 0, whose -inf - -inf would
@@ -183,6 +193,7 @@ struct LogSumExp {
     max = max_(max, v);
   }
   GMK_HOST_DEVICE T value() const { return max + Math::log(sum); }
+  GMK_HOST_DEVICE Normaliser<T> normaliser() const { return {max, Math::log(sum)}; }
 };
 
 // Parameter indices of one position in the PixelCNN++ layout (docs/conventions.md,
@@ -246,7 +257,8 @@ GMK_HOST_DEVICE void load_coefs(const Position& at, const Layout& layout, int64_
 // the normaliser of the logits; each channel's terms in `channel`, the derivatives of tanh(coefs) in
 // `coef_derivative`.
 template <bool kGrad, int kChannels, typename Math, typename T, typename Position>
-GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3], T log_norm,
+GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3],
+                               const Normaliser<T>& log_norm,
                                T (&coef_derivative)[3], ComponentLogProb<T> (&channel)[kChannels]) {
   T coef[3] = {};
   load_coefs<kChannels, Math>(at, model.layout, k, coef, coef_derivative);
@@ -258,7 +270,7 @@ GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_
                                                  model.log_scale_min, model.bins);
     sum += channel[c].value;
   }
-  return at.param(model.layout.logit(k)) - log_norm + sum;
+  return log_norm.log_softmax(at.param(model.layout.logit(k))) + sum;
 }
 
 // Gradient of nll = -log p with respect to the parameters of component k, from its term's tanh'(coefs)
@@ -268,17 +280,21 @@ GMK_HOST_DEVICE T mixture_term(const Position& at, const Model<T>& model, int64_
 // and through the coupling, with coef_j = tanh(raw_j):
 //   dnll/draw_0 = -r dL_1/dmu_1 x_0 tanh'(raw_0), dnll/draw_1 = -r dL_2/dmu_2 x_0 tanh'(raw_1),
 //   dnll/draw_2 = -r dL_2/dmu_2 x_1 tanh'(raw_2). Each times grad_nll.
+// A clamped log-scale (raw <= log_scale_min) gets exactly 0, selected, not 0 · grad_l: also where the
+// responsibility is NaN (every component of probability 0), as torch.where gives the reference's.
 template <int kChannels, typename T, typename Position>
-GMK_HOST_DEVICE void set_component_grads(const Position& at, const Layout& layout, int64_t k, const T (&x)[3],
+GMK_HOST_DEVICE void set_component_grads(const Position& at, const Model<T>& model, int64_t k, const T (&x)[3],
                                          const T (&coef_derivative)[3],
                                          const ComponentLogProb<T> (&channel)[kChannels], T weight, T r,
                                          T grad_nll) {
+  const Layout& layout = model.layout;
   const T grad_l = -grad_nll * r;  // dnll/dL_ck, the same for every channel c
   at.set_grad(layout.logit(k), grad_nll * (weight - r));
   GMK_UNROLL
   for (int c = 0; c < kChannels; ++c) {
     at.set_grad(layout.mean(c, k), grad_l * channel[c].d_mean);
-    at.set_grad(layout.log_scale(c, k), grad_l * channel[c].d_log_scale);
+    const bool clamped = at.param(layout.log_scale(c, k)) <= model.log_scale_min;
+    at.set_grad(layout.log_scale(c, k), clamped ? T(0) : grad_l * channel[c].d_log_scale);
   }
   if constexpr (kChannels == 3) {
     at.set_grad(layout.coef(0, k), grad_l * channel[1].d_mean * x[0] * coef_derivative[0]);
@@ -289,10 +305,10 @@ GMK_HOST_DEVICE void set_component_grads(const Position& at, const Layout& layou
 
 // log Σ_k exp(logits_k), the normaliser of log_softmax.
 template <typename Math, typename T, typename Position>
-GMK_HOST_DEVICE T logit_normaliser(const Position& at, const Layout& layout) {
+GMK_HOST_DEVICE Normaliser<T> logit_normaliser(const Position& at, const Layout& layout) {
   LogSumExp<Math, T> lse;
   for (int64_t k = 0; k < layout.mixtures; ++k) lse.add(at.param(layout.logit(k)));
-  return lse.value();
+  return lse.normaliser();
 }
 
 template <int kChannels, typename T, typename Position>
@@ -301,16 +317,27 @@ GMK_HOST_DEVICE void load_x(const Position& at, T (&x)[3]) {
   for (int c = 0; c < kChannels; ++c) x[c] = at.x(c);
 }
 
-// log p = logsumexp_k(log_softmax(logits)_k + Σ_c L_ck), given the normaliser of the logits.
+// log p = logsumexp_k(log_softmax(logits)_k + Σ_c L_ck), given the normaliser of the logits, as the
+// normaliser of the terms: log p = max + log_sum, and the responsibilities r_k = e^(term_k - max) / Σ are
+// its log_softmax, which sum to 1 also where max + log_sum rounds (terms of 1e7 in float32: two equal
+// components then weigh 1/2 each, where e^(term_k - log p) would give e^-1).
 template <int kChannels, typename Math, typename T, typename Position>
-GMK_HOST_DEVICE T log_prob(const Position& at, const Model<T>& model, const T (&x)[3], T log_norm) {
+GMK_HOST_DEVICE Normaliser<T> mixture_normaliser(const Position& at, const Model<T>& model, const T (&x)[3],
+                                                 const Normaliser<T>& log_norm) {
   LogSumExp<Math, T> mixture;
   for (int64_t k = 0; k < model.layout.mixtures; ++k) {
     T coef_derivative[3] = {};
     ComponentLogProb<T> channel[kChannels];
     mixture.add(mixture_term<false, kChannels, Math>(at, model, k, x, log_norm, coef_derivative, channel));
   }
-  return mixture.value();
+  return mixture.normaliser();
+}
+
+template <int kChannels, typename Math, typename T, typename Position>
+GMK_HOST_DEVICE T log_prob(const Position& at, const Model<T>& model, const T (&x)[3],
+                           const Normaliser<T>& log_norm) {
+  const Normaliser<T> joint = mixture_normaliser<kChannels, Math>(at, model, x, log_norm);
+  return joint.max + joint.log_sum;
 }
 
 template <int kChannels, typename Math, typename T, typename Position>
@@ -326,16 +353,16 @@ GMK_HOST_DEVICE void nll_backward(const Position& at, const Model<T>& model) {
   const Layout& layout = model.layout;
   T x[3] = {};
   load_x<kChannels>(at, x);
-  const T log_norm = logit_normaliser<Math, T>(at, layout);
-  const T log_p = log_prob<kChannels, Math>(at, model, x, log_norm);
+  const Normaliser<T> log_norm = logit_normaliser<Math, T>(at, layout);
+  const Normaliser<T> joint = mixture_normaliser<kChannels, Math>(at, model, x, log_norm);
   const T grad_nll = at.grad_nll();
   for (int64_t k = 0; k < layout.mixtures; ++k) {
     T coef_derivative[3] = {};
     ComponentLogProb<T> channel[kChannels];
     const T term = mixture_term<true, kChannels, Math>(at, model, k, x, log_norm, coef_derivative, channel);
-    const T weight = Math::exp(at.param(layout.logit(k)) - log_norm);
-    set_component_grads<kChannels>(at, layout, k, x, coef_derivative, channel, weight, Math::exp(term - log_p),
-                                   grad_nll);
+    const T weight = Math::exp(log_norm.log_softmax(at.param(layout.logit(k))));
+    set_component_grads<kChannels>(at, model, k, x, coef_derivative, channel, weight,
+                                   Math::exp(joint.log_softmax(term)), grad_nll);
   }
 }
 
