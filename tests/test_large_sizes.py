@@ -33,7 +33,8 @@ import pytest
 import torch
 
 import gmkernels as gmk
-from conftest import assert_close, backends_under_test
+import gmkernels.reference.logistic_mixture as lm_reference
+from conftest import assert_close, assert_close_sum, backends_under_test
 from test_input_integrity import OPS, SIZES, assert_same_result, backends_of, contiguous_run, run
 
 FAR = 2**31
@@ -65,14 +66,15 @@ def address_space() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def failure_in_child(check, extra_address_space: int | None = None) -> str | None:
+def failure_in_child(check, extra_address_space: int | None = None,
+                     timeout_s: int = CHILD_TIMEOUT_S) -> str | None:
     """Runs ``check()`` in a forked child: None if it returned, else its traceback or the signal that
     killed it. ``extra_address_space``: the bytes the child may map beyond what it inherits."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report through the pipe, exit without running the parent's cleanup
         os.close(read)
-        signal.alarm(CHILD_TIMEOUT_S)
+        signal.alarm(timeout_s)
         faulthandler.disable()  # a crash is reported by the parent, without the child's stack dump
         try:
             if extra_address_space is not None:
@@ -151,18 +153,28 @@ def test_pixel_count_past_2_31_rejected(op, backend):
     assert failure is None, failure
 
 
+def test_vector_quantize_statistics_counts_past_2_24():
+    """2^24 + 5 positions of one code, x = 1: counted and summed exactly (in float32, 2^24 + 4, the nearest
+    float), not stuck at 2^24 as a float32 running count or sum is."""
+    positions = 2**24 + 5
+    indices = torch.zeros(1, positions, dtype=torch.int64)
+    counts, sums = gmk.vector_quantize_statistics(torch.ones(1, 1, positions), indices, 2, backend="cpu")
+    assert counts.tolist() == [float(2**24 + 4), 0.0]
+    assert sums.tolist() == [[float(2**24 + 4)], [0.0]]
+
+
 # --- tensors of more than 2^31 elements (nightly: GMK_LARGE_SIZES=1) -------------------------------------
 
 LARGE_SIZES = os.environ.get("GMK_LARGE_SIZES") == "1"
 TAIL = 4096
 
 
-def past_2_31():
+def past_2_31(dtype=torch.bfloat16):
     """x (1, 2, L), bfloat16, of more than 2^31 elements: zeros in an untouched mapping (reading them maps no
     memory) but the last TAIL of each channel, random; channel 1's lie past 2^31 elements."""
     length = FAR // 2 + TAIL
-    x = untouched(2 * length, torch.bfloat16).view(1, 2, length)
-    x[:, :, -TAIL:] = torch.randn(1, 2, TAIL).bfloat16()
+    x = untouched(2 * length, dtype).view(1, 2, length)
+    x[:, :, -TAIL:] = torch.randn(1, 2, TAIL).to(dtype)
     return x
 
 
@@ -194,20 +206,265 @@ def cached_conv_pairs():
             (out[..., :TAIL - 2], expected(slice(0, TAIL)))]
 
 
-PAST_2_31_OPS = {"bias_act": bias_act_pairs, "gated_activation": gated_pairs,
-                 "cached_conv2d": cached_conv_pairs}
+def close(dtype=torch.bfloat16, terms=1):
+    """Elementwise results (``terms``: summed into each, see assert_close)."""
+    return lambda actual, expected: assert_close(actual, expected, dtype, terms=terms)
+
+
+def close_sum(terms, dtype=torch.bfloat16, roundings=1):
+    """Sums of ``terms`` products (convolutions) in ``dtype``."""
+    return lambda actual, expected: assert_close_sum(actual, expected, dtype, terms, roundings)
+
+
+def equal(actual, expected):
+    assert torch.equal(actual, expected.to(actual.dtype)), (actual, expected)
+
+
+def causal_conv_pairs():
+    """x (1, 2, L) in float32 (the cpu backend widens half types whole: 8.6 GB more), one output channel."""
+    x, weight, bias = past_2_31(torch.float32), torch.randn(1, 2, 3) / 2, torch.randn(1)
+    y = gmk.causal_conv1d(x, weight, bias, dilation=2, backend="cpu")
+    return [(y[..., part], gmk.causal_conv1d(x[..., part].double(), weight.double(), bias.double(),
+                                             dilation=2, backend="reference"), close_sum(6, torch.float32))
+            for part in (slice(-TAIL, None), slice(0, TAIL))]
+
+
+def wavenet_layer_pairs():
+    """R = S = 1, x (1, 1, L): the conditioning (1, 2, L) past 2^31 elements (the layer widens x whole)."""
+    cond = past_2_31()
+    x = untouched(cond.shape[2], torch.bfloat16).view(1, 1, -1)
+    for part in (slice(-TAIL, None), slice(0, TAIL)):
+        x[..., part] = torch.randn(1, 1, TAIL).bfloat16()
+    shapes = ((2, 1, 2), (2,), (1, 1), (1,), (1, 1), (1,))
+    weights = [(torch.randn(*shape) / 2).bfloat16() for shape in shapes]
+    outputs = gmk.wavenet_layer(x, *weights, cond, dilation=3, residual_scale=0.5, backend="cpu")
+    pairs = []
+    for part in (slice(-TAIL, None), slice(0, TAIL)):
+        expected = gmk.wavenet_layer(x[..., part].double(), *(w.double() for w in weights),
+                                     cond[..., part].double(), dilation=3, residual_scale=0.5,
+                                     backend="reference")
+        pairs += [(actual[..., part], wanted, close_sum(2, roundings=2))
+                  for actual, wanted in zip(outputs, expected)]
+    return pairs
+
+
+# Flows: x (1, 2, H, W), H W = 2^30 + 2^15, so that channel 1's last row lies past 2^31 elements.
+FLOW_H, FLOW_W = 2**15, 2**15 + 1
+FLOW_PARTS = ((..., slice(0, 1), slice(0, TAIL)), (..., slice(-1, None), slice(-TAIL, None)))  # 1st, last row
+
+
+def flow_tensor(channels, scale=1.0, dtype=torch.bfloat16):
+    """(1, channels, FLOW_H, FLOW_W), random in FLOW_PARTS, zeros (untouched) elsewhere."""
+    t = untouched(channels * FLOW_H * FLOW_W, dtype).view(1, channels, FLOW_H, FLOW_W)
+    for part in FLOW_PARTS:
+        t[part] = (scale * torch.randn(1, channels, 1, TAIL)).to(dtype)
+    return t
+
+
+def spread(logdet_of_parts, per_element=0.0):
+    """The log-determinant of the whole image from those of FLOW_PARTS (each TAIL of the H W positions) and
+    ``per_element``, each other position's term."""
+    return sum(logdet_of_parts) + (FLOW_H * FLOW_W - len(FLOW_PARTS) * TAIL) * per_element
+
+
+def flow_pairs(run, y_compare, per_element):
+    """run(x, backend) -> (y, logdet) on the whole image and on FLOW_PARTS."""
+    y, logdet = run("cpu")
+    expected = [run("reference", part) for part in FLOW_PARTS]
+    return [(y[part], wanted, y_compare) for part, (wanted, _) in zip(FLOW_PARTS, expected)] + [
+        (logdet, spread([d for _, d in expected], per_element), close(torch.float32, FLOW_H * FLOW_W))]
+
+
+def actnorm_pairs():
+    x, bias, log_scale = flow_tensor(2), torch.randn(2), 0.3 * torch.randn(2)
+
+    def run(backend, part=None):
+        if part is None:
+            return gmk.actnorm(x, bias, log_scale, backend=backend)
+        return gmk.actnorm(x[part].double(), bias.double(), log_scale.double(), backend=backend)
+    return flow_pairs(run, close(), log_scale.double().sum())
+
+
+def invconv_pairs():
+    """x in float32: the cpu backend widens half types whole (a float copy of x and of y: 17 GB more)."""
+    x = flow_tensor(2, dtype=torch.float32)
+    weight = torch.linalg.qr(torch.randn(2, 2))[0] + 0.1 * torch.randn(2, 2)
+
+    def run(backend, part=None):
+        if part is None:
+            return gmk.invertible_conv1x1(x, weight, backend=backend)
+        return gmk.invertible_conv1x1(x[part].double(), weight.double(), backend=backend)
+    return flow_pairs(run, close_sum(2, torch.float32), torch.linalg.slogdet(weight.double())[1])
+
+
+def coupling_pairs():
+    """Glow halves: x_b (channel 1) past 2^31; each zero position's log s is log sigmoid(2)."""
+    x, h = flow_tensor(2), flow_tensor(2, scale=0.5)
+
+    def run(backend, part=None):
+        if part is None:
+            return gmk.affine_coupling(x, h, backend=backend)
+        return gmk.affine_coupling(x[part].double(), h[part].double(), backend=backend)
+    return flow_pairs(run, close(), torch.nn.functional.logsigmoid(torch.tensor(2.0, dtype=torch.float64)))
+
+
+# Images of one channel past 2^31 pixels: (1, 1, SIDE, SIDE); the first 2 rows' first TAIL columns and the
+# last 2 rows' last TAIL columns random. A 3 x 3 filter or kernel at an output of these rows next to the
+# image's edge reads only them, zeros (untouched) and the padding: the reference on each 2 x TAIL crop gives
+# those outputs.
+SIDE = 46341
+IMAGE_PARTS = ((..., slice(0, 2), slice(0, TAIL)), (..., slice(-2, None), slice(-TAIL, None)))
+
+
+def image_tensor(channels=1, scale=1.0, side=SIDE):
+    t = untouched(channels * side * side, torch.bfloat16).view(1, channels, side, side)
+    for part in IMAGE_PARTS:
+        t[part] = (scale * torch.randn(1, channels, 2, TAIL)).bfloat16()
+    return t
+
+
+def image_pairs(run, terms, channels=1, side=SIDE):
+    """The first row's first TAIL outputs and the last row's last TAIL outputs of run(x, backend)."""
+    x = image_tensor(channels, side=side)
+    y = run(x, "cpu")
+    return [(y[part][..., row, :], run(x[part].double(), "reference")[..., row, :], close_sum(terms))
+            for part, row in zip(IMAGE_PARTS, (0, -1))]
+
+
+def masked_conv_pairs():
+    """x (1, 8, 16385, 16385), one output channel (one input channel of 46341^2 pixels took 3 times longer:
+    over 15 min)."""
+    weight, bias = (torch.randn(1, 8, 3, 3) / 6).bfloat16(), torch.randn(1).bfloat16()
+    return image_pairs(lambda x, backend: gmk.masked_conv2d(x, weight.to(x.dtype), bias.to(x.dtype),
+                                                            mask_type="B", backend=backend), 40, 8, 16385)
+
+
+def upfirdn2d_pairs():
+    """x (1, 33, 8192, 8192): the planar kernel holds a plane's input and output in float (one 46341^2 plane:
+    17 GB more)."""
+    f = torch.randn(3, 3).bfloat16()
+    return image_pairs(lambda x, backend: gmk.upfirdn2d(x, f.to(x.dtype), padding=1, backend=backend), 9,
+                       33, 8192)
+
+
+def coupling_checkerboard_pairs():
+    """x (1, 1, SIDE, SIDE) past 2^31 elements, h (1, 2, SIDE, SIDE): y at both crops (each starts at an
+    even row and column: the same checkerboard as the whole image's)."""
+    x, h = image_tensor(), image_tensor(2, scale=0.5)
+    y, _ = gmk.affine_coupling(x, h, layout="checkerboard", backend="cpu")
+    return [(y[part], gmk.affine_coupling(x[part].double(), h[part].double(), layout="checkerboard",
+                                          backend="reference")[0], close()) for part in IMAGE_PARTS]
+
+
+MIXTURE_PARTS = (slice(0, TAIL), slice(-TAIL, None))
+
+
+def mixture_params(k=2):
+    """params (1, 3K, S) of 3K S > 2^31 elements (one channel, K components): typical values in the first
+    and last TAIL positions, zeros elsewhere."""
+    from test_logistic_mixture import make_params
+
+    s = FAR // (3 * k) + TAIL
+    params = untouched(3 * k * s, torch.bfloat16).view(1, 3 * k, s)
+    for part in MIXTURE_PARTS:
+        params[..., part] = make_params(1, 1, k, (TAIL,), dtype=torch.bfloat16)
+    return params
+
+
+def mixture_nll_pairs():
+    from test_logistic_mixture import make_x
+
+    params = mixture_params()
+    x = torch.full((1, 1, params.shape[2]), -1.0)  # a bin centre everywhere (the op checks)
+    for part in MIXTURE_PARTS:
+        x[..., part] = make_x(1, 1, (TAIL,)).float()
+    nll = gmk.discretized_logistic_mixture_nll(params, x, backend="cpu")
+    return [(nll[..., part], gmk.discretized_logistic_mixture_nll(
+        params[..., part].double(), x[..., part].double(), backend="reference"), close(torch.float32))
+        for part in MIXTURE_PARTS]
+
+
+def mixture_sample_pairs():
+    """The op's noise, drawn again from the same seed (gumbel_u, then logistic_u, as the op draws them)."""
+    params = mixture_params()
+    sample = gmk.discretized_logistic_mixture_sample(params, num_channels=1, backend="cpu",
+                                                     generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    gumbel_u = torch.rand((1, 2, params.shape[2]), generator=generator)
+    logistic_u = torch.rand((1, 1, params.shape[2]), generator=generator)
+    return [(sample[..., part], lm_reference.discretized_logistic_mixture_sample(
+        params[..., part].float(), gumbel_u[..., part], logistic_u[..., part]), equal)
+        for part in MIXTURE_PARTS]
+
+
+def vector_quantize_pairs():
+    """x (1, 16, P), 16 P > 2^31: quantized and indices at its first and last TAIL positions; the
+    statistics over every position (the zero positions all take the zero vector's code)."""
+    dim, codes = 16, 8
+    positions = FAR // dim + TAIL
+    x = untouched(dim * positions, torch.bfloat16).view(1, dim, positions)
+    codebook = (4 * torch.randn(codes, dim)).bfloat16()
+    for part in MIXTURE_PARTS:
+        chosen = codebook.float()[torch.randint(codes, (TAIL,))]
+        x[..., part] = (chosen.T + 0.05 * torch.randn(dim, TAIL)).bfloat16()
+    quantized, indices = gmk.vector_quantize(x, codebook, backend="cpu")
+    pairs = []
+    for part in MIXTURE_PARTS:
+        wanted_quantized, wanted_indices = gmk.vector_quantize(x[..., part], codebook, backend="reference")
+        pairs += [(quantized[..., part], wanted_quantized, equal),
+                  (indices[..., part], wanted_indices, equal)]
+    del quantized
+    counts, sums = gmk.vector_quantize_statistics(x, indices, codes, backend="cpu")
+    tails = torch.cat([x[..., part] for part in MIXTURE_PARTS], 2)
+    tail_indices = torch.cat([indices[..., part] for part in MIXTURE_PARTS], 1)
+    wanted_counts, wanted_sums = gmk.vector_quantize_statistics(tails.double(), tail_indices, codes,
+                                                                backend="reference")
+    _, zero_code = gmk.vector_quantize(torch.zeros(1, dim, 1), codebook.float(), backend="reference")
+    wanted_counts[zero_code] += positions - 2 * TAIL
+    return pairs + [(counts, wanted_counts, equal), (sums, wanted_sums, close(torch.float32, positions))]
+
+
+# op: the (actual, expected[, compare]) pairs of its case (compare: close() unless given) and the case's
+# peak memory in GB
+# (resident, measured here), which must be available.
+PAST_2_31_OPS = {
+    "bias_act": (bias_act_pairs, 4.3),
+    "gated_activation": (gated_pairs, 2.2),
+    "cached_conv2d": (cached_conv_pairs, 4.3),
+    "causal_conv1d": (causal_conv_pairs, 4.3),
+    "wavenet_layer": (wavenet_layer_pairs, 6.5),
+    "actnorm": (actnorm_pairs, 4.3),
+    "invertible_conv1x1": (invconv_pairs, 4.3),
+    "affine_coupling": (coupling_pairs, 4.3),
+    "affine_coupling_checkerboard": (coupling_checkerboard_pairs, 4.3),
+    "masked_conv2d": (masked_conv_pairs, 4.3),
+    "upfirdn2d": (upfirdn2d_pairs, 4.3),
+    "discretized_logistic_mixture_nll": (mixture_nll_pairs, 2.9),
+    "discretized_logistic_mixture_sample": (mixture_sample_pairs, 4.3),
+    "vector_quantize": (vector_quantize_pairs, 5.4),
+}
+
+
+def available_gb() -> float:
+    with open("/proc/meminfo") as meminfo:
+        fields = dict(line.split(":", 1) for line in meminfo)
+    return int(fields["MemAvailable"].split()[0]) / 2**20
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LARGE_SIZES, reason="allocates a 2^31-element output (~4 GB): GMK_LARGE_SIZES=1 (nightly)")
 @pytest.mark.parametrize("op", PAST_2_31_OPS)
 def test_more_than_2_31_elements_on_cpu(op):
-    """x (1, 2, L) of 2^31 + 8192 bfloat16 elements: the cpu backend's outputs from channel 1's elements past
-    2^31 (and its first ones) match the reference on the same values."""
+    """An input of more than 2^31 elements (bfloat16, zeros in an untouched mapping but at its start and
+    end): the cpu backend's outputs there, the last past 2^31 elements, match the reference on the same
+    values, and sums over the whole input (log-determinants, code statistics) count every element."""
+    pairs, peak_gb = PAST_2_31_OPS[op]
+    if available_gb() < peak_gb + 2:
+        pytest.skip(f"needs about {peak_gb} GB of memory and 2 GB to spare: {available_gb():.1f} GB free")
 
     def check():
-        for actual, expected in PAST_2_31_OPS[op]():
-            assert_close(actual, expected, torch.bfloat16)
+        for actual, expected, *compare in pairs():
+            (compare[0] if compare else close())(actual, expected)
 
-    failure = failure_in_child(check)
+    failure = failure_in_child(check, timeout_s=1800)
     assert failure is None, failure

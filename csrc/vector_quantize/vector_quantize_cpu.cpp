@@ -158,22 +158,26 @@ void statistics_typed(const StatisticsArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   auto* counts = static_cast<T*>(a.counts);
   auto* sums = static_cast<T*>(a.sums);
-  std::fill(counts, counts + a.codes, T(0));
-  std::fill(sums, sums + a.codes * dim, T(0));
+  // Counted in integers and summed in double, rounded once: a float32 running count or sum stops growing at
+  // 2^24 (2^24 + 1 rounds back to 2^24), which one code's positions pass in a large batch.
+  std::vector<int64_t> counted(static_cast<size_t>(a.codes), 0);
+  std::vector<double> summed(static_cast<size_t>(a.codes * dim), 0.0);
   for (int64_t p = 0; p < positions; ++p) {
     const int64_t k = a.indices[p];
     TORCH_CHECK_VALUE(k >= 0 && k < a.codes, "gmkernels::vector_quantize_statistics: indices must be in [0, ",
                       a.codes, "), got ", k);
-    counts[k] += T(1);
+    ++counted[k];
   }
+  for (int64_t k = 0; k < a.codes; ++k) counts[k] = static_cast<T>(counted[k]);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, positions));
   at::parallel_for(0, dim, grain, [&](int64_t begin, int64_t end) {
     for (int64_t d = begin; d < end; ++d) {
       for (int64_t o = 0; o < a.outer; ++o) {
         const scalar_t* row = x + (o * dim + d) * inner;
         const int64_t* codes_of = a.indices + o * inner;
-        for (int64_t i = 0; i < inner; ++i) sums[codes_of[i] * dim + d] += static_cast<T>(row[i]);
+        for (int64_t i = 0; i < inner; ++i) summed[codes_of[i] * dim + d] += static_cast<double>(row[i]);
       }
+      for (int64_t k = 0; k < a.codes; ++k) sums[k * dim + d] = static_cast<T>(summed[k * dim + d]);
     }
   });
 }
