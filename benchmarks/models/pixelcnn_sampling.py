@@ -9,8 +9,10 @@ Two ways to run it:
 - ``gmk bench --ops pixelcnn_sampling``: harness cases, peers ``gmk:cached`` (eager), on CUDA
   ``gmk:cached+graph``, and ``naive`` (the baseline of the speedup column). The harness calls each peer
   11 times before timing it, so the images are small:
-  CUDA, each model's CIFAR-10 config on 8×8 images at batch 1, 16 and 64; CPU, the digits config (8×8,
-  one channel, 17 levels) at batch 1 and 16; ``--quick``, the "tiny" config on 4×4 images.
+  CUDA, each model's CIFAR-10 config on 8×8 images at batch 1, 16 and 64 (with graphs, rows 0–1 run
+  eagerly and rows 2–4 capture for PixelCNN++: the full-size run below shows graphs better); CPU, the
+  digits config (8×8, one channel, 17 levels) at batch 1 and 16; ``--quick``, the "tiny" config on 4×4
+  images.
 - ``python -m benchmarks.models.pixelcnn_sampling`` (from the repository root): one run per method and
   batch (1, 16, 64 by default) on full-size images after a warm-up call on a 2×2 image: images/s of each
   method (on CUDA cached with and without graphs), the speedups over naive, whether all drew the same
