@@ -111,6 +111,16 @@ def test_tiles_of_the_cpu_kernel(shape, dtype):
     assert_close_sum(out, expected, dtype, terms=weight[0].numel())
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+def test_more_threads_than_tiles_of_64_pairs():
+    """100 threads, 6401 pairs: 100 tiles of 65 would end past the last pair; every pair once."""
+    torch.set_num_threads(100)
+    rows, weight, b = torch.randn(37, 7, 1, 175), torch.randn(6, 7, 1, 1), torch.randn(6)
+    out = cached_conv2d(rows, weight, b, column=2, count=173, backend="cpu")
+    expected = reference.cached_conv2d(rows.double(), weight.double(), b.double(), 2, 173, 1)
+    assert_close_sum(out, expected, torch.float32, terms=7)
+
+
 BOUNDED_SCRATCH = """
 import sys, torch, gmkernels
 from gmkernels.ops.cached_conv import cached_conv2d

@@ -108,12 +108,12 @@ void run_typed(const Args& args) {
   const std::vector<opmath_t> bias = converted<opmath_t, scalar_t>(args.bias, outs);
   const int64_t pairs = args.batch * args.count;
   if (pairs == 1) return one_pair<opmath_t, scalar_t>(args, weight, bias.data());
-  // tiles of equal size (the last one shorter by less than the number of tiles), at least one per thread
-  // while they keep kMinTilePairs pairs
+  // tiles of (nearly) equal size, at least one per thread while they keep kMinTilePairs pairs; the last
+  // tile is shorter, never empty
   const int64_t largest = std::max<int64_t>(1, kTileElements / std::max(taps, outs));
   const int64_t per_thread = std::min<int64_t>(at::get_num_threads(), pairs / kMinTilePairs);
-  const int64_t tiles = std::max((pairs + largest - 1) / largest, per_thread);
-  const int64_t tile = (pairs + tiles - 1) / tiles;
+  const int64_t wanted = std::max((pairs + largest - 1) / largest, per_thread);
+  const int64_t tile = (pairs + wanted - 1) / wanted, tiles = (pairs + tile - 1) / tile;
   const auto options = at::TensorOptions().dtype(std::is_same_v<opmath_t, double> ? at::kDouble : at::kFloat);
   const at::Tensor w = at::from_blob(const_cast<opmath_t*>(weight), {outs, taps}, options);
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
