@@ -61,12 +61,28 @@ struct Block {
   int64_t n0, samples, row0, rows;
 };
 
+// Image rows [first, first + count): those a block's taps read.
+struct Rows {
+  int64_t first, count;
+};
+
+Rows rows_read(const Geometry& g, const std::vector<Tap>& taps, const Block& block) {
+  int64_t low = 0, high = 0;
+  for (const Tap& tap : taps) {
+    low = std::min(low, tap.dr);
+    high = std::max(high, tap.dr);
+  }
+  const int64_t first = std::clamp<int64_t>(block.row0 + low, 0, g.height);
+  return {first, std::clamp<int64_t>(block.row0 + block.rows + high, first, g.height) - first};
+}
+
 // The block's (M, T * C) columns, cols[((s * rows) + i - row0) * W + j][t * C + c] =
-// planes[s][i + dr][j + ds][c], zero outside the image, in buffer; planes is (samples, H, W, C)
-// contiguous, the block's samples only. Parallel over image rows, at least kGrainElements per task.
+// planes[s][i + dr - read.first][j + ds][c], zero outside the image, in buffer; planes is
+// (samples, read.count, W, C) contiguous: the rows the taps read of the block's samples. Parallel over
+// image rows, at least kGrainElements per task.
 template <typename T>
 at::Tensor im2col(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& planes, const Block& block,
-                  const at::Tensor& buffer) {
+                  const Rows& read, const at::Tensor& buffer) {
   const int64_t H = g.height, W = g.width, C = planes.size(3), K = static_cast<int64_t>(taps.size()) * C;
   const T* x = planes.const_data_ptr<T>();
   T* cols = buffer.data_ptr<T>();
@@ -75,12 +91,12 @@ at::Tensor im2col(const Geometry& g, const std::vector<Tap>& taps, const at::Ten
     T* out = cols + begin * W * K;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t s = row / block.rows, i = block.row0 + row % block.rows;
-      const T* image = x + s * H * W * C;
+      const T* image = x + s * read.count * W * C;
       for (int64_t j = 0; j < W; ++j) {
         for (const Tap& tap : taps) {
           const int64_t ii = i + tap.dr, jj = j + tap.ds;
           if (0 <= ii && ii < H && 0 <= jj && jj < W) {
-            std::copy_n(image + (ii * W + jj) * C, C, out);
+            std::copy_n(image + ((ii - read.first) * W + jj) * C, C, out);
           } else {
             std::fill_n(out, C, T(0));
           }
@@ -183,16 +199,26 @@ void store_block(const at::Tensor& image, const Block& block, const Geometry& g,
       .copy_(result.view({image.size(1), block.samples, block.rows * g.width}).transpose(0, 1));
 }
 
-// The block's samples of an image as contiguous (samples, H, W, C) planes in the math type. From NCHW,
-// a transpose of each (C, H * W) matrix: ATen copies those in cache blocks, 1.8x faster here than the
-// equivalent permute of (C, H, W).
-at::Tensor channels_last_planes(const at::Tensor& image, const Block& block, at::ScalarType math) {
+// Rows `read` of the block's samples of an image as contiguous (samples, read.count, W, C) planes in the
+// math type (a band of rows converts only the rows its taps read: converting whole samples per band took
+// time quadratic in the image's size). From NCHW, a transpose of each (C, rows * W) matrix: ATen copies
+// those in cache blocks, 1.8x faster here than the equivalent permute of (C, H, W).
+at::Tensor channels_last_planes(const at::Tensor& image, const Block& block, const Rows& read, at::ScalarType math) {
   return image.narrow(0, block.n0, block.samples)
+      .narrow(2, read.first, read.count)
       .flatten(2)
       .transpose(1, 2)
       .to(math)
       .contiguous()
-      .view({block.samples, image.size(2), image.size(3), image.size(1)});
+      .view({block.samples, read.count, image.size(3), image.size(1)});
+}
+
+// The block's columns for `taps` over image (N, C, H, W), dense NCHW or channels_last.
+template <typename T>
+at::Tensor block_columns(const Geometry& g, const std::vector<Tap>& taps, const at::Tensor& image, const Block& block,
+                         const at::Tensor& buffer, at::ScalarType math) {
+  const Rows read = rows_read(g, taps, block);
+  return im2col<T>(g, taps, channels_last_planes(image, block, read, math), block, read, buffer);
 }
 
 // The blocks of the batch, in order: whole samples per block while a sample's columns, of up to max_k
@@ -230,7 +256,7 @@ void forward_typed(const Geometry& g, const at::Tensor& x, const at::Tensor& wei
   const at::Tensor bias = bias_in.defined() ? bias_in.to(math) : at::Tensor();
   const at::Tensor buffer = column_buffer(g, w.size(1), math);
   for_each_block(g, w.size(1), [&](const Block& block) {
-    const at::Tensor cols = im2col<opmath_t>(g, taps, channels_last_planes(x, block, math), block, buffer);
+    const at::Tensor cols = block_columns<opmath_t>(g, taps, x, block, buffer, math);
     store_block(y, block, g, matmul(w, cols.t(), bias));
   });
 }
@@ -256,12 +282,11 @@ void backward_typed(const Geometry& g, const at::Tensor& grad_out, const at::Ten
   const at::Tensor buffer = column_buffer(g, max_k, math);
   for_each_block(g, max_k, [&](const Block& block) {
     if (want_weight) {
-      const at::Tensor cols = im2col<opmath_t>(g, taps, channels_last_planes(x, block, math), block, buffer);
+      const at::Tensor cols = block_columns<opmath_t>(g, taps, x, block, buffer, math);
       grad_w.add_(matmul(block_pixels(grad_out, block, g, math), cols));
     }
     if (want_x) {
-      const at::Tensor planes = channels_last_planes(grad_out, block, math);
-      const at::Tensor cols = im2col<opmath_t>(g, reflected_taps, planes, block, buffer);
+      const at::Tensor cols = block_columns<opmath_t>(g, reflected_taps, grad_out, block, buffer, math);
       store_block(grad_x, block, g, matmul(w_reflected, cols.t()));
     }
   });
