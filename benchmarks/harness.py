@@ -401,9 +401,14 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def _measured_package() -> Path:
+    """The folder of the gmkernels package being timed (its checkout, not necessarily this harness's)."""
+    return Path(gmkernels.__file__).parent
+
+
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(Path(__file__).parent), *args],
+        done = subprocess.run(["git", "-C", str(_measured_package()), *args],
                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -428,8 +433,8 @@ def _build_info() -> dict | None:
 
 
 def _commit() -> str | None:
-    """The commit of the checkout holding this file; None when it is not tracked (an installed copy)."""
-    tracked = _git("ls-files", "--error-unmatch", Path(__file__).name) is not None
+    """The commit of the checkout holding the timed package; None when it is not tracked (an installed copy)."""
+    tracked = _git("ls-files", "--error-unmatch", "__init__.py") is not None
     return _git("rev-parse", "HEAD") if tracked else None
 
 
