@@ -174,13 +174,13 @@ class RecordedGraph(TorchDispatchMode):
     """A CUDA graph's semantics on CPU: ``step`` runs once while its aten calls are recorded; a replay runs
     the recorded calls again (the Python code is not run again). Like a graph it keeps the tensors its calls
     made (its memory pool: functional results are copied back into them; views and in-place results are
-    made again from their inputs), and the tensors in ``pool`` (other graphs' memory); it holds the other
-    tensors it reads weakly: one freed since the capture fails the replay (on CUDA its memory could hold
-    anything by then)."""
+    made again from their inputs); it holds the tensors it reads from outside weakly: one freed since the
+    capture fails the replay (on CUDA its memory could hold anything by then, or, from another graph's
+    pool, torch's check_input_liveness fails it)."""
 
-    def __init__(self, pool: set[int]):
+    def __init__(self):
         super().__init__()
-        self.calls, self.pool = [], pool
+        self.calls = []
         self.made = {}  # id of a tensor a recorded call returned -> Made
         self.seen = []  # every tensor seen while recording, so that no id is reused meanwhile
 
@@ -203,8 +203,6 @@ class RecordedGraph(TorchDispatchMode):
             self.made[id(t)] = Made(len(self.calls), leaf)
         self.seen += leaves
         self.calls.append((func, kind, inputs, leaves if kind == "new" else None))
-        if kind == "new":
-            self.pool.update(t.untyped_storage().data_ptr() for t in leaves)
         return out
 
     def _reference(self, value):
@@ -213,7 +211,7 @@ class RecordedGraph(TorchDispatchMode):
         self.seen.append(value)
         if id(value) in self.made:
             return self.made[id(value)]
-        return value if value.untyped_storage().data_ptr() in self.pool else weakref.ref(value)
+        return weakref.ref(value)
 
     def end(self) -> None:
         self.made, self.seen = {}, []
@@ -246,10 +244,9 @@ class EmulatedGraphs:
 
     def __init__(self):
         self.captures = self.replays = 0
-        self.pool = set()  # the storages the graphs made
 
     def __call__(self, step):
-        graph = RecordedGraph(self.pool)
+        graph = RecordedGraph()
         with graph:
             step()
         graph.end()

@@ -164,7 +164,9 @@ class CachedGatedLayer:
                                                 layer.vertical_to_horizontal.bias)
         self.residual = masked_pointwise(layer.residual)
         self.first, self.color_groups = layer.first, layer.color_groups
-        self.from_above = None  # (N, 2p, W): vertical_to_horizontal of the down-shifted v_pre, this row
+        # (N, 2p, W): vertical_to_horizontal of the down-shifted v_pre, this row (in place: on CUDA the
+        # row's graph writes it, its pixels' graphs read it)
+        self.from_above = like.new_zeros(like.shape[0], layer.vertical_to_horizontal.weight.shape[0], size)
 
 
 class CachedGatedPixelCNN(CachedNetwork):
@@ -195,7 +197,7 @@ class CachedGatedPixelCNN(CachedNetwork):
                     above = self.layers[index + 1].v_rows
                     above.advance()
                     above.write(0, gated_activation(v_pre, cond_v))
-            layer.from_above = layer.vertical_to_horizontal(v_pre)
+            layer.from_above.copy_(layer.vertical_to_horizontal(v_pre))
         self.image.advance()
 
     def output(self, j: int) -> torch.Tensor:

@@ -256,11 +256,15 @@ class CachedPixelCNNpp(CachedNetwork):
         for conv in (model.u_input, model.ul_input_down, model.ul_input_right):
             self.steps[conv] = _shifted_step(conv)
         self.output_conv = Pointwise(model.output.weight, model.output.bias)
-        self.u_down = [None] * c.stages  # per level: its current row of each down u (the skips)
-        self.u_up = [None] * c.stages  # per level: its current row of each up u
-        self.u_up_row = [like.new_zeros(n, c.filters, width) for width in self.widths]  # the last up u
-        self.ul_up_row = [like.new_zeros(n, c.filters, width) for width in self.widths]  # the last up ul
-        self.ul_from_above = None  # (N, F, W): the down-shifted ul_input_down of this row
+        # What a row leaves for its pixels, updated in place (on CUDA, each kind of row is its own graph):
+        # per level its current row of each down u (the skips) and of each up u, and (N, F, W) the
+        # down-shifted ul_input_down of this row; per level the last up ul.
+        self.u_down = [like.new_zeros(len(model.down_u[level]) + 1, n, c.filters, width)
+                       for level, width in enumerate(self.widths)]
+        self.u_up = [like.new_zeros(len(model.up_u[c.stages - 1 - level]), n, c.filters, width)
+                     for level, width in enumerate(self.widths)]
+        self.ul_from_above = like.new_zeros(n, c.filters, size)
+        self.ul_up_row = [like.new_zeros(n, c.filters, width) for width in self.widths]
         self.row = -1
 
     def _add_conv(self, conv: ShiftedConv2d, like: torch.Tensor, level: int) -> None:
@@ -294,11 +298,11 @@ class CachedPixelCNNpp(CachedNetwork):
         m, stages = self.model, self.model.config.stages
         self.row = i
         if i == 0:  # the down shift's zero row
-            u = self.image.data.new_zeros(self.image.data.shape[0], m.config.filters, self.widths[0])
-            self.ul_from_above = torch.zeros_like(u)
+            u = torch.zeros_like(self.ul_from_above)
+            self.ul_from_above.zero_()
         else:  # from image rows i - 2 and i - 1
             u = self.steps[m.u_input](self.image, 0, self.widths[0])
-            self.ul_from_above = self.steps[m.ul_input_down](self.image, 0, self.widths[0])
+            self.ul_from_above.copy_(self.steps[m.ul_input_down](self.image, 0, self.widths[0]))
         self.image.advance()
         ones = self.image.data[:, -1, -1]  # the channel of ones, in the new row
         ones[:, self.image.left:self.image.left + self.widths[0]] = 1
@@ -320,7 +324,7 @@ class CachedPixelCNNpp(CachedNetwork):
         for block in m.down_u[level]:
             u = self._resnet(block, u, None, 0)
             skips.append(u)
-        self.u_down[level] = skips
+        torch.stack(skips, out=self.u_down[level])
         if level + 1 < m.config.stages:
             self.rows[m.downsample_u[level]].write(0, u)
         return u
@@ -328,11 +332,11 @@ class CachedPixelCNNpp(CachedNetwork):
     def _u_up(self, level: int, row: int) -> None:
         m, stages = self.model, self.model.config.stages
         stage = stages - 1 - level
-        skips = list(self.u_down[level])
+        skips = list(self.u_down[level].unbind(0))
         if level == stages - 1:
             u = skips.pop()
         else:  # the transposed conv of the coarser level's row row // 2, cropped as in _upsample
-            coarse = self.u_up_row[level + 1][:, :, None]
+            coarse = self.u_up[level + 1][-1][:, :, None]
             conv = m.upsample_u[stage - 1]
             u = F.conv_transpose2d(coarse, conv.weight, conv.bias, stride=2)[:, :, row % 2,
                                                                              1:self.widths[level] + 1]
@@ -340,8 +344,7 @@ class CachedPixelCNNpp(CachedNetwork):
         for block in m.up_u[stage]:
             u = self._resnet(block, u, skips.pop(), 0)
             ups.append(u)
-        self.u_up[level] = ups
-        self.u_up_row[level].copy_(u)  # in place: a row of another kind (another graph) reads it
+        torch.stack(ups, out=self.u_up[level])
 
     # --- the ul stream: once per pixel ------------------------------------------------------------
 
