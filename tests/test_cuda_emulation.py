@@ -16,8 +16,8 @@ Covered: gated, logistic_mixture, masked_conv, actnorm, coupling, invconv (conv1
 (conv, grad_x, weight gradient partials, the fused layer and its backward's first pass),
 wavenet_generate's block kernel and its cluster kernel (thread-block clusters, distributed shared
 memory and cluster barriers: see shim.h), bias_act, upfirdn2d and cached_conv: every __global__ of csrc/
-(test_every_kernel_is_emulated). Sizes past 2^31 elements: tests/test_large_sizes.py runs the last
-blocks of such grids (gmk_emu_run_last_clusters) over untouched mappings.
+(test_every_kernel_is_emulated). Sizes past 2^31 elements: the last section runs the last blocks of such
+grids (gmk_emu_run_last_clusters) of every kernel over untouched mappings.
 """
 import contextlib
 import ctypes
