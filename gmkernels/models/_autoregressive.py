@@ -196,9 +196,10 @@ class CachedNetwork:
     and ``write(j, channels, levels)`` (the scaled values (N, len(channels)) just drawn there, into the
     image's cache ``image``, a :class:`Rows`).
 
-    For CUDA graphs, every tensor a call leaves for a later one is either updated in place (the caches)
-    or made by the ``begin_row`` of a row with the same :meth:`row_key`, and the calls read no tensor
-    back to the host.
+    For CUDA graphs (each ``begin_row`` and ``output`` call may be one), every tensor a call leaves for a
+    later one is allocated with the network and updated in place (the caches, what a row leaves for its
+    pixels), a call's work depends only on its :meth:`row_key`, column and sub-pixel, and no call reads a
+    tensor back to the host.
     """
 
     image: Rows
