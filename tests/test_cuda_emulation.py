@@ -2024,9 +2024,10 @@ def test_wavenet_generate_past_2_31_elements(emu, kernel):
 
 
 def test_actnorm_backward_past_2_31_elements(emu):
-    """(1, 2, I) with 2 I > 2^31, the 64-bit path: the last backward block (channel 1's last part of ~2^15
-    elements, past 2^31) writes grad_x = grad_y e^s there and its partial sums of grad_y and grad_y x."""
-    inner = FAR // 2 + 4096
+    """(1, 2, I) with I > 2^31, the 64-bit path: the last backward block (channel 1's last part of 2^16
+    elements, past 2^32: a 32-bit index would wrap) writes grad_x = grad_y e^s there and its partial sums of
+    grad_y and grad_y x."""
+    inner = FAR + 4096
     parts = emu.lib.gmk_emu_actnorm_parts(1, 2, inner)
     per_part = -(-inner // parts)
     begin = (parts - 1) * per_part  # the last part's first element in channel 1
