@@ -109,7 +109,7 @@ def _add_sample(commands) -> None:
                         help="GANs: pull each latent toward the mean one by ψ in [0, 1] (default 1: none)")
     sample.add_argument("--method", choices=("cached", "naive"),
                         help="PixelCNN models and the VQ-VAE prior: cached (default; the network evaluated "
-                             "only where a step changes it; CUDA graphs on CUDA) or naive (the whole network "
+                             "only where a step changes it) or naive (the whole network "
                              "per step; the same images, slower)")
 
 
