@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "gmk/aten.h"
 #include "gmk/logistic_mixture.h"
@@ -49,6 +50,10 @@ Args make_args(const char* op, const at::Tensor& params, const at::Tensor& data,
                     channels == 3 ? ", K coefficients" : "", "; K >= 1), got ", num_params);
   TORCH_CHECK_VALUE(num_bins >= 2, op, ": num_bins must be >= 2, got ", num_bins);
   TORCH_CHECK_VALUE(std::isfinite(log_scale_min), op, ": log_scale_min must be finite, got ", log_scale_min);
+  // e^log_scale_min, the smallest scale, must be a finite float32 (gmkernels/ops/logistic_mixture.py).
+  const double largest = std::log(static_cast<double>(std::numeric_limits<float>::max()));
+  TORCH_CHECK_VALUE(log_scale_min <= largest, op, ": log_scale_min must be <= ", largest,
+                    " (e^log_scale_min, the smallest scale, must be a finite float32), got ", log_scale_min);
   Args args;
   args.dtype = to_dtype(op, "params", params);
   args.batch = params.size(0);

@@ -14,6 +14,11 @@ from ._common import check_tensor
 from ._declare import Autograd, Op, triton_family
 
 REDUCTIONS = ("none", "sum", "mean")
+# The largest log_scale_min: e^log_scale_min, the smallest scale, must be a finite float32. Past it every scale
+# is infinite, every bin's mass 0 and its log -log_scale_min·C: terms so large (1e30) that the log-softmax
+# and the components' differences vanish in their rounding, in float64 too (the responsibilities are then
+# the rounding's, not the model's).
+LOG_SCALE_MIN_LARGEST = math.log(torch.finfo(torch.float32).max)  # 88.72
 NUM_CHANNELS = (1, 3)
 _triton = triton_family("logistic_mixture")
 
@@ -48,6 +53,9 @@ def check_num_channels(function: str, num_channels) -> None:
 def check_options(function: str, num_bins, log_scale_min, reduction: str = "none") -> None:
     check_int(function, "num_bins", num_bins, 2)
     check_finite_number(function, "log_scale_min", log_scale_min)
+    if log_scale_min > LOG_SCALE_MIN_LARGEST:
+        raise ValueError(f"{function}: log_scale_min must be <= {LOG_SCALE_MIN_LARGEST:.4f} (e^log_scale_min, the "
+                         f"smallest scale, must be a finite float32), got {log_scale_min!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{function}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 

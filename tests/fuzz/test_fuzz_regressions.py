@@ -89,6 +89,12 @@ REGRESSIONS = {
         "x": T((1, 1, 3)), "conv_weight": T((2, 1, 4), seed=13, specials=True), "conv_bias": None,
         "res_weight": T((1, 1)), "res_bias": None, "skip_weight": T((1, 1)), "skip_bias": None, "cond": None,
         "dilation": 1, "residual_scale": 1.0})),
+    # log_scale_min = 1e30 was accepted: every scale infinite, terms of -3e30 whose rounding (float64's too)
+    # swallowed the log-softmax, so the responsibilities were the rounding's (kernels and reference differed
+    # by a factor 3); now a ValueError naming log_scale_min (at most log(float32 max) = 88.72)
+    "discretized_logistic_mixture_nll-log_scale_min-1e30": ("discretized_logistic_mixture_nll", Draw({
+        "params": T((2, 30), seed=107928), "x": T((2, 3), values="grid:256", seed=107929), "num_bins": 256,
+        "log_scale_min": 1e30, "reduction": "none"}, grads=("params",))),
     # quantized = codebook[index] at x = inf on the kernels; the reference's x + (q - x) gave NaN
     "vector_quantize-inf-x": ("vector_quantize", Draw({
         "x": T((1, 2, 1), values="sign", scale=float("inf")), "codebook": T((3, 2)), "dim": 1,
@@ -154,3 +160,10 @@ def test_setup_filter_meta_taps_on_meta():
     assert gmk.setup_filter(torch.ones(9, device="meta"), device="meta").shape == (9,)
     with pytest.raises(ValueError, match="setup_filter: f is a tensor on the meta device"):
         gmk.setup_filter(torch.ones(3, device="meta"))
+
+
+def test_cpp_logistic_mixture_rejects_huge_log_scale_min():
+    """The C++ op checks it too (called directly, without the public function's check)."""
+    params, x = torch.randn(1, 3, 4), torch.zeros(1, 1, 4)
+    with pytest.raises(ValueError, match="log_scale_min must be <= 88.72"):
+        torch.ops.gmkernels.logistic_mixture_nll(params, x, 256, 1e30)
