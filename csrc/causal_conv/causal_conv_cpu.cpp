@@ -17,6 +17,8 @@
 namespace gmk::causal_conv {
 namespace {
 
+// Input elements a half x is widened by at a time (16 MiB of float32).
+constexpr int64_t kWidenedElements = int64_t{1} << 22;
 // Time steps per task of the fused layer: z for R = 128 is 256 KB of float32, in L2.
 constexpr int64_t kLayerBlock = 512;
 // The least work of one parallel task of the layer (about 0.1-0.3 ms on one core).
@@ -79,23 +81,40 @@ at::Tensor padding_term(const at::Tensor& w_j) {
 at::Tensor conv_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     int64_t dilation) {
   const at::ScalarType type = compute_type(x);
-  const int64_t n = x.size(0), t = x.size(2), out_channels = weight.size(0), k = weight.size(2);
-  const at::Tensor xc = x.to(type).contiguous(), w = taps_first(weight, type);
-  // A new tensor, filled: expand(...).contiguous() of the bias would be the bias itself when N = T = 1.
-  at::Tensor y = at::empty({n, out_channels, t}, xc.options());
-  if (bias.has_value()) {
-    y.copy_(bias->view({1, out_channels, 1}));
-  } else {
-    y.zero_();
-  }
+  const int64_t n = x.size(0), t = x.size(2), in_channels = x.size(1), out_channels = weight.size(0);
+  const int64_t k = weight.size(2);
+  const at::Tensor w = taps_first(weight, type);
+  std::vector<at::Tensor> padding;  // per tap: padding_term(w[j])
   for (int64_t j = 0; j < k; ++j) {
-    const int64_t shift = tap_shift(j, k, dilation, t);
-    const at::Tensor padding = shift > 0 ? padding_term(w[j]) : at::Tensor();
-    if (padding.defined()) y.narrow(2, 0, std::min(shift, t)).add_(padding);
-    if (shift >= t) continue;  // this tap reads only the zeros before the start
-    y.narrow(2, shift, t - shift).baddbmm_(w[j].expand({n, out_channels, x.size(1)}), xc.narrow(2, 0, t - shift));
+    padding.push_back(tap_shift(j, k, dilation, t) > 0 ? padding_term(w[j]) : at::Tensor());
   }
-  return y.to(x.scalar_type());
+  // A half x is widened, and y accumulated in float, a run of time steps at a time (all at once took a float
+  // copy of x and a float y: 21 GB for 2^31 bfloat16 elements); float and double x in one run.
+  const bool widen = x.scalar_type() != type;
+  const int64_t run =
+      widen ? std::max<int64_t>(1, kWidenedElements / std::max<int64_t>(1, n * std::max(in_channels, out_channels)))
+            : t;
+  at::Tensor y = widen && run < t ? at::empty({n, out_channels, t}, x.options()) : at::Tensor();
+  for (int64_t t0 = 0; t0 < t; t0 += run) {
+    const int64_t len = std::min(run, t - t0);
+    // A new tensor, filled: expand(...).contiguous() of the bias would be the bias itself when N = T = 1.
+    at::Tensor acc = at::empty({n, out_channels, len}, x.options().dtype(type));
+    if (bias.has_value()) {
+      acc.copy_(bias->view({1, out_channels, 1}));
+    } else {
+      acc.zero_();
+    }
+    for (int64_t j = 0; j < k; ++j) {  // columns t0 + i with t0 + i - shift >= 0 read x; the others, zeros
+      const int64_t shift = tap_shift(j, k, dilation, t), first = std::max(t0, shift);
+      if (first > t0 && padding[j].defined()) acc.narrow(2, 0, std::min(first, t0 + len) - t0).add_(padding[j]);
+      if (first >= t0 + len) continue;
+      acc.narrow(2, first - t0, t0 + len - first)
+          .baddbmm_(w[j].expand({n, out_channels, in_channels}), x.narrow(2, first - shift, t0 + len - first).to(type));
+    }
+    if (!y.defined()) return acc.to(x.scalar_type());  // the only run
+    y.narrow(2, t0, len).copy_(acc);
+  }
+  return y.defined() ? y : at::empty({n, out_channels, t}, x.options());  // t = 0
 }
 
 Grads conv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t dilation,
@@ -138,7 +157,8 @@ namespace {
 struct Layer {
   at::ScalarType type;
   int64_t n, r, t, s, k, dilation, blocks;
-  at::Tensor x, w, rw, sw, cb, cond;  // x (N, R, T), w (k, 2R, R), rw (R, R), sw (S, R), cb (2R, 1)
+  at::Tensor x, w, rw, sw, cb, cond;  // x (N, R, T) as given (widened a block at a time), w (k, 2R, R),
+                                      // rw (R, R), sw (S, R), cb (2R, 1)
   std::vector<at::Tensor> padding;    // per tap: padding_term(w[j])
 
   Layer(const at::Tensor& x_in, const at::Tensor& conv_weight, const std::optional<at::Tensor>& conv_bias,
@@ -146,7 +166,7 @@ struct Layer {
         int64_t dilation_in)
       : type(compute_type(x_in)), n(x_in.size(0)), r(x_in.size(1)), t(x_in.size(2)), s(skip_weight.size(0)),
         k(conv_weight.size(2)), dilation(dilation_in), blocks((t + kLayerBlock - 1) / kLayerBlock),
-        x(x_in.to(type).contiguous()), w(taps_first(conv_weight, type)), rw(res_weight.to(type).contiguous()),
+        x(x_in), w(taps_first(conv_weight, type)), rw(res_weight.to(type).contiguous()),
         sw(skip_weight.to(type).contiguous()), cb(column(conv_bias, 2 * r)),
         cond(cond_in.has_value() ? *cond_in : at::Tensor()) {
     for (int64_t j = 0; j < k; ++j) {
@@ -156,7 +176,7 @@ struct Layer {
 
   // Read only: it may be the caller's bias itself.
   at::Tensor column(const std::optional<at::Tensor>& bias, int64_t rows) const {
-    return bias.has_value() ? bias->to(type).view({rows, 1}) : at::zeros({rows, 1}, x.options());
+    return bias.has_value() ? bias->to(type).view({rows, 1}) : at::zeros({rows, 1}, x.options().dtype(type));
   }
 
   // Runs body(sample, t0, len) over every block of every sample, in parallel: a task takes at least
@@ -178,12 +198,12 @@ struct Layer {
 
   // h = conv(x) + conv_bias + cond for time steps [t0, t0 + len) of sample b: (2R, len).
   at::Tensor gate_inputs(int64_t b, int64_t t0, int64_t len) const {
-    at::Tensor h = at::empty({2 * r, len}, x.options()).copy_(cb);  // never cb itself (len = 1): h is written
+    at::Tensor h = at::empty({2 * r, len}, x.options().dtype(type)).copy_(cb);  // never cb itself (len = 1)
     for (int64_t j = 0; j < k; ++j) {  // columns t0 + i with t0 + i - shift >= 0
       const int64_t shift = tap_shift(j, k, dilation, t), first = std::max(t0, shift);
       if (first > t0 && padding[j].defined()) h.narrow(1, 0, std::min(first, t0 + len) - t0).add_(padding[j]);
       if (first >= t0 + len) continue;
-      h.narrow(1, first - t0, t0 + len - first).addmm_(w[j], x[b].narrow(1, first - shift, t0 + len - first));
+      h.narrow(1, first - t0, t0 + len - first).addmm_(w[j], x[b].narrow(1, first - shift, t0 + len - first).to(type));
     }
     if (cond.defined()) h.add_(cond[b].narrow(1, t0, len));
     return h;
@@ -208,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor> layer_cpu(const at::Tensor& x, const at::Tens
     AT_DISPATCH_FLOATING_TYPES(layer.type, "wavenet_layer", [&] {
       gate_rows(h.const_data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), layer.r, len);
     });
-    const at::Tensor x_block = layer.x[b].narrow(1, t0, len);
+    const at::Tensor x_block = layer.x[b].narrow(1, t0, len).to(layer.type);
     x_next[b].narrow(1, t0, len).copy_(at::addmm(x_block + rb, layer.rw, z).mul_(residual_scale));
     skip[b].narrow(1, t0, len).copy_(at::addmm(sb, layer.sw, z));
   });
