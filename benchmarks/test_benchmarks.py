@@ -53,10 +53,16 @@ def _run_once(benchmark, fn, peer: str) -> None:
         benchmark.pedantic(fn)
     except PeerSkipped as reason:
         pytest.skip(str(reason))
-    except Exception as error:  # torch.compile's failures are torch's; the other peers must run
-        if peer != COMPILED:
-            raise
-        pytest.skip(f"torch.compile of the reference failed: {type(error).__name__}: {str(error)[:200]}")
+    except Exception as error:
+        _skip_failed_compile(peer, error)
+
+
+def _skip_failed_compile(peer: str, error: Exception) -> None:
+    """torch.compile's failures are torch's (e.g. it cannot differentiate its compiled backward again):
+    that peer is skipped, as gmk bench records it; the other peers must run."""
+    if peer != COMPILED:
+        raise error
+    pytest.skip(f"torch.compile of the reference failed: {type(error).__name__}: {str(error)[:200]}")
 
 
 def test_peer(benchmark, bench_peer, request):
@@ -75,5 +81,7 @@ def test_peer(benchmark, bench_peer, request):
         times_ms, launch_ms = _timings_ms(fn, settings["device"], case_repeats(case, settings["repeats"]))
     except PeerSkipped as reason:
         pytest.skip(str(reason))
+    except Exception as error:
+        _skip_failed_compile(peer, error)
     benchmark.extra_info["launch_ms"] = launch_ms if settings["device"] == "cuda" else None
     replay(benchmark, times_ms)

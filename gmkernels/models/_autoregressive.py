@@ -268,7 +268,57 @@ def deepest_level(position: int, levels: int) -> int:
 
 # --- the model contract ----------------------------------------------------------------------------------
 
-class AutoregressiveImageModel(torch.nn.Module):
+class ImageInputs(torch.nn.Module):
+    """The checks of an image model's integer images x and class labels y (shared by every image model:
+    the same messages), and the device and dtype of its parameters."""
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _check_x(self, function: str, x, check_inputs: bool) -> None:
+        name, c = f"{type(self).__name__}.{function}", self.config
+        if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex \
+                or x.dtype == torch.bool:
+            raise TypeError(f"{name}: x must be an integer tensor of bins (uint8 or int64), got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != c.in_channels or 0 in x.shape:
+            raise ValueError(f"{name}: x must be (N, C={c.in_channels}, H, W), non-empty, got shape "
+                             f"{tuple(x.shape)}")
+        if x.device != self._device:
+            raise ValueError(f"{name}: x must be on the model's device {self._device}, got {x.device}")
+        if not check_inputs:
+            return
+        # the range as Python ints (one read back): a uint8 comparison with num_bins = 256 would wrap
+        low, high = (int(v) for v in torch.aminmax(x))
+        if low < 0 or high >= c.num_bins:
+            raise ValueError(f"{name}: x must hold bins in [0, {c.num_bins}), got values in [{low}, {high}]")
+
+    def _check_y(self, function: str, y, batch: int, check_inputs: bool) -> None:
+        name, classes = f"{type(self).__name__}.{function}", self.config.num_classes
+        if classes == 0:
+            if y is not None:
+                raise ValueError(f"{name}: y was given but the model is unconditional (num_classes=0)")
+            return
+        if y is None:
+            raise ValueError(f"{name}: y (class labels, (N,) int64) is required: num_classes={classes}")
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.long:
+            raise TypeError(f"{name}: y must be an int64 tensor of class labels, got "
+                            f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+        if tuple(y.shape) != (batch,):
+            raise ValueError(f"{name}: y must have shape ({batch},), got {tuple(y.shape)}")
+        if y.device != self._device:
+            raise ValueError(f"{name}: y must be on the model's device {self._device}, got {y.device}")
+        if check_inputs and not bool(((y >= 0) & (y < classes)).all()):
+            raise ValueError(f"{name}: y must hold classes in [0, {classes}), got values in "
+                             f"[{y.min().item()}, {y.max().item()}]")
+
+
+class AutoregressiveImageModel(ImageInputs):
     """forward / log_prob / sample over integer images for a network that is causal in raster order.
 
     Subclasses set ``config_class`` and define ``network(inputs, y)`` -> output (N, P, H, W) from the
@@ -316,50 +366,6 @@ class AutoregressiveImageModel(torch.nn.Module):
 
     # --- checks ------------------------------------------------------------------------------------
 
-    @property
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def _check_x(self, function: str, x, check_inputs: bool) -> None:
-        name, c = f"{type(self).__name__}.{function}", self.config
-        if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype.is_complex \
-                or x.dtype == torch.bool:
-            raise TypeError(f"{name}: x must be an integer tensor of bins (uint8 or int64), got "
-                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != c.in_channels or 0 in x.shape:
-            raise ValueError(f"{name}: x must be (N, C={c.in_channels}, H, W), non-empty, got shape "
-                             f"{tuple(x.shape)}")
-        if x.device != self._device:
-            raise ValueError(f"{name}: x must be on the model's device {self._device}, got {x.device}")
-        if not check_inputs:
-            return
-        # the range as Python ints (one read back): a uint8 comparison with num_bins = 256 would wrap
-        low, high = (int(v) for v in torch.aminmax(x))
-        if low < 0 or high >= c.num_bins:
-            raise ValueError(f"{name}: x must hold bins in [0, {c.num_bins}), got values in [{low}, {high}]")
-
-    def _check_y(self, function: str, y, batch: int, check_inputs: bool) -> None:
-        name, classes = f"{type(self).__name__}.{function}", self.config.num_classes
-        if classes == 0:
-            if y is not None:
-                raise ValueError(f"{name}: y was given but the model is unconditional (num_classes=0)")
-            return
-        if y is None:
-            raise ValueError(f"{name}: y (class labels, (N,) int64) is required: num_classes={classes}")
-        if not isinstance(y, torch.Tensor) or y.dtype != torch.long:
-            raise TypeError(f"{name}: y must be an int64 tensor of class labels, got "
-                            f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
-        if tuple(y.shape) != (batch,):
-            raise ValueError(f"{name}: y must have shape ({batch},), got {tuple(y.shape)}")
-        if y.device != self._device:
-            raise ValueError(f"{name}: y must be on the model's device {self._device}, got {y.device}")
-        if check_inputs and not bool(((y >= 0) & (y < classes)).all()):
-            raise ValueError(f"{name}: y must hold classes in [0, {classes}), got values in "
-                             f"[{y.min().item()}, {y.max().item()}]")
 
     # --- likelihood --------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from ..nn.bias_act import FusedLeakyReLU
 from ..ops.logistic_mixture import (bits_per_dim, discretized_logistic_mixture_nll,
                                     discretized_logistic_mixture_sample)
 from ..reference.logistic_mixture import params_per_component, split_params
-from ._autoregressive import (AutoregressiveImageModel, ImageConfig, check_image_fields, check_number,
+from ._autoregressive import (ImageConfig, ImageInputs, check_image_fields, check_number,
                              scale_bins)
 
 LOG_2PI = math.log(2 * math.pi)
@@ -115,19 +115,13 @@ def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
     return -0.5 * (((z - mean) * torch.exp(-log_std)) ** 2 + 2 * log_std + LOG_2PI).sum(-1)
 
 
-class VAE(torch.nn.Module):
+class VAE(ImageInputs):
     """``encoder`` (convolutions), ``to_posterior`` (linear -> mean, log std), ``from_latent`` (linear),
     ``decoder`` (transposed convolutions), ``to_params`` (3x3 conv -> the mixture's parameters);
     ``class_embedding`` (num_classes -> 2·latent_dim + the decoder's first map) when conditional."""
 
     kind = "image"
     config_class = VAEConfig
-
-    # the input checks of the PixelCNN models (same messages)
-    _check_x = AutoregressiveImageModel._check_x
-    _check_y = AutoregressiveImageModel._check_y
-    _device = AutoregressiveImageModel._device
-    _dtype = AutoregressiveImageModel._dtype
 
     def __init__(self, config: VAEConfig | None = None):
         config = config or VAEConfig()

@@ -32,7 +32,7 @@ from .._validation import check_bool, check_int
 from ..nn.bias_act import FusedLeakyReLU
 from ..nn.vector_quantize import VectorQuantizer
 from ..ops.vector_quantize import vector_quantize
-from ._autoregressive import (AutoregressiveImageModel, ImageConfig, check_image_fields, check_number,
+from ._autoregressive import (ImageConfig, ImageInputs, check_image_fields, check_number,
                              scale_bins)
 from .gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from .vae import check_levels, conv
@@ -111,7 +111,7 @@ def local_encoder(c: VQVAEConfig) -> torch.nn.Sequential:
                                torch.nn.Conv2d(c.channels, c.code_dim, 1))
 
 
-class VQVAE(torch.nn.Module):
+class VQVAE(ImageInputs):
     """``encoder`` (convolutions to code_dim channels), ``quantizer`` (gmk.nn.VectorQuantizer), ``decoder``
     (convolutions to C channels).
 
@@ -124,11 +124,6 @@ class VQVAE(torch.nn.Module):
 
     kind = "vqvae"
     config_class = VQVAEConfig
-
-    _check_x = AutoregressiveImageModel._check_x
-    _check_y = AutoregressiveImageModel._check_y
-    _device = AutoregressiveImageModel._device
-    _dtype = AutoregressiveImageModel._dtype
 
     def __init__(self, config: VQVAEConfig | None = None):
         config = config or VQVAEConfig()
