@@ -3,10 +3,11 @@ per-draw deadline kills the child) is counted against that op and the others sti
 tests/fuzz/REPORT.md from the children's counts, rewritten after every op (the ops not run yet listed as
 such), so that a campaign stopped early leaves a true partial report.
 
-    GMK_FUZZ_EXAMPLES=1000 python -m tests.fuzz.campaign [--jobs 2] [--only OP ...] [--resume]
+    GMK_FUZZ_EXAMPLES=1000 python -m tests.fuzz.campaign [--jobs 2] [--only OP ...] [--resume | --report-only]
 
 Each op's result is kept in build/fuzz-campaign/<examples>/<op>.json (git-ignored); ``--resume`` reuses
-the ones there (same number of draws) and runs only the other ops.
+the ones there (same number of draws) and runs only the other ops; ``--report-only`` writes REPORT.md from
+them and runs nothing (the others listed as not run yet).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def table(results: list[dict], examples: int, pending: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[dict], examples: int, seconds: float, pending: list[str] = ()) -> None:
+def write_report(results: list[dict], examples: int, seconds: float | None, pending: list[str] = ()) -> None:
     failing = [r for r in results if r["returncode"] or r["died"]]
     total = {outcome: sum(row.get(outcome, 0) for r in results for row in r["rows"]) for outcome in OUTCOMES}
     text = [
@@ -95,9 +96,10 @@ def write_report(results: list[dict], examples: int, seconds: float, pending: li
         f"- backends: every one that runs on this machine's CPU tensors (Triton under TRITON_INTERPRET=1); "
         f"plain torch functions run once (backend `torch`)",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python "
-        f"{platform.python_version()}; per-draw deadline {DEADLINE_S:.0f} s; campaign wall time "
-        f"{seconds / 60:.1f} min (the ops' own run times summed: {sum(r['seconds'] for r in results) / 60:.1f} "
-        f"min)",
+        f"{platform.python_version()}; per-draw deadline {DEADLINE_S:.0f} s; "
+        + (f"campaign wall time {seconds / 60:.1f} min" if seconds is not None else
+           "written from the ops' kept results (--report-only)")
+        + f" (the ops' own run times summed: {sum(r['seconds'] for r in results) / 60:.1f} min)",
         *([f"- **partial**: {len(pending)} of {len(pending) + len(results)} ops not run yet (listed first)"]
           if pending else []),
         f"- totals over ops x backends: clear error {total['error']}, matched reference {total['match']}, "
@@ -129,21 +131,23 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="ops run at the same time")
     parser.add_argument("--only", nargs="*", help="these ops only (names as in tests/fuzz/ops.py)")
     parser.add_argument("--resume", action="store_true", help="reuse the ops' results kept from an earlier run")
+    parser.add_argument("--report-only", action="store_true", help="write REPORT.md from the kept results only")
     args = parser.parse_args(argv)
     examples = int(os.environ.get("GMK_FUZZ_EXAMPLES", "200"))
     names = [op.name for op in OPS + MODULES if not args.only or op.name in args.only]
     kept = RESULTS / str(examples)
     kept.mkdir(parents=True, exist_ok=True)
     results = {name: json.loads((kept / f"{name}.json").read_text()) for name in names
-               if args.resume and (kept / f"{name}.json").exists()}
+               if (args.resume or args.report_only) and (kept / f"{name}.json").exists()}
     start = time.time()
 
     def report() -> None:  # in the table's order; the ops still running or queued listed as not run yet
-        write_report([results[n] for n in names if n in results], examples, time.time() - start,
-                     [n for n in names if n not in results])
+        write_report([results[n] for n in names if n in results], examples,
+                     None if args.report_only else time.time() - start, [n for n in names if n not in results])
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        running = [pool.submit(run_op, name, examples) for name in names if name not in results]
+        running = [pool.submit(run_op, name, examples) for name in names
+                   if name not in results and not args.report_only]
         for done in as_completed(running):
             result = done.result()
             state = result["died"] or ("failed" if result["returncode"] else "ok")
