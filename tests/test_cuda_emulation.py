@@ -1466,7 +1466,8 @@ KERNEL_TESTS = {
     "vector_quantize_cuda.cu": {"norms_kernel": ["test_vector_quantize.test_cuda_search_emulated"],
                                 "search_kernel": ["test_vector_quantize.test_cuda_search_emulated"],
                                 "zero_kernel": ["test_vector_quantize.test_cuda_statistics_emulated"],
-                                "statistics_kernel": ["test_vector_quantize.test_cuda_statistics_emulated"]},
+                                "statistics_kernel": ["test_vector_quantize.test_cuda_statistics_emulated"],
+                                "round_statistics_kernel": ["test_vector_quantize.test_cuda_statistics_emulated"]},
 }
 
 

@@ -154,12 +154,16 @@ def test_pixel_count_past_2_31_rejected(op, backend):
     assert failure is None, failure
 
 
-def test_vector_quantize_statistics_counts_past_2_24():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_vector_quantize_statistics_counts_past_2_24(backend):
     """2^24 + 5 positions of one code, x = 1: counted and summed exactly (in float32, 2^24 + 4, the nearest
-    float), not stuck at 2^24 as a float32 running count or sum is."""
+    float), not stuck at 2^24 as a float32 running count or sum is. (CUDA and Triton: the gpu test of
+    tests/test_vector_quantize.py.)"""
+    if backend not in gmk.available_backends("cpu"):
+        pytest.skip(f"{backend} is not built here")
     positions = 2**24 + 5
     indices = torch.zeros(1, positions, dtype=torch.int64)
-    counts, sums = gmk.vector_quantize_statistics(torch.ones(1, 1, positions), indices, 2, backend="cpu")
+    counts, sums = gmk.vector_quantize_statistics(torch.ones(1, 1, positions), indices, 2, backend=backend)
     assert counts.tolist() == [float(2**24 + 4), 0.0]
     assert sums.tolist() == [[float(2**24 + 4)], [0.0]]
 

@@ -522,6 +522,19 @@ def test_the_benchmark_peers_do_the_same_work():
 
 # --- on a GPU (.ci/gpu) -----------------------------------------------------------------------------------
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_statistics_count_past_2_24(backend):
+    """2^24 + 5 positions of one code, x = 1: float64 accumulators give 2^24 + 4 (the nearest float32), where
+    float32 atomics would stop at 2^24."""
+    positions = 2**24 + 5
+    indices = torch.zeros(1, positions, dtype=torch.int64, device="cuda")
+    counts, sums = gmk.vector_quantize_statistics(torch.ones(1, 1, positions, device="cuda"), indices, 2,
+                                                  backend=backend)
+    assert counts.tolist() == [float(2**24 + 4), 0.0]
+    assert sums.tolist() == [[float(2**24 + 4)], [0.0]]
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

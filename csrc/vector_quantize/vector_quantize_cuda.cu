@@ -77,13 +77,14 @@ __global__ void __launch_bounds__(kThreads) search_kernel(const SearchArgs a) {
   static_cast<float*>(a.distance)[p] = distance;
 }
 
-__global__ void __launch_bounds__(kFillThreads) zero_kernel(float* out, int64_t n) {
+__global__ void __launch_bounds__(kFillThreads) zero_kernel(double* out, int64_t n) {
   const int64_t m = static_cast<int64_t>(blockIdx.x) * kFillThreads + threadIdx.x;
-  if (m < n) out[m] = 0.0f;
+  if (m < n) out[m] = 0.0;
 }
 
-// Element m of x in its (outer, dim, inner) layout adds to sums[index][d], and its d == 0 element counts the
-// position. An index out of [0, codes), which the public function refuses, is skipped (no write out of bounds).
+// Element m of x in its (outer, dim, inner) layout adds to code k's accumulator d, and its d == 0 element
+// counts the position (accumulator dim). float64 atomics: a count is exact up to 2^53. An index out of
+// [0, codes), which the public function refuses, is skipped (no write out of bounds).
 template <typename T>
 __global__ void __launch_bounds__(kFillThreads) statistics_kernel(const StatisticsArgs a) {
   const int64_t m = static_cast<int64_t>(blockIdx.x) * kFillThreads + threadIdx.x;
@@ -91,8 +92,22 @@ __global__ void __launch_bounds__(kFillThreads) statistics_kernel(const Statisti
   const int64_t i = m % a.inner, d = (m / a.inner) % a.dim, o = m / (a.inner * a.dim);
   const int64_t k = a.indices[o * a.inner + i];
   if (k < 0 || k >= a.codes) return;
-  atomicAdd(static_cast<float*>(a.sums) + k * a.dim + d, to_float(static_cast<const T*>(a.x)[m]));
-  if (d == 0) atomicAdd(static_cast<float*>(a.counts) + k, 1.0f);
+  double* code = a.accumulators + k * (a.dim + 1);
+  atomicAdd(code + d, static_cast<double>(to_float(static_cast<const T*>(a.x)[m])));
+  if (d == 0) atomicAdd(code + a.dim, 1.0);
+}
+
+// Accumulator m of code k = m / (dim + 1) rounded once into sums[k][d] (d < dim) or counts[k] (d = dim).
+__global__ void __launch_bounds__(kFillThreads) round_statistics_kernel(const StatisticsArgs a) {
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * kFillThreads + threadIdx.x;
+  if (m >= a.codes * (a.dim + 1)) return;
+  const int64_t k = m / (a.dim + 1), d = m - k * (a.dim + 1);
+  const float value = static_cast<float>(a.accumulators[m]);
+  if (d == a.dim) {
+    static_cast<float*>(a.counts)[k] = value;
+  } else {
+    static_cast<float*>(a.sums)[k * a.dim + d] = value;
+  }
 }
 
 cudaError_t blocks_for(int64_t n, int threads, unsigned& blocks) {
@@ -102,7 +117,7 @@ cudaError_t blocks_for(int64_t n, int threads, unsigned& blocks) {
   return cudaSuccess;
 }
 
-cudaError_t zero(float* out, int64_t n, cudaStream_t stream) {
+cudaError_t zero(double* out, int64_t n, cudaStream_t stream) {
   unsigned blocks = 0;
   if (n == 0) return cudaSuccess;
   if (const cudaError_t err = blocks_for(n, kFillThreads, blocks); err != cudaSuccess) return err;
@@ -130,15 +145,17 @@ cudaError_t search_cuda(const SearchArgs& args, cudaStream_t stream) {
 cudaError_t statistics_cuda(const StatisticsArgs& args, cudaStream_t stream) {
   return with_cuda_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (cudaError_t err = zero(static_cast<float*>(args.counts), args.codes, stream); err != cudaSuccess) return err;
-    if (cudaError_t err = zero(static_cast<float*>(args.sums), args.codes * args.dim, stream); err != cudaSuccess) {
-      return err;
-    }
-    const int64_t elements = args.outer * args.dim * args.inner;
-    if (elements == 0) return cudaSuccess;
+    const int64_t accumulators = args.codes * (args.dim + 1), elements = args.outer * args.dim * args.inner;
+    if (args.accumulators == nullptr) return cudaErrorInvalidValue;
+    if (cudaError_t err = zero(args.accumulators, accumulators, stream); err != cudaSuccess) return err;
     unsigned blocks = 0;
-    if (cudaError_t err = blocks_for(elements, kFillThreads, blocks); err != cudaSuccess) return err;
-    statistics_kernel<T><<<blocks, kFillThreads, 0, stream>>>(args);
+    if (elements > 0) {
+      if (cudaError_t err = blocks_for(elements, kFillThreads, blocks); err != cudaSuccess) return err;
+      statistics_kernel<T><<<blocks, kFillThreads, 0, stream>>>(args);
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    }
+    if (cudaError_t err = blocks_for(accumulators, kFillThreads, blocks); err != cudaSuccess) return err;
+    round_statistics_kernel<<<blocks, kFillThreads, 0, stream>>>(args);
     return cudaGetLastError();
   });
 }

@@ -57,9 +57,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vector_quantize(const at::Tensor&
   return {quantized, indices, distance};
 }
 
+// workspace: the CUDA kernels' float64 accumulators (StatisticsArgs::accumulators).
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> statistics(const at::Tensor& x, const at::Tensor& indices, int64_t num_codes,
-                                              Launch launch) {
+                                              Launch launch, bool workspace) {
   constexpr const char* kOp = "gmkernels::vector_quantize_statistics";
   StatisticsArgs args;
   check_x(kOp, x, args.dtype);
@@ -81,6 +82,11 @@ std::tuple<at::Tensor, at::Tensor> statistics(const at::Tensor& x, const at::Ten
   args.indices = indices_in.data_ptr<int64_t>();
   args.counts = counts.data_ptr();
   args.sums = sums.data_ptr();
+  at::Tensor accumulators;
+  if (workspace) {
+    accumulators = at::empty({num_codes * (args.dim + 1)}, x.options().dtype(at::kDouble));
+    args.accumulators = accumulators.data_ptr<double>();
+  }
   // every call writes counts and sums (zeros for an empty batch)
   launch(num_codes * args.dim, args);
   return {counts, sums};
@@ -91,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vector_quantize_cpu(const at::Ten
 }
 std::tuple<at::Tensor, at::Tensor> statistics_on_cpu(const at::Tensor& x, const at::Tensor& indices,
                                                      int64_t num_codes) {
-  return statistics(x, indices, num_codes, on_cpu(statistics_cpu));
+  return statistics(x, indices, num_codes, on_cpu(statistics_cpu), false);
 }
 
 #if defined(GMK_WITH_CUDA)
@@ -100,7 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vector_quantize_cuda(const at::Te
 }
 std::tuple<at::Tensor, at::Tensor> statistics_on_cuda(const at::Tensor& x, const at::Tensor& indices,
                                                       int64_t num_codes) {
-  return statistics(x, indices, num_codes, on_cuda("gmkernels::vector_quantize_statistics", x, statistics_cuda));
+  return statistics(x, indices, num_codes, on_cuda("gmkernels::vector_quantize_statistics", x, statistics_cuda),
+                    true);
 }
 #endif
 

@@ -82,12 +82,12 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor, dim: int = 1, retur
 
 def vector_quantize_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes: int, dim: int = 1):
     """``(counts, sums)``: the positions per code (K) and the sum of x over each code's positions (K, D), in
-    float32 (float64 for float64 x), with index_add_ (no one-hot)."""
+    float32 (float64 for float64 x), with bincount and index_add_ (no one-hot). Counted in integers and summed
+    in float64, rounded once: a float32 running count or sum stops growing at 2^24."""
     dim %= x.dim()
     dtype = accumulate_dtype(x.dtype)
-    rows = rows_of(x, dim).to(dtype)
+    rows = rows_of(x, dim).to(torch.float64)
     flat = indices.reshape(-1)
-    counts = torch.zeros(num_codes, dtype=dtype, device=x.device)
-    counts.index_add_(0, flat, torch.ones_like(flat, dtype=dtype))
-    sums = torch.zeros(num_codes, rows.shape[1], dtype=dtype, device=x.device).index_add(0, flat, rows)
-    return counts, sums
+    counts = torch.bincount(flat, minlength=num_codes)[:num_codes].to(dtype)
+    sums = torch.zeros(num_codes, rows.shape[1], dtype=torch.float64, device=x.device).index_add(0, flat, rows)
+    return counts, sums.to(dtype)

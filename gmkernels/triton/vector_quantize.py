@@ -6,7 +6,7 @@ Search: a program takes BLOCK_M positions of x (outer, D, inner) and walks the c
 codes; each tile's dot products are tl.dot products over chunks of BLOCK_D dimensions (float32 accumulation,
 IEEE float32 products for float32 inputs: TF32 would move near-ties), scored ||c||² − 2 x·c, and a running
 argmin keeps the best code (strictly lower wins: ties to the lowest index). Statistics: one lane per element
-of x, atomics into counts and sums.
+of x, float64 atomics into counts and sums (rounded once to float32).
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def _statistics_kernel(x_ptr, indices_ptr, counts_ptr, sums_ptr, elements, dim, 
     k = tl.load(indices_ptr + o * index_stride_outer + i * index_stride_inner, mask=live, other=-1)
     valid = live & (k >= 0) & (k < codes)  # the public function refuses indices out of range; never written
     value = tl.load(x_ptr + o * stride_outer + d * stride_dim + i * stride_inner, mask=valid, other=0.0)
-    tl.atomic_add(sums_ptr + k * dim + d, value.to(tl.float32), mask=valid)
-    tl.atomic_add(counts_ptr + k, tl.full((BLOCK,), 1.0, tl.float32), mask=valid & (d == 0))
+    # float64 accumulators, rounded once by the caller: float32 atomics stop counting at 2^24 positions of a code
+    tl.atomic_add(sums_ptr + k * dim + d, value.to(tl.float32).to(tl.float64), mask=valid)
+    tl.atomic_add(counts_ptr + k, tl.full((BLOCK,), 1.0, tl.float64), mask=valid & (d == 0))
 
 
 def _block_d(dim: int) -> int:
@@ -101,13 +102,12 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor):
 
 def vector_quantize_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes: int):
     outer, dim, inner = x.shape
-    counts = torch.zeros(num_codes, dtype=torch.float32, device=x.device)
-    sums = torch.zeros((num_codes, dim), dtype=torch.float32, device=x.device)
+    counts = torch.zeros(num_codes, dtype=torch.float64, device=x.device)
+    sums = torch.zeros((num_codes, dim), dtype=torch.float64, device=x.device)
     elements = x.numel()
-    if elements == 0:
-        return counts, sums
-    with on_device(x):
-        _statistics_kernel[(triton.cdiv(elements, STATISTICS_BLOCK),)](
-            x, indices, counts, sums, elements, dim, inner, num_codes, *x.stride(), *indices.stride(),
-            BLOCK=STATISTICS_BLOCK)
-    return counts, sums
+    if elements > 0:
+        with on_device(x):
+            _statistics_kernel[(triton.cdiv(elements, STATISTICS_BLOCK),)](
+                x, indices, counts, sums, elements, dim, inner, num_codes, *x.stride(), *indices.stride(),
+                BLOCK=STATISTICS_BLOCK)
+    return counts.float(), sums.float()

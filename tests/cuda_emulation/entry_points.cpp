@@ -2,6 +2,8 @@
 // the launcher's cudaError_t out. They fill the argument structs as the _ops.cpp files do; the
 // tests prepare the tensors (layouts, packed weights) as the ops do. No torch header.
 #include <cstdint>
+#include <cmath>
+#include <vector>
 
 #include "gmk/gated.h"
 #include "gmk/logistic_mixture.h"
@@ -463,10 +465,13 @@ int gmk_emu_vector_quantize(const int64_t* sizes, int dtype, const void* x, cons
   return gmk::vector_quantize::search_cuda(a, nullptr);
 }
 
-// sizes: outer, dim, inner, codes; counts (codes) and sums (codes, dim) float32.
+// sizes: outer, dim, inner, codes; counts (codes) and sums (codes, dim) float32 (the float64 accumulators are
+// allocated here, as the op does).
 int gmk_emu_vector_quantize_statistics(const int64_t* sizes, int dtype, const void* x, const int64_t* indices,
                                        void* counts, void* sums) {
+  std::vector<double> accumulators(static_cast<size_t>(sizes[3] * (sizes[1] + 1)), std::nan(""));
   gmk::vector_quantize::StatisticsArgs a;
+  a.accumulators = accumulators.data();
   a.outer = sizes[0];
   a.dim = sizes[1];
   a.inner = sizes[2];

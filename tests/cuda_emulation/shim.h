@@ -391,10 +391,15 @@ inline float __uint_as_float(unsigned v) { return gmk_emu::bits_to_float(v); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline unsigned __float_as_uint(float v) { return gmk_emu::float_to_bits(v); }
 
-// atomicAdd on float (vector_quantize's statistics): the threads of a launch are fibers of one OS thread
+// atomicAdd on float and double (vector_quantize's statistics): the threads of a launch are fibers of one OS thread
 // that switch only at barriers and warp collectives, so a plain read-modify-write is atomic here.
 inline float atomicAdd(float* address, float value) {
   const float old = *address;
+  *address = old + value;
+  return old;
+}
+inline double atomicAdd(double* address, double value) {
+  const double old = *address;
   *address = old + value;
   return old;
 }

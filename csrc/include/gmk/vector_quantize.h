@@ -33,6 +33,9 @@ struct StatisticsArgs {
   const int64_t* indices = nullptr;  // (outer, inner), each in [0, codes)
   void* counts = nullptr;            // (codes): positions per code
   void* sums = nullptr;              // (codes, dim): the sum of x over each code's positions
+  // CUDA: a (codes, dim + 1) float64 workspace (each code's sums, then its count), rounded once into counts
+  // and sums: float32 atomics would stop counting at 2^24 positions of one code.
+  double* accumulators = nullptr;
   DType dtype = DType::Float32;
 };
 
