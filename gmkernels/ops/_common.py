@@ -2,6 +2,8 @@
 TypeError or ValueError naming the function and the argument) and the flows' (N, C, positions) views."""
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import torch
@@ -79,3 +81,16 @@ def check_kernel_parameter(function: str, name: str, t, x: torch.Tensor, shape) 
 def as_3d(x: torch.Tensor) -> torch.Tensor:
     """x (N, C, *S) as the kernels' (N, C, positions) view (a copy only where no view exists)."""
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+
+
+@contextlib.contextmanager
+def allocation_named(function: str, name: str, value, nbytes: int):
+    """Runs the block; an allocation that fails in it (a size argument valid but too large for the memory)
+    is re-raised as a RuntimeError naming the function and the argument that asked for it."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not (isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "allocate memory" in str(error)):
+            raise
+        raise RuntimeError(f"{function}: {name}={value!r} needs {nbytes / 2**30:.1f} GiB, which could not be "
+                           f"allocated ({type(error).__name__})") from None

@@ -49,7 +49,9 @@ class _LogAbsDet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logabsdet, _):
         (weight,) = ctx.saved_tensors
-        return grad_logabsdet * torch.linalg.inv_ex(weight).inverse.mT
+        # Exactly 0 where log|det W| has weight 0 (no positions), also for a singular W (0 · inf is NaN)
+        gradient = grad_logabsdet * torch.linalg.inv_ex(weight).inverse.mT
+        return torch.where(grad_logabsdet == 0, torch.zeros_like(gradient), gradient)
 
 
 def _dense(op: str, weight: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:

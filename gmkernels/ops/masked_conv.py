@@ -7,7 +7,7 @@ import torch
 from .._backend import OpBackends
 from .._validation import INT64_MAX
 from ..reference import masked_conv as reference
-from ._common import check_choice, check_like, check_tensor
+from ._common import allocation_named, check_choice, check_like, check_tensor
 from ._declare import Autograd, Op, triton_family
 from .gated import ACTIVATIONS, gated_activation
 
@@ -76,7 +76,8 @@ def conv_mask(kernel_size: int, mask_type: str, in_channels: int, out_channels: 
     a k×k mask keeps (k²-1)/2 taps (A) or (k²+1)/2 (B).
     """
     check_mask_arguments("conv_mask", kernel_size, mask_type, in_channels, out_channels, color_groups)
-    return reference.conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups)
+    with allocation_named("conv_mask", "out_channels", out_channels, 4 * out_channels * in_channels * kernel_size**2):
+        return reference.conv_mask(kernel_size, mask_type, in_channels, out_channels, color_groups)
 
 
 # --- the ops: x (N, Cin, H, W) any strides, weight (Cout, Cin, kh, kw) and bias None or (Cout,) of x's dtype;

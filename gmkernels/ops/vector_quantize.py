@@ -20,7 +20,7 @@ import torch
 from .._backend import OpBackends
 from .._validation import check_bool
 from ..reference import vector_quantize as reference
-from ._common import check_float_tensor
+from ._common import allocation_named, check_float_tensor
 from ._declare import Autograd, Op, triton_family
 
 _triton = triton_family("vector_quantize")
@@ -205,8 +205,10 @@ def vector_quantize_statistics(x: torch.Tensor, indices: torch.Tensor, num_codes
             raise ValueError(f"{function}: indices must be in [0, {num_codes}), got values in "
                              f"[{int(low)}, {int(high)}]")
     name = VECTOR_QUANTIZE_STATISTICS.select(backend, x.device, x.dtype)
-    if name == "reference":
-        return reference.vector_quantize_statistics(x, indices, num_codes, dim)
-    view, innermost = kernel_view(x, dim)
-    index_view = indices.reshape(view.shape[0], view.shape[2])
-    return VECTOR_QUANTIZE_STATISTICS.run(name, view, index_view, num_codes)
+    outputs = num_codes * (1 + x.shape[dim]) * (8 if x.dtype == torch.float64 else 4)  # counts and sums
+    with allocation_named(function, "num_codes", num_codes, outputs):
+        if name == "reference":
+            return reference.vector_quantize_statistics(x, indices, num_codes, dim)
+        view, innermost = kernel_view(x, dim)
+        index_view = indices.reshape(view.shape[0], view.shape[2])
+        return VECTOR_QUANTIZE_STATISTICS.run(name, view, index_view, num_codes)

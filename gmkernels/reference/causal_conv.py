@@ -21,7 +21,10 @@ def causal_conv1d(x, weight, bias=None, dilation=1):
     k, t = weight.shape[-1], x.shape[-1]
     taps = min(k, (t - 1) // dilation + 1)
     pad = (taps - 1) * dilation
-    return F.conv1d(F.pad(x, (pad, 0)), weight[..., k - taps:], bias, dilation=dilation)
+    y = F.conv1d(F.pad(x, (pad, 0)), weight[..., k - taps:], bias, dilation=dilation)
+    if taps < k:  # the left-out taps still multiply their zeros: W_j · 0, NaN in the rows of a non-finite weight
+        y = y + (weight[..., :k - taps] * 0).sum((1, 2))[:, None]
+    return y
 
 
 def wavenet_layer(x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond=None,

@@ -436,7 +436,8 @@ def near_tie_codes(x: torch.Tensor, codebook: torch.Tensor, dim: int):
     """(positions, codes): the positions of x (its shape without ``dim``) whose two best scores
     ||c_k||² - 2 x·c_k differ by less than the scores' rounding error bound, 2 (D + 2) u (||x||² + max ||c||²)
     with u the unit roundoff of the scores' dtype (float32, float64 for float64 x: docs/conventions.md,
-    "Vector quantisation"), and a (K,) bool of the codes taking part in such a near-tie."""
+    "Vector quantisation"), or whose scores a non-finite value makes undefined, and a (K,) bool of the codes
+    taking part in such a choice."""
     rows = x.detach().movedim(dim, -1).double()
     codes = codebook.detach().double()
     shape, k = rows.shape[:-1], codes.shape[0]
@@ -449,6 +450,11 @@ def near_tie_codes(x: torch.Tensor, codebook: torch.Tensor, dim: int):
     tied = (best.values[..., 1] - best.values[..., 0]) <= bound
     involved = torch.zeros(k, dtype=torch.bool)
     involved[best.indices[tied].reshape(-1)] = True
+    # A non-finite x or code: scores of inf - inf, NaN in one summation order and ±inf in another, so the
+    # nearest code is not defined by the formula: those positions (all of them for a non-finite code).
+    undefined = ~rows.isfinite().all(-1) | ~codes.isfinite().all()
+    if undefined.any():
+        tied, involved = tied | undefined, involved | ~codes.isfinite().all(-1) | undefined.any()
     return tied, involved
 
 

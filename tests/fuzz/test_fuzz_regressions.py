@@ -95,6 +95,30 @@ REGRESSIONS = {
     "discretized_logistic_mixture_nll-log_scale_min-1e30": ("discretized_logistic_mixture_nll", Draw({
         "params": T((2, 30), seed=107928), "x": T((2, 3), values="grid:256", seed=107929), "num_bins": 256,
         "log_scale_min": 1e30, "reduction": "none"}, grads=("params",))),
+    # found by the 1000-draw campaign:
+    # T = 1, dilation 3: taps 0 and 1 reach back T or more and read zeros only; the reference left them out
+    # (finite) where the cpu and Triton kernels multiply their zeros by an inf weight (NaN); the reference
+    # now adds W_j · 0 for them too
+    "causal_conv1d-nonfinite-weight-past-T": ("causal_conv1d", Draw({
+        "x": T((5, 2, 1), seed=7254462, specials=True), "weight": T((2, 2, 3), seed=7254463, specials=True),
+        "bias": None, "dilation": 3}, grads=("x", "weight", "bias"), terms=6)),
+    # N = 0 (no positions) and a singular W (an expanded weight: equal rows): the gradient of log|det W|,
+    # 0 · W⁻ᵀ, was NaN; it is now exactly 0 where the log-determinant has weight 0
+    "actnorm_conv1x1-no-positions-singular-weight": ("actnorm_conv1x1", Draw({
+        "x": T((0, 4, 1), seed=350), "bias": T((4,), seed=351), "log_scale": T((4,), scale=0.3, seed=352),
+        "weight": T((4, 4), layout=Layout((0, 1), (1, 1), zero=0), values="near_identity", scale=0.3, seed=353),
+        "reverse": False}, grads=("x", "bias", "log_scale", "weight"), terms=4)),
+    # NaN/inf in x and the codebook: scores of inf - inf; which code wins is not defined by the formula
+    # (NaN in one summation order, ±inf in another), so those positions are not compared (ops.near_tie_codes)
+    "vector_quantize-nonfinite-codebook": ("vector_quantize", Draw({
+        "x": T((2, 4, 4), seed=51, specials=True), "codebook": T((2, 2), seed=52, specials=True), "dim": 0,
+        "return_distance": True}, grads=("x", "codebook"), terms=2, seed=50)),
+    # a separable filter in float16: two passes, each rounded to float16; judged with two roundings'
+    # tolerance (an x gradient was 0.002 off where one rounding allows 0.0008)
+    "filter2d-separable-float16": ("filter2d", Draw({
+        "x": T((2, 4, 8, 2), torch.float16, layout=Layout((0, 1, 2, 3), (1, 1, 1, 1), offset=1), seed=30503384),
+        "f": T((4,), values="unit", seed=30503383), "padding": (2, -2), "flip_filter": False, "gain": 4.0},
+        grads=("x",), terms=16, seed=30503382)),
     # quantized = codebook[index] at x = inf on the kernels; the reference's x + (q - x) gave NaN
     "vector_quantize-inf-x": ("vector_quantize", Draw({
         "x": T((1, 2, 1), values="sign", scale=float("inf")), "codebook": T((3, 2)), "dim": 1,
