@@ -46,9 +46,10 @@ def check_generator(function: str, generator, device: torch.device) -> None:
 
 
 def check_input(function: str, x, channels: int | None = None, rank: int | None = None,
-                device: torch.device | None = None) -> None:
+                device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
     """``x`` is a floating-point tensor (N, channels, ...) of ``rank`` dimensions (None: any channels,
-    any rank >= 2), on ``device`` when given (the module's); the message names what the module expected."""
+    any rank >= 2), on ``device`` and of ``dtype`` when given (the module's parameters'); the message names
+    what the module expected."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{function}: input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -60,3 +61,6 @@ def check_input(function: str, x, channels: int | None = None, rank: int | None 
         raise ValueError(f"{function}: input must be {wanted}, got shape {tuple(x.shape)}")
     if device is not None and x.device != device:
         raise ValueError(f"{function}: input must be on the module's device {device}, got {x.device}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{function}: input must have the module's dtype {dtype} (its parameters'; convert one "
+                        f"with .to()), got {x.dtype}")

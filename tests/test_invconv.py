@@ -463,3 +463,19 @@ def test_issue18_nonfinite_values_as_the_reference(backend, op, reverse):
         y, _ = fn(x, *case, reverse=reverse, backend=backend)
         expected, _ = fn(x, *case, reverse=reverse, backend="reference")
         assert_nonfinite_as_reference(y, expected, torch.float32, infinity_may_be_nan=fused)
+
+
+def test_lu_module_with_float64_input_matches_on_every_backend():
+    """Found by the fuzz campaign: with float32 parameters and a float64 x the reference built W = P L U in
+    float32, the kernels in float64 (1e-7 apart, float64's tolerance 1e-11). Every backend builds it in
+    float64 now (reference.lu_matrix)."""
+    torch.manual_seed(0)
+    module = gmk.nn.InvConv2dLU(5)
+    x = torch.randn(3, 5, 4, 4, dtype=torch.float64)
+    with gmk.use_backend("reference"):
+        expected = module(x)[0]
+        back = module.reverse(expected)
+    torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
+    for backend in [b for b in backends_under_test("cpu") if torch.float64 in supported_dtypes(b)]:
+        with gmk.use_backend(backend):
+            torch.testing.assert_close(module(x)[0], expected, rtol=1e-12, atol=1e-12)

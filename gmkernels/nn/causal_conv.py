@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._validation import check_bool, check_finite_number, check_int
+from .._validation import check_bool, check_finite_number, check_input, check_int
 from ..ops.causal_conv import causal_conv1d, wavenet_layer
 
 
@@ -29,6 +29,7 @@ class CausalConv1d(torch.nn.Conv1d):
                          dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("CausalConv1d", x, self.in_channels, rank=3)
         return causal_conv1d(x, self.weight, self.bias, dilation=self.dilation[0])
 
 
@@ -51,6 +52,7 @@ class WaveNetLayer(torch.nn.Module):
         self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input("WaveNetLayer", x, self.res.in_channels, rank=3)
         return wavenet_layer(x, self.conv.weight, self.conv.bias, self.res.weight[:, :, 0], self.res.bias,
                              self.skip.weight[:, :, 0], self.skip.bias, cond, dilation=self.conv.dilation[0],
                              residual_scale=self.residual_scale)

@@ -68,7 +68,8 @@ class AffineCoupling(torch.nn.Module):
             torch.nn.init.zeros_(conv.bias)
 
     def _h(self, x: torch.Tensor) -> torch.Tensor:
-        check_input("AffineCoupling", x, self.num_channels, rank=4, device=self.net[0].weight.device)
+        weight = self.net[0].weight
+        check_input("AffineCoupling", x, self.num_channels, rank=4, device=weight.device, dtype=weight.dtype)
         if self.layout in CHECKERBOARD_LAYOUTS:
             a = (~checkerboard_b(x.shape[2:], self.layout, x.device)).to(x.dtype).expand(x.shape[0], 1, -1, -1)
             return self.net(torch.cat([x * a, a], dim=1))

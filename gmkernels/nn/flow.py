@@ -58,8 +58,13 @@ class FlowStep(torch.nn.Module):
             return actnorm_conv1x1_lu(x, bias, log_scale, *self.invconv.lu_parameters(), reverse=reverse)
         return actnorm_conv1x1(x, bias, log_scale, self.invconv.weight, reverse=reverse)
 
+    def _check(self, function: str, x) -> None:
+        # the coupling network's dtype: actnorm and the 1x1 take any float x, its convolutions do not
+        check_input(function, x, self.actnorm.num_channels, rank=4, device=self.actnorm.bias.device,
+                    dtype=self.coupling.net[0].weight.dtype)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input("FlowStep", x, self.actnorm.num_channels, rank=4, device=self.actnorm.bias.device)
+        self._check("FlowStep", x)
         if not self.actnorm._initialized:  # a Python flag: reading the buffer on CUDA would synchronise
             self.actnorm.initialize(x)
         z, logdet = self._actnorm_conv1x1(x, reverse=False)
@@ -67,7 +72,7 @@ class FlowStep(torch.nn.Module):
         return y, logdet + logdet_coupling
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
-        check_input("FlowStep.reverse", y, self.actnorm.num_channels, rank=4, device=self.actnorm.bias.device)
+        self._check("FlowStep.reverse", y)
         return self._actnorm_conv1x1(self.coupling.reverse(y), reverse=True)[0]
 
     def extra_repr(self) -> str:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .._validation import check_bool, check_int
+from .._validation import check_bool, check_input, check_int
 from ..ops.gated import ACTIVATIONS
 from ..ops.masked_conv import check_gate_groups, check_mask_arguments, check_shift, masked_conv2d, shifted_conv2d
 
@@ -61,6 +61,7 @@ class MaskedConv2d(_Conv2dParameters):
         self.mask_type, self.color_groups, self.gate = mask_type, color_groups, gate
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        check_input("MaskedConv2d", x, self.in_channels, rank=4)
         return masked_conv2d(x, self.weight, self.bias, mask_type=self.mask_type,
                              color_groups=self.color_groups, gate=self.gate, cond=cond)
 
@@ -84,6 +85,7 @@ class ShiftedConv2d(_Conv2dParameters):
         self.shift = shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("ShiftedConv2d", x, self.in_channels, rank=4)
         return shifted_conv2d(x, self.weight, self.bias, shift=self.shift)
 
     def extra_repr(self) -> str:

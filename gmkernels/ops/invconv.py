@@ -94,14 +94,6 @@ def _check_permutation(op: str, perm: torch.Tensor, synchronise: bool) -> torch.
     return valid
 
 
-def _lu(lower, upper, log_s, sign_s, perm, reverse: bool) -> torch.Tensor:
-    """W = P L U, or in reverse W⁻¹ = U⁻¹ L⁻¹ Pᵀ by two triangular solves (the reference's), float64."""
-    if reverse:
-        return reference.lu_inverse(lower, upper, log_s, sign_s, perm)
-    lower, upper, log_s, sign_s, perm = (t.double() for t in (lower, upper, log_s, sign_s, perm))
-    return reference.lu_weight(lower, upper, log_s, sign_s, perm)
-
-
 def _fold_actnorm(matrix, bias, log_scale, reverse: bool,
                   x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, c) of actnorm then ``matrix`` (forward) or ``matrix`` then inverse actnorm (reverse).
@@ -190,7 +182,7 @@ def invertible_conv1x1_lu(x: torch.Tensor, lower: torch.Tensor, upper: torch.Ten
     valid = _check_lu(op, x, lower, upper, log_s, sign_s, perm, is_reference)
     if is_reference:
         return reference.invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse)
-    matrix = _nan_unless(valid, _lu(lower, upper, log_s, sign_s, perm, reverse))
+    matrix = _nan_unless(valid, reference.lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
     return _run(op, x, matrix, None, log_s.double().sum(), reverse, backend)
 
 
@@ -228,7 +220,7 @@ def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Ten
     valid = _check_lu(op, x, lower, upper, log_s, sign_s, perm, is_reference)
     if is_reference:
         return reference.actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse)
-    matrix = _nan_unless(valid, _lu(lower, upper, log_s, sign_s, perm, reverse))
+    matrix = _nan_unless(valid, reference.lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
     matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse, x)
     return _run(op, x, matrix, shift, log_scale.double().sum() + log_s.double().sum(), reverse, backend)
 

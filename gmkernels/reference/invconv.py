@@ -61,13 +61,15 @@ def lu_inverse(lower, upper, log_s, sign_s, perm):
     return torch.linalg.solve_triangular(upper, z, upper=True)
 
 
-def _lu_matrix(lower, upper, log_s, sign_s, perm, reverse):
-    parameters = (lower, upper, log_s, sign_s, perm)
+def lu_matrix(lower, upper, log_s, sign_s, perm, reverse):
+    """W = P L U, or in reverse W⁻¹ = U⁻¹ L⁻¹ Pᵀ by two triangular solves, both built in float64 (as every
+    backend builds them: the applied matrix then rounds once, to x's dtype)."""
+    parameters = tuple(t.double() for t in (lower, upper, log_s, sign_s, perm))
     return lu_inverse(*parameters) if reverse else lu_weight(*parameters)
 
 
 def invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse=False):
-    y = conv1x1(x, _lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
+    y = conv1x1(x, lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
     return y, per_sample(positions(x) * log_s.double().sum(), x, reverse)
 
 
@@ -83,7 +85,7 @@ def actnorm_conv1x1(x, bias, log_scale, weight, reverse=False):
 
 
 def actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse=False):
-    matrix = _lu_matrix(lower, upper, log_s, sign_s, perm, reverse)
+    matrix = lu_matrix(lower, upper, log_s, sign_s, perm, reverse)
     if reverse:
         y, _ = actnorm(conv1x1(x, matrix), bias, log_scale, reverse=True)
     else:
