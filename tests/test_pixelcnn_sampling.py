@@ -375,15 +375,21 @@ def gmk(*args) -> int:
 TINY = ["--size", "tiny", "--batch-size", "4", "--eval-every", "1000", "--threads", "1"]
 
 
+def _grids_by_method(run, tmp_path, seed: int) -> dict[str, bytes]:
+    """The PNG bytes `gmk sample RUN --n 4 --seed SEED --method M` writes, per method."""
+    grids = {}
+    for method in ("cached", "naive"):
+        out = tmp_path / f"{method}.png"
+        assert gmk("sample", run, "--n", 4, "--seed", seed, "--method", method, "--out", out) == 0
+        grids[method] = out.read_bytes()
+    return grids
+
+
 def test_gmk_sample_method_cached_and_naive_write_the_same_grid(tmp_path):
     run = tmp_path / "run"
     assert gmk("train", "pixelcnnpp", "--data", "digits", "--conditional", "--steps", "1", "--samples", "0",
                "--out", run, *TINY) == 0
-    grids = {}
-    for method in ("cached", "naive"):
-        out = tmp_path / f"{method}.png"
-        assert gmk("sample", run, "--n", 4, "--seed", 2, "--method", method, "--out", out) == 0
-        grids[method] = out.read_bytes()
+    grids = _grids_by_method(run, tmp_path, seed=2)
     assert grids["cached"] == grids["naive"]
     assert gmk("sample", run, "--n", 4, "--seed", 2, "--out", tmp_path / "default.png") == 0
     assert (tmp_path / "default.png").read_bytes() == grids["cached"]
@@ -396,11 +402,7 @@ def test_gmk_sample_method_for_the_vqvae_prior(tmp_path):
     common = ["--data", "digits", "--steps", "1", "--samples", "0", *TINY]
     assert gmk("train", "vqvae", *common, "--out", vq) == 0
     assert gmk("train", "vqvae-prior", "--vqvae", vq, "--conditional", *common, "--out", prior) == 0
-    grids = {}
-    for method in ("cached", "naive"):
-        out = tmp_path / f"{method}.png"
-        assert gmk("sample", prior, "--n", 4, "--seed", 3, "--method", method, "--out", out) == 0
-        grids[method] = out.read_bytes()
+    grids = _grids_by_method(prior, tmp_path, seed=3)
     assert grids["cached"] == grids["naive"]
     state = gmk_checkpoint.load(prior)
     model = VQVAEPrior(VQVAEPriorConfig(**state["config"]))
