@@ -746,3 +746,24 @@ def test_issue18_reference_propagates_nan():
     params = _nonfinite_params(1, NAN, 1, 3)  # logit of component 1
     sample = gmk.discretized_logistic_mixture_sample(params, num_channels=1, backend="reference")
     assert sample.isnan().all()
+
+
+def test_num_bins_must_be_resolved_by_the_compute_dtype():
+    """Found by the fuzz suite: at num_bins = 2^31 a float32 bin is narrower than the floats near 1 (the kernels'
+    CDF differences are noise, the float64 reference is not): refused naming num_bins, on the public
+    functions and the C++ and Triton ops; float64 params take finer grids."""
+    params = torch.randn(1, 3, 5)
+    x = torch.zeros(1, 1, 5)
+    too_many = 2**23 + 2
+    with pytest.raises(ValueError, match="num_bins must be <= 8388609 for torch.float32"):
+        gmk.discretized_logistic_mixture_nll(params, x, num_bins=too_many)
+    with pytest.raises(ValueError, match="num_bins must be <= 8388609"):
+        gmk.discretized_logistic_mixture_sample(params, num_channels=1, num_bins=too_many)
+    namespaces = [namespace for namespace, built in (("gmkernels", gmk.has_extension()),
+                                                     ("gmk_triton", gmk.ops._declare.TRITON_INSTALLED)) if built]
+    for namespace in namespaces:
+        with pytest.raises(ValueError, match="num_bins must be <= 8388609"):
+            getattr(torch.ops, namespace).logistic_mixture_nll(params, x, too_many, -7.0)
+    nll = gmk.discretized_logistic_mixture_nll(params.double(), x.double(), num_bins=2**24)
+    expected = reference.discretized_logistic_mixture_nll(params.double(), x.double(), 2**24, -7.0)
+    torch.testing.assert_close(nll, expected)

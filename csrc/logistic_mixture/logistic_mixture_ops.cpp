@@ -49,6 +49,11 @@ Args make_args(const char* op, const at::Tensor& params, const at::Tensor& data,
                     "K for C = ", channels, " channels (K logits, then per channel K means, K log-scales",
                     channels == 3 ? ", K coefficients" : "", "; K >= 1), got ", num_params);
   TORCH_CHECK_VALUE(num_bins >= 2, op, ": num_bins must be >= 2, got ", num_bins);
+  // a bin must be wider than the spacing of the compute dtype's floats near 1 (ops/logistic_mixture.py)
+  const int64_t most_bins = params.scalar_type() == at::kDouble ? (int64_t{1} << 52) + 1 : (int64_t{1} << 23) + 1;
+  TORCH_CHECK_VALUE(num_bins <= most_bins, op, ": num_bins must be <= ", most_bins, " for ", params.scalar_type(),
+                    " params (a bin must be wider than the spacing of the compute dtype's floats near 1), got ",
+                    num_bins);
   TORCH_CHECK_VALUE(std::isfinite(log_scale_min), op, ": log_scale_min must be finite, got ", log_scale_min);
   // e^log_scale_min, the smallest scale, must be a finite float32 (gmkernels/ops/logistic_mixture.py).
   const double largest = std::log(static_cast<double>(std::numeric_limits<float>::max()));

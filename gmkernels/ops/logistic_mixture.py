@@ -60,6 +60,16 @@ def check_options(function: str, num_bins, log_scale_min, reduction: str = "none
         raise ValueError(f"{function}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def check_bins_resolved(function: str, num_bins: int, dtype: torch.dtype) -> None:
+    """The bin edges x ± 1/(num_bins - 1) must differ from x in the compute dtype (float64 for float64
+    params, else float32): a half-bin below the spacing of floats near 1 (2^-23, 2^-52) makes every bin's
+    probability a difference of equal CDFs."""
+    largest = 2**52 + 1 if dtype == torch.float64 else 2**23 + 1
+    if num_bins > largest:
+        raise ValueError(f"{function}: num_bins must be <= {largest} for {dtype} params (a bin must be wider "
+                         f"than the spacing of the compute dtype's floats near 1), got {num_bins}")
+
+
 def _check_nll_args(params, x, num_bins, log_scale_min, reduction: str) -> None:
     function = "discretized_logistic_mixture_nll"
     _check_tensor(function, "x", x)
@@ -72,6 +82,7 @@ def _check_nll_args(params, x, num_bins, log_scale_min, reduction: str) -> None:
     if params.device != x.device:
         raise ValueError(f"{function}: x must be on params' device {params.device}, got {x.device}")
     check_options(function, num_bins, log_scale_min, reduction)
+    check_bins_resolved(function, num_bins, params.dtype)
 
 
 def discretized_logistic_mixture_nll(params: torch.Tensor, x: torch.Tensor, *, num_bins: int = 256,
@@ -123,6 +134,7 @@ def discretized_logistic_mixture_sample(params: torch.Tensor, *, num_channels: i
     check_num_channels(function, num_channels)
     k = _check_params(function, params, num_channels)
     check_options(function, num_bins, log_scale_min)
+    check_bins_resolved(function, num_bins, params.dtype)
     check_generator(function, generator, params.device)
     name = SAMPLE.select(backend, params.device, params.dtype)
     n, spatial = params.shape[0], params.shape[2:]
@@ -178,6 +190,7 @@ def _check_op(function: str, params, channels_name: str, channels, num_bins, log
     n, _, s = params.shape
     _check_op_tensor(function, channels_name, channels, params, (n, channels.shape[1], s), "(N, C, S)")
     check_options(function, num_bins, log_scale_min)
+    check_bins_resolved(function, num_bins, params.dtype)
     return _check_params(function, params, channels.shape[1])
 
 
