@@ -364,9 +364,6 @@ class AutoregressiveImageModel(ImageInputs):
         """The network evaluated incrementally on n images of size × size (labels y), in eval mode."""
         raise NotImplementedError
 
-    # --- checks ------------------------------------------------------------------------------------
-
-
     # --- likelihood --------------------------------------------------------------------------------
 
     def _nll(self, function: str, x, y, check_inputs: bool) -> torch.Tensor:
@@ -409,8 +406,8 @@ class AutoregressiveImageModel(ImageInputs):
         ``graph`` (cached sampling on CUDA): True replays each per-pixel step and per-row update as a CUDA
         graph, captured the first time its kind comes after the first WARMUP_ROWS rows (one graph per
         column and sub-pixel for each kind of row, each with its memory pool: CIFAR PixelCNN++ captures
-        3 x 32 + 3); False runs them eagerly; ``"auto"``: True on CUDA once ``GRAPHS_BY_DEFAULT`` is (False until the
-        capture has run on a GPU), else False. The images are the same either way."""
+        3 x 32 + 3); False runs them eagerly; ``"auto"``: True on CUDA once ``GRAPHS_BY_DEFAULT`` is (False
+        until the capture has run on a GPU), else False. The images are the same either way."""
         name = f"{type(self).__name__}.sample"
         check_int(name, "n", n)
         size = self.config.image_size if image_size is None else image_size
@@ -448,7 +445,8 @@ class AutoregressiveImageModel(ImageInputs):
         if not (graph is True or graph is False or graph == "auto"):
             raise ValueError(f"{name}: graph must be True, False or 'auto', got {graph!r}")
         if graph is not True:
-            return graph == "auto" and GRAPHS_BY_DEFAULT and method == "cached" and self._device.type == "cuda"
+            return (graph == "auto" and GRAPHS_BY_DEFAULT and method == "cached"
+                    and self._device.type == "cuda")
         if method != "cached":
             raise ValueError(f"{name}: graph=True needs method='cached', got method={method!r}")
         if self._device.type != "cuda":

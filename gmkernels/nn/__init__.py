@@ -13,4 +13,5 @@ from .vector_quantize import VectorQuantizer
 
 __all__ = ["ActNorm", "AffineCoupling", "CausalConv1d", "DiscretizedLogisticMixtureLoss", "FlowStep",
            "GatedActivation", "InvConv2d", "InvConv2dLU", "MaskedConv2d", "ShiftedConv2d", "Squeeze2d",
-           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d", "VectorQuantizer", "ZeroConv2d"]
+           "WaveNetLayer", "Blur", "Downsample2d", "FusedLeakyReLU", "Upsample2d", "VectorQuantizer",
+           "ZeroConv2d"]
