@@ -83,6 +83,23 @@ def test_other_dtypes(backend, dtype, reverse):
     check_backend(x, *make_parameters(5), backend=backend, reverse=reverse)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_log_scale_gradient_rounds_once(backend):
+    """log_scale feeds the kernel and the log-determinant: its gradient is the two uses' float64 sum rounded
+    once to float16 (the actnorm_conv1x1 fuzz failure: rounded per use and summed in float16)."""
+    x, grad_y = torch.randn(4, 3, 5), 8 * torch.randn(4, 3, 5)
+    bias, log_scale = make_parameters(3, torch.float64)
+    log_scale = log_scale.half().double()
+    *_, (_, _, data_part) = run(x.double(), bias, log_scale, grad_y.double(), torch.zeros(4, dtype=torch.float64),
+                                backend="reference")
+    # the log-determinant's part of the gradient (5 positions, 4 samples) cancels the largest data part
+    largest = data_part.abs().argmax()
+    grad_logdet = torch.full((4,), (0.25 - data_part[largest].item()) / 20, dtype=torch.float64)
+    *_, (_, _, ideal) = run(x.double(), bias, log_scale, grad_y.double(), grad_logdet, backend="reference")
+    *_, (_, _, got) = run(x, bias.float(), log_scale.half(), grad_y, grad_logdet.float(), backend=backend)
+    torch.testing.assert_close(got.double(), ideal, rtol=2**-11, atol=1e-4)
+
+
 def channels_last(t):
     return t.contiguous(memory_format=torch.channels_last)
 

@@ -220,6 +220,64 @@ def test_singular_weight_in_reverse_raises(backend):
             fn(x, *params, reverse=True, backend=backend)
 
 
+def rank_one(channels, equal):
+    """An expanded (stride 0) weight with equal rows or equal columns: singular, but the LU factorisation
+    of one of the two finds pivots of order 1e-30 instead of zeros."""
+    column = well_conditioned(channels)[:, :1]
+    return column.mT.expand(channels, channels) if equal == "rows" else column.expand(channels, channels)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("equal", ["rows", "columns"])
+def test_singular_to_working_precision(backend, equal):
+    """Found by the fuzz campaign: log|det W| was -inf on one path and -230 on the other. Now every backend
+    and the reference count W as singular when a pivot is at most C · eps · max|W| (float64)."""
+    weight = rank_one(4, equal).requires_grad_()
+    x = torch.randn(2, 4, 3, 3)
+    fused = (*actnorm_parameters(4), weight)
+    for fn, params in ((gmk.invertible_conv1x1, (weight,)), (gmk.actnorm_conv1x1, fused)):
+        _, logdet = fn(x, *params, backend=backend)
+        assert torch.isneginf(logdet).all()
+        (grad,) = torch.autograd.grad(logdet.sum(), weight)
+        assert grad.isnan().all()
+        with pytest.raises(ValueError, match="weight is singular to working precision"):
+            fn(x, *params, reverse=True, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_ill_conditioned_weight_is_not_singular(backend):
+    """Condition number 1e12: far from the rule's C · eps; log|det W| as slogdet gives it, the reverse runs."""
+    q = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
+    weight = q @ torch.diag(torch.tensor([1.0, 1.0, 1e-6, 1e-12], dtype=torch.float64)) @ q.mT
+    x = torch.randn(2, 4, 3)
+    _, logdet = gmk.invertible_conv1x1(x, weight, backend=backend)
+    expected = 3 * torch.linalg.slogdet(weight).logabsdet
+    torch.testing.assert_close(logdet.double(), expected.expand(2), rtol=1e-6, atol=0)
+    y, _ = gmk.invertible_conv1x1(x, weight, reverse=True, backend=backend)
+    assert y.isfinite().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["actnorm-dense", "actnorm-lu"])
+def test_half_log_scale_gradient_rounds_once(backend, op):
+    """Found by the fuzz campaign: log_scale feeds the matrix and the log-determinant; each use's gradient
+    was rounded to float16 and the two summed in float16 (8 ulp off where they cancel). It is cast to
+    float64 once now: its gradient is the float64 one rounded once."""
+    fn, parameters, trainable = OPS[op]
+    params = list(parameters(3, dtype=torch.float64))
+    params[1] = params[1].half().double()  # log_scale: values a float16 holds
+    x, grad_y = torch.randn(4, 3, 5), 8 * torch.randn(4, 3, 5)
+    *_, data_part = run(fn, x.double(), params, trainable, grad_y.double(), torch.zeros(4, dtype=torch.float64),
+                        backend="reference")
+    # the log-determinant's part of the gradient (5 positions, 4 samples) cancels the largest data part
+    largest = data_part[2].abs().argmax()
+    grad_logdet = torch.full((4,), (0.25 - data_part[2][largest].item()) / 20, dtype=torch.float64)
+    *_, ideal = run(fn, x.double(), params, trainable, grad_y.double(), grad_logdet, backend="reference")
+    params[1] = params[1].half()
+    *_, got = run(fn, x, params, trainable, grad_y, grad_logdet.float(), backend=backend)
+    torch.testing.assert_close(got[2].double(), ideal[2], rtol=2**-11, atol=1e-4)
+
+
 # The ops' namespaces and the devices of their tensors (on a GPU: fakes against the CUDA kernels).
 OPCHECK_CASES = [*(pytest.param(namespace, "cpu", id=f"{namespace}-cpu") for namespace in NAMESPACES),
                  *(pytest.param(namespace, "cuda", id=f"{namespace}-cuda", marks=pytest.mark.gpu)

@@ -92,6 +92,8 @@ def actnorm(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, *, rev
     if name == "reference":
         return reference.actnorm(x, bias, log_scale, reverse)
     dtype = compute_dtype(x.dtype)
-    y = ACTNORM.run(name, as_3d(x), bias.to(dtype), log_scale.to(dtype), reverse).view(x.shape)
-    logdet = reference.per_sample(reference.positions(x) * log_scale.double().sum(), x, reverse)
+    # one cast of log_scale for both uses: their gradients sum in float64 and round once to its dtype
+    wide_log_scale = log_scale.double()
+    y = ACTNORM.run(name, as_3d(x), bias.to(dtype), wide_log_scale.to(dtype), reverse).view(x.shape)
+    logdet = reference.per_sample(reference.positions(x) * wide_log_scale.sum(), x, reverse)
     return y, logdet

@@ -5,9 +5,10 @@ Every one of them is one pass over the data, y = M x + c at every position (op `
 and c computed from the parameters by tiny (C × C) torch ops in float64, differentiable, on x's device
 and without host synchronisation:
 
-- dense forward: M = W, log|det W| from W's LU factorisation (``lu_factor_ex``); dense reverse:
-  M = W⁻¹ (``inv_ex``). Neither synchronises (documented, with check_errors=False). The gradient of
-  log|det W| is W⁻ᵀ (``inv_ex`` again, in the backward only).
+- dense forward: M = W, log|det W| from W's LU factorisation (``lu_factor_ex``, shared with the reference:
+  ``reference.invconv.log_abs_det``); dense reverse: M = W⁻¹ (``inv_ex``). Neither synchronises
+  (documented, with check_errors=False). The gradient of log|det W| is W⁻ᵀ (``inv_ex`` again, in the
+  backward only).
 - LU forward: M = P L U; LU reverse: M = U⁻¹ L⁻¹ Pᵀ by two triangular solves (no general inverse);
   log|det| = Σ log_s.
 - actnorm fused in front: forward M = W diag(e^s), c = M b (so y = W ((x + b) e^s)); reverse
@@ -17,9 +18,10 @@ Parameters may have any float dtype; the data pass computes in float32 (float64 
 Every op is differentiable in x and every trainable parameter, twice (conv1x1's backward op has its
 own autograd).
 
-A singular dense weight in reverse: on CPU tensors the LU factorisation's info is read and a
-ValueError raised; on CUDA reading it would synchronise, so the inverse is made all NaN instead (the
-output is NaN, visibly) and no error is raised. The LU ops treat a ``perm`` that is not a permutation
+A dense weight singular to working precision (a pivot of its LU factorisation exactly zero or at most
+C · ε · max|W|, ε of float64) has log|det W| = -inf and a NaN gradient on every backend. In reverse it
+raises a ValueError on CPU tensors; on CUDA reading the flag would synchronise, so the inverse is made
+all NaN instead (the output is NaN, visibly) and no error is raised. The LU ops treat a ``perm`` that is not a permutation
 matrix the same way (raise on CPU tensors and on the reference backend, NaN output on CUDA).
 """
 from __future__ import annotations
@@ -36,41 +38,20 @@ from ._declare import Autograd, Op, triton_family
 _triton = triton_family("invconv")
 
 
-class _LogAbsDet(torch.autograd.Function):
-    """(log|det W|, info of W's LU factorisation) of a float64 (C, C) W; backward d/dW = W⁻ᵀ."""
-
-    @staticmethod
-    def forward(ctx, weight):
-        lu, _, info = torch.linalg.lu_factor_ex(weight)
-        ctx.save_for_backward(weight)
-        ctx.mark_non_differentiable(info)
-        return lu.diagonal().abs().log().sum(), info
-
-    @staticmethod
-    def backward(ctx, grad_logabsdet, _):
-        (weight,) = ctx.saved_tensors
-        # Exactly 0 where log|det W| has weight 0 (no positions), also for a singular W (0 · inf is NaN)
-        gradient = grad_logabsdet * torch.linalg.inv_ex(weight).inverse.mT
-        return torch.where(grad_logabsdet == 0, torch.zeros_like(gradient), gradient)
-
-
 def _dense(op: str, weight: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, or W⁻¹ in reverse; log|det W|), float64, without host synchronisation on CUDA.
 
     lu_factor_ex and inv_ex are documented not to synchronise (check_errors=False); inv_ex's
-    gradient is -W⁻ᵀ (·) W⁻ᵀ, matrix products only.
+    gradient is -W⁻ᵀ (·) W⁻ᵀ, matrix products only. A W singular to working precision
+    (``reference.log_abs_det``) in reverse raises on CPU tensors and is all NaN on CUDA ones.
     """
-    weight = weight.double()
-    logabsdet, info = _LogAbsDet.apply(weight)
+    logabsdet, singular = reference.log_abs_det(weight)
     if not reverse:
-        return weight, logabsdet
-    inverse = torch.linalg.inv_ex(weight).inverse
-    if weight.device.type == "cpu":
-        if info.item() != 0:
-            raise ValueError(f"{op}: weight is singular (exactly zero pivot {info.item()} in its LU "
-                             "factorisation): the reverse needs its inverse")
-        return inverse, logabsdet
-    return _nan_unless(info == 0, inverse), logabsdet
+        return weight.double(), logabsdet
+    if weight.device.type == "cpu" and bool(singular):
+        raise ValueError(f"{op}: weight is singular to working precision (a pivot of its LU factorisation "
+                         "is at most C · eps · max|weight|): the reverse needs its inverse")
+    return reference.inverse(weight, singular), logabsdet
 
 
 def _nan_unless(valid: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -182,8 +163,9 @@ def invertible_conv1x1_lu(x: torch.Tensor, lower: torch.Tensor, upper: torch.Ten
     valid = _check_lu(op, x, lower, upper, log_s, sign_s, perm, is_reference)
     if is_reference:
         return reference.invertible_conv1x1_lu(x, lower, upper, log_s, sign_s, perm, reverse)
+    log_s = log_s.double()  # one cast: both of its uses' gradients then sum in float64, rounded once
     matrix = _nan_unless(valid, reference.lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
-    return _run(op, x, matrix, None, log_s.double().sum(), reverse, backend)
+    return _run(op, x, matrix, None, log_s.sum(), reverse, backend)
 
 
 def actnorm_conv1x1(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, weight: torch.Tensor, *,
@@ -203,8 +185,9 @@ def actnorm_conv1x1(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor
             _dense(op, weight.detach(), reverse)
         return reference.actnorm_conv1x1(x, bias, log_scale, weight, reverse)
     matrix, logabsdet = _dense(op, weight, reverse)
+    log_scale = log_scale.double()  # one cast, as log_s in invertible_conv1x1_lu
     matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse, x)
-    return _run(op, x, matrix, shift, log_scale.double().sum() + logabsdet, reverse, backend)
+    return _run(op, x, matrix, shift, log_scale.sum() + logabsdet, reverse, backend)
 
 
 def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Tensor, lower: torch.Tensor,
@@ -220,9 +203,10 @@ def actnorm_conv1x1_lu(x: torch.Tensor, bias: torch.Tensor, log_scale: torch.Ten
     valid = _check_lu(op, x, lower, upper, log_s, sign_s, perm, is_reference)
     if is_reference:
         return reference.actnorm_conv1x1_lu(x, bias, log_scale, lower, upper, log_s, sign_s, perm, reverse)
+    log_scale, log_s = log_scale.double(), log_s.double()  # one cast each, as in invertible_conv1x1_lu
     matrix = _nan_unless(valid, reference.lu_matrix(lower, upper, log_s, sign_s, perm, reverse))
     matrix, shift = _fold_actnorm(matrix, bias, log_scale, reverse, x)
-    return _run(op, x, matrix, shift, log_scale.double().sum() + log_s.double().sum(), reverse, backend)
+    return _run(op, x, matrix, shift, log_scale.sum() + log_s.sum(), reverse, backend)
 
 
 # --- the op: x (N, C, positions) any strides; weight (Cout, C), bias None or (Cout,), float32 (float64

@@ -2,7 +2,7 @@
 actnorm followed by it, as the reference implementations write them (plain PyTorch).
 
     y_{n,:,i} = W x_{n,:,i}                    at every position i, x (N, C, *S)
-    log|det J| = |S| · log|det W|              slogdet in float64, as the reference code does
+    log|det J| = |S| · log|det W|              from W's LU factorisation in float64 (log_abs_det)
     LU: W = P (L ⊙ strict_lower + I)(U ⊙ strict_upper + diag(sign_s · exp(log_s))),
         log|det J| = |S| · Σ log_s
 The reverse uses W's inverse (computed in float64; for LU, U⁻¹ L⁻¹ Pᵀ by two triangular solves, as the
@@ -28,14 +28,59 @@ def conv1x1(x, weight):
     return torch.einsum("oc,nc...->no...", weight, x)
 
 
-def _apply(x, weight, logabsdet, reverse):
-    if reverse:
-        weight = torch.linalg.inv(weight.double())
-    return conv1x1(x, weight), per_sample(positions(x) * logabsdet, x, reverse)
+def _singular_tolerance(weight):
+    """C · ε · max|W| (ε of float64): a pivot of W's LU factorisation at most this is zero to working
+    precision (the backward error of the factorisation is of this order)."""
+    return weight.shape[0] * torch.finfo(torch.float64).eps * weight.abs().amax()
+
+
+class _LogAbsDet(torch.autograd.Function):
+    """(log|det W|, singular) of a float64 (C, C) W; its gradient is W⁻ᵀ (NaN for a singular W)."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        lu, _, info = torch.linalg.lu_factor_ex(weight)
+        pivots = lu.diagonal().abs()
+        tolerance = _singular_tolerance(weight)
+        singular = (info != 0) | ((pivots <= tolerance).any() & tolerance.isfinite())
+        log_sum = pivots.log().sum()
+        ctx.save_for_backward(weight, singular)
+        ctx.mark_non_differentiable(singular)
+        return torch.where(singular & ~log_sum.isnan(), float("-inf"), log_sum), singular
+
+    @staticmethod
+    def backward(ctx, grad_logabsdet, _):
+        weight, singular = ctx.saved_tensors
+        gradient = grad_logabsdet * torch.linalg.inv_ex(weight).inverse.mT
+        gradient = torch.where(singular, float("nan"), gradient)
+        # Exactly 0 where log|det W| has weight 0 (no positions), also for a singular W
+        return torch.where(grad_logabsdet == 0, torch.zeros_like(gradient), gradient)
+
+
+def log_abs_det(weight):
+    """(log|det W|, singular), 0-d float64 and bool, without host synchronisation.
+
+    From W's LU factorisation with partial pivoting in float64 (``lu_factor_ex``; slogdet is an LU too,
+    but of Wᵀ, and the two disagree where W is singular to working precision). W counts as singular when
+    a pivot is exactly zero or at most C · ε · max|W|: then log|det W| is -inf and its gradient NaN, on
+    every backend (README: the invertible 1x1 convolution).
+    """
+    weight = weight.double()
+    if weight.numel() == 0:
+        return weight.new_zeros(()) + weight.sum(), torch.zeros((), dtype=torch.bool, device=weight.device)
+    return _LogAbsDet.apply(weight)
+
+
+def inverse(weight, singular):
+    """W⁻¹ in float64 (``inv_ex``: no host synchronisation), all NaN where W is singular (log_abs_det)."""
+    matrix = torch.linalg.inv_ex(weight.double()).inverse
+    return torch.where(singular, torch.full_like(matrix, float("nan")), matrix)
 
 
 def invertible_conv1x1(x, weight, reverse=False):
-    return _apply(x, weight, torch.linalg.slogdet(weight.double()).logabsdet, reverse)
+    logabsdet, singular = log_abs_det(weight)
+    matrix = inverse(weight, singular) if reverse else weight
+    return conv1x1(x, matrix), per_sample(positions(x) * logabsdet, x, reverse)
 
 
 def lu_weight(lower, upper, log_s, sign_s, perm):

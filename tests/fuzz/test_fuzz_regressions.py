@@ -123,6 +123,37 @@ REGRESSIONS = {
     "vector_quantize-inf-x": ("vector_quantize", Draw({
         "x": T((1, 2, 1), values="sign", scale=float("inf")), "codebook": T((3, 2)), "dim": 1,
         "return_distance": False})),
+    # W with equal columns (an expanded weight, rank 1): the kernels' LU found pivots of ~1e-34 (log|det W|
+    # -234, and an inverse in reverse) where the reference's slogdet found a zero (-inf, LinAlgError); one
+    # rule now, on every backend: a pivot at most C · eps · max|W| makes W singular
+    "invertible_conv1x1-singular-to-working-precision-reverse": ("invertible_conv1x1", Draw({
+        "x": T((1, 4, 3, 11), layout=Layout((0, 1, 2, 3), (1, 1, 1, 1), zero=2), seed=3),
+        "weight": T((4, 4), layout=Layout((0, 1), (1, 1), zero=1), values="near_identity", scale=0.3, seed=4),
+        "reverse": True}, grads=("x", "weight"), terms=4, seed=2)),
+    "invertible_conv1x1-singular-to-working-precision": ("invertible_conv1x1", Draw({
+        "x": T((2, 5, 8), layout=Layout((0, 1, 2), (1, 1, 1), zero=0), seed=229),
+        "weight": T((5, 5), layout=Layout((0, 1), (1, 1), zero=1), values="near_identity", scale=0.3, seed=230),
+        "reverse": False}, grads=("x", "weight"), terms=5, seed=228)),
+    "actnorm_conv1x1-singular-to-working-precision": ("actnorm_conv1x1", Draw({
+        "x": T((2, 4, 3), seed=479001602), "bias": T((4,), seed=479001603),
+        "log_scale": T((4,), layout=Layout((0,), (1,), zero=0), scale=0.3, seed=479001604),
+        "weight": T((4, 4), layout=Layout((0, 1), (1, 1), zero=1), values="near_identity", scale=0.3,
+                    seed=479001605), "reverse": False},
+        grads=("x", "bias", "log_scale", "weight"), terms=4, seed=479001601)),
+    # a float16 log_scale: the gradients of its two uses (the matrix, the log-determinant) were rounded to
+    # float16 and summed there, 0.0039 off where they cancel; it is cast to float64 once now
+    "actnorm_conv1x1-float16-log_scale": ("actnorm_conv1x1", Draw({
+        "x": T((5, 2, 6), torch.float16, seed=6550), "bias": T((2,), torch.float16, seed=6551),
+        "log_scale": T((2,), torch.float16, layout=Layout((0,), (1,), offset=1), scale=0.3, seed=6552),
+        "weight": T((2, 2), torch.float16, values="near_identity", scale=0.3, seed=6553), "reverse": False},
+        grads=("x", "bias", "log_scale", "weight"), terms=2, seed=6549)),
+    "actnorm_conv1x1_lu-float16-log_scale": ("actnorm_conv1x1_lu", Draw({
+        "x": T((2, 5, 1, 3), seed=65537), "bias": T((5,), layout=Layout((0,), (1,), overlap=0), seed=65538),
+        "log_scale": T((5,), torch.float16, scale=0.3, seed=65539), "lower": T((5, 5), seed=65540),
+        "upper": T((5, 5), layout=Layout((0, 1), (1, 1), zero=0), scale=0.5, seed=65541),
+        "log_s": T((5,), scale=0.2, seed=65542), "sign_s": T((5,), values="sign", seed=65543),
+        "perm": T((5, 5), layout=Layout((1, 0), (1, 1)), values="permutation", seed=65544), "reverse": True},
+        grads=("x", "bias", "log_scale", "lower", "upper", "log_s"), terms=5, seed=65536)),
 }
 
 # Found in modules: judged by the module's FuzzOp (tests/fuzz/modules.py).
