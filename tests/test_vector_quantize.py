@@ -83,6 +83,17 @@ def test_nan_never_wins(backend):
     assert indices.tolist() == [[3, 0, 0]]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_nan_scores_in_a_full_tile(backend):
+    """64 codes fill the Triton kernel's tile with live codes: a NaN position scores all of them NaN (the
+    interpreter's argmin raised "All-NaN slice encountered"; found by the fuzz campaign). Index 0."""
+    codebook = torch.randn(64, 3)
+    x = torch.tensor([[float("nan"), 0.0, 0.0], [0.1, 0.2, 0.3]]).T.reshape(1, 3, 2)
+    _, indices = gmk.vector_quantize(x, codebook, backend=backend)
+    assert indices[0, 0] == 0
+    assert indices[0, 1] == torch.cdist(torch.tensor([[0.1, 0.2, 0.3]]), codebook).argmin()
+
+
 # --- every backend against the reference -----------------------------------------------------------------
 
 def layouts(x):

@@ -44,7 +44,9 @@ def _search_kernel(x_ptr, codebook_ptr, norms_ptr, quantized_ptr, indices_ptr, d
                               mask=code_live[None, :] & (d[:, None] < dim), other=0.0)
             dots = mma(x_tile, codes_t, dots, PRECISION, INTERPRETED)
         norms = tl.load(norms_ptr + k, mask=code_live, other=0.0)
-        score = tl.where(code_live[None, :], norms[None, :] - 2.0 * dots, float("inf"))
+        score = norms[None, :] - 2.0 * dots
+        # a NaN score (inf - inf, NaN input) never wins: all NaN keeps code 0, as the CUDA and CPU kernels do
+        score = tl.where(code_live[None, :] & (score == score), score, float("inf"))
         tile_best = tl.min(score, 1)
         tile_code = tl.argmin(score, 1).to(tl.int64) + k0
         lower = tile_best < best

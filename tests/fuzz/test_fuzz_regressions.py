@@ -154,6 +154,11 @@ REGRESSIONS = {
         "log_s": T((5,), scale=0.2, seed=65542), "sign_s": T((5,), values="sign", seed=65543),
         "perm": T((5, 5), layout=Layout((1, 0), (1, 1)), values="permutation", seed=65544), "reverse": True},
         grads=("x", "bias", "log_scale", "lower", "upper", "log_s"), terms=5, seed=65536)),
+    # NaN x and codes, 64 codes (a full Triton tile): every score NaN; the interpreter's argmin raised
+    # InterpreterError("All-NaN slice encountered"); NaN scores now count as +inf (index 0 there)
+    "vector_quantize-all-nan-scores": ("vector_quantize", Draw({
+        "x": T((5,), seed=1207464910, specials=True), "codebook": T((64, 5), seed=1207464911, specials=True),
+        "dim": 0, "return_distance": False}, grads=("x", "codebook"), terms=5, seed=1207464909)),
 }
 
 # Found in modules: judged by the module's FuzzOp (tests/fuzz/modules.py).
