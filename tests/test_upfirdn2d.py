@@ -180,6 +180,23 @@ def test_setup_filter():
     torch.testing.assert_close(gmk.setup_filter(3.0, normalize=False), torch.full((1, 1), 9.0))
 
 
+@pytest.mark.parametrize(("taps", "kwargs", "pattern"), [
+    ([1.0, float("nan")], {}, r"f must be finite"),
+    ([[1.0, float("inf")]], {"normalize": False}, r"f must be finite"),
+    ([1.0, -1.0], {}, r"normalize=True divides by the taps' sum"),
+    ([1.0, 2.0], {"normalize": False, "gain": 1e38}, r"scaled by gain"),
+])
+def test_setup_filter_refuses_nonfinite_taps(taps, kwargs, pattern):
+    """A filter is made once: a NaN/inf tap (or one made by normalising taps that sum to 0) is refused there
+    (nn.Downsample2d(taps=[1, nan]) reached the kernels, whose gradients then differed; fuzz campaign)."""
+    with pytest.raises(ValueError, match=pattern):
+        gmk.setup_filter(taps, **kwargs)
+    for module in (gmk.nn.Upsample2d, gmk.nn.Downsample2d, gmk.nn.Blur):
+        if not kwargs:
+            with pytest.raises(ValueError, match=rf"{module.__name__}: taps: .*{pattern}"):
+                module(taps)
+
+
 @pytest.mark.parametrize("backend", ["reference", "auto"])  # the helpers' padding rules; backends: above
 def test_resampling_helpers_keep_sizes_and_dc(backend):
     x = torch.full((2, 3, 24, 20), 0.5)

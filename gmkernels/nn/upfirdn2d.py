@@ -9,13 +9,21 @@ from ..ops.upfirdn2d import downsample2d, parse_padding, setup_filter, upfirdn2d
 BINOMIAL_4 = (1, 3, 3, 1)  # StyleGAN2's resampling filter
 
 
+def filter_from_taps(module: str, taps, **kwargs) -> torch.Tensor:
+    """:func:`gmk.setup_filter` of the module's ``taps``; its errors name the module and ``taps``."""
+    try:
+        return setup_filter(taps, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"{module}: taps: {error}") from None
+
+
 class _Resample(torch.nn.Module):
     def __init__(self, function: str, taps, factor: int, gain: float):
         super().__init__()
         check_int(function, "factor", factor)
         check_finite_number(function, "gain", gain)
         self.factor, self.gain = factor, float(gain)
-        self.register_buffer("filter", setup_filter(taps))
+        self.register_buffer("filter", filter_from_taps(function, taps))
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, taps={tuple(self.filter.shape)}, gain={self.gain}"
@@ -55,7 +63,7 @@ class Blur(torch.nn.Module):
         check_int("Blur", "upsample_factor", upsample_factor)
         self.padding = parse_padding("Blur", padding)
         self.upsample_factor = upsample_factor
-        self.register_buffer("filter", setup_filter(taps, gain=upsample_factor ** 2))
+        self.register_buffer("filter", filter_from_taps("Blur", taps, gain=upsample_factor ** 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("Blur", x, rank=4)

@@ -156,6 +156,7 @@ def setup_filter(f, *, normalize: bool = True, flip_filter: bool = False, gain: 
     check_finite_number(function, "gain", gain)
     if separable is not None:
         check_bool(function, "separable", separable)
+    _check_finite_taps("f", f)
     f = f.reshape(1) if f.dim() == 0 else f.clone()
     if separable is None:
         separable = f.dim() == 1 and f.numel() >= 8
@@ -165,9 +166,20 @@ def setup_filter(f, *, normalize: bool = True, flip_filter: bool = False, gain: 
         raise ValueError(f"setup_filter: separable=True needs 1-D taps, got shape {tuple(f.shape)}")
     if normalize:
         f /= f.sum()
+        _check_finite_taps("f (normalize=True divides by the taps' sum)", f)
     if flip_filter:
         f = f.flip(list(range(f.dim())))
-    return (f * (gain ** (f.dim() / 2))).to(device=device)
+    f = f * (gain ** (f.dim() / 2))
+    _check_finite_taps("f (scaled by gain)", f)
+    return f.to(device=device)
+
+
+def _check_finite_taps(name: str, f: torch.Tensor) -> None:
+    """A NaN or infinite tap reaches every output (and gradient) it is multiplied into, padding included: a
+    filter is made once, so its taps are checked here (on CPU: free; a CUDA tensor is not read back)."""
+    if f.device.type == "cpu" and not bool(f.isfinite().all()):
+        shown = f.tolist() if f.numel() <= 16 else "non-finite values"
+        raise ValueError(f"setup_filter: {name} must be finite, got {shown}")
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, *, up=1, down=1, padding=0, flip_filter: bool = False,

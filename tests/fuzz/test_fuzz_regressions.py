@@ -177,6 +177,13 @@ MODULE_REGRESSIONS = {
         "num_codes": 4, "code_dim": 1, "commitment": 0.0, "ema": True, "decay": 0.99, "dead_code_threshold": 0.0,
         "x": T((5, 1, 6, 7), torch.bfloat16, layout=Layout((0, 1, 2, 3), (1, 2, 1, 2)), seed=279)},
         grads=("x",), terms=4, seed=278)),
+    # NaN taps reached the kernels: gradients at x positions no kept output reads were NaN on the reference
+    # (its full convolution multiplies the dropped outputs' zero cotangents by NaN) and 0 on Triton;
+    # setup_filter now refuses non-finite taps, naming the module and taps
+    "Downsample2d-nan-taps": ("nn.Downsample2d", Draw({
+        "taps": [1, math.nan], "factor": 2, "gain": 2.0,
+        "x": T((3, 1, 5, 7), layout=Layout((0, 1, 2, 3), (1, 1, 1, 1), overlap=3), seed=87327)},
+        grads=("x",), terms=16, seed=87326)),
     # N = 1, a 1x1 image: ActNorm initialises from one value per channel (std 0, e^s = 1/eps = 1e6), so the
     # fused actnorm + 1x1 sums terms 1e6 times its value; the rounding-error bound of that sum
     # (modules.fused_actnorm_bound), not the table's atol, is the tolerance
