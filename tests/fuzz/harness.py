@@ -247,6 +247,12 @@ class FuzzOp:
     # A bound on the forward's rounding error at finite inputs (args -> absolute error), where it can exceed
     # the tables' atol (a fused sum whose terms are much larger than its value); atol is at least that.
     rounding_bound: Callable[[dict], float] | None = None
+    # The same for the gradients: (args, the ideal result) -> an absolute error bound per gradient (None where
+    # the tables' atol is the tolerance), e.g. a bias gradient that sums terms each rounded to a half dtype.
+    grad_rounding_bound: Callable[[dict, "Result"], tuple] | None = None
+    # How many times a backend rounds intermediates to the inputs' dtype on these arguments, (args, backend)
+    # -> int (Triton's wavenet_layer feeds tl.dot z and grad_h in a half x's dtype): the tolerance's factor.
+    backend_roundings: Callable[[dict, str], int] | None = None
 
 
 def _as_tuple(outputs) -> tuple:
@@ -391,12 +397,16 @@ def _judge(op: FuzzOp, draw: Draw, backends: list) -> dict:
         else:
             pattern = _oracle(op, args, backends[0], draw, reference, to_float64=False)
     loose = loose_positions(op, args, backends[0], draw, reference, pattern, ideal) if len(backends) > 1 else None
-    bound = op.rounding_bound(args) if op.rounding_bound is not None and not has_nonfinite(args) else 0.0
+    finite = not has_nonfinite(args)
+    bound = op.rounding_bound(args) if op.rounding_bound is not None and finite else 0.0
+    grad_bounds = op.grad_rounding_bound(args, ideal) if op.grad_rounding_bound is not None and finite and \
+        reference.error is None else ()
     roundings = 2 if op.rounds_to_own_dtype is not None and op.rounds_to_own_dtype(args) else 1
     for backend in backends[1:]:
         result = run_once(op, args, backend, draw, reference.cotangents)
+        own = op.backend_roundings(args, backend) if op.backend_roundings is not None else 1
         verdicts[backend] = _verdict(op, result, fenced, ideal, pattern, draw, _float_dtypes(args.values()), loose,
-                                     bound, roundings)
+                                     (bound, grad_bounds), max(roundings, own))
     return _known(op, verdicts, args)
 
 
@@ -475,7 +485,7 @@ def _oracle(op: FuzzOp, args: dict, backend: str, draw: Draw, reference: Result,
 
 
 def _verdict(op: FuzzOp, result: Result, fenced: list[Fenced], ideal: Result | None, pattern: Result | None,
-             draw: Draw, dtypes: set | None, loose: Result | None = None, bound: float = 0.0,
+             draw: Draw, dtypes: set | None, loose: Result | None = None, bounds: tuple = (0.0, ()),
              roundings: int = 1) -> tuple[str, str]:
     """The outcome of one backend. ``pattern``: where the outputs must be non-finite when an input is
     (None when every input is finite); gradients at non-finite inputs are not compared (the README's
@@ -510,7 +520,8 @@ def _verdict(op: FuzzOp, result: Result, fenced: list[Fenced], ideal: Result | N
             terms = draw.terms if kind == "forward" else draw.terms * _broadcast_terms(a, result.outputs)
             scale = op.tolerance_scale * (op.float64_scale if dtypes == {torch.float64} else 1) * roundings
             atol, rtol = tolerance(dtypes, kind, terms, scale)
-            atol = max(atol, bound) if kind == "forward" else atol
+            bound = bounds[0] if kind == "forward" else (bounds[1][i] if i < len(bounds[1]) else None)
+            atol = max(atol, bound or 0.0)
             why = mismatch(a, e, atol, rtol, patterns[i] if patterns and i < len(patterns) else None,
                            frees[i] if i < len(frees) else None)
             if why:
