@@ -278,6 +278,32 @@ def test_half_log_scale_gradient_rounds_once(backend, op):
     torch.testing.assert_close(got[2].double(), ideal[2], rtol=2**-11, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["dense", "actnorm-dense"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_half_weight_gradient_rounds_once(backend, op, reverse):
+    """W feeds the data pass and log|det W|: its gradient is their float64 sum rounded once to W's dtype
+    (a second cast of W, in the singular-W rule's first version, rounded each to bfloat16 and summed there:
+    the campaign found it)."""
+    fn, parameters, trainable = OPS[op]
+    params = [p.bfloat16().double() for p in parameters(3, dtype=torch.float64)]
+    x, grad_y = torch.randn(4, 3, 5), 8 * torch.randn(4, 3, 5)
+    zero = torch.zeros(4, dtype=torch.float64)
+    *_, data_part = run(fn, x.double(), params, trainable, grad_y.double(), zero, reverse=reverse,
+                        backend="reference")
+    # the log-determinant's part of W's gradient, ±20 k W⁻ᵀ for grad_logdet = k, cancels the data part where
+    # W⁻ᵀ is largest
+    inverse_t = torch.linalg.inv(params[-1]).mT * (-1 if reverse else 1)
+    at = inverse_t.abs().argmax()
+    k = (0.25 - data_part[-1].flatten()[at].item()) / (20 * inverse_t.flatten()[at].item())
+    grad_logdet = torch.full((4,), k, dtype=torch.float64)
+    *_, ideal = run(fn, x.double(), params, trainable, grad_y.double(), grad_logdet, reverse=reverse,
+                    backend="reference")
+    *_, got = run(fn, x, [p.bfloat16() for p in params], trainable, grad_y, grad_logdet.float(),
+                  reverse=reverse, backend=backend)
+    torch.testing.assert_close(got[-1].double(), ideal[-1], rtol=2**-8, atol=2e-3)
+
+
 # The ops' namespaces and the devices of their tensors (on a GPU: fakes against the CUDA kernels).
 OPCHECK_CASES = [*(pytest.param(namespace, "cpu", id=f"{namespace}-cpu") for namespace in NAMESPACES),
                  *(pytest.param(namespace, "cuda", id=f"{namespace}-cuda", marks=pytest.mark.gpu)

@@ -45,9 +45,10 @@ def _dense(op: str, weight: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, 
     gradient is -W⁻ᵀ (·) W⁻ᵀ, matrix products only. A W singular to working precision
     (``reference.log_abs_det``) in reverse raises on CPU tensors and is all NaN on CUDA ones.
     """
+    weight = weight.double()  # one cast: the gradients of W's uses then sum in float64 and round once
     logabsdet, singular = reference.log_abs_det(weight)
     if not reverse:
-        return weight.double(), logabsdet
+        return weight, logabsdet
     if weight.device.type == "cpu" and bool(singular):
         raise ValueError(f"{op}: weight is singular to working precision (a pivot of its LU factorisation "
                          "is at most C · eps · max|weight|): the reverse needs its inverse")

@@ -78,8 +78,9 @@ def inverse(weight, singular):
 
 
 def invertible_conv1x1(x, weight, reverse=False):
-    logabsdet, singular = log_abs_det(weight)
-    matrix = inverse(weight, singular) if reverse else weight
+    wide = weight.double()
+    logabsdet, singular = log_abs_det(wide)
+    matrix = inverse(wide, singular) if reverse else weight
     return conv1x1(x, matrix), per_sample(positions(x) * logabsdet, x, reverse)
 
 
