@@ -120,6 +120,18 @@ def test_layouts(backend, up, down, layout):
                   padding=resampling_padding(f.shape[-1], up, down))
 
 
+@pytest.mark.parametrize(("up", "down", "padding"), [(1, 1, (1, 2, 2, 1)), (2, 1, (2, 1, 3, 0)),
+                                                     ((1, 2), (3, 2), (0, 1, 4, 2)), ((3, 1), (1, 1), -1)])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "cpu"])
+def test_wide_images_in_row_strips(backend, up, down, padding):
+    """A wide image (3001 columns): the CPU planar kernel splits each plane into strips of a few output rows
+    (its buffers sized for the cache; never a whole plane), the last one partial; every strip boundary and
+    the rows a tap reads across it match the reference."""
+    f = FILTERS["3x5-asymmetric"]
+    check_backend(torch.randn(1, 2, 37, 3001), f, backend, up=up, down=down, padding=padding, gain=1.1)
+    check_backend(torch.randn(2, 1, 23, 2003), FILTERS["12-separable"], backend, up=up, down=down, padding=padding)
+
+
 def resampling_padding(taps: int, up: int, down: int) -> tuple[int, int, int, int]:
     """upsample2d's / downsample2d's padding (output up × or 1/down × the input's size)."""
     pad0, pad1 = ((taps + up - 1) // 2, (taps - up) // 2) if up > 1 else ((taps - down + 1) // 2, (taps - down) // 2)

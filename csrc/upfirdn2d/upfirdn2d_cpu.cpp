@@ -1,10 +1,11 @@
 // CPU kernels of upfirdn2d, polyphase (no multiply by an inserted zero):
 //
-// - planar outputs (NCHW), one plane per task: the plane's input, zero-padded, is split into down_y x
-//   down_x phase planes and the output into up_y x up_x phase planes, all with one row stride S. Each
-//   (filter tap, output phase) then reads its input phase plane at a fixed shift, so it is one
-//   unit-stride axpy over the whole output phase plane (rows x S, the columns past the output's width
-//   discarded): long vectorised loops whatever the image width;
+// - planar outputs (NCHW), one strip of output rows of one plane per task: the strip's input, zero-padded,
+//   is split into down_y x down_x phase planes and its output into up_y x up_x phase planes, all with one
+//   row stride S. Each (filter tap, output phase) then reads its input phase plane at a fixed shift, so it
+//   is one unit-stride axpy over the whole output phase strip (rows x S, the columns past the output's
+//   width discarded): long vectorised loops whatever the image width, on buffers sized for the cache (and
+//   never a whole plane: one plane may hold more than 2^31 pixels);
 // - channels_last outputs, one output row of all channels per task: each input row the vertical taps
 //   reach (on the upsampling grid) is converted once, and each horizontal tap feeds the outputs
 //   ox0 + up_x * t from the inputs ix0 + down_x * t, an axpy along the channels per output pixel.
@@ -21,7 +22,8 @@
 namespace gmk::upfirdn2d {
 namespace {
 
-constexpr int64_t kGrainMacs = 1 << 16;  // multiply-adds per parallel task, at least
+constexpr int64_t kGrainMacs = 1 << 16;     // multiply-adds per parallel task, at least
+constexpr int64_t kStripElements = 1 << 16;  // a planar strip's phase planes, in elements (256 KB of float)
 
 // The weight gain * f of the tap that multiplies U[oy * down_y + j - pad_y0, ox * down_x + k - pad_x0].
 template <typename T>
@@ -88,6 +90,14 @@ void apply_plane(double* acc, const double* in, const PlaneTap<double>* taps, in
   apply_plane_loop(acc, in, taps, n_taps, n);
 }
 
+// The output phase rows per strip: the strip's phase planes near kStripElements, at least twice the
+// halo (the input rows a strip reads beyond its own), at most the whole plane.
+int64_t strip_rows(const Args& a, const Axis& ay, int64_t stride, int64_t halo) {
+  const int64_t phases = a.upy * a.upx + a.downy * a.downx;
+  const int64_t fitting = kStripElements / std::max<int64_t>(1, stride * phases);
+  return std::max<int64_t>(1, std::min(ay.outputs, std::max({fitting, 2 * halo, int64_t(4)})));
+}
+
 template <typename scalar_t>
 void run_planar(const Args& a) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -95,10 +105,12 @@ void run_planar(const Args& a) {
   const std::vector<AxisTap> ytaps = axis_taps(a.upy, a.downy, a.pady0, a.fh);
   const std::vector<AxisTap> xtaps = axis_taps(a.upx, a.downx, a.padx0, a.fw);
   const Axis ay = axis_of(ytaps, a.upy, a.downy, a.out_h), ax = axis_of(xtaps, a.upx, a.downx, a.out_w);
-  // One row stride for every phase plane; input phase planes have one row more than any tap reads, so that
-  // the flat axpys' reads past a row's end (into discarded output columns) stay inside.
-  const int64_t stride = ax.reach;
-  const int64_t in_rows = ay.reach + 1, out_plane = ay.outputs * stride, in_plane = in_rows * stride;
+  // One row stride for every phase plane. A strip of R output phase rows reads input phase rows
+  // [i0, i0 + R + halo): the taps' largest row shift, plus one row so that the flat axpys' reads past a
+  // row's end (into discarded output columns) stay inside.
+  const int64_t stride = ax.reach, halo = ay.reach - ay.outputs + 1;
+  const int64_t rows = strip_rows(a, ay, stride, halo), strips = (ay.outputs + rows - 1) / rows;
+  const int64_t in_rows = rows + halo, out_plane = rows * stride, in_plane = in_rows * stride;
   std::vector<PlaneTap<opmath_t>> taps;
   for (const AxisTap& ty : ytaps) {
     for (const AxisTap& tx : xtaps) {
@@ -111,18 +123,19 @@ void run_planar(const Args& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   auto* out = static_cast<scalar_t*>(a.out);
   const int64_t* xs = a.x_strides;
-  const int64_t planes = a.batch * a.channels;
+  const int64_t tasks = a.batch * a.channels * strips;
   const int64_t macs = std::max<int64_t>(1, static_cast<int64_t>(taps.size()) * out_plane);
-  at::parallel_for(0, planes, std::max<int64_t>(1, kGrainMacs / macs), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks, std::max<int64_t>(1, kGrainMacs / macs), [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> in(a.downy * a.downx * in_plane), acc(a.upy * a.upx * out_plane);
-    for (int64_t plane = begin; plane < end; ++plane) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / strips, i0 = task % strips * rows, here = std::min(rows, ay.outputs - i0);
       const scalar_t* src = x + (plane / a.channels) * xs[0] + (plane % a.channels) * xs[1];
-      // in[py][px][r][c] = x[r * down_y + py - margin_y, c * down_x + px - margin_x], 0 outside the image
+      // in[py][px][r][c] = x[(i0 + r) * down_y + py - margin_y, c * down_x + px - margin_x], 0 outside the image
       for (int64_t py = 0; py < a.downy; ++py) {
         for (int64_t px = 0; px < a.downx; ++px) {
           opmath_t* dst = in.data() + (py * a.downx + px) * in_plane;
           for (int64_t r = 0; r < in_rows; ++r) {
-            const int64_t iy = r * a.downy + py - ay.margin;
+            const int64_t iy = (i0 + r) * a.downy + py - ay.margin;
             opmath_t* row = dst + r * stride;
             if (iy < 0 || iy >= a.in_h) {
               std::fill(row, row + stride, opmath_t(0));
@@ -140,10 +153,10 @@ void run_planar(const Args& a) {
         }
       }
       std::fill(acc.begin(), acc.end(), opmath_t(0));
-      apply_plane(acc.data(), in.data(), taps.data(), static_cast<int64_t>(taps.size()), out_plane);
+      apply_plane(acc.data(), in.data(), taps.data(), static_cast<int64_t>(taps.size()), here * stride);
       scalar_t* dst = out + plane * a.out_h * a.out_w;
-      for (int64_t oy = 0; oy < a.out_h; ++oy) {
-        const opmath_t* acc_row = acc.data() + (oy % a.upy) * a.upx * out_plane + (oy / a.upy) * stride;
+      for (int64_t oy = i0 * a.upy; oy < std::min(a.out_h, (i0 + here) * a.upy); ++oy) {
+        const opmath_t* acc_row = acc.data() + (oy % a.upy) * a.upx * out_plane + (oy / a.upy - i0) * stride;
         for (int64_t qx = 0; qx < a.upx; ++qx) {
           const opmath_t* phase_row = acc_row + qx * out_plane;
           for (int64_t i = 0, ox = qx; ox < a.out_w; ++i, ox += a.upx) dst[oy * a.out_w + ox] = static_cast<scalar_t>(phase_row[i]);

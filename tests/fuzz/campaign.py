@@ -54,7 +54,15 @@ def run_op(name: str, examples: int) -> dict:
     elif child.returncode < 0 or child.returncode > 1 or "Fatal Python error" in output:
         died = "crash"
     return {"op": name, "rows": rows, "returncode": child.returncode, "died": died, "seconds": seconds,
-            "failures": _failure_lines(output) if child.returncode else []}
+            "failures": _failure_lines(output) if child.returncode else [], "commit": _commit()}
+
+
+def _commit() -> str:
+    """The checkout's short commit, "+changes" when gmkernels/, csrc/ or tests/fuzz/ differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    changed = git("status", "--porcelain", "--", "gmkernels", "csrc", "tests/fuzz")
+    return (git("rev-parse", "--short", "HEAD") or "?") + ("+changes" if changed else "")
 
 
 def _limit_memory() -> None:
@@ -68,11 +76,12 @@ def _failure_lines(output: str) -> list[str]:
 
 def table(results: list[dict], examples: int, pending: list[str] = ()) -> str:
     lines = ["| op | backend | draws | clear error | matched reference | known open issue | " + " | ".join(FAILURES)
-             + " |", "|---|---|---:|---:|---:|---:|" + "---:|" * len(FAILURES)]
+             + " | commit |", "|---|---|---:|---:|---:|---:|" + "---:|" * len(FAILURES) + "---|"]
     for name in pending:
-        lines.append(f"| {name} | not run yet | 0 |" + " |" * (3 + len(FAILURES)))
+        lines.append(f"| {name} | not run yet | 0 |" + " |" * (4 + len(FAILURES)))
     for result in results:
         rows = result["rows"] or [{"op": result["op"], "backend": "?"}]
+        commit = result.get("commit", "not recorded")
         for row in rows:
             counts = {outcome: row.get(outcome, 0) for outcome in OUTCOMES}
             if result["died"]:
@@ -80,7 +89,7 @@ def table(results: list[dict], examples: int, pending: list[str] = ()) -> str:
             draws = sum(counts.values())
             lines.append(f"| {row['op']} | {row['backend']} | {draws} | {counts['error']} | {counts['match']} | "
                          f"{counts['known']} | "
-                         + " | ".join(str(counts[f]) for f in FAILURES) + " |")
+                         + " | ".join(str(counts[f]) for f in FAILURES) + f" | {commit} |")
     return "\n".join(lines)
 
 
