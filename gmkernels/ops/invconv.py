@@ -21,8 +21,9 @@ own autograd).
 A dense weight singular to working precision (a pivot of its LU factorisation exactly zero or at most
 C · ε · max|W|, ε of float64) has log|det W| = -inf and a NaN gradient on every backend. In reverse it
 raises a ValueError on CPU tensors; on CUDA reading the flag would synchronise, so the inverse is made
-all NaN instead (the output is NaN, visibly) and no error is raised. The LU ops treat a ``perm`` that is not a permutation
-matrix the same way (raise on CPU tensors and on the reference backend, NaN output on CUDA).
+all NaN instead (the output is NaN, visibly) and no error is raised. The LU ops treat a ``perm`` that is
+not a permutation matrix the same way (raise on CPU tensors and on the reference backend, NaN output on
+CUDA).
 """
 from __future__ import annotations
 
