@@ -63,7 +63,7 @@ def log_abs_det(weight):
     From W's LU factorisation with partial pivoting in float64 (``lu_factor_ex``; slogdet is an LU too,
     but of Wᵀ, and the two disagree where W is singular to working precision). W counts as singular when
     a pivot is exactly zero or at most C · ε · max|W|: then log|det W| is -inf and its gradient NaN, on
-    every backend (README: the invertible 1x1 convolution).
+    every backend (docs/conventions.md, "Invertible 1x1 convolution").
     """
     weight = weight.double()
     if weight.numel() == 0:
